@@ -1,0 +1,493 @@
+//! The acceptor: one timeline's side of the consensus protocol on a
+//! safekeeper, as a pure state machine (DESIGN.md, "Consensus").
+//!
+//! `handle` takes a proposer message and returns [`Effects`]: the writes to
+//! make durable and the reply. The caller (the daemon, or the simulation)
+//! must hand the writes to storage in order and release the reply only after
+//! a sync that covers them. The in-memory state here is therefore the state
+//! *after* every write issued so far; a reply computed from it is true once it
+//! is released, because it waits for the sync of everything before it.
+
+use serde::{Deserialize, Serialize};
+
+use super::messages::*;
+use super::term_history::{Term, TermHistory, TermLsn};
+use crate::codec::{Versioned, PROTOCOL_VERSION};
+use crate::id::{NodeId, Ttid};
+use crate::lsn::Lsn;
+use bytes::Bytes;
+
+/// The durable state of one timeline on one safekeeper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineState {
+    pub ttid: Ttid,
+    pub server: ServerInfo,
+    pub members: Members,
+    /// Where the timeline's WAL begins (a segment start), fixed at creation.
+    pub timeline_start_lsn: Lsn,
+    /// First LSN still stored here; trims move it forward.
+    pub local_start_lsn: Lsn,
+    /// Highest term this node has voted for (or followed).
+    pub term: Term,
+    pub term_history: TermHistory,
+    /// End of the WAL held here.
+    pub flush_lsn: Lsn,
+    /// WAL below it is committed (held by a majority in a term's log).
+    pub commit_lsn: Lsn,
+    pub peer_horizon_lsn: Lsn,
+    pub slot_horizon_lsn: Lsn,
+}
+
+impl Versioned for TimelineState {
+    const WHAT: &'static str = "timeline state";
+    const FORMAT_VERSION: u16 = 1;
+}
+
+impl TimelineState {
+    pub fn last_log_term(&self) -> Term {
+        self.term_history.last_log_term(self.flush_lsn)
+    }
+}
+
+/// A change the acceptor needs made durable, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Store WAL `[begin, begin + bytes.len())`.
+    AppendWal { begin: Lsn, bytes: Bytes },
+    /// Remove all WAL at and above `from`.
+    TruncateWal { from: Lsn },
+    /// Remove all WAL below `below`.
+    TrimWal { below: Lsn },
+    /// Replace the timeline's state record.
+    PutState(Box<TimelineState>),
+}
+
+/// What one message did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    /// To send once `writes` (and everything before them) are synced.
+    pub reply: Option<AcceptorMessage>,
+    /// Something an operator should read in the log.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TimelineCreated,
+    TermChanged { from: Term, to: Term },
+    Truncated { from_flush: Lsn, to: Lsn },
+}
+
+/// Why a message was refused. The connection that sent it should be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("timeline {0} does not exist on this safekeeper and the greeting did not ask to create it")]
+    UnknownTimeline(Ttid),
+    #[error("timeline {ttid}: greeting disagrees on {field}: stored {stored}, proposer says {proposed}")]
+    Mismatch {
+        ttid: Ttid,
+        field: &'static str,
+        stored: String,
+        proposed: String,
+    },
+    #[error("timeline {ttid}: this safekeeper ({node}) is not among the members {members}")]
+    NotAMember {
+        ttid: Ttid,
+        node: NodeId,
+        members: String,
+    },
+    #[error("timeline {ttid}: protocol version {proposed} is not supported (this safekeeper speaks {PROTOCOL_VERSION})")]
+    ProtocolVersion { ttid: Ttid, proposed: u32 },
+    #[error("timeline {ttid}: timeline_start_lsn {lsn} is not a WAL segment start")]
+    StartNotSegmentAligned { ttid: Ttid, lsn: Lsn },
+    #[error("timeline {ttid}: Elected for term {proposed} but this node is in term {own}")]
+    ElectedWrongTerm { ttid: Ttid, own: Term, proposed: Term },
+    #[error("timeline {ttid}: Elected history is malformed or does not end with term {term}")]
+    BadHistory { ttid: Ttid, term: Term },
+    #[error("timeline {ttid}: Elected says logs diverge at {proposed}, this node computes {computed:?} (flush {flush})")]
+    DivergenceMismatch {
+        ttid: Ttid,
+        proposed: Lsn,
+        computed: Option<Lsn>,
+        flush: Lsn,
+    },
+    #[error("timeline {ttid}: refusing to truncate to {to}, below commit_lsn {commit}")]
+    TruncateBelowCommit { ttid: Ttid, to: Lsn, commit: Lsn },
+    #[error("timeline {ttid}: refusing to truncate to {to}, below local_start_lsn {local_start} (WAL there was trimmed)")]
+    TruncateBelowLocalStart { ttid: Ttid, to: Lsn, local_start: Lsn },
+    #[error("timeline {ttid}: append in term {proposed} before Elected for it (own term {own}, last history term {last})")]
+    AppendBeforeElected {
+        ttid: Ttid,
+        own: Term,
+        proposed: Term,
+        last: Term,
+    },
+    #[error("timeline {ttid}: append in term {proposed} above own term {own} without a vote")]
+    AppendFromUnknownTerm { ttid: Ttid, own: Term, proposed: Term },
+    #[error("timeline {ttid}: append begins at {begin}, expected {expected} (end of the last append); a gap or overlap in LSNs")]
+    AppendNotContiguous { ttid: Ttid, begin: Lsn, expected: Lsn },
+    #[error("timeline {ttid}: greeting expected first, got {got}")]
+    NotGreeted { ttid: Ttid, got: &'static str },
+}
+
+/// Deliberate bugs, switched on only by tests that check the simulation's
+/// invariant checker catches them. Always off in the daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AcceptorFaults {
+    /// Accept appends in the current term before Elected was processed.
+    pub accept_append_before_elected: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    node_id: NodeId,
+    state: TimelineState,
+    pub faults: AcceptorFaults,
+}
+
+impl Acceptor {
+    /// Resume a timeline from its stored state.
+    pub fn restore(node_id: NodeId, state: TimelineState) -> Acceptor {
+        Acceptor {
+            node_id,
+            state,
+            faults: AcceptorFaults::default(),
+        }
+    }
+
+    /// Answer a greeting for a timeline this node does not hold: create it if
+    /// asked to.
+    pub fn create(node_id: NodeId, g: &Greeting) -> Result<(Acceptor, Effects), Refusal> {
+        if !g.create {
+            return Err(Refusal::UnknownTimeline(g.ttid));
+        }
+        check_protocol(g)?;
+        if !g.members.contains_key(&node_id) {
+            return Err(Refusal::NotAMember {
+                ttid: g.ttid,
+                node: node_id,
+                members: members_text(&g.members),
+            });
+        }
+        if !crate::lsn::is_valid_wal_seg_size(g.server.wal_seg_size) {
+            return Err(Refusal::Mismatch {
+                ttid: g.ttid,
+                field: "wal_seg_size (must be a power of two from 1 MiB to 1 GiB)",
+                stored: "-".into(),
+                proposed: g.server.wal_seg_size.to_string(),
+            });
+        }
+        if !g.timeline_start_lsn.is_segment_start(g.server.wal_seg_size) {
+            return Err(Refusal::StartNotSegmentAligned {
+                ttid: g.ttid,
+                lsn: g.timeline_start_lsn,
+            });
+        }
+        let state = TimelineState {
+            ttid: g.ttid,
+            server: g.server,
+            members: g.members.clone(),
+            timeline_start_lsn: g.timeline_start_lsn,
+            local_start_lsn: g.timeline_start_lsn,
+            term: 0,
+            term_history: TermHistory::empty(),
+            flush_lsn: g.timeline_start_lsn,
+            commit_lsn: g.timeline_start_lsn,
+            peer_horizon_lsn: Lsn::INVALID,
+            slot_horizon_lsn: Lsn::INVALID,
+        };
+        let acceptor = Acceptor::restore(node_id, state);
+        let effects = Effects {
+            writes: vec![acceptor.put_state()],
+            reply: Some(acceptor.greeting_reply()),
+            events: vec![Event::TimelineCreated],
+        };
+        Ok((acceptor, effects))
+    }
+
+    pub fn state(&self) -> &TimelineState {
+        &self.state
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn ttid(&self) -> Ttid {
+        self.state.ttid
+    }
+
+    fn put_state(&self) -> Write {
+        Write::PutState(Box::new(self.state.clone()))
+    }
+
+    fn greeting_reply(&self) -> AcceptorMessage {
+        AcceptorMessage::Greeting(AcceptorGreeting {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node_id,
+            term: self.state.term,
+        })
+    }
+
+    pub fn handle(&mut self, msg: &ProposerMessage) -> Result<Effects, Refusal> {
+        match msg {
+            ProposerMessage::Greeting(g) => self.handle_greeting(g),
+            ProposerMessage::VoteRequest(m) => Ok(self.handle_vote_request(m)),
+            ProposerMessage::Elected(m) => self.handle_elected(m),
+            ProposerMessage::Append(m) => self.handle_append(m),
+        }
+    }
+
+    /// A greeting for a timeline this node holds: every field must agree.
+    fn handle_greeting(&mut self, g: &Greeting) -> Result<Effects, Refusal> {
+        let s = &self.state;
+        let ttid = s.ttid;
+        check_protocol(g)?;
+        let mismatch = |field: &'static str, stored: String, proposed: String| Refusal::Mismatch {
+            ttid,
+            field,
+            stored,
+            proposed,
+        };
+        if g.ttid != ttid {
+            return Err(mismatch("timeline", ttid.to_string(), g.ttid.to_string()));
+        }
+        if g.server.system_id != s.server.system_id {
+            return Err(mismatch(
+                "system_id",
+                s.server.system_id.to_string(),
+                g.server.system_id.to_string(),
+            ));
+        }
+        if g.server.wal_seg_size != s.server.wal_seg_size {
+            return Err(mismatch(
+                "wal_seg_size",
+                s.server.wal_seg_size.to_string(),
+                g.server.wal_seg_size.to_string(),
+            ));
+        }
+        if g.server.pg_version / 10000 != s.server.pg_version / 10000 {
+            return Err(mismatch(
+                "pg_version",
+                s.server.pg_version.to_string(),
+                g.server.pg_version.to_string(),
+            ));
+        }
+        if g.server.tli != s.server.tli {
+            return Err(mismatch("tli", s.server.tli.to_string(), g.server.tli.to_string()));
+        }
+        if g.timeline_start_lsn != s.timeline_start_lsn {
+            return Err(mismatch(
+                "timeline_start_lsn",
+                s.timeline_start_lsn.to_string(),
+                g.timeline_start_lsn.to_string(),
+            ));
+        }
+        if !g.members.keys().eq(s.members.keys()) {
+            return Err(mismatch(
+                "members",
+                members_text(&s.members),
+                members_text(&g.members),
+            ));
+        }
+        Ok(Effects {
+            writes: vec![],
+            reply: Some(self.greeting_reply()),
+            events: vec![],
+        })
+    }
+
+    fn handle_vote_request(&mut self, m: &VoteRequest) -> Effects {
+        let mut effects = Effects::default();
+        let granted = m.term > self.state.term;
+        if granted {
+            effects.events.push(Event::TermChanged {
+                from: self.state.term,
+                to: m.term,
+            });
+            self.state.term = m.term;
+            // The promise must be durable before the reply; pending WAL is
+            // flushed by the same sync since writes are applied in order.
+            effects.writes.push(self.put_state());
+        }
+        effects.reply = Some(AcceptorMessage::Vote(VoteResponse {
+            term: self.state.term,
+            granted,
+            flush_lsn: self.state.flush_lsn,
+            commit_lsn: self.state.commit_lsn,
+            term_history: self.state.term_history.up_to(self.state.flush_lsn),
+            timeline_start_lsn: self.state.timeline_start_lsn,
+        }));
+        effects
+    }
+
+    /// The point this node would truncate to for a proposer with `history`.
+    pub fn divergence_point(&self, history: &TermHistory) -> Option<Lsn> {
+        let s = &self.state;
+        if s.term_history.up_to(s.flush_lsn).entries().is_empty() {
+            // No WAL written under any term here: the log is empty and
+            // everything from its start can be taken.
+            return Some(s.flush_lsn);
+        }
+        s.term_history.highest_common_point(s.flush_lsn, history)
+    }
+
+    fn handle_elected(&mut self, m: &Elected) -> Result<Effects, Refusal> {
+        let ttid = self.state.ttid;
+        if m.term != self.state.term {
+            return Err(Refusal::ElectedWrongTerm {
+                ttid,
+                own: self.state.term,
+                proposed: m.term,
+            });
+        }
+        if !m.term_history.is_well_formed() || m.term_history.last().map(|e| e.term) != Some(m.term)
+        {
+            return Err(Refusal::BadHistory { ttid, term: m.term });
+        }
+        let computed = self.divergence_point(&m.term_history);
+        // With no common term at all, the whole local log goes.
+        let point = computed.unwrap_or(self.state.timeline_start_lsn);
+        if point != m.start_streaming_at {
+            return Err(Refusal::DivergenceMismatch {
+                ttid,
+                proposed: m.start_streaming_at,
+                computed,
+                flush: self.state.flush_lsn,
+            });
+        }
+        if point < self.state.commit_lsn {
+            return Err(Refusal::TruncateBelowCommit {
+                ttid,
+                to: point,
+                commit: self.state.commit_lsn,
+            });
+        }
+        if point < self.state.local_start_lsn {
+            return Err(Refusal::TruncateBelowLocalStart {
+                ttid,
+                to: point,
+                local_start: self.state.local_start_lsn,
+            });
+        }
+        let mut effects = Effects::default();
+        if point < self.state.flush_lsn {
+            effects.events.push(Event::Truncated {
+                from_flush: self.state.flush_lsn,
+                to: point,
+            });
+            effects.writes.push(Write::TruncateWal { from: point });
+        }
+        self.state.flush_lsn = point;
+        self.state.term_history = m.term_history.clone();
+        effects.writes.push(self.put_state());
+        // Elected has no reply of its own: the first AppendResponse tells the
+        // proposer where this node stands.
+        effects.reply = Some(self.append_response());
+        Ok(effects)
+    }
+
+    fn append_response(&self) -> AcceptorMessage {
+        AcceptorMessage::Append(AppendResponse {
+            term: self.state.term,
+            flush_lsn: self.state.flush_lsn,
+            commit_lsn: self.state.commit_lsn,
+            slot_horizon_lsn: Lsn::INVALID,
+        })
+    }
+
+    fn handle_append(&mut self, m: &AppendRequest) -> Result<Effects, Refusal> {
+        let ttid = self.state.ttid;
+        if m.term < self.state.term {
+            // A stale proposer: tell it the current term so it steps down.
+            return Ok(Effects {
+                reply: Some(self.append_response()),
+                ..Effects::default()
+            });
+        }
+        if m.term > self.state.term {
+            return Err(Refusal::AppendFromUnknownTerm {
+                ttid,
+                own: self.state.term,
+                proposed: m.term,
+            });
+        }
+        let last = self.state.term_history.last().map_or(0, |e| e.term);
+        if last != m.term && !self.faults.accept_append_before_elected {
+            return Err(Refusal::AppendBeforeElected {
+                ttid,
+                own: self.state.term,
+                proposed: m.term,
+                last,
+            });
+        }
+        if m.begin_lsn != self.state.flush_lsn {
+            return Err(Refusal::AppendNotContiguous {
+                ttid,
+                begin: m.begin_lsn,
+                expected: self.state.flush_lsn,
+            });
+        }
+        let mut effects = Effects::default();
+        let mut changed = false;
+        if !m.wal.is_empty() {
+            effects.writes.push(Write::AppendWal {
+                begin: m.begin_lsn,
+                bytes: m.wal.clone(),
+            });
+            self.state.flush_lsn = m.end_lsn;
+            changed = true;
+        }
+        let commit = self.state.commit_lsn.max(m.commit_lsn.min(self.state.flush_lsn));
+        if commit != self.state.commit_lsn {
+            self.state.commit_lsn = commit;
+            changed = true;
+        }
+        if m.peer_horizon_lsn.is_valid() && m.peer_horizon_lsn != self.state.peer_horizon_lsn {
+            self.state.peer_horizon_lsn = m.peer_horizon_lsn;
+            changed = true;
+        }
+        if m.slot_horizon_lsn != self.state.slot_horizon_lsn {
+            self.state.slot_horizon_lsn = m.slot_horizon_lsn;
+            changed = true;
+        }
+        if changed {
+            effects.writes.push(self.put_state());
+        }
+        effects.reply = Some(self.append_response());
+        Ok(effects)
+    }
+
+    /// Remove whole segments below the segment holding `horizon` (never past
+    /// `commit_lsn`). Returns no writes when nothing would be removed.
+    pub fn trim(&mut self, horizon: Lsn) -> Vec<Write> {
+        let seg = self.state.server.wal_seg_size;
+        let below = horizon.min(self.state.commit_lsn).segment_start(seg);
+        if below <= self.state.local_start_lsn {
+            return vec![];
+        }
+        self.state.local_start_lsn = below;
+        vec![Write::TrimWal { below }, self.put_state()]
+    }
+}
+
+fn check_protocol(g: &Greeting) -> Result<(), Refusal> {
+    if g.protocol_version != PROTOCOL_VERSION {
+        return Err(Refusal::ProtocolVersion {
+            ttid: g.ttid,
+            proposed: g.protocol_version,
+        });
+    }
+    Ok(())
+}
+
+fn members_text(members: &Members) -> String {
+    let ids: Vec<String> = members.keys().map(|n| n.0.to_string()).collect();
+    format!("{{{}}}", ids.join(","))
+}
+
+/// Helper for tests and the simulation: a history entry.
+pub fn term_lsn(term: Term, lsn: u64) -> TermLsn {
+    TermLsn { term, lsn: Lsn(lsn) }
+}

@@ -1,0 +1,123 @@
+//! The proposer/acceptor messages of DESIGN.md. They travel inside CopyData
+//! after `START_WAL_PUSH`; `crate::codec` turns them into bytes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::term_history::{Term, TermHistory};
+use crate::id::{NodeId, Ttid};
+use crate::lsn::Lsn;
+
+/// The timeline's members: node id → address (`HOST:PORT`). Acceptors compare
+/// the id set; addresses may change without a membership change.
+pub type Members = BTreeMap<NodeId, String>;
+
+/// What PostgreSQL says about the cluster the WAL comes from. Fixed when a
+/// timeline is created; a proposer that disagrees is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub system_id: u64,
+    pub pg_version: u32,
+    pub wal_seg_size: u32,
+    /// PostgreSQL's timeline (TLI), not ours.
+    pub tli: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Greeting {
+    pub protocol_version: u32,
+    pub ttid: Ttid,
+    pub server: ServerInfo,
+    pub timeline_start_lsn: Lsn,
+    pub members: Members,
+    /// Identifies the proposer process in logs (random per start).
+    pub proposer_id: [u8; 16],
+    /// Create the timeline if this acceptor does not have it.
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRequest {
+    pub term: Term,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elected {
+    pub term: Term,
+    /// Where this acceptor's log and the proposer's diverge; the acceptor
+    /// truncates to it and appends continue from it.
+    pub start_streaming_at: Lsn,
+    /// The proposer's history, ending with (term, term_start_lsn).
+    pub term_history: TermHistory,
+}
+
+/// Encoded by hand in `codec` so the WAL bytes travel raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    pub term: Term,
+    pub begin_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// Lowest flush LSN among all members, once every member has reported in
+    /// this term; `Lsn::INVALID` until then. WAL below it is held by everyone.
+    pub peer_horizon_lsn: Lsn,
+    /// Lowest durable consumer slot position across all safekeepers;
+    /// `Lsn::INVALID` when no safekeeper has a slot.
+    pub slot_horizon_lsn: Lsn,
+    /// WAL `[begin_lsn, end_lsn)`; empty for a heartbeat.
+    pub wal: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposerMessage {
+    Greeting(Greeting),
+    VoteRequest(VoteRequest),
+    Elected(Elected),
+    Append(AppendRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptorGreeting {
+    pub protocol_version: u32,
+    pub node_id: NodeId,
+    pub term: Term,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteResponse {
+    pub term: Term,
+    pub granted: bool,
+    pub flush_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// Cut at `flush_lsn`: entries for WAL this node lacks say nothing.
+    pub term_history: TermHistory,
+    pub timeline_start_lsn: Lsn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResponse {
+    pub term: Term,
+    pub flush_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// This safekeeper's lowest durable slot position (`Lsn::INVALID`: none).
+    pub slot_horizon_lsn: Lsn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptorMessage {
+    Greeting(AcceptorGreeting),
+    Vote(VoteResponse),
+    Append(AppendResponse),
+}
+
+impl AcceptorMessage {
+    pub fn term(&self) -> Term {
+        match self {
+            AcceptorMessage::Greeting(m) => m.term,
+            AcceptorMessage::Vote(m) => m.term,
+            AcceptorMessage::Append(m) => m.term,
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The consensus core: messages, term history, acceptor and proposer. No I/O
+//! here: these are state machines that take a message and return what to
+//! persist and what to send.
+
+pub mod acceptor;
+pub mod messages;
+pub mod term_history;

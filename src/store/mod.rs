@@ -1,0 +1,60 @@
+//! Where timelines live: the storage trait the acceptor's writes go through,
+//! an in-memory implementation (for the simulation and tests) and the RocksDB
+//! one (`rocks`, behind the `rocksdb` feature).
+
+pub mod memory;
+
+use crate::codec::CodecError;
+use crate::consensus::acceptor::{TimelineState, Write};
+use crate::id::Ttid;
+use crate::lsn::Lsn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("timeline {ttid}: stored WAL {from}..{to} is corrupt: {detail}")]
+    CorruptWal {
+        ttid: Ttid,
+        from: Lsn,
+        to: Lsn,
+        detail: String,
+    },
+    #[error("timeline {ttid}: stored state is corrupt: {detail}")]
+    CorruptState { ttid: Ttid, detail: String },
+    #[error("timeline {ttid}: WAL {from}..{to} is not held here (held: {held_from}..{held_to})")]
+    NotHeld {
+        ttid: Ttid,
+        from: Lsn,
+        to: Lsn,
+        held_from: Lsn,
+        held_to: Lsn,
+    },
+    #[error("timeline {0} does not exist in this store")]
+    UnknownTimeline(Ttid),
+    #[error("store at {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Durable storage of many timelines.
+///
+/// `write` stages changes: they are visible to later calls on this storage at
+/// once, but durable only after `sync` returns. A crash loses every staged,
+/// unsynced write and nothing else. Writes of one timeline are applied in the
+/// order given.
+pub trait Storage {
+    /// The state of every stored timeline.
+    fn timelines(&self) -> Result<Vec<TimelineState>, StoreError>;
+
+    /// Stage `writes` for one timeline.
+    fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Make every staged write durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// WAL `[from, to)` of a timeline, checked; an error rather than a short
+    /// or damaged read.
+    fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError>;
+}

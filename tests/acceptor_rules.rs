@@ -1,0 +1,409 @@
+//! One test per acceptor rule of DESIGN.md's table. Each test drives the real
+//! `Acceptor` over `MemStorage` the way the daemon does: writes are staged,
+//! the reply is released only after a sync, and a crash loses what was not
+//! synced.
+
+use bytes::Bytes;
+use walkeeper::codec::PROTOCOL_VERSION;
+use walkeeper::consensus::acceptor::{term_lsn, Acceptor, Effects, Event, Refusal, Write};
+use walkeeper::consensus::messages::*;
+use walkeeper::consensus::term_history::TermHistory;
+use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
+use walkeeper::lsn::Lsn;
+use walkeeper::store::memory::MemStorage;
+use walkeeper::store::Storage;
+
+const SEG: u32 = 1 << 20;
+const START: u64 = 4 * SEG as u64;
+
+fn ttid() -> Ttid {
+    Ttid::new(TenantId([0xaa; 16]), TimelineId([0xbb; 16]))
+}
+
+fn members() -> Members {
+    (1..=3)
+        .map(|i| (NodeId(i), format!("127.0.0.1:{}", 5000 + i)))
+        .collect()
+}
+
+fn greeting(create: bool) -> Greeting {
+    Greeting {
+        protocol_version: PROTOCOL_VERSION,
+        ttid: ttid(),
+        server: ServerInfo {
+            system_id: 42,
+            pg_version: 150018,
+            wal_seg_size: SEG,
+            tli: 1,
+        },
+        timeline_start_lsn: Lsn(START),
+        members: members(),
+        proposer_id: [1; 16],
+        create,
+    }
+}
+
+/// An acceptor on node 1 with its storage, driven like the daemon drives it.
+struct Node {
+    acceptor: Acceptor,
+    storage: MemStorage,
+}
+
+impl Node {
+    fn new() -> Node {
+        let mut storage = MemStorage::new();
+        let (acceptor, effects) = Acceptor::create(NodeId(1), &greeting(true)).unwrap();
+        storage.write(ttid(), &effects.writes).unwrap();
+        storage.sync().unwrap();
+        Node { acceptor, storage }
+    }
+
+    /// Handle, stage the writes, sync, release the reply.
+    fn send(&mut self, msg: ProposerMessage) -> Result<Option<AcceptorMessage>, Refusal> {
+        let effects = self.acceptor.handle(&msg)?;
+        self.storage.write(ttid(), &effects.writes).unwrap();
+        self.storage.sync().unwrap();
+        Ok(effects.reply)
+    }
+
+    /// Handle and stage, but do not sync (the reply is withheld).
+    fn send_unsynced(&mut self, msg: ProposerMessage) -> Effects {
+        let effects = self.acceptor.handle(&msg).unwrap();
+        self.storage.write(ttid(), &effects.writes).unwrap();
+        effects
+    }
+
+    fn crash_and_restart(&mut self) {
+        self.storage.crash();
+        let state = self.storage.timelines().unwrap().pop().unwrap();
+        self.acceptor = Acceptor::restore(NodeId(1), state);
+    }
+
+    fn vote(&mut self, term: u64) -> VoteResponse {
+        match self.send(ProposerMessage::VoteRequest(VoteRequest { term })) {
+            Ok(Some(AcceptorMessage::Vote(v))) => v,
+            other => panic!("expected a vote response, got {other:?}"),
+        }
+    }
+
+    fn elect(&mut self, term: u64, at: u64, history: &[(u64, u64)]) -> Result<AppendResponse, Refusal> {
+        let m = Elected {
+            term,
+            start_streaming_at: Lsn(at),
+            term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+        };
+        match self.send(ProposerMessage::Elected(m))? {
+            Some(AcceptorMessage::Append(r)) => Ok(r),
+            other => panic!("expected an append response, got {other:?}"),
+        }
+    }
+
+    fn append(&mut self, term: u64, begin: u64, wal: &[u8], commit: u64) -> Result<AppendResponse, Refusal> {
+        match self.send(append_msg(term, begin, wal, commit))? {
+            Some(AcceptorMessage::Append(r)) => Ok(r),
+            other => panic!("expected an append response, got {other:?}"),
+        }
+    }
+
+    fn wal(&self, from: u64, to: u64) -> Vec<u8> {
+        self.storage.read_wal(ttid(), Lsn(from), Lsn(to)).unwrap()
+    }
+}
+
+fn append_msg(term: u64, begin: u64, wal: &[u8], commit: u64) -> ProposerMessage {
+    ProposerMessage::Append(AppendRequest {
+        term,
+        begin_lsn: Lsn(begin),
+        end_lsn: Lsn(begin + wal.len() as u64),
+        commit_lsn: Lsn(commit),
+        peer_horizon_lsn: Lsn::INVALID,
+        slot_horizon_lsn: Lsn::INVALID,
+        wal: Bytes::copy_from_slice(wal),
+    })
+}
+
+#[test]
+fn creating_a_timeline_is_durable_before_the_greeting_reply() {
+    let (acceptor, effects) = Acceptor::create(NodeId(1), &greeting(true)).unwrap();
+    assert!(matches!(effects.writes.as_slice(), [Write::PutState(_)]));
+    assert_eq!(effects.events, vec![Event::TimelineCreated]);
+    assert_eq!(
+        effects.reply,
+        Some(AcceptorMessage::Greeting(AcceptorGreeting {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: NodeId(1),
+            term: 0
+        }))
+    );
+    let s = acceptor.state();
+    assert_eq!((s.flush_lsn, s.commit_lsn, s.local_start_lsn), (Lsn(START), Lsn(START), Lsn(START)));
+}
+
+#[test]
+fn unknown_timeline_without_create_is_refused() {
+    assert_eq!(
+        Acceptor::create(NodeId(1), &greeting(false)).unwrap_err(),
+        Refusal::UnknownTimeline(ttid())
+    );
+}
+
+#[test]
+fn a_node_outside_the_member_set_refuses_to_create() {
+    assert!(matches!(
+        Acceptor::create(NodeId(9), &greeting(true)),
+        Err(Refusal::NotAMember { .. })
+    ));
+}
+
+#[test]
+fn a_timeline_must_start_at_a_segment_boundary() {
+    let mut g = greeting(true);
+    g.timeline_start_lsn = Lsn(START + 8192);
+    assert!(matches!(
+        Acceptor::create(NodeId(1), &g),
+        Err(Refusal::StartNotSegmentAligned { .. })
+    ));
+}
+
+#[test]
+fn greeting_with_another_member_set_or_system_id_is_refused() {
+    let mut node = Node::new();
+    let mut g = greeting(false);
+    g.members.insert(NodeId(4), "x:1".into());
+    assert!(matches!(
+        node.send(ProposerMessage::Greeting(g)),
+        Err(Refusal::Mismatch { field: "members", .. })
+    ));
+    let mut g = greeting(true);
+    g.server.system_id = 43;
+    assert!(matches!(
+        node.send(ProposerMessage::Greeting(g)),
+        Err(Refusal::Mismatch { field: "system_id", .. })
+    ));
+    for (field, edit) in [
+        ("wal_seg_size", Box::new(|g: &mut Greeting| g.server.wal_seg_size = 2 * SEG) as Box<dyn Fn(&mut Greeting)>),
+        ("tli", Box::new(|g: &mut Greeting| g.server.tli = 2)),
+        ("timeline_start_lsn", Box::new(|g: &mut Greeting| g.timeline_start_lsn = Lsn(0))),
+    ] {
+        let mut g = greeting(false);
+        edit(&mut g);
+        match node.send(ProposerMessage::Greeting(g)) {
+            Err(Refusal::Mismatch { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    // A matching greeting (addresses may differ) is answered.
+    let mut g = greeting(false);
+    g.members.insert(NodeId(2), "elsewhere:1".into());
+    assert!(matches!(
+        node.send(ProposerMessage::Greeting(g)),
+        Ok(Some(AcceptorMessage::Greeting(_)))
+    ));
+}
+
+#[test]
+fn one_vote_per_term_persisted_before_the_reply() {
+    let mut node = Node::new();
+    let effects = node.send_unsynced(ProposerMessage::VoteRequest(VoteRequest { term: 3 }));
+    match &effects.reply {
+        Some(AcceptorMessage::Vote(v)) => assert!(v.granted && v.term == 3),
+        other => panic!("{other:?}"),
+    }
+    // The term is among the writes that must be synced before that reply.
+    assert!(effects
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::PutState(s) if s.term == 3)));
+    // Crash before the sync: the reply was never released, and the vote is
+    // forgotten together with it.
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().term, 0);
+    // The vote is given once it is durable, and only once per term.
+    assert!(node.vote(3).granted);
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().term, 3);
+    let again = node.vote(3);
+    assert!(!again.granted);
+    assert_eq!(again.term, 3);
+}
+
+#[test]
+fn lower_terms_are_rejected() {
+    let mut node = Node::new();
+    assert!(node.vote(5).granted);
+    let v = node.vote(4);
+    assert!(!v.granted);
+    assert_eq!(v.term, 5);
+    assert!(matches!(
+        node.elect(4, START, &[(4, START)]),
+        Err(Refusal::ElectedWrongTerm { own: 5, proposed: 4, .. })
+    ));
+    node.elect(5, START, &[(5, START)]).unwrap();
+    // A stale proposer's append is answered with the current term (so it
+    // steps down) and stores nothing.
+    let r = node.append(4, START, b"stale", START).unwrap();
+    assert_eq!(r.term, 5);
+    assert_eq!(r.flush_lsn, Lsn(START));
+    assert_eq!(node.acceptor.state().flush_lsn, Lsn(START));
+}
+
+#[test]
+fn append_before_elected_is_rejected() {
+    let mut node = Node::new();
+    assert!(node.vote(1).granted);
+    assert!(matches!(
+        node.append(1, START, b"abc", START),
+        Err(Refusal::AppendBeforeElected { .. })
+    ));
+    // Once Elected for term 1 is processed the same append goes through.
+    node.elect(1, START, &[(1, START)]).unwrap();
+    assert_eq!(node.append(1, START, b"abc", START).unwrap().flush_lsn, Lsn(START + 3));
+    // Term 2 voted but not elected: appends in term 2 are refused, even
+    // though term 1's Elected was processed.
+    assert!(node.vote(2).granted);
+    assert!(matches!(
+        node.append(2, START + 3, b"d", START),
+        Err(Refusal::AppendBeforeElected { .. })
+    ));
+}
+
+#[test]
+fn append_must_continue_where_the_last_one_ended() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"0123", START).unwrap();
+    for begin in [START + 3, START + 5, START] {
+        assert!(matches!(
+            node.append(1, begin, b"x", START),
+            Err(Refusal::AppendNotContiguous { .. })
+        ));
+    }
+    // Pipelined: the second append is staged before the first is synced.
+    let e1 = node.send_unsynced(append_msg(1, START + 4, b"45", START));
+    let e2 = node.send_unsynced(append_msg(1, START + 6, b"67", START));
+    node.storage.sync().unwrap();
+    assert!(matches!(e1.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 6)));
+    assert!(matches!(e2.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 8)));
+    assert_eq!(node.wal(START, START + 8), b"01234567");
+}
+
+#[test]
+fn commit_lsn_is_bounded_by_flush_and_never_decreases() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    // The proposer's commit is beyond what this node holds: capped at flush.
+    let r = node.append(1, START, b"abcd", START + 100).unwrap();
+    assert_eq!(r.commit_lsn, Lsn(START + 4));
+    // A lower commit in a later message does not move it back.
+    let r = node.append(1, START + 4, b"ef", START + 1).unwrap();
+    assert_eq!(r.commit_lsn, Lsn(START + 4));
+    // A heartbeat moves it forward.
+    let r = node.append(1, START + 6, b"", START + 6).unwrap();
+    assert_eq!(r.commit_lsn, Lsn(START + 6));
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().commit_lsn, Lsn(START + 6));
+}
+
+#[test]
+fn vote_response_history_ends_at_flush() {
+    let mut node = Node::new();
+    node.vote(1);
+    // The proposer's history names term 1 from START and a future entry the
+    // node holds nothing of yet.
+    node.vote(2);
+    node.elect(2, START, &[(1, START), (2, START + 50)]).unwrap();
+    node.append(2, START, &[7; 20], START).unwrap();
+    let v = node.vote(3);
+    assert_eq!(v.flush_lsn, Lsn(START + 20));
+    assert_eq!(v.term_history, TermHistory(vec![term_lsn(1, START)]));
+    assert_eq!(node.acceptor.state().last_log_term(), 1);
+}
+
+#[test]
+fn elected_truncates_to_the_highest_common_point() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"aaaaaaaaaa", START + 4).unwrap();
+    // Term 2's proposer got term 1's WAL only up to START+6 and wrote its
+    // own from there: this node must cut its term-1 tail at START+6.
+    node.vote(2);
+    let history = [(1, START), (2, START + 6)];
+    let r = node.elect(2, START + 6, &history).unwrap();
+    assert_eq!(r.flush_lsn, Lsn(START + 6));
+    assert_eq!(node.wal(START, START + 6), b"aaaaaa");
+    assert!(node.storage.read_wal(ttid(), Lsn(START), Lsn(START + 7)).is_err());
+    node.append(2, START + 6, b"BB", START + 6).unwrap();
+    assert_eq!(node.wal(START, START + 8), b"aaaaaaBB");
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().term_history.entries(), &[term_lsn(1, START), term_lsn(2, START + 6)]);
+}
+
+#[test]
+fn elected_refuses_a_point_that_differs_from_its_own() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"aaaaaaaaaa", START).unwrap();
+    node.vote(2);
+    // The common point is START+6; a proposer that says START+8 is wrong.
+    assert!(matches!(
+        node.elect(2, START + 8, &[(1, START), (2, START + 6)]),
+        Err(Refusal::DivergenceMismatch { computed: Some(l), .. }) if l == Lsn(START + 6)
+    ));
+    assert_eq!(node.acceptor.state().flush_lsn, Lsn(START + 10));
+}
+
+#[test]
+fn elected_refuses_to_truncate_below_commit() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"aaaaaaaaaa", START + 8).unwrap();
+    assert_eq!(node.acceptor.state().commit_lsn, Lsn(START + 8));
+    node.vote(2);
+    // A history that shares term 1 only up to START+6 would cut committed WAL.
+    assert!(matches!(
+        node.elect(2, START + 6, &[(1, START), (2, START + 6)]),
+        Err(Refusal::TruncateBelowCommit { .. })
+    ));
+    // No common term at all: everything would go, committed WAL included.
+    assert!(matches!(
+        node.elect(2, START, &[(2, START)]),
+        Err(Refusal::TruncateBelowCommit { .. })
+    ));
+    assert_eq!(node.wal(START, START + 10), b"aaaaaaaaaa");
+}
+
+#[test]
+fn elected_with_a_malformed_history_is_refused() {
+    let mut node = Node::new();
+    node.vote(2);
+    for h in [vec![], vec![(1, START)], vec![(2, START + 5), (1, START + 9)]] {
+        assert!(matches!(node.elect(2, START, &h), Err(Refusal::BadHistory { .. })), "{h:?}");
+    }
+}
+
+#[test]
+fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    let seg = SEG as u64;
+    let mut pos = START;
+    while pos < START + 3 * seg {
+        let chunk = vec![(pos / seg) as u8; 64 * 1024];
+        node.append(1, pos, &chunk, START + seg + 10).unwrap();
+        pos += chunk.len() as u64;
+    }
+    // Horizon far ahead, but commit is just past the second segment's start.
+    let writes = node.acceptor.trim(Lsn(START + 3 * seg));
+    node.storage.write(ttid(), &writes).unwrap();
+    node.storage.sync().unwrap();
+    assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg));
+    assert!(node.storage.read_wal(ttid(), Lsn(START), Lsn(START + 1)).is_err());
+    assert_eq!(node.wal(START + seg, START + seg + 1), vec![(START / seg + 1) as u8]);
+    assert!(node.acceptor.trim(Lsn(START + seg + 5)).is_empty());
+}

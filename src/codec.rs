@@ -67,7 +67,9 @@ fn opts() -> impl Options {
 
 fn body<T: Serialize>(out: &mut BytesMut, v: &T) {
     // Serialising our own plain structs into memory cannot fail.
-    let bytes = opts().serialize(v).expect("bincode serialises plain structs");
+    let bytes = opts()
+        .serialize(v)
+        .expect("bincode serialises plain structs");
     out.put_slice(&bytes);
 }
 
@@ -269,9 +271,12 @@ mod tests {
                 tli: 1,
             },
             timeline_start_lsn: Lsn(0x100_0000),
-            members: [(NodeId(1), "127.0.0.1:5454".to_string()), (NodeId(2), "h:1".into())]
-                .into_iter()
-                .collect(),
+            members: [
+                (NodeId(1), "127.0.0.1:5454".to_string()),
+                (NodeId(2), "h:1".into()),
+            ]
+            .into_iter()
+            .collect(),
             proposer_id: [9; 16],
             create: true,
         }
@@ -279,8 +284,14 @@ mod tests {
 
     fn history() -> TermHistory {
         TermHistory(vec![
-            TermLsn { term: 1, lsn: Lsn(10) },
-            TermLsn { term: 4, lsn: Lsn(99) },
+            TermLsn {
+                term: 1,
+                lsn: Lsn(10),
+            },
+            TermLsn {
+                term: 4,
+                lsn: Lsn(99),
+            },
         ])
     }
 
@@ -364,14 +375,20 @@ mod tests {
         for m in acceptor_messages() {
             let bytes = encode_acceptor_message(&m);
             for n in 0..bytes.len() {
-                assert!(decode_acceptor_message(&bytes[..n]).is_err(), "{m:?} cut at {n}");
+                assert!(
+                    decode_acceptor_message(&bytes[..n]).is_err(),
+                    "{m:?} cut at {n}"
+                );
             }
         }
     }
 
     #[test]
     fn trailing_garbage_and_unknown_tags_are_errors() {
-        for m in proposer_messages().into_iter().filter(|m| !matches!(m, ProposerMessage::Append(_))) {
+        for m in proposer_messages()
+            .into_iter()
+            .filter(|m| !matches!(m, ProposerMessage::Append(_)))
+        {
             let mut bytes = encode_proposer_message(&m).to_vec();
             bytes.push(0);
             assert!(decode_proposer_message(&Bytes::from(bytes)).is_err());
@@ -440,7 +457,10 @@ mod tests {
 
     #[test]
     fn stored_values_carry_and_check_their_version() {
-        let v = Sample { a: 1, b: "x".into() };
+        let v = Sample {
+            a: 1,
+            b: "x".into(),
+        };
         let bytes = encode_stored(&v);
         assert_eq!(&bytes[..2], &[0, 3]);
         assert_eq!(decode_stored::<Sample>(&bytes).unwrap(), v);
@@ -448,7 +468,11 @@ mod tests {
         other[1] = 4;
         assert!(matches!(
             decode_stored::<Sample>(&other),
-            Err(CodecError::UnknownVersion { found: 4, known: 3, .. })
+            Err(CodecError::UnknownVersion {
+                found: 4,
+                known: 3,
+                ..
+            })
         ));
         assert!(decode_stored::<Sample>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_stored::<Sample>(&[0]).is_err());

@@ -37,7 +37,9 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 
 macro_rules! hex_id {
     ($name:ident, $what:literal) => {
-        #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
         pub struct $name(pub [u8; 16]);
 
         impl $name {
@@ -119,9 +121,7 @@ impl FromStr for Ttid {
 }
 
 /// A safekeeper's node id, fixed for the life of its store.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u64);
 
 impl fmt::Display for NodeId {
@@ -161,7 +161,14 @@ mod tests {
 
     #[test]
     fn ids_reject_bad_text() {
-        for bad in ["", "00", &"0".repeat(31), &"0".repeat(33), &"g".repeat(32), "é".repeat(16).as_str()] {
+        for bad in [
+            "",
+            "00",
+            &"0".repeat(31),
+            &"0".repeat(33),
+            &"g".repeat(32),
+            "é".repeat(16).as_str(),
+        ] {
             assert!(bad.parse::<TimelineId>().is_err(), "{bad:?}");
         }
         assert!("x".parse::<Ttid>().is_err());

@@ -4,5 +4,11 @@
 pub mod codec;
 pub mod consensus;
 pub mod id;
+pub mod logging;
 pub mod lsn;
+pub mod pq;
+#[cfg(feature = "rocksdb")]
+pub mod safekeeper;
+pub mod shutdown;
+pub mod sim;
 pub mod store;

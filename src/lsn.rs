@@ -14,9 +14,7 @@ pub const DEFAULT_WAL_SEG_SIZE: u32 = 16 * 1024 * 1024;
 
 /// A byte position in the WAL stream, printed the way PostgreSQL prints it
 /// (`16/B374D848`: high and low 32 bits in upper-case hex).
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -155,7 +153,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "/", "1/", "/1", "1", "1/2/3", "g/0", "123456789/0", " 1/0", "-1/0"] {
+        for bad in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "1",
+            "1/2/3",
+            "g/0",
+            "123456789/0",
+            " 1/0",
+            "-1/0",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
         }
     }
@@ -180,7 +189,10 @@ mod tests {
             "000000010000000000000001"
         );
         assert_eq!(
-            "16/B374D848".parse::<Lsn>().unwrap().segment_file_name(1, seg),
+            "16/B374D848"
+                .parse::<Lsn>()
+                .unwrap()
+                .segment_file_name(1, seg),
             "0000000100000016000000B3"
         );
         // 1 GiB segments: four per log id

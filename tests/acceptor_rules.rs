@@ -86,7 +86,12 @@ impl Node {
         }
     }
 
-    fn elect(&mut self, term: u64, at: u64, history: &[(u64, u64)]) -> Result<AppendResponse, Refusal> {
+    fn elect(
+        &mut self,
+        term: u64,
+        at: u64,
+        history: &[(u64, u64)],
+    ) -> Result<AppendResponse, Refusal> {
         let m = Elected {
             term,
             start_streaming_at: Lsn(at),
@@ -98,7 +103,13 @@ impl Node {
         }
     }
 
-    fn append(&mut self, term: u64, begin: u64, wal: &[u8], commit: u64) -> Result<AppendResponse, Refusal> {
+    fn append(
+        &mut self,
+        term: u64,
+        begin: u64,
+        wal: &[u8],
+        commit: u64,
+    ) -> Result<AppendResponse, Refusal> {
         match self.send(append_msg(term, begin, wal, commit))? {
             Some(AcceptorMessage::Append(r)) => Ok(r),
             other => panic!("expected an append response, got {other:?}"),
@@ -136,7 +147,10 @@ fn creating_a_timeline_is_durable_before_the_greeting_reply() {
         }))
     );
     let s = acceptor.state();
-    assert_eq!((s.flush_lsn, s.commit_lsn, s.local_start_lsn), (Lsn(START), Lsn(START), Lsn(START)));
+    assert_eq!(
+        (s.flush_lsn, s.commit_lsn, s.local_start_lsn),
+        (Lsn(START), Lsn(START), Lsn(START))
+    );
 }
 
 #[test]
@@ -172,18 +186,31 @@ fn greeting_with_another_member_set_or_system_id_is_refused() {
     g.members.insert(NodeId(4), "x:1".into());
     assert!(matches!(
         node.send(ProposerMessage::Greeting(g)),
-        Err(Refusal::Mismatch { field: "members", .. })
+        Err(Refusal::Mismatch {
+            field: "members",
+            ..
+        })
     ));
     let mut g = greeting(true);
     g.server.system_id = 43;
     assert!(matches!(
         node.send(ProposerMessage::Greeting(g)),
-        Err(Refusal::Mismatch { field: "system_id", .. })
+        Err(Refusal::Mismatch {
+            field: "system_id",
+            ..
+        })
     ));
     for (field, edit) in [
-        ("wal_seg_size", Box::new(|g: &mut Greeting| g.server.wal_seg_size = 2 * SEG) as Box<dyn Fn(&mut Greeting)>),
+        (
+            "wal_seg_size",
+            Box::new(|g: &mut Greeting| g.server.wal_seg_size = 2 * SEG)
+                as Box<dyn Fn(&mut Greeting)>,
+        ),
         ("tli", Box::new(|g: &mut Greeting| g.server.tli = 2)),
-        ("timeline_start_lsn", Box::new(|g: &mut Greeting| g.timeline_start_lsn = Lsn(0))),
+        (
+            "timeline_start_lsn",
+            Box::new(|g: &mut Greeting| g.timeline_start_lsn = Lsn(0)),
+        ),
     ] {
         let mut g = greeting(false);
         edit(&mut g);
@@ -236,7 +263,11 @@ fn lower_terms_are_rejected() {
     assert_eq!(v.term, 5);
     assert!(matches!(
         node.elect(4, START, &[(4, START)]),
-        Err(Refusal::ElectedWrongTerm { own: 5, proposed: 4, .. })
+        Err(Refusal::ElectedWrongTerm {
+            own: 5,
+            proposed: 4,
+            ..
+        })
     ));
     node.elect(5, START, &[(5, START)]).unwrap();
     // A stale proposer's append is answered with the current term (so it
@@ -257,7 +288,10 @@ fn append_before_elected_is_rejected() {
     ));
     // Once Elected for term 1 is processed the same append goes through.
     node.elect(1, START, &[(1, START)]).unwrap();
-    assert_eq!(node.append(1, START, b"abc", START).unwrap().flush_lsn, Lsn(START + 3));
+    assert_eq!(
+        node.append(1, START, b"abc", START).unwrap().flush_lsn,
+        Lsn(START + 3)
+    );
     // Term 2 voted but not elected: appends in term 2 are refused, even
     // though term 1's Elected was processed.
     assert!(node.vote(2).granted);
@@ -283,8 +317,12 @@ fn append_must_continue_where_the_last_one_ended() {
     let e1 = node.send_unsynced(append_msg(1, START + 4, b"45", START));
     let e2 = node.send_unsynced(append_msg(1, START + 6, b"67", START));
     node.storage.sync().unwrap();
-    assert!(matches!(e1.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 6)));
-    assert!(matches!(e2.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 8)));
+    assert!(
+        matches!(e1.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 6))
+    );
+    assert!(
+        matches!(e2.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, .. })) if flush_lsn == Lsn(START + 8))
+    );
     assert_eq!(node.wal(START, START + 8), b"01234567");
 }
 
@@ -313,7 +351,8 @@ fn vote_response_history_ends_at_flush() {
     // The proposer's history names term 1 from START and a future entry the
     // node holds nothing of yet.
     node.vote(2);
-    node.elect(2, START, &[(1, START), (2, START + 50)]).unwrap();
+    node.elect(2, START, &[(1, START), (2, START + 50)])
+        .unwrap();
     node.append(2, START, &[7; 20], START).unwrap();
     let v = node.vote(3);
     assert_eq!(v.flush_lsn, Lsn(START + 20));
@@ -334,11 +373,17 @@ fn elected_truncates_to_the_highest_common_point() {
     let r = node.elect(2, START + 6, &history).unwrap();
     assert_eq!(r.flush_lsn, Lsn(START + 6));
     assert_eq!(node.wal(START, START + 6), b"aaaaaa");
-    assert!(node.storage.read_wal(ttid(), Lsn(START), Lsn(START + 7)).is_err());
+    assert!(node
+        .storage
+        .read_wal(ttid(), Lsn(START), Lsn(START + 7))
+        .is_err());
     node.append(2, START + 6, b"BB", START + 6).unwrap();
     assert_eq!(node.wal(START, START + 8), b"aaaaaaBB");
     node.crash_and_restart();
-    assert_eq!(node.acceptor.state().term_history.entries(), &[term_lsn(1, START), term_lsn(2, START + 6)]);
+    assert_eq!(
+        node.acceptor.state().term_history.entries(),
+        &[term_lsn(1, START), term_lsn(2, START + 6)]
+    );
 }
 
 #[test]
@@ -381,8 +426,15 @@ fn elected_refuses_to_truncate_below_commit() {
 fn elected_with_a_malformed_history_is_refused() {
     let mut node = Node::new();
     node.vote(2);
-    for h in [vec![], vec![(1, START)], vec![(2, START + 5), (1, START + 9)]] {
-        assert!(matches!(node.elect(2, START, &h), Err(Refusal::BadHistory { .. })), "{h:?}");
+    for h in [
+        vec![],
+        vec![(1, START)],
+        vec![(2, START + 5), (1, START + 9)],
+    ] {
+        assert!(
+            matches!(node.elect(2, START, &h), Err(Refusal::BadHistory { .. })),
+            "{h:?}"
+        );
     }
 }
 
@@ -403,7 +455,13 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
     node.storage.write(ttid(), &writes).unwrap();
     node.storage.sync().unwrap();
     assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg));
-    assert!(node.storage.read_wal(ttid(), Lsn(START), Lsn(START + 1)).is_err());
-    assert_eq!(node.wal(START + seg, START + seg + 1), vec![(START / seg + 1) as u8]);
+    assert!(node
+        .storage
+        .read_wal(ttid(), Lsn(START), Lsn(START + 1))
+        .is_err());
+    assert_eq!(
+        node.wal(START + seg, START + seg + 1),
+        vec![(START / seg + 1) as u8]
+    );
     assert!(node.acceptor.trim(Lsn(START + seg + 5)).is_empty());
 }

@@ -1,1 +1,69 @@
-fn main() {}
+//! `safekeeper`: the WAL safekeeper daemon. Parses flags, calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use walkeeper::id::NodeId;
+use walkeeper::safekeeper::{self, Config};
+
+/// A WAL safekeeper for PostgreSQL: stores WAL pushed by safekeeper-proxy
+/// durably in RocksDB and serves committed WAL over PostgreSQL's streaming
+/// replication protocol (to pg_receivewal, a standby, a page server).
+///
+/// Listeners bind to loopback by default: until authentication exists,
+/// anyone who can reach the PostgreSQL-protocol port can push WAL.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Directory of this node's store (a RocksDB database).
+    #[arg(long, short = 'D', value_name = "DIR")]
+    datadir: PathBuf,
+
+    /// Create a new, empty store in DATADIR (needs --node-id). Without it a
+    /// missing or empty store is refused, so a wiped node cannot silently
+    /// rejoin under its old id with no memory of its votes.
+    #[arg(long)]
+    init: bool,
+
+    /// This node's id, as listed in the proxy's --safekeepers ID@HOST:PORT.
+    /// Recorded by --init; checked against the store afterwards.
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+
+    /// Address of the PostgreSQL-protocol port (proposers and consumers).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5454")]
+    listen_pg: SocketAddr,
+
+    /// Address of the HTTP port (status, metrics, checkpoints).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7676")]
+    listen_http: SocketAddr,
+}
+
+fn main() -> ExitCode {
+    walkeeper::logging::init();
+    let args = Args::parse();
+    let config = Config {
+        datadir: args.datadir,
+        init: args.init,
+        node_id: args.node_id.map(NodeId),
+        listen_pg: args.listen_pg,
+        listen_http: args.listen_http,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("safekeeper: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(safekeeper::run(config, walkeeper::shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("safekeeper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

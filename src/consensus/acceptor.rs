@@ -82,9 +82,13 @@ pub enum Event {
 /// Why a message was refused. The connection that sent it should be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("timeline {0} does not exist on this safekeeper and the greeting did not ask to create it")]
+    #[error(
+        "timeline {0} does not exist on this safekeeper and the greeting did not ask to create it"
+    )]
     UnknownTimeline(Ttid),
-    #[error("timeline {ttid}: greeting disagrees on {field}: stored {stored}, proposer says {proposed}")]
+    #[error(
+        "timeline {ttid}: greeting disagrees on {field}: stored {stored}, proposer says {proposed}"
+    )]
     Mismatch {
         ttid: Ttid,
         field: &'static str,
@@ -102,7 +106,11 @@ pub enum Refusal {
     #[error("timeline {ttid}: timeline_start_lsn {lsn} is not a WAL segment start")]
     StartNotSegmentAligned { ttid: Ttid, lsn: Lsn },
     #[error("timeline {ttid}: Elected for term {proposed} but this node is in term {own}")]
-    ElectedWrongTerm { ttid: Ttid, own: Term, proposed: Term },
+    ElectedWrongTerm {
+        ttid: Ttid,
+        own: Term,
+        proposed: Term,
+    },
     #[error("timeline {ttid}: Elected history is malformed or does not end with term {term}")]
     BadHistory { ttid: Ttid, term: Term },
     #[error("timeline {ttid}: Elected says logs diverge at {proposed}, this node computes {computed:?} (flush {flush})")]
@@ -115,7 +123,11 @@ pub enum Refusal {
     #[error("timeline {ttid}: refusing to truncate to {to}, below commit_lsn {commit}")]
     TruncateBelowCommit { ttid: Ttid, to: Lsn, commit: Lsn },
     #[error("timeline {ttid}: refusing to truncate to {to}, below local_start_lsn {local_start} (WAL there was trimmed)")]
-    TruncateBelowLocalStart { ttid: Ttid, to: Lsn, local_start: Lsn },
+    TruncateBelowLocalStart {
+        ttid: Ttid,
+        to: Lsn,
+        local_start: Lsn,
+    },
     #[error("timeline {ttid}: append in term {proposed} before Elected for it (own term {own}, last history term {last})")]
     AppendBeforeElected {
         ttid: Ttid,
@@ -124,9 +136,17 @@ pub enum Refusal {
         last: Term,
     },
     #[error("timeline {ttid}: append in term {proposed} above own term {own} without a vote")]
-    AppendFromUnknownTerm { ttid: Ttid, own: Term, proposed: Term },
+    AppendFromUnknownTerm {
+        ttid: Ttid,
+        own: Term,
+        proposed: Term,
+    },
     #[error("timeline {ttid}: append begins at {begin}, expected {expected} (end of the last append); a gap or overlap in LSNs")]
-    AppendNotContiguous { ttid: Ttid, begin: Lsn, expected: Lsn },
+    AppendNotContiguous {
+        ttid: Ttid,
+        begin: Lsn,
+        expected: Lsn,
+    },
     #[error("timeline {ttid}: greeting expected first, got {got}")]
     NotGreeted { ttid: Ttid, got: &'static str },
 }
@@ -275,7 +295,11 @@ impl Acceptor {
             ));
         }
         if g.server.tli != s.server.tli {
-            return Err(mismatch("tli", s.server.tli.to_string(), g.server.tli.to_string()));
+            return Err(mismatch(
+                "tli",
+                s.server.tli.to_string(),
+                g.server.tli.to_string(),
+            ));
         }
         if g.timeline_start_lsn != s.timeline_start_lsn {
             return Err(mismatch(
@@ -439,7 +463,10 @@ impl Acceptor {
             self.state.flush_lsn = m.end_lsn;
             changed = true;
         }
-        let commit = self.state.commit_lsn.max(m.commit_lsn.min(self.state.flush_lsn));
+        let commit = self
+            .state
+            .commit_lsn
+            .max(m.commit_lsn.min(self.state.flush_lsn));
         if commit != self.state.commit_lsn {
             self.state.commit_lsn = commit;
             changed = true;
@@ -489,5 +516,8 @@ fn members_text(members: &Members) -> String {
 
 /// Helper for tests and the simulation: a history entry.
 pub fn term_lsn(term: Term, lsn: u64) -> TermLsn {
-    TermLsn { term, lsn: Lsn(lsn) }
+    TermLsn {
+        term,
+        lsn: Lsn(lsn),
+    }
 }

@@ -4,4 +4,6 @@
 
 pub mod acceptor;
 pub mod messages;
+pub mod proposer;
+pub mod quorum;
 pub mod term_history;

@@ -88,7 +88,10 @@ mod tests {
         TermHistory(
             entries
                 .iter()
-                .map(|&(term, lsn)| TermLsn { term, lsn: Lsn(lsn) })
+                .map(|&(term, lsn)| TermLsn {
+                    term,
+                    lsn: Lsn(lsn),
+                })
                 .collect(),
         )
     }
@@ -109,7 +112,10 @@ mod tests {
         let node = h(&[(1, 100), (2, 500)]);
         assert_eq!(node.highest_common_point(Lsn(600), &prop), Some(Lsn(400)));
         // node holds term 1 up to 300 only: common up to 300.
-        assert_eq!(h(&[(1, 100)]).highest_common_point(Lsn(300), &prop), Some(Lsn(300)));
+        assert_eq!(
+            h(&[(1, 100)]).highest_common_point(Lsn(300), &prop),
+            Some(Lsn(300))
+        );
         // same last term: common up to node's flush.
         assert_eq!(prop.highest_common_point(Lsn(450), &prop), Some(Lsn(450)));
         // no common term.

@@ -127,9 +127,10 @@ impl Storage for MemStorage {
             .current
             .get(&ttid)
             .ok_or(StoreError::UnknownTimeline(ttid))?;
-        let (held_from, held_to) = data.state.as_ref().map_or((Lsn(0), Lsn(0)), |s| {
-            (s.local_start_lsn, s.flush_lsn)
-        });
+        let (held_from, held_to) = data
+            .state
+            .as_ref()
+            .map_or((Lsn(0), Lsn(0)), |s| (s.local_start_lsn, s.flush_lsn));
         let not_held = || StoreError::NotHeld {
             ttid,
             from,

@@ -3,6 +3,9 @@
 //! one (`rocks`, behind the `rocksdb` feature).
 
 pub mod memory;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
+pub mod writer;
 
 use crate::codec::CodecError;
 use crate::consensus::acceptor::{TimelineState, Write};
@@ -32,6 +35,10 @@ pub enum StoreError {
     UnknownTimeline(Ttid),
     #[error("store at {path}: {detail}")]
     Open { path: String, detail: String },
+    #[error("store is corrupt: {0}")]
+    CorruptStore(String),
+    #[error("invalid write: {0}")]
+    Invalid(String),
     #[error("storage I/O failed: {0}")]
     Io(String),
     #[error(transparent)]

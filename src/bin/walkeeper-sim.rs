@@ -1,0 +1,108 @@
+//! `walkeeper-sim`: run the deterministic consensus simulation over a range
+//! of seeds (see tools/SIMULATION.md). Parses flags, calls `walkeeper::sim`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use clap::Parser;
+use walkeeper::sim::{self, SimOptions};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic simulation of walkeeper's proposer and acceptors")]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Acceptors: 3 or 5.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+    nodes: u64,
+    /// Proposers: 1 to 3.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3))]
+    proposers: u64,
+    #[arg(long, default_value_t = 3000)]
+    chaos_steps: usize,
+    #[arg(long, default_value_t = 3000)]
+    calm_steps: usize,
+    /// Switch on a deliberate bug: accept-append-before-elected,
+    /// donor-ignores-last-log-term.
+    #[arg(long)]
+    fault: Vec<String>,
+    /// Print the last steps before a violation.
+    #[arg(long)]
+    trace: bool,
+    /// Worker threads (each simulation itself is single-threaded).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut base = SimOptions::new(0, args.nodes as usize, args.proposers as usize);
+    base.chaos_steps = args.chaos_steps;
+    base.calm_steps = args.calm_steps;
+    base.trace = args.trace;
+    for f in &args.fault {
+        match f.as_str() {
+            "accept-append-before-elected" => {
+                base.acceptor_faults.accept_append_before_elected = true
+            }
+            "donor-ignores-last-log-term" => {
+                base.proposer_faults.donor_ignores_last_log_term = true
+            }
+            other => {
+                eprintln!("unknown fault {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let next = AtomicU64::new(args.start);
+    let end = args.start + args.seeds;
+    let failures = Mutex::new(Vec::new());
+    let committed = AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    break;
+                }
+                let mut opts = base.clone();
+                opts.seed = seed;
+                match sim::run(&opts) {
+                    Ok(o) => {
+                        committed.fetch_add(o.committed_bytes, Ordering::Relaxed);
+                    }
+                    Err(v) => {
+                        eprintln!("VIOLATION {v}");
+                        failures.lock().expect("no panics while held").push(seed);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("threads joined");
+    println!(
+        "{} seeds ({}..{}), {} nodes, {} proposers: {} violations, {} committed bytes in total, {:.1}s",
+        args.seeds,
+        args.start,
+        end,
+        args.nodes,
+        args.proposers,
+        failures.len(),
+        committed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,1060 @@
+//! The proposer: the proxy's side of the consensus protocol, as a pure state
+//! machine (DESIGN.md, "Consensus").
+//!
+//! It owns no sockets and no clock. The driver (the proxy, or the
+//! simulation) tells it about connections (`on_connected`,
+//! `on_disconnected`), hands it every acceptor message (`on_message`), the
+//! time (`on_tick`), new WAL from the primary (`push_wal`) and the results of
+//! recovery reads; each call returns [`Action`]s to carry out in order.
+//! Calls other than `on_tick` use the time of the last tick.
+//!
+//! Connections are named by the node id configured for their address: the
+//! driver dials `members[node]` and the greeting must come back from `node`.
+//! Every proposer message gets exactly one reply (unless the acceptor
+//! refuses it and closes), and a connection is FIFO, so each reply answers
+//! the oldest unanswered request: that is how an AppendResponse is known to
+//! come after this term's Elected on that connection.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::messages::*;
+use super::quorum;
+use super::term_history::{Term, TermHistory, TermLsn};
+use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
+use crate::id::{NodeId, Ttid};
+use crate::lsn::Lsn;
+
+/// Deliberate bugs, switched on only by tests that check the simulation's
+/// invariant checker catches them. Always off in the proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProposerFaults {
+    /// Pick the donor by flush_lsn alone, ignoring last_log_term.
+    pub donor_ignores_last_log_term: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProposerConfig {
+    pub ttid: Ttid,
+    pub server: ServerInfo,
+    pub timeline_start_lsn: Lsn,
+    /// The timeline's members (node id → `HOST:PORT`), from `--safekeepers`.
+    pub members: Members,
+    pub proposer_id: [u8; 16],
+    /// Ask acceptors to create the timeline (`--create-timeline`).
+    pub create: bool,
+    /// Milliseconds between heartbeats (empty appends) to every acceptor.
+    pub heartbeat_interval: u64,
+    /// A connection whose oldest request has been unanswered this long (ms)
+    /// is closed.
+    pub response_timeout: u64,
+    /// A campaign without a majority of votes after this long (ms) starts
+    /// over in a higher term.
+    pub election_timeout: u64,
+    /// Largest WAL payload of one AppendRequest or recovery read.
+    pub max_append_bytes: usize,
+    /// WAL sent to one acceptor and not yet acknowledged, at most.
+    pub max_inflight_bytes: u64,
+    /// New WAL kept in memory once committed; older WAL a lagging acceptor
+    /// needs comes from a recovery read.
+    pub max_buffer_bytes: u64,
+    pub faults: ProposerFaults,
+}
+
+impl ProposerConfig {
+    /// Defaults for everything but the timeline's identity and members.
+    pub fn new(
+        ttid: Ttid,
+        server: ServerInfo,
+        timeline_start_lsn: Lsn,
+        members: Members,
+    ) -> ProposerConfig {
+        ProposerConfig {
+            ttid,
+            server,
+            timeline_start_lsn,
+            members,
+            proposer_id: [0; 16],
+            create: false,
+            heartbeat_interval: 1000,
+            response_timeout: 10_000,
+            election_timeout: 10_000,
+            max_append_bytes: MAX_APPEND_WAL,
+            max_inflight_bytes: 16 << 20,
+            max_buffer_bytes: 64 << 20,
+            faults: ProposerFaults::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembersParseError {
+    #[error("safekeeper {0:?}: expected ID@HOST:PORT")]
+    Syntax(String),
+    #[error("safekeeper {0:?}: node id must be a number")]
+    BadId(String),
+    #[error("node id {0} is listed twice")]
+    Duplicate(NodeId),
+    #[error("no safekeepers given")]
+    Empty,
+}
+
+/// Parse `--safekeepers ID@HOST:PORT,…`.
+pub fn parse_members(spec: &str) -> Result<Members, MembersParseError> {
+    let mut members = Members::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| MembersParseError::Syntax(item.to_string()))?;
+        let id: NodeId = id
+            .parse()
+            .map_err(|_| MembersParseError::BadId(item.to_string()))?;
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(MembersParseError::Syntax(item.to_string()));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(MembersParseError::Duplicate(id));
+        }
+    }
+    if members.is_empty() {
+        return Err(MembersParseError::Empty);
+    }
+    Ok(members)
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(NodeId, ProposerMessage),
+    /// Close the connection to this node (the driver then reports
+    /// `on_disconnected` and may dial again later).
+    Disconnect(NodeId),
+    /// Read WAL `[start, end)` from `donor`'s replication port in `term`
+    /// (served only while the donor's term and last_log_term are `term`),
+    /// then call `on_recovery_data(id, ..)` or `on_recovery_failed(id)`.
+    RecoveryRead {
+        id: u64,
+        target: NodeId,
+        donor: NodeId,
+        term: Term,
+        start: Lsn,
+        end: Lsn,
+    },
+    /// A majority voted: this proposer leads `term`.
+    Elected {
+        term: Term,
+        term_start_lsn: Lsn,
+        donor: NodeId,
+    },
+    /// A higher term exists (another proposer won): streaming stopped. The
+    /// driver re-elects after a backoff with `start_election`.
+    SteppedDown {
+        term: Term,
+        seen: Term,
+    },
+    /// WAL below this LSN is committed; tell the primary.
+    CommitAdvanced(Lsn),
+    /// The node at `members[expected]` greeted as another node.
+    WrongNode {
+        expected: NodeId,
+        got: NodeId,
+    },
+}
+
+/// Why `push_wal` did not take the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not elected: WAL is accepted only while leading a term")]
+pub struct NotElected;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Greeting,
+    Vote(Term),
+    Elected(Term),
+    Append(Term),
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    greeted: bool,
+    /// Requests not answered yet, oldest first, with the time they were sent.
+    outstanding: VecDeque<(Request, u64)>,
+    /// The vote reply on this connection in the current term.
+    vote: Option<VoteResponse>,
+    /// Elected for the current term went out on this connection.
+    elected: bool,
+    /// Next LSN to send (end of the last append sent).
+    next_lsn: Lsn,
+    /// Flush acknowledged on this connection in the current term.
+    acked: Lsn,
+    /// Outstanding recovery read: (id, start, end).
+    read: Option<(u64, Lsn, Lsn)>,
+    read_retry_at: u64,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            greeted: false,
+            outstanding: VecDeque::new(),
+            vote: None,
+            elected: false,
+            next_lsn: Lsn::INVALID,
+            acked: Lsn::INVALID,
+            read: None,
+            read_retry_at: 0,
+        }
+    }
+
+    /// Forget everything tied to a term (a new campaign starts).
+    fn reset_term(&mut self) {
+        self.vote = None;
+        self.elected = false;
+        self.read = None;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Leader {
+    term: Term,
+    term_start_lsn: Lsn,
+    history: TermHistory,
+    donor: NodeId,
+    /// WAL `[buf_start, end_lsn)` from the primary, held in memory.
+    buf_start: Lsn,
+    buf: Vec<u8>,
+    end_lsn: Lsn,
+    commit_lsn: Lsn,
+    last_heartbeat: u64,
+    elected_at: u64,
+    /// Flush each member acknowledged after this term's Elected; kept over
+    /// reconnects (it was durable when acknowledged).
+    flush: BTreeMap<NodeId, Lsn>,
+    slot: BTreeMap<NodeId, Lsn>,
+    members: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    /// Waiting for a majority of greetings to learn the highest term.
+    Greeting,
+    Campaigning {
+        term: Term,
+        since: u64,
+        votes: BTreeMap<NodeId, VoteResponse>,
+    },
+    Leading(Box<Leader>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Proposer {
+    cfg: ProposerConfig,
+    now: u64,
+    max_term_seen: Term,
+    phase: Phase,
+    conns: BTreeMap<NodeId, Conn>,
+    next_read_id: u64,
+}
+
+impl Proposer {
+    pub fn new(cfg: ProposerConfig) -> Proposer {
+        Proposer {
+            cfg,
+            now: 0,
+            max_term_seen: 0,
+            phase: Phase::Idle,
+            conns: BTreeMap::new(),
+            next_read_id: 1,
+        }
+    }
+
+    pub fn config(&self) -> &ProposerConfig {
+        &self.cfg
+    }
+
+    /// The term being campaigned for or led.
+    pub fn term(&self) -> Option<Term> {
+        match &self.phase {
+            Phase::Campaigning { term, .. } => Some(*term),
+            Phase::Leading(l) => Some(l.term),
+            _ => None,
+        }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        matches!(self.phase, Phase::Leading(_))
+    }
+
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle)
+    }
+
+    /// While leading: (term, term_start_lsn, history, end of WAL, commit).
+    pub fn leader_view(&self) -> Option<(Term, Lsn, &TermHistory, Lsn, Lsn)> {
+        match &self.phase {
+            Phase::Leading(l) => Some((
+                l.term,
+                l.term_start_lsn,
+                &l.history,
+                l.end_lsn,
+                l.commit_lsn,
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn max_term_seen(&self) -> Term {
+        self.max_term_seen
+    }
+
+    fn members(&self) -> usize {
+        self.cfg.members.len()
+    }
+
+    /// Begin an election (after start, or after stepping down and backing
+    /// off). No-op while campaigning or leading.
+    pub fn start_election(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if matches!(self.phase, Phase::Idle) {
+            self.phase = Phase::Greeting;
+            self.maybe_campaign(&mut out);
+        }
+        out
+    }
+
+    pub fn on_connected(&mut self, node: NodeId) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.cfg.members.contains_key(&node) {
+            out.push(Action::Disconnect(node));
+            return out;
+        }
+        self.conns.insert(node, Conn::new());
+        let greeting = ProposerMessage::Greeting(Greeting {
+            protocol_version: PROTOCOL_VERSION,
+            ttid: self.cfg.ttid,
+            server: self.cfg.server,
+            timeline_start_lsn: self.cfg.timeline_start_lsn,
+            members: self.cfg.members.clone(),
+            proposer_id: self.cfg.proposer_id,
+            create: self.cfg.create,
+        });
+        self.send(node, greeting, &mut out);
+        out
+    }
+
+    pub fn on_disconnected(&mut self, node: NodeId) {
+        self.conns.remove(&node);
+    }
+
+    pub fn on_tick(&mut self, now: u64) -> Vec<Action> {
+        self.now = self.now.max(now);
+        let mut out = Vec::new();
+        let timeout = self.cfg.response_timeout;
+        let stale: Vec<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.outstanding
+                    .front()
+                    .is_some_and(|(_, at)| self.now.saturating_sub(*at) >= timeout)
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for node in stale {
+            self.conns.remove(&node);
+            out.push(Action::Disconnect(node));
+        }
+        match &mut self.phase {
+            Phase::Campaigning { since, .. }
+                if self.now.saturating_sub(*since) >= self.cfg.election_timeout =>
+            {
+                // A split or lost vote: try again above everything seen.
+                self.phase = Phase::Greeting;
+                for c in self.conns.values_mut() {
+                    c.reset_term();
+                }
+                self.maybe_campaign(&mut out);
+            }
+            Phase::Leading(l)
+                if !l.commit_lsn.is_valid()
+                    && self.now.saturating_sub(l.elected_at) >= self.cfg.election_timeout =>
+            {
+                // No majority reached term_start_lsn: the donor may be gone
+                // for good. Another election picks a donor that is here.
+                let term = l.term;
+                self.step_down(term, &mut out);
+            }
+            Phase::Leading(l)
+                if self.now.saturating_sub(l.last_heartbeat) >= self.cfg.heartbeat_interval =>
+            {
+                l.last_heartbeat = self.now;
+                self.broadcast_heartbeat(&mut out);
+            }
+            _ => {}
+        }
+        if self.is_leading() {
+            let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
+            for node in nodes {
+                self.pump(node, &mut out);
+            }
+        }
+        out
+    }
+
+    /// New WAL from the primary, continuing at the end of what was pushed.
+    pub fn push_wal(&mut self, wal: &[u8]) -> Result<Vec<Action>, NotElected> {
+        let Phase::Leading(l) = &mut self.phase else {
+            return Err(NotElected);
+        };
+        l.buf.extend_from_slice(wal);
+        l.end_lsn = Lsn(l.end_lsn.0 + wal.len() as u64);
+        let mut out = Vec::new();
+        let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
+        for node in nodes {
+            self.pump(node, &mut out);
+        }
+        Ok(out)
+    }
+
+    pub fn on_recovery_data(&mut self, id: u64, wal: Bytes) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some((&node, conn)) = self
+            .conns
+            .iter_mut()
+            .find(|(_, c)| c.read.is_some_and(|(rid, _, _)| rid == id))
+        else {
+            return out;
+        };
+        let Some((_, start, end)) = conn.read.take() else {
+            return out;
+        };
+        let Phase::Leading(l) = &self.phase else {
+            return out;
+        };
+        if start != conn.next_lsn || wal.len() as u64 != end.0 - start.0 {
+            conn.read_retry_at = self.now + self.cfg.heartbeat_interval;
+            return out;
+        }
+        conn.next_lsn = end;
+        let msg = append(l, start, end, wal);
+        self.send(node, msg, &mut out);
+        self.pump(node, &mut out);
+        out
+    }
+
+    pub fn on_recovery_failed(&mut self, id: u64) -> Vec<Action> {
+        let retry = self.now + self.cfg.heartbeat_interval;
+        for c in self.conns.values_mut() {
+            if c.read.is_some_and(|(rid, _, _)| rid == id) {
+                c.read = None;
+                c.read_retry_at = retry;
+            }
+        }
+        Vec::new()
+    }
+
+    pub fn on_message(&mut self, node: NodeId, msg: AcceptorMessage) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return out;
+        };
+        let Some((request, _)) = conn.outstanding.pop_front() else {
+            // A reply to nothing: the connection is out of step.
+            self.drop_conn(node, &mut out);
+            return out;
+        };
+        self.max_term_seen = self.max_term_seen.max(msg.term());
+        if let Some(term) = self.term() {
+            if msg.term() > term {
+                self.step_down(msg.term(), &mut out);
+                if let (Request::Greeting, AcceptorMessage::Greeting(g)) = (request, msg) {
+                    // Still a good connection for the next election.
+                    self.on_greeting(node, g, &mut out);
+                }
+                return out;
+            }
+        }
+        match (request, msg) {
+            (Request::Greeting, AcceptorMessage::Greeting(g)) => {
+                self.on_greeting(node, g, &mut out)
+            }
+            (Request::Vote(t), AcceptorMessage::Vote(v)) => self.on_vote(node, t, v, &mut out),
+            (Request::Elected(t) | Request::Append(t), AcceptorMessage::Append(a)) => {
+                self.on_append_response(node, t, a, &mut out)
+            }
+            _ => self.drop_conn(node, &mut out),
+        }
+        out
+    }
+
+    fn drop_conn(&mut self, node: NodeId, out: &mut Vec<Action>) {
+        self.conns.remove(&node);
+        out.push(Action::Disconnect(node));
+    }
+
+    fn send(&mut self, node: NodeId, msg: ProposerMessage, out: &mut Vec<Action>) {
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return;
+        };
+        let req = match &msg {
+            ProposerMessage::Greeting(_) => Request::Greeting,
+            ProposerMessage::VoteRequest(v) => Request::Vote(v.term),
+            ProposerMessage::Elected(e) => Request::Elected(e.term),
+            ProposerMessage::Append(a) => Request::Append(a.term),
+        };
+        conn.outstanding.push_back((req, self.now));
+        out.push(Action::Send(node, msg));
+    }
+
+    fn step_down(&mut self, seen: Term, out: &mut Vec<Action>) {
+        let term = self.term().unwrap_or(0);
+        self.phase = Phase::Idle;
+        for c in self.conns.values_mut() {
+            c.reset_term();
+        }
+        out.push(Action::SteppedDown { term, seen });
+    }
+
+    fn on_greeting(&mut self, node: NodeId, g: AcceptorGreeting, out: &mut Vec<Action>) {
+        if g.node_id != node {
+            out.push(Action::WrongNode {
+                expected: node,
+                got: g.node_id,
+            });
+            self.drop_conn(node, out);
+            return;
+        }
+        if g.protocol_version != PROTOCOL_VERSION {
+            self.drop_conn(node, out);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&node) {
+            c.greeted = true;
+        }
+        match self.term() {
+            Some(term) => self.send(
+                node,
+                ProposerMessage::VoteRequest(VoteRequest { term }),
+                out,
+            ),
+            None => self.maybe_campaign(out),
+        }
+    }
+
+    /// Once a majority has greeted, ask for votes in a term above any seen.
+    fn maybe_campaign(&mut self, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Greeting) {
+            return;
+        }
+        let greeted = self.conns.values().filter(|c| c.greeted).count();
+        if !quorum::is_majority(greeted, self.members()) {
+            return;
+        }
+        let term = self.max_term_seen + 1;
+        self.max_term_seen = term;
+        self.phase = Phase::Campaigning {
+            term,
+            since: self.now,
+            votes: BTreeMap::new(),
+        };
+        let nodes: Vec<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.greeted)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in nodes {
+            self.send(
+                node,
+                ProposerMessage::VoteRequest(VoteRequest { term }),
+                out,
+            );
+        }
+    }
+
+    fn on_vote(&mut self, node: NodeId, asked: Term, v: VoteResponse, out: &mut Vec<Action>) {
+        let Some(term) = self.term() else {
+            return;
+        };
+        if asked != term || v.term != term {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&node) {
+            c.vote = Some(v.clone());
+        }
+        match &mut self.phase {
+            Phase::Campaigning { votes, .. } => {
+                // A refusal in our own term is ambiguous (this node may have
+                // voted for us before a reconnect, or for a rival that chose
+                // the same term): only a grant counts.
+                if v.granted {
+                    votes.insert(node, v);
+                }
+                let n = votes.len();
+                if quorum::is_majority(n, self.members()) {
+                    self.become_leader(out);
+                }
+            }
+            Phase::Leading(_) => self.send_elected(node, out),
+            _ => {}
+        }
+    }
+
+    fn become_leader(&mut self, out: &mut Vec<Action>) {
+        let Phase::Campaigning { term, votes, .. } = &self.phase else {
+            return;
+        };
+        let term = *term;
+        let ignore_llt = self.cfg.faults.donor_ignores_last_log_term;
+        let Some((&donor, dv)) = votes.iter().max_by_key(|(_, v)| {
+            let llt = if ignore_llt {
+                0
+            } else {
+                v.term_history.last_log_term(v.flush_lsn)
+            };
+            (llt, v.flush_lsn)
+        }) else {
+            return;
+        };
+        let donor_history = dv.term_history.up_to(dv.flush_lsn);
+        let term_start_lsn = if donor_history.entries().is_empty() {
+            // Nobody holds WAL: the timeline begins here.
+            self.cfg.timeline_start_lsn
+        } else {
+            dv.flush_lsn
+        };
+        let mut history = donor_history;
+        history.0.push(TermLsn {
+            term,
+            lsn: term_start_lsn,
+        });
+        self.phase = Phase::Leading(Box::new(Leader {
+            term,
+            term_start_lsn,
+            history,
+            donor,
+            buf_start: term_start_lsn,
+            buf: Vec::new(),
+            end_lsn: term_start_lsn,
+            commit_lsn: Lsn::INVALID,
+            last_heartbeat: self.now,
+            elected_at: self.now,
+            flush: BTreeMap::new(),
+            slot: BTreeMap::new(),
+            members: self.cfg.members.keys().copied().collect(),
+        }));
+        out.push(Action::Elected {
+            term,
+            term_start_lsn,
+            donor,
+        });
+        let voted: Vec<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.vote.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        for node in voted {
+            self.send_elected(node, out);
+        }
+    }
+
+    /// Tell a node that voted (or is already in our term) where its log
+    /// leaves ours, then start streaming to it from there.
+    fn send_elected(&mut self, node: NodeId, out: &mut Vec<Action>) {
+        let Phase::Leading(l) = &self.phase else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return;
+        };
+        let Some(v) = conn.vote.as_ref() else {
+            return;
+        };
+        if conn.elected {
+            return;
+        }
+        let theirs = v.term_history.up_to(v.flush_lsn);
+        // Must be the acceptor's own computation, or it refuses.
+        let point = if theirs.entries().is_empty() {
+            v.flush_lsn
+        } else {
+            theirs
+                .highest_common_point(v.flush_lsn, &l.history)
+                .unwrap_or(self.cfg.timeline_start_lsn)
+        };
+        conn.elected = true;
+        conn.next_lsn = point;
+        conn.acked = point;
+        conn.read = None;
+        let msg = ProposerMessage::Elected(Elected {
+            term: l.term,
+            start_streaming_at: point,
+            term_history: l.history.clone(),
+        });
+        self.send(node, msg, out);
+        self.pump(node, out);
+    }
+
+    fn on_append_response(
+        &mut self,
+        node: NodeId,
+        asked: Term,
+        a: AppendResponse,
+        out: &mut Vec<Action>,
+    ) {
+        let Phase::Leading(l) = &mut self.phase else {
+            return;
+        };
+        if asked != l.term || a.term != l.term {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&node) else {
+            return;
+        };
+        if !conn.elected || a.flush_lsn > conn.next_lsn {
+            // Not an answer this term's stream can produce.
+            self.drop_conn(node, out);
+            return;
+        }
+        conn.acked = a.flush_lsn;
+        l.flush.insert(node, a.flush_lsn);
+        l.slot.insert(node, a.slot_horizon_lsn);
+        let reached: Vec<Lsn> = l
+            .flush
+            .values()
+            .copied()
+            .filter(|f| *f >= l.term_start_lsn)
+            .collect();
+        // Raft's rule: only WAL of this term (from term_start_lsn on) is
+        // committed by counting; older WAL is committed along with it.
+        if let Some(c) = quorum::majority_lsn(&reached, self.cfg.members.len()) {
+            if c > l.commit_lsn {
+                l.commit_lsn = c;
+                out.push(Action::CommitAdvanced(c));
+                self.broadcast_heartbeat(out);
+            }
+        }
+        // Memory stays bounded: committed WAL beyond the buffer size goes;
+        // whoever still needs it reads it from a donor.
+        if let Phase::Leading(l) = &mut self.phase {
+            let excess = (l.buf.len() as u64).saturating_sub(self.cfg.max_buffer_bytes);
+            let drop = excess.min(l.commit_lsn.distance_from(l.buf_start));
+            if drop > 0 {
+                l.buf.drain(..drop as usize);
+                l.buf_start = Lsn(l.buf_start.0 + drop);
+            }
+        }
+        // This ack may make `node` a recovery source for the others.
+        let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
+        for n in nodes {
+            self.pump(n, out);
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self, out: &mut Vec<Action>) {
+        let Phase::Leading(l) = &mut self.phase else {
+            return;
+        };
+        l.last_heartbeat = self.now;
+        let msgs: Vec<(NodeId, ProposerMessage)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.elected)
+            .map(|(n, c)| (*n, append(l, c.next_lsn, c.next_lsn, Bytes::new())))
+            .collect();
+        for (node, msg) in msgs {
+            self.send(node, msg, out);
+        }
+    }
+
+    /// Send `node` what it lacks, within the in-flight limit: from the
+    /// buffer, or through a recovery read when it is behind the buffer.
+    fn pump(&mut self, node: NodeId, out: &mut Vec<Action>) {
+        loop {
+            let Phase::Leading(l) = &self.phase else {
+                return;
+            };
+            let Some(conn) = self.conns.get(&node) else {
+                return;
+            };
+            if !conn.elected || conn.read.is_some() {
+                return;
+            }
+            let next = conn.next_lsn;
+            let inflight = next.distance_from(conn.acked);
+            if inflight >= self.cfg.max_inflight_bytes || next >= l.end_lsn {
+                return;
+            }
+            let room =
+                (self.cfg.max_inflight_bytes - inflight).min(self.cfg.max_append_bytes as u64);
+            if next < l.buf_start {
+                if self.now < conn.read_retry_at {
+                    return;
+                }
+                // A node that reached term_start_lsn in this term holds
+                // exactly our log below its flush (and serves recovery reads:
+                // its last_log_term is our term); prefer the donor.
+                let source = l
+                    .flush
+                    .iter()
+                    .filter(|(n, f)| {
+                        **n != node
+                            && **f > next
+                            && **f >= l.term_start_lsn
+                            && self.conns.contains_key(n)
+                    })
+                    .max_by_key(|(n, f)| (**n == l.donor, **f))
+                    .map(|(n, f)| (*n, *f));
+                let Some((donor, donor_flush)) = source else {
+                    return;
+                };
+                let end = Lsn(l.buf_start.min(donor_flush).0.min(next.0 + room));
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                let term = l.term;
+                if let Some(c) = self.conns.get_mut(&node) {
+                    c.read = Some((id, next, end));
+                }
+                out.push(Action::RecoveryRead {
+                    id,
+                    target: node,
+                    donor,
+                    term,
+                    start: next,
+                    end,
+                });
+                return;
+            }
+            let end = Lsn(l.end_lsn.0.min(next.0 + room));
+            let a = (next.0 - l.buf_start.0) as usize;
+            let b = (end.0 - l.buf_start.0) as usize;
+            let msg = append(l, next, end, Bytes::copy_from_slice(&l.buf[a..b]));
+            if let Some(c) = self.conns.get_mut(&node) {
+                c.next_lsn = end;
+            }
+            self.send(node, msg, out);
+        }
+    }
+}
+
+/// The peer horizon goes out only once every member acknowledged in this
+/// term: a member not heard from may still need anything.
+fn peer_horizon(l: &Leader) -> Lsn {
+    if !l.members.iter().all(|n| l.flush.contains_key(n)) {
+        return Lsn::INVALID;
+    }
+    l.flush.values().copied().min().unwrap_or(Lsn::INVALID)
+}
+
+fn slot_horizon(l: &Leader) -> Lsn {
+    l.slot
+        .values()
+        .copied()
+        .filter(|s| s.is_valid())
+        .min()
+        .unwrap_or(Lsn::INVALID)
+}
+
+fn append(l: &Leader, begin: Lsn, end: Lsn, wal: Bytes) -> ProposerMessage {
+    ProposerMessage::Append(AppendRequest {
+        term: l.term,
+        begin_lsn: begin,
+        end_lsn: end,
+        commit_lsn: l.commit_lsn,
+        peer_horizon_lsn: peer_horizon(l),
+        slot_horizon_lsn: slot_horizon(l),
+        wal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::acceptor::term_lsn;
+
+    const START: u64 = 1 << 24;
+
+    fn proposer(n: u64) -> Proposer {
+        let members = (1..=n)
+            .map(|i| (NodeId(i), format!("127.0.0.1:{}", 5450 + i)))
+            .collect();
+        let server = ServerInfo {
+            system_id: 1,
+            pg_version: 150_000,
+            wal_seg_size: 1 << 20,
+            tli: 1,
+        };
+        Proposer::new(ProposerConfig::new(
+            Ttid::default(),
+            server,
+            Lsn(START),
+            members,
+        ))
+    }
+
+    fn greet(p: &mut Proposer, node: u64, term: Term) -> Vec<Action> {
+        p.on_connected(NodeId(node));
+        p.on_message(
+            NodeId(node),
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: NodeId(node),
+                term,
+            }),
+        )
+    }
+
+    fn vote(term: Term, flush: u64, history: &[(Term, u64)]) -> AcceptorMessage {
+        AcceptorMessage::Vote(VoteResponse {
+            term,
+            granted: true,
+            flush_lsn: Lsn(flush),
+            commit_lsn: Lsn(START),
+            term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+            timeline_start_lsn: Lsn(START),
+        })
+    }
+
+    fn ack(term: Term, flush: u64) -> AcceptorMessage {
+        AcceptorMessage::Append(AppendResponse {
+            term,
+            flush_lsn: Lsn(flush),
+            commit_lsn: Lsn(START),
+            slot_horizon_lsn: Lsn::INVALID,
+        })
+    }
+
+    #[test]
+    fn parses_member_list() {
+        let m = parse_members("1@a:5432, 2@b:5433").unwrap();
+        assert_eq!(m[&NodeId(2)], "b:5433");
+        assert_eq!(
+            parse_members("1@a:1,1@b:2"),
+            Err(MembersParseError::Duplicate(NodeId(1)))
+        );
+        assert!(matches!(
+            parse_members("x@a:1"),
+            Err(MembersParseError::BadId(_))
+        ));
+        assert!(matches!(
+            parse_members("1@a"),
+            Err(MembersParseError::Syntax(_))
+        ));
+        assert_eq!(parse_members(""), Err(MembersParseError::Empty));
+    }
+
+    #[test]
+    fn refuses_a_node_greeting_under_another_id() {
+        let mut p = proposer(3);
+        p.on_connected(NodeId(1));
+        let out = p.on_message(
+            NodeId(1),
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: NodeId(9),
+                term: 0,
+            }),
+        );
+        assert!(out.contains(&Action::WrongNode {
+            expected: NodeId(1),
+            got: NodeId(9)
+        }));
+        assert!(out.contains(&Action::Disconnect(NodeId(1))));
+    }
+
+    /// Term above every greeting of a majority; donor by (last_log_term,
+    /// flush) where last_log_term only counts WAL held; Elected carries each
+    /// node's divergence point; commit counts only flushes past
+    /// term_start_lsn.
+    #[test]
+    fn elects_with_the_right_donor_and_commits_by_the_raft_rule() {
+        let mut p = proposer(3);
+        p.start_election();
+        assert!(greet(&mut p, 1, 4).is_empty());
+        let out = greet(&mut p, 2, 2);
+        assert_eq!(
+            out,
+            vec![
+                Action::Send(
+                    NodeId(1),
+                    ProposerMessage::VoteRequest(VoteRequest { term: 5 })
+                ),
+                Action::Send(
+                    NodeId(2),
+                    ProposerMessage::VoteRequest(VoteRequest { term: 5 })
+                ),
+            ]
+        );
+        // node 1: long log of term 2; node 2: shorter log of term 3.
+        assert!(p
+            .on_message(NodeId(1), vote(5, START + 500, &[(2, START)]))
+            .is_empty());
+        let out = p.on_message(
+            NodeId(2),
+            vote(5, START + 300, &[(2, START), (3, START + 200)]),
+        );
+        assert_eq!(
+            out[0],
+            Action::Elected {
+                term: 5,
+                term_start_lsn: Lsn(START + 300),
+                donor: NodeId(2)
+            }
+        );
+        let history = TermHistory(vec![
+            term_lsn(2, START),
+            term_lsn(3, START + 200),
+            term_lsn(5, START + 300),
+        ]);
+        let elected = |at: u64| {
+            ProposerMessage::Elected(Elected {
+                term: 5,
+                start_streaming_at: Lsn(at),
+                term_history: history.clone(),
+            })
+        };
+        assert!(out.contains(&Action::Send(NodeId(1), elected(START + 200))));
+        assert!(out.contains(&Action::Send(NodeId(2), elected(START + 300))));
+        // node 1 must be brought to term_start_lsn from the donor, once the
+        // donor has shown it holds our log.
+        p.on_message(NodeId(1), ack(5, START + 200));
+        let out = p.on_message(NodeId(2), ack(5, START + 300));
+        assert!(!out.iter().any(|a| matches!(a, Action::CommitAdvanced(_))));
+        assert!(out.iter().any(|a| matches!(a,
+            Action::RecoveryRead { target, donor, start, end, .. }
+                if *target == NodeId(1) && *donor == NodeId(2)
+                    && *start == Lsn(START + 200) && *end == Lsn(START + 300))));
+        // New WAL; node 1 has not reached term_start_lsn, so node 2 alone
+        // is no majority.
+        p.push_wal(&[7; 50]).unwrap();
+        let out = p.on_message(NodeId(2), ack(5, START + 350));
+        assert!(!out.iter().any(|a| matches!(a, Action::CommitAdvanced(_))));
+        let out = p.on_recovery_data(1, Bytes::from(vec![1; 100]));
+        assert!(out.iter().any(|a| matches!(a, Action::Send(n, ProposerMessage::Append(r))
+            if *n == NodeId(1) && r.begin_lsn == Lsn(START + 200) && r.end_lsn == Lsn(START + 300))));
+        let out = p.on_message(NodeId(1), ack(5, START + 300));
+        assert!(out.contains(&Action::CommitAdvanced(Lsn(START + 300))));
+    }
+
+    #[test]
+    fn steps_down_on_a_higher_term() {
+        let mut p = proposer(3);
+        p.start_election();
+        greet(&mut p, 1, 0);
+        greet(&mut p, 2, 0);
+        p.on_message(NodeId(1), vote(1, START, &[]));
+        p.on_message(NodeId(2), vote(1, START, &[]));
+        assert!(p.is_leading());
+        assert_eq!(p.leader_view().unwrap().1, Lsn(START));
+        let out = p.on_message(NodeId(1), ack(3, START));
+        assert_eq!(out, vec![Action::SteppedDown { term: 1, seen: 3 }]);
+        assert_eq!(p.push_wal(b"x"), Err(NotElected));
+        assert_eq!(p.max_term_seen(), 3);
+    }
+}

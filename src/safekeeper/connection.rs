@@ -1,0 +1,324 @@
+//! One client connection on the PostgreSQL-protocol port: startup, then
+//! replication commands until the client leaves. Proposers say so in their
+//! startup options (`-c walkeeper.role=proposer`); everyone else is a
+//! consumer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::timelines::Timeline;
+use super::{wal_push, wal_send, Shared};
+use crate::id::Ttid;
+use crate::pq::connection::{Handshake, PqConnection, ServerParams, StartupParams};
+use crate::pq::frame::{Column, FeMessage};
+use crate::pq::replication::{find_option, ReplicationCommand};
+use crate::pq::{sqlstate, PqError};
+
+pub(crate) const INSUFFICIENT_PRIVILEGE: &str = "42501";
+pub(crate) const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+
+/// Who is on the other end, from the startup packet.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub params: StartupParams,
+    pub is_proposer: bool,
+}
+
+impl Client {
+    /// The timeline named by `-c tenant_id=… -c timeline_id=…`, if any.
+    pub fn named_timeline(&self) -> Result<Option<Ttid>, String> {
+        let tenant = self.params.option("tenant_id");
+        let timeline = self.params.option("timeline_id");
+        match (tenant, timeline) {
+            (None, None) => Ok(None),
+            (Some(t), Some(l)) => {
+                let tenant_id = t.parse().map_err(|e| format!("{e}"))?;
+                let timeline_id = l.parse().map_err(|e| format!("{e}"))?;
+                Ok(Some(Ttid::new(tenant_id, timeline_id)))
+            }
+            _ => Err("name both tenant_id and timeline_id (options='-c tenant_id=… -c timeline_id=…'), or neither when the safekeeper holds one timeline".into()),
+        }
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let mut conn = PqConnection::new(socket);
+    match serve_conn(&shared, &mut conn, peer).await {
+        Ok(()) => tracing::debug!(%peer, "connection closed"),
+        Err(e) if e.is_disconnect() => tracing::debug!(%peer, "client went away: {e}"),
+        Err(e) => {
+            tracing::warn!(%peer, "connection failed: {e}");
+            // Tell the client why, if it can still hear us.
+            let _ = conn.send_fatal(e.sqlstate(), &e.to_string()).await;
+        }
+    }
+}
+
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    peer: SocketAddr,
+) -> Result<(), PqError> {
+    let params = match conn.handshake().await? {
+        None | Some(Handshake::Cancel { .. }) => return Ok(()),
+        Some(Handshake::Startup(p)) => p,
+    };
+    let is_proposer = params.option("walkeeper.role") == Some("proposer");
+    let client = Client {
+        peer,
+        params,
+        is_proposer,
+    };
+    tracing::debug!(%peer, proposer = is_proposer, application_name = ?client.params.application_name, "client connected");
+    conn.accept_trust(&client.params, &ServerParams::default())
+        .await?;
+    loop {
+        let Some(msg) = conn.read_message().await? else {
+            return Ok(());
+        };
+        match msg {
+            FeMessage::Query(text) => {
+                if !run_command(shared, conn, &client, &text).await? {
+                    return Ok(());
+                }
+            }
+            FeMessage::Terminate => return Ok(()),
+            FeMessage::Sync => conn.send_ready_for_query().await?,
+            other => {
+                let what = match other {
+                    FeMessage::Unknown { tag, .. } => format!("message type {:?}", tag as char),
+                    _ => "a COPY message outside COPY".into(),
+                };
+                conn.send_error(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("unsupported {what}: this server speaks the simple query protocol of a walsender"),
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+/// Run one simple query. Returns false when the connection must close.
+async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    client: &Client,
+    text: &str,
+) -> Result<bool, PqError> {
+    let command = match ReplicationCommand::parse(text) {
+        Ok(c) => c,
+        Err(e) => {
+            conn.send_error(e.sqlstate(), &e.to_string()).await?;
+            return Ok(true);
+        }
+    };
+    match command {
+        ReplicationCommand::Empty => {
+            conn.write_message(&crate::pq::frame::BeMessage::EmptyQueryResponse)?;
+            conn.send_ready_for_query().await?;
+        }
+        ReplicationCommand::IdentifySystem => match choose_timeline(shared, client) {
+            Ok(t) => {
+                let state = t.durable().borrow().clone();
+                let Some(state) = state else {
+                    conn.send_error(
+                        OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        &format!("timeline {} is being created", t.ttid),
+                    )
+                    .await?;
+                    return Ok(true);
+                };
+                let rows = vec![vec![
+                    Some(state.server.system_id.to_string()),
+                    Some(state.server.tli.to_string()),
+                    Some(state.commit_lsn.to_string()),
+                    None,
+                ]];
+                conn.write_result_set(
+                    &[
+                        Column::text("systemid"),
+                        Column::int4("timeline"),
+                        Column::text("xlogpos"),
+                        Column::text("dbname"),
+                    ],
+                    &rows,
+                    "IDENTIFY_SYSTEM",
+                )?;
+                conn.send_ready_for_query().await?;
+            }
+            Err((code, msg)) => conn.send_error(code, &msg).await?,
+        },
+        ReplicationCommand::StartWalPush { .. } => {
+            if !client.is_proposer {
+                conn.send_error(
+                    INSUFFICIENT_PRIVILEGE,
+                    "START_WAL_PUSH is for proposers: connect with options='-c walkeeper.role=proposer'",
+                )
+                .await?;
+                return Ok(true);
+            }
+            wal_push::serve(shared, conn, client.peer).await?;
+            return Ok(false);
+        }
+        ReplicationCommand::Show { name } => {
+            let value = match name.to_ascii_lowercase().as_str() {
+                "wal_segment_size" => match choose_timeline(shared, client) {
+                    Ok(t) => Some(format_size(t.current_state().server.wal_seg_size)),
+                    // Before any timeline exists, PostgreSQL's default.
+                    Err(_) => Some(format_size(crate::lsn::DEFAULT_WAL_SEG_SIZE)),
+                },
+                "data_directory_mode" => Some("0700".to_string()),
+                "server_version" => Some(crate::pq::connection::DEFAULT_SERVER_VERSION.to_string()),
+                "server_version_num" => Some("150000".to_string()),
+                "integer_datetimes" => Some("on".to_string()),
+                _ => None,
+            };
+            match value {
+                Some(v) => {
+                    conn.write_result_set(&[Column::text(&name)], &[vec![Some(v)]], "SHOW")?;
+                    conn.send_ready_for_query().await?;
+                }
+                None => {
+                    conn.send_error(
+                        sqlstate::UNDEFINED_OBJECT,
+                        &format!("unrecognized configuration parameter \"{name}\""),
+                    )
+                    .await?
+                }
+            }
+        }
+        ReplicationCommand::TimelineHistory { timeline } => {
+            // Timelines above 1 get their history files once the proxy
+            // stores them; until then there is none to give.
+            conn.send_error(
+                sqlstate::UNDEFINED_FILE,
+                &format!("could not open file \"pg_wal/{timeline:08X}.history\": this safekeeper holds no history file for timeline {timeline}"),
+            )
+            .await?;
+        }
+        ReplicationCommand::ReadReplicationSlot { .. } => {
+            // No slots on this safekeeper yet: all NULL, as PostgreSQL
+            // answers for a slot that does not exist.
+            conn.write_result_set(
+                &[
+                    Column::text("slot_type"),
+                    Column::text("restart_lsn"),
+                    Column::int8("restart_tli"),
+                ],
+                &[vec![None, None, None]],
+                "READ_REPLICATION_SLOT",
+            )?;
+            conn.send_ready_for_query().await?;
+        }
+        ReplicationCommand::StartReplication {
+            start_lsn,
+            timeline,
+            options,
+            ..
+        } => {
+            let recovery_term = match find_option(&options, "term") {
+                None => None,
+                Some(o) => match o.value.as_deref().and_then(|v| v.parse().ok()) {
+                    Some(t) => Some(t),
+                    None => {
+                        conn.send_error(
+                            sqlstate::SYNTAX_ERROR,
+                            "option term needs a number, e.g. (term '5')",
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                },
+            };
+            let t = match choose_timeline(shared, client) {
+                Ok(t) => t,
+                Err((code, msg)) => {
+                    conn.send_error(code, &msg).await?;
+                    return Ok(true);
+                }
+            };
+            let req = wal_send::StartRequest {
+                start_lsn,
+                timeline,
+                recovery_term,
+            };
+            return wal_send::serve(shared, conn, client, t, req).await;
+        }
+        ReplicationCommand::Unsupported(text) => {
+            conn.send_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                &format!("command not supported by this safekeeper: {}", text.trim()),
+            )
+            .await?;
+        }
+        other => {
+            conn.send_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                &format!(
+                    "{} is not supported by this safekeeper yet",
+                    command_name(&other)
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+fn command_name(c: &ReplicationCommand) -> &'static str {
+    match c {
+        ReplicationCommand::Empty => "an empty query",
+        ReplicationCommand::IdentifySystem => "IDENTIFY_SYSTEM",
+        ReplicationCommand::Show { .. } => "SHOW",
+        ReplicationCommand::TimelineHistory { .. } => "TIMELINE_HISTORY",
+        ReplicationCommand::ReadReplicationSlot { .. } => "READ_REPLICATION_SLOT",
+        ReplicationCommand::CreateReplicationSlot { .. } => "CREATE_REPLICATION_SLOT",
+        ReplicationCommand::DropReplicationSlot { .. } => "DROP_REPLICATION_SLOT",
+        ReplicationCommand::StartReplication { .. } => "START_REPLICATION",
+        ReplicationCommand::StartWalPush { .. } => "START_WAL_PUSH",
+        ReplicationCommand::Unsupported(_) => "this command",
+    }
+}
+
+/// The timeline a consumer means: the one its startup options name, or the
+/// only one this safekeeper holds.
+pub fn choose_timeline(
+    shared: &Shared,
+    client: &Client,
+) -> Result<Arc<Timeline>, (&'static str, String)> {
+    match client.named_timeline() {
+        Err(e) => Err((sqlstate::INVALID_PARAMETER_VALUE, e)),
+        Ok(Some(ttid)) => shared.timelines.get(ttid).ok_or_else(|| {
+            (
+                sqlstate::UNDEFINED_OBJECT,
+                format!("timeline {ttid} does not exist on this safekeeper"),
+            )
+        }),
+        Ok(None) => {
+            let all = shared.timelines.all();
+            match all.len() {
+                1 => Ok(all[0].clone()),
+                0 => Err((sqlstate::UNDEFINED_OBJECT, "this safekeeper holds no timeline yet".into())),
+                n => Err((
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("this safekeeper holds {n} timelines: name one with options='-c tenant_id=… -c timeline_id=…'"),
+                )),
+            }
+        }
+    }
+}
+
+/// `wal_segment_size` as PostgreSQL shows it (`16MB`, `1GB`), which is what
+/// pg_receivewal parses.
+fn format_size(bytes: u32) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{}GB", bytes >> 30)
+    } else {
+        format!("{}MB", bytes >> 20)
+    }
+}

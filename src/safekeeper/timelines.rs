@@ -1,0 +1,205 @@
+//! The timelines a safekeeper holds: one acceptor each, shared by every
+//! proposer connection for that timeline, writing through the one
+//! group-commit writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::consensus::acceptor::{Acceptor, Effects, Event, Refusal, TimelineState, Write};
+use crate::consensus::messages::{AcceptorMessage, Greeting, ProposerMessage};
+use crate::id::{NodeId, Ttid};
+use crate::store::writer::{DurableState, WriterHandle};
+use crate::store::StoreError;
+
+pub struct Timeline {
+    pub ttid: Ttid,
+    acceptor: Mutex<Acceptor>,
+    durable: DurableState,
+    /// Set when a write of this timeline failed: the acceptor's in-memory
+    /// state may then be ahead of the disk, so it must not answer anyone
+    /// until the daemon restarts and reloads the stored state.
+    poisoned: Mutex<Option<String>>,
+}
+
+/// A reply that may be sent once `synced` resolves Ok.
+pub struct PendingReply {
+    pub synced: oneshot::Receiver<Result<(), Arc<StoreError>>>,
+    pub reply: Option<AcceptorMessage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("timeline {ttid}: an earlier write failed ({reason}); restart the safekeeper to reload the stored state")]
+    Poisoned { ttid: Ttid, reason: String },
+}
+
+impl Timeline {
+    /// The latest state whose writes are synced: what readers may act on.
+    pub fn durable(&self) -> DurableState {
+        self.durable.clone()
+    }
+
+    /// The acceptor's state including writes not yet synced.
+    pub fn current_state(&self) -> TimelineState {
+        self.lock().state().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Acceptor> {
+        self.acceptor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run one message through the acceptor and queue its writes. The writes
+    /// are submitted under the acceptor's lock so their order on disk is the
+    /// order the acceptor produced them in.
+    pub fn poison(&self, reason: &str) {
+        let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        p.get_or_insert_with(|| reason.to_string());
+    }
+
+    fn check_poisoned(&self) -> Result<(), HandleError> {
+        match &*self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(HandleError::Poisoned {
+                ttid: self.ttid,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn handle(
+        &self,
+        writer: &WriterHandle,
+        msg: &ProposerMessage,
+    ) -> Result<PendingReply, HandleError> {
+        self.check_poisoned()?;
+        let mut acceptor = self.lock();
+        let before = acceptor.state().term;
+        let effects = acceptor.handle(msg)?;
+        log_events(self.ttid, before, &effects);
+        let synced = writer.submit(self.ttid, effects.writes);
+        Ok(PendingReply {
+            synced,
+            reply: effects.reply,
+        })
+    }
+
+    /// Trim whole segments below `horizon` (bounded by commit_lsn).
+    pub fn trim(
+        &self,
+        writer: &WriterHandle,
+        horizon: crate::lsn::Lsn,
+    ) -> Option<oneshot::Receiver<Result<(), Arc<StoreError>>>> {
+        let mut acceptor = self.lock();
+        let writes: Vec<Write> = acceptor.trim(horizon);
+        if writes.is_empty() {
+            return None;
+        }
+        tracing::info!(timeline = %self.ttid, local_start_lsn = %acceptor.state().local_start_lsn, "trimmed WAL below the horizon");
+        Some(writer.submit(self.ttid, writes))
+    }
+}
+
+fn log_events(ttid: Ttid, _before: u64, effects: &Effects) {
+    for e in &effects.events {
+        match e {
+            Event::TimelineCreated => tracing::info!(timeline = %ttid, "timeline created"),
+            Event::TermChanged { from, to } => {
+                tracing::info!(timeline = %ttid, from, to, "term changed")
+            }
+            Event::Truncated { from_flush, to } => {
+                tracing::warn!(timeline = %ttid, from = %from_flush, to = %to, "WAL truncated to the new proposer's history")
+            }
+        }
+    }
+}
+
+pub struct Timelines {
+    node_id: NodeId,
+    writer: WriterHandle,
+    map: Mutex<HashMap<Ttid, Arc<Timeline>>>,
+}
+
+impl Timelines {
+    pub fn new(node_id: NodeId, writer: WriterHandle, loaded: Vec<TimelineState>) -> Timelines {
+        let mut map = HashMap::new();
+        for state in loaded {
+            let ttid = state.ttid;
+            writer.publish_loaded(state.clone());
+            let durable = writer.durable_state(ttid);
+            map.insert(
+                ttid,
+                Arc::new(Timeline {
+                    ttid,
+                    acceptor: Mutex::new(Acceptor::restore(node_id, state)),
+                    durable,
+                    poisoned: Mutex::new(None),
+                }),
+            );
+        }
+        Timelines {
+            node_id,
+            writer,
+            map: Mutex::new(map),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ttid, Arc<Timeline>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, ttid: Ttid) -> Option<Arc<Timeline>> {
+        self.lock().get(&ttid).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Timeline>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|t| t.ttid);
+        v
+    }
+
+    /// Answer a greeting: the existing timeline checks it, or a new one is
+    /// created when the greeting asks for it.
+    pub fn greet(&self, g: &Greeting) -> Result<(Arc<Timeline>, PendingReply), HandleError> {
+        let mut map = self.lock();
+        if let Some(t) = map.get(&g.ttid).cloned() {
+            drop(map);
+            let pending = t.handle(&self.writer, &ProposerMessage::Greeting(g.clone()))?;
+            return Ok((t, pending));
+        }
+        let (acceptor, effects) = Acceptor::create(self.node_id, g)?;
+        log_events(g.ttid, 0, &effects);
+        let durable = self.writer.durable_state(g.ttid);
+        let t = Arc::new(Timeline {
+            ttid: g.ttid,
+            acceptor: Mutex::new(acceptor),
+            durable,
+            poisoned: Mutex::new(None),
+        });
+        // Registered before the sync: a second greeting for the same timeline
+        // must see it rather than create it twice. Its reply waits for this
+        // sync like any other.
+        map.insert(g.ttid, t.clone());
+        let synced = self.writer.submit(g.ttid, effects.writes);
+        Ok((
+            t,
+            PendingReply {
+                synced,
+                reply: effects.reply,
+            },
+        ))
+    }
+}

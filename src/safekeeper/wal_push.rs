@@ -1,0 +1,204 @@
+//! `START_WAL_PUSH`: a proposer's CopyBoth stream of codec messages driving
+//! the timeline's acceptor. Messages are handled as they arrive (the proxy
+//! pipelines) and replies go out in order, each only after the sync that
+//! covers its writes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::timelines::{HandleError, PendingReply, Timeline};
+use super::Shared;
+use crate::codec::{decode_proposer_message, encode_acceptor_message};
+use crate::consensus::acceptor::Refusal;
+use crate::consensus::messages::ProposerMessage;
+use crate::pq::connection::PqConnection;
+use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
+use crate::pq::sqlstate;
+use crate::pq::PqError;
+
+/// Replies that may wait for syncs at once on one connection; beyond it the
+/// connection stops reading, which pushes back on the proposer through TCP.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Why the push stream ended.
+enum End {
+    /// The proposer closed it (CopyDone, Terminate or EOF).
+    Closed,
+    /// We refused something and said so; the connection must close.
+    Refused,
+    /// The daemon is shutting down; everything read was synced and answered.
+    Shutdown,
+}
+
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    peer: std::net::SocketAddr,
+) -> Result<(), PqError> {
+    conn.write_message(&BeMessage::CopyBothResponse)?;
+    conn.flush().await?;
+    let mut shutdown = shared.shutdown.clone();
+    let mut timeline: Option<Arc<Timeline>> = None;
+    let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
+    let mut stopping = *shutdown.borrow();
+    let end = loop {
+        if stopping && in_flight.is_empty() {
+            break End::Shutdown;
+        }
+        tokio::select! {
+            biased;
+            synced = async { (&mut in_flight.front_mut().expect("guarded by the select condition").synced).await }, if !in_flight.is_empty() => {
+                let pending = in_flight.pop_front().expect("non-empty");
+                match synced {
+                    Ok(Ok(())) => {
+                        if let Some(reply) = pending.reply {
+                            conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
+                        }
+                        if in_flight.is_empty() {
+                            conn.flush().await?;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
+                        tracing::error!(timeline = %ttid, %peer, error = %e, "write failed; nothing more is acknowledged on this connection");
+                        if let Some(t) = &timeline { t.poison(&e.to_string()); }
+                        refuse(conn, sqlstate::INTERNAL_ERROR, format!("timeline {ttid}: storing failed: {e}")).await?;
+                        break End::Refused;
+                    }
+                    Err(_) => {
+                        refuse(conn, sqlstate::INTERNAL_ERROR, "the group-commit writer stopped".into()).await?;
+                        break End::Refused;
+                    }
+                }
+            }
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+            }
+            msg = conn.read_message(), if !stopping && in_flight.len() < MAX_IN_FLIGHT => {
+                let bytes = match msg? {
+                    Some(FeMessage::CopyData(bytes)) => bytes,
+                    Some(FeMessage::CopyDone) | Some(FeMessage::Terminate) | None => break End::Closed,
+                    Some(FeMessage::CopyFail(reason)) => {
+                        tracing::info!(%peer, %reason, "proposer aborted the push stream");
+                        break End::Closed;
+                    }
+                    Some(other) => {
+                        refuse(conn, sqlstate::PROTOCOL_VIOLATION, format!("unexpected message during START_WAL_PUSH: {}", describe(&other))).await?;
+                        break End::Refused;
+                    }
+                };
+                let msg = match decode_proposer_message(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_else(|| "(not greeted)".into());
+                        tracing::warn!(timeline = %ttid, %peer, error = %e, "malformed proposer message");
+                        refuse(conn, sqlstate::PROTOCOL_VIOLATION, format!("timeline {ttid}: malformed proposer message: {e}")).await?;
+                        break End::Refused;
+                    }
+                };
+                match handle(shared, &mut timeline, &msg) {
+                    Ok(pending) => in_flight.push_back(pending),
+                    Err(e) => {
+                        tracing::warn!(%peer, "refused: {e}");
+                        refuse(conn, refusal_sqlstate(&e), e.to_string()).await?;
+                        break End::Refused;
+                    }
+                }
+            }
+        }
+    };
+    match end {
+        End::Closed => {
+            // Answer what was already read before the connection goes.
+            for pending in in_flight.drain(..) {
+                if let Ok(Ok(())) = pending.synced.await {
+                    if let Some(reply) = pending.reply {
+                        conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
+                    }
+                }
+            }
+            let _ = conn.flush().await;
+        }
+        End::Shutdown => {
+            let notice = ErrorNotice::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            );
+            conn.write_message(&BeMessage::ErrorResponse(&notice))?;
+            let _ = conn.flush().await;
+        }
+        End::Refused => {}
+    }
+    Ok(())
+}
+
+fn handle(
+    shared: &Shared,
+    timeline: &mut Option<Arc<Timeline>>,
+    msg: &ProposerMessage,
+) -> Result<PendingReply, HandleError> {
+    let writer = shared.timelines.writer();
+    match (timeline.as_ref(), msg) {
+        (None, ProposerMessage::Greeting(g)) => {
+            let (t, pending) = shared.timelines.greet(g)?;
+            *timeline = Some(t);
+            Ok(pending)
+        }
+        (None, other) => Err(HandleError::Refused(Refusal::NotGreeted {
+            ttid: Default::default(),
+            got: message_name(other),
+        })),
+        (Some(t), ProposerMessage::Greeting(g)) if g.ttid != t.ttid => {
+            Err(HandleError::Refused(Refusal::Mismatch {
+                ttid: t.ttid,
+                field: "timeline (one connection pushes one timeline)",
+                stored: t.ttid.to_string(),
+                proposed: g.ttid.to_string(),
+            }))
+        }
+        (Some(t), msg) => t.handle(writer, msg),
+    }
+}
+
+fn message_name(m: &ProposerMessage) -> &'static str {
+    match m {
+        ProposerMessage::Greeting(_) => "Greeting",
+        ProposerMessage::VoteRequest(_) => "VoteRequest",
+        ProposerMessage::Elected(_) => "Elected",
+        ProposerMessage::Append(_) => "AppendRequest",
+    }
+}
+
+fn describe(m: &FeMessage) -> String {
+    match m {
+        FeMessage::Query(q) => format!("a query ({q:?})"),
+        FeMessage::Unknown { tag, .. } => format!("message type {:?}", *tag as char),
+        other => format!("{other:?}").chars().take(40).collect(),
+    }
+}
+
+fn refusal_sqlstate(e: &HandleError) -> &'static str {
+    match e {
+        HandleError::Refused(Refusal::UnknownTimeline(_)) => sqlstate::UNDEFINED_OBJECT,
+        HandleError::Refused(Refusal::Mismatch { .. })
+        | HandleError::Refused(Refusal::NotAMember { .. })
+        | HandleError::Refused(Refusal::StartNotSegmentAligned { .. })
+        | HandleError::Refused(Refusal::ProtocolVersion { .. }) => {
+            sqlstate::INVALID_PARAMETER_VALUE
+        }
+        HandleError::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
+        HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
+    }
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    code: &str,
+    message: String,
+) -> Result<(), PqError> {
+    let notice = ErrorNotice::error(code, message);
+    conn.write_message(&BeMessage::ErrorResponse(&notice))?;
+    conn.flush().await
+}

@@ -1,0 +1,342 @@
+//! `START_REPLICATION`: committed WAL to PostgreSQL's own clients
+//! (pg_receivewal, a standby's walreceiver, a page server), and recovery
+//! reads for a proposer (`(term 'N')`: up to flush_lsn, only while this
+//! node's term and last_log_term are both N).
+//!
+//! Only durable state is served: the sender follows the timeline's
+//! published durable state, which the group-commit writer updates after each
+//! sync, so a consumer never sees WAL beyond a synced commit_lsn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{Client, INSUFFICIENT_PRIVILEGE, OBJECT_NOT_IN_PREREQUISITE_STATE};
+use super::timelines::Timeline;
+use super::Shared;
+use crate::consensus::acceptor::TimelineState;
+use crate::consensus::term_history::Term;
+use crate::lsn::{Lsn, WAL_PAGE_SIZE};
+use crate::pq::connection::PqConnection;
+use crate::pq::frame::{BeMessage, FeMessage};
+use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
+use crate::pq::{sqlstate, PqError};
+
+/// PostgreSQL's MAX_SEND_SIZE: chunks of at most 16 pages.
+pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE;
+
+/// Well within wal_receiver_timeout (60 s by default; the walreceiver pings
+/// at half of it).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct StartRequest {
+    pub start_lsn: Lsn,
+    pub timeline: Option<u32>,
+    /// A proposer's recovery read in this term.
+    pub recovery_term: Option<Term>,
+}
+
+/// Where a chunk starting at `pos` ends: at most MAX_SEND_SIZE, cut at a page
+/// boundary unless `limit` (the end of what may be sent) comes first.
+pub fn chunk_end(pos: Lsn, limit: Lsn) -> Lsn {
+    let cap = Lsn(pos.0 + MAX_SEND_SIZE).page_start();
+    let cap = if cap <= pos {
+        Lsn(pos.0 + MAX_SEND_SIZE)
+    } else {
+        cap
+    };
+    cap.min(limit)
+}
+
+/// Why a request cannot be served, checked before streaming starts.
+pub fn check_start(
+    state: &TimelineState,
+    req: &StartRequest,
+) -> Result<(), (&'static str, String)> {
+    if let Some(tli) = req.timeline {
+        if tli != state.server.tli {
+            return Err((
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "requested timeline {tli} is not in this server's history (timeline {} holds timeline {})",
+                    state.ttid, state.server.tli
+                ),
+            ));
+        }
+    }
+    if req.start_lsn < state.local_start_lsn {
+        return Err((
+            sqlstate::UNDEFINED_FILE,
+            format!(
+                "requested WAL segment {} has already been removed",
+                req.start_lsn
+                    .segment_file_name(state.server.tli, state.server.wal_seg_size)
+            ),
+        ));
+    }
+    if req.start_lsn > state.flush_lsn {
+        return Err((
+            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "requested starting point {} is ahead of the WAL flush position of this server {}",
+                req.start_lsn, state.flush_lsn
+            ),
+        ));
+    }
+    if let Some(term) = req.recovery_term {
+        check_recovery_term(state, term)?;
+    }
+    Ok(())
+}
+
+fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), (&'static str, String)> {
+    if state.term != term || state.last_log_term() != term {
+        return Err((
+            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "timeline {}: recovery read for term {term} refused: this node is in term {} with last log term {}",
+                state.ttid,
+                state.term,
+                state.last_log_term()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How far a sender may go for this state.
+fn send_limit(state: &TimelineState, recovery: bool) -> Lsn {
+    if recovery {
+        state.flush_lsn
+    } else {
+        state.commit_lsn
+    }
+}
+
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    client: &Client,
+    timeline: Arc<Timeline>,
+    req: StartRequest,
+) -> Result<bool, PqError> {
+    if req.recovery_term.is_some() && !client.is_proposer {
+        conn.send_error(
+            INSUFFICIENT_PRIVILEGE,
+            "recovery reads (term option) are for proposers: connect with options='-c walkeeper.role=proposer'",
+        )
+        .await?;
+        return Ok(true);
+    }
+    let mut durable = timeline.durable();
+    let Some(state) = durable.borrow_and_update().clone() else {
+        conn.send_error(
+            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            &format!("timeline {} is being created", timeline.ttid),
+        )
+        .await?;
+        return Ok(true);
+    };
+    if let Err((code, msg)) = check_start(&state, &req) {
+        tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, "START_REPLICATION refused: {msg}");
+        conn.send_error(code, &msg).await?;
+        return Ok(true);
+    }
+    let recovery = req.recovery_term.is_some();
+    tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, recovery, application_name = ?client.params.application_name, "streaming WAL");
+    conn.send(&BeMessage::CopyBothResponse).await?;
+
+    let mut state = state;
+    let mut pos = req.start_lsn;
+    let mut shutdown = shared.shutdown.clone();
+    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await;
+    loop {
+        if let Some(term) = req.recovery_term {
+            if let Err((_, msg)) = check_recovery_term(&state, term) {
+                // The term moved on: what this node holds may no longer be
+                // the log the proposer elected on. Stop at once.
+                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {msg}");
+                conn.send_fatal(OBJECT_NOT_IN_PREREQUISITE_STATE, &msg)
+                    .await?;
+                return Ok(false);
+            }
+        }
+        let limit = send_limit(&state, recovery);
+        if pos < limit {
+            let end = chunk_end(pos, limit);
+            let wal = match read_wal(shared, &timeline, pos, end).await {
+                Ok(w) => w,
+                Err(msg) => {
+                    tracing::error!(timeline = %timeline.ttid, from = %pos, to = %end, "{msg}");
+                    conn.send_fatal(sqlstate::DATA_CORRUPTED, &msg).await?;
+                    return Ok(false);
+                }
+            };
+            let msg = XLogData {
+                data_start: pos,
+                wal_end: limit,
+                send_time: pg_now(),
+                data: Bytes::from(wal),
+            };
+            conn.write_message(&BeMessage::XLogData(&msg))?;
+            pos = end;
+            // Let the client's messages and state changes in between chunks.
+            if conn.pending_write_len() > 256 * 1024 || pos >= limit {
+                conn.flush().await?;
+            }
+            if let Some(s) = durable
+                .has_changed()
+                .ok()
+                .filter(|c| *c)
+                .and_then(|_| durable.borrow_and_update().clone())
+            {
+                state = s;
+            }
+            if !drain_client(conn, &timeline, pos, limit).await? {
+                return Ok(false);
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    return Ok(false);
+                }
+                if let Some(s) = durable.borrow_and_update().clone() {
+                    state = s;
+                }
+            }
+            msg = conn.read_message() => {
+                if !on_client_message(conn, &timeline, msg?, pos, limit).await? {
+                    return Ok(false);
+                }
+            }
+            _ = keepalive.tick() => {
+                send_keepalive(conn, limit, false).await?;
+            }
+            _ = shutdown.changed() => {
+                conn.send_fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command").await?;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+async fn read_wal(
+    shared: &Arc<Shared>,
+    timeline: &Timeline,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Vec<u8>, String> {
+    let store = shared.store.clone();
+    let ttid = timeline.ttid;
+    tokio::task::spawn_blocking(move || store.read_wal(ttid, from, to))
+        .await
+        .map_err(|e| format!("reading WAL failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Handle client messages that are already buffered, without waiting.
+async fn drain_client<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    timeline: &Timeline,
+    pos: Lsn,
+    limit: Lsn,
+) -> Result<bool, PqError> {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            m = conn.read_message() => m,
+            _ = std::future::ready(()) => return Ok(true),
+        };
+        if !on_client_message(conn, timeline, msg?, pos, limit).await? {
+            return Ok(false);
+        }
+    }
+}
+
+async fn send_keepalive<S: AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    wal_end: Lsn,
+    reply_requested: bool,
+) -> Result<(), PqError> {
+    conn.send(&BeMessage::Keepalive(&PrimaryKeepalive {
+        wal_end,
+        send_time: pg_now(),
+        reply_requested,
+    }))
+    .await
+}
+
+/// Returns false when the stream is over.
+async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    timeline: &Timeline,
+    msg: Option<FeMessage>,
+    pos: Lsn,
+    limit: Lsn,
+) -> Result<bool, PqError> {
+    match msg {
+        None | Some(FeMessage::Terminate) => Ok(false),
+        Some(FeMessage::CopyData(body)) => {
+            match StandbyReplMessage::decode(&body) {
+                Ok(StandbyReplMessage::StatusUpdate(s)) => {
+                    tracing::trace!(timeline = %timeline.ttid, write = %s.write_lsn, flush = %s.flush_lsn, "standby status");
+                    if s.reply_requested {
+                        send_keepalive(conn, limit, false).await?;
+                    }
+                }
+                Ok(StandbyReplMessage::HotStandbyFeedback(_)) => {}
+                Err(e) => {
+                    conn.send_fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &format!("invalid standby message: {e}"),
+                    )
+                    .await?;
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Some(FeMessage::CopyDone) => {
+            // The client ends streaming: finish the COPY and the command.
+            tracing::debug!(timeline = %timeline.ttid, at = %pos, "client ended streaming");
+            conn.write_message(&BeMessage::CopyDone)?;
+            conn.write_message(&BeMessage::CommandComplete("COPY 0"))?;
+            conn.send_ready_for_query().await?;
+            Ok(false)
+        }
+        Some(other) => {
+            conn.send_fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                &format!("unexpected message during streaming: {other:?}"),
+            )
+            .await?;
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_cut_at_page_boundaries_and_at_most_128k() {
+        let p = WAL_PAGE_SIZE;
+        assert_eq!(chunk_end(Lsn(0), Lsn(1 << 30)), Lsn(MAX_SEND_SIZE));
+        // From mid-page: up to the page boundary at or below pos + 128 KiB.
+        assert_eq!(chunk_end(Lsn(100), Lsn(1 << 30)), Lsn(16 * p));
+        // The limit comes first.
+        assert_eq!(chunk_end(Lsn(100), Lsn(5000)), Lsn(5000));
+        for start in [0u64, 1, p - 1, p, 3 * p + 17] {
+            let end = chunk_end(Lsn(start), Lsn(1 << 30));
+            assert!(end.0 - start <= MAX_SEND_SIZE);
+            assert_eq!(end.0 % p, 0);
+        }
+    }
+}

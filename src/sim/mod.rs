@@ -1,0 +1,1128 @@
+//! Deterministic simulation of the real [`Acceptor`] and [`Proposer`] over
+//! [`MemStorage`], checking DESIGN.md's invariants after every step.
+//!
+//! One thread, one seeded PRNG, simulated time. The scheduler delays,
+//! drops and reorders messages across connections (each connection stays
+//! FIFO, like TCP), breaks and re-opens connections, partitions nodes,
+//! crashes nodes (losing every unsynced write) and restarts them, and
+//! crashes, starts and stops proposers. Every proposer writes WAL bytes
+//! derived from (term, LSN), so WAL of one term never equals another's and a
+//! breach of log safety shows as different bytes.
+//!
+//! A run has a chaos phase and then a calm phase (partitions healed, a
+//! majority up, one proposer, no faults) in which commits must advance.
+
+pub mod rng;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::codec::PROTOCOL_VERSION;
+use crate::consensus::acceptor::{Acceptor, AcceptorFaults, Write};
+use crate::consensus::messages::*;
+use crate::consensus::proposer::{Action, Proposer, ProposerConfig, ProposerFaults};
+use crate::consensus::quorum;
+use crate::consensus::term_history::{Term, TermHistory};
+use crate::id::{NodeId, TenantId, TimelineId, Ttid};
+use crate::lsn::Lsn;
+use crate::store::memory::MemStorage;
+use crate::store::Storage;
+use rng::Rng;
+
+/// The WAL byte the proposer of `term` writes at `lsn`.
+pub fn wal_byte(term: Term, lsn: u64) -> u8 {
+    let mut z = term.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ lsn.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = (z ^ (z >> 32)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (z >> 56) as u8
+}
+
+/// The WAL a log with `history` holds in `[from, to)`.
+fn expected_wal(history: &TermHistory, from: Lsn, to: Lsn) -> Vec<u8> {
+    let e = history.entries();
+    let mut i = 0;
+    (from.0..to.0)
+        .map(|lsn| {
+            while i + 1 < e.len() && e[i + 1].lsn.0 <= lsn {
+                i += 1;
+            }
+            let term = e.get(i).filter(|x| x.lsn.0 <= lsn).map_or(0, |x| x.term);
+            wal_byte(term, lsn)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// 3 or 5 acceptors.
+    pub nodes: usize,
+    /// 1 to 3 proposers.
+    pub proposers: usize,
+    pub chaos_steps: usize,
+    pub calm_steps: usize,
+    pub acceptor_faults: AcceptorFaults,
+    pub proposer_faults: ProposerFaults,
+    /// Keep a trace of what happened, printed with a violation.
+    pub trace: bool,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64, nodes: usize, proposers: usize) -> SimOptions {
+        SimOptions {
+            seed,
+            nodes,
+            proposers,
+            chaos_steps: 3000,
+            calm_steps: 3000,
+            acceptor_faults: AcceptorFaults::default(),
+            proposer_faults: ProposerFaults::default(),
+            trace: false,
+        }
+    }
+
+    /// The command that replays exactly this run.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "cargo run --release --no-default-features --bin walkeeper-sim -- --start {} --seeds 1 --nodes {} --proposers {} --chaos-steps {} --calm-steps {}",
+            self.seed, self.nodes, self.proposers, self.chaos_steps, self.calm_steps
+        );
+        if self.acceptor_faults.accept_append_before_elected {
+            cmd.push_str(" --fault accept-append-before-elected");
+        }
+        if self.proposer_faults.donor_ignores_last_log_term {
+            cmd.push_str(" --fault donor-ignores-last-log-term");
+        }
+        cmd.push_str(" --trace");
+        cmd
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub step: usize,
+    pub time: u64,
+    pub what: String,
+    pub replay: String,
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "seed {} step {} (t={}ms): {}\n  replay: {}",
+            self.seed, self.step, self.time, self.what, self.replay
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub elections: u64,
+    pub commit_lsn: Lsn,
+    pub committed_bytes: u64,
+    pub node_crashes: u64,
+    pub refusals: u64,
+}
+
+struct Node {
+    up: bool,
+    storage: MemStorage,
+    acceptor: Option<Acceptor>,
+    /// Replies waiting for the sync that covers their writes: (proposer,
+    /// connection id, reply).
+    held: Vec<(usize, u64, u64, AcceptorMessage)>,
+    /// Truncations staged so far: a reply followed by a truncation in the
+    /// same batch may claim WAL the batch removes (it goes to a stale
+    /// proposer, which only reads its term).
+    truncations: u64,
+    side: u8,
+    mem_term: Term,
+    mem_commit: Lsn,
+    durable_term: Term,
+    durable_commit: Lsn,
+    /// Committed WAL below this was compared with the reference.
+    verified_to: Lsn,
+}
+
+struct Host {
+    proposer: Option<Proposer>,
+    incarnation: u64,
+    active: bool,
+    side: u8,
+    backoff_until: u64,
+    term: Term,
+    commit: Lsn,
+}
+
+struct Conn {
+    id: u64,
+    to_node: VecDeque<(u64, ProposerMessage)>,
+    to_prop: VecDeque<(u64, AcceptorMessage)>,
+}
+
+struct Read {
+    due: u64,
+    p: usize,
+    incarnation: u64,
+    id: u64,
+    donor: usize,
+    term: Term,
+    start: Lsn,
+    end: Lsn,
+}
+
+struct Sim {
+    opts: SimOptions,
+    rng: Rng,
+    now: u64,
+    step: usize,
+    calm: bool,
+    ttid: Ttid,
+    start_lsn: Lsn,
+    cfg: ProposerConfig,
+    nodes: Vec<Node>,
+    hosts: Vec<Host>,
+    conns: BTreeMap<(usize, usize), Conn>,
+    next_conn: u64,
+    reconnect_at: BTreeMap<(usize, usize), u64>,
+    reads: Vec<Read>,
+    /// Committed WAL from `start_lsn` on, as first seen committed anywhere.
+    reference: Vec<u8>,
+    votes: BTreeMap<(usize, Term), usize>,
+    /// Highest commit a proposer reported in each term.
+    committed_in_term: BTreeMap<Term, Lsn>,
+    leaders: BTreeMap<Term, (usize, u64)>,
+    trace: VecDeque<String>,
+    out: Outcome,
+}
+
+type Check = Result<(), String>;
+
+/// Run one seeded simulation.
+pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
+    let mut sim = Sim::new(opts.clone());
+    let total = opts.chaos_steps + opts.calm_steps;
+    let mut calm_base = Lsn::INVALID;
+    for step in 0..total {
+        sim.step = step;
+        if step == opts.chaos_steps {
+            calm_base = sim.begin_calm();
+        }
+        if let Err(what) = sim.step_once().and_then(|_| sim.check_nodes()) {
+            return Err(sim.violation(what));
+        }
+    }
+    // Progress: a majority up and connected to one proposer for the whole
+    // calm phase must have committed WAL beyond what was committed before.
+    let best = sim.hosts.iter().map(|h| h.commit).max().unwrap_or_default();
+    if best <= calm_base {
+        let what = format!(
+            "no progress: commit stuck at {} through {} calm steps ({} ms)",
+            calm_base, opts.calm_steps, sim.now
+        );
+        return Err(sim.violation(what));
+    }
+    sim.out.commit_lsn = sim
+        .start_lsn
+        .max(Lsn(sim.start_lsn.0 + sim.reference.len() as u64));
+    sim.out.committed_bytes = sim.reference.len() as u64;
+    Ok(sim.out)
+}
+
+impl Sim {
+    fn new(opts: SimOptions) -> Sim {
+        let mut rng = Rng::new(opts.seed);
+        let ttid = Ttid::new(TenantId([0x11; 16]), TimelineId([0x22; 16]));
+        let server = ServerInfo {
+            system_id: 7_000_000_000_000_000_001,
+            pg_version: 150_000,
+            wal_seg_size: 1 << 20,
+            tli: 1,
+        };
+        let start_lsn = Lsn(1 << 24);
+        let members: Members = (1..=opts.nodes as u64)
+            .map(|i| (NodeId(i), format!("127.0.0.1:{}", 5450 + i)))
+            .collect();
+        let greeting = Greeting {
+            protocol_version: PROTOCOL_VERSION,
+            ttid,
+            server,
+            timeline_start_lsn: start_lsn,
+            members: members.clone(),
+            proposer_id: [0; 16],
+            create: true,
+        };
+        // The timeline exists on every member before any proposer runs, as
+        // `--create-timeline` with every member reachable leaves it.
+        let nodes = (0..opts.nodes)
+            .map(|i| {
+                let (mut acceptor, effects) =
+                    Acceptor::create(NodeId(i as u64 + 1), &greeting).expect("valid greeting");
+                acceptor.faults = opts.acceptor_faults;
+                let mut storage = MemStorage::new();
+                storage.write(ttid, &effects.writes).expect("memory store");
+                storage.sync().expect("memory store");
+                Node {
+                    up: true,
+                    storage,
+                    acceptor: Some(acceptor),
+                    held: Vec::new(),
+                    truncations: 0,
+                    side: 0,
+                    mem_term: 0,
+                    mem_commit: start_lsn,
+                    durable_term: 0,
+                    durable_commit: start_lsn,
+                    verified_to: start_lsn,
+                }
+            })
+            .collect();
+        let mut cfg = ProposerConfig::new(ttid, server, start_lsn, members.clone());
+        cfg.heartbeat_interval = 50;
+        cfg.response_timeout = 400;
+        cfg.election_timeout = 400;
+        cfg.max_append_bytes = 256;
+        cfg.max_inflight_bytes = 2048;
+        cfg.max_buffer_bytes = 1024;
+        cfg.faults = opts.proposer_faults;
+        let hosts = (0..opts.proposers)
+            .map(|i| Host {
+                proposer: None,
+                incarnation: 0,
+                active: i == 0 || rng.chance(50),
+                side: 0,
+                backoff_until: rng.range(0, 100),
+                term: 0,
+                commit: Lsn::INVALID,
+            })
+            .collect();
+        Sim {
+            opts,
+            rng,
+            now: 0,
+            step: 0,
+            calm: false,
+            ttid,
+            start_lsn,
+            cfg,
+            nodes,
+            hosts,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            reconnect_at: BTreeMap::new(),
+            reads: Vec::new(),
+            reference: Vec::new(),
+            votes: BTreeMap::new(),
+            committed_in_term: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            trace: VecDeque::new(),
+            out: Outcome::default(),
+        }
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            seed: self.opts.seed,
+            step: self.step,
+            time: self.now,
+            what,
+            replay: self.opts.replay_command(),
+            trace: self.trace.iter().cloned().collect(),
+        }
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.opts.trace {
+            let line = format!("[{} t={}] {}", self.step, self.now, line());
+            self.trace.push_back(line);
+            if self.trace.len() > 400 {
+                self.trace.pop_front();
+            }
+        }
+    }
+
+    fn majority(&self) -> usize {
+        quorum::majority(self.nodes.len())
+    }
+
+    fn begin_calm(&mut self) -> Lsn {
+        self.calm = true;
+        self.log(|| "calm phase begins".into());
+        for n in 0..self.nodes.len() {
+            self.nodes[n].side = 0;
+            if !self.nodes[n].up {
+                self.restart_node(n).ok();
+            }
+        }
+        // Leave at most a minority down for the whole calm phase.
+        let down = self
+            .rng
+            .below((self.nodes.len() - self.majority()) as u64 + 1);
+        for _ in 0..down {
+            let n = self.rng.below(self.nodes.len() as u64) as usize;
+            if self.nodes[n].up {
+                self.crash_node(n);
+            }
+        }
+        let keep = self.rng.below(self.hosts.len() as u64) as usize;
+        for p in 0..self.hosts.len() {
+            self.hosts[p].side = 0;
+            if p != keep {
+                self.stop_proposer(p);
+                self.hosts[p].active = false;
+            }
+        }
+        self.hosts[keep].active = true;
+        let conns: Vec<(usize, usize)> = self.conns.keys().copied().collect();
+        for (p, n) in conns {
+            self.reconnect_at.insert((p, n), 0);
+        }
+        self.hosts
+            .iter()
+            .map(|h| h.commit)
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn step_once(&mut self) -> Check {
+        let r = self.rng.below(1000);
+        match r {
+            0..=449 => self.deliver_any(),
+            450..=579 => {
+                let n = self.rng.below(self.nodes.len() as u64) as usize;
+                self.sync_node(n)
+            }
+            580..=699 => {
+                let p = self.rng.below(self.hosts.len() as u64) as usize;
+                self.push_wal(p)
+            }
+            700..=899 => {
+                let dt = self.rng.range(1, 12);
+                self.advance(dt)
+            }
+            _ if self.calm => {
+                let dt = self.rng.range(1, 12);
+                self.advance(dt)
+            }
+            900..=929 => {
+                if let Some(&(p, n)) = self.pick_conn() {
+                    self.log(|| format!("break connection p{p}-n{}", n + 1));
+                    self.close_conn(p, n)?;
+                }
+                Ok(())
+            }
+            930..=944 => {
+                let n = self.rng.below(self.nodes.len() as u64) as usize;
+                if self.nodes[n].up {
+                    self.crash_node(n);
+                }
+                Ok(())
+            }
+            945..=964 => {
+                let n = self.rng.below(self.nodes.len() as u64) as usize;
+                if !self.nodes[n].up {
+                    self.restart_node(n)?;
+                }
+                Ok(())
+            }
+            965..=974 => self.drop_message(),
+            975..=984 => self.partition(),
+            985..=989 => {
+                self.log(|| "heal partition".into());
+                for n in &mut self.nodes {
+                    n.side = 0;
+                }
+                for h in &mut self.hosts {
+                    h.side = 0;
+                }
+                Ok(())
+            }
+            990..=994 => {
+                let p = self.rng.below(self.hosts.len() as u64) as usize;
+                self.log(|| format!("proposer p{p} crashes"));
+                self.stop_proposer(p);
+                Ok(())
+            }
+            _ => {
+                let p = self.rng.below(self.hosts.len() as u64) as usize;
+                let active = self.hosts.iter().filter(|h| h.active).count();
+                if self.hosts[p].active && active > 1 {
+                    self.log(|| format!("proposer p{p} stops"));
+                    self.stop_proposer(p);
+                    self.hosts[p].active = false;
+                } else if !self.hosts[p].active {
+                    self.log(|| format!("proposer p{p} activated"));
+                    self.hosts[p].active = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn pick_conn(&mut self) -> Option<&(usize, usize)> {
+        let keys: Vec<(usize, usize)> = self.conns.keys().copied().collect();
+        let k = self.rng.pick(&keys)?;
+        self.conns.get_key_value(&k).map(|(k, _)| k)
+    }
+
+    fn partition(&mut self) -> Check {
+        for n in &mut self.nodes {
+            n.side = self.rng.below(2) as u8;
+        }
+        for h in &mut self.hosts {
+            h.side = self.rng.below(2) as u8;
+        }
+        let sides: Vec<u8> = self.nodes.iter().map(|n| n.side).collect();
+        self.log(|| format!("partition nodes {sides:?}"));
+        let cut: Vec<(usize, usize)> = self
+            .conns
+            .keys()
+            .filter(|(p, n)| self.hosts[*p].side != self.nodes[*n].side)
+            .copied()
+            .collect();
+        for (p, n) in cut {
+            self.close_conn(p, n)?;
+        }
+        Ok(())
+    }
+
+    fn drop_message(&mut self) -> Check {
+        let Some(&(p, n)) = self.pick_conn() else {
+            return Ok(());
+        };
+        let to_node = self.rng.chance(50);
+        let pick = self.rng.next_u64();
+        let conn = self.conns.get_mut(&(p, n)).expect("picked");
+        let dropped = if to_node && !conn.to_node.is_empty() {
+            let i = (pick % conn.to_node.len() as u64) as usize;
+            conn.to_node
+                .remove(i)
+                .map(|m| format!("{:?}", kind_p(&m.1)))
+        } else if !conn.to_prop.is_empty() {
+            let i = (pick % conn.to_prop.len() as u64) as usize;
+            conn.to_prop.remove(i).map(|m| format!("{:?}", m.1))
+        } else {
+            None
+        };
+        if let Some(d) = dropped {
+            self.log(|| format!("drop p{p}-n{}: {d}", n + 1));
+        }
+        Ok(())
+    }
+
+    fn stop_proposer(&mut self, p: usize) {
+        let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.0 == p).copied().collect();
+        for k in conns {
+            self.conns.remove(&k);
+        }
+        self.reads.retain(|r| r.p != p);
+        let h = &mut self.hosts[p];
+        h.proposer = None;
+        h.incarnation += 1;
+        h.term = 0;
+        h.commit = Lsn::INVALID;
+        h.backoff_until = self.now + 50;
+    }
+
+    fn crash_node(&mut self, n: usize) {
+        let lost = self.nodes[n].storage.unsynced();
+        self.log(|| format!("node {} crashes ({lost} unsynced writes lost)", n + 1));
+        self.out.node_crashes += 1;
+        let node = &mut self.nodes[n];
+        node.storage.crash();
+        node.acceptor = None;
+        node.up = false;
+        node.held.clear();
+        let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.1 == n).copied().collect();
+        for (p, n) in conns {
+            // Cannot fail: the proposer side only forgets the connection.
+            let _ = self.close_conn(p, n);
+        }
+    }
+
+    fn restart_node(&mut self, n: usize) -> Check {
+        let id = NodeId(n as u64 + 1);
+        let states = self.nodes[n]
+            .storage
+            .timelines()
+            .map_err(|e| e.to_string())?;
+        let state = states
+            .into_iter()
+            .find(|s| s.ttid == self.ttid)
+            .ok_or_else(|| format!("node {id}: timeline lost across a crash"))?;
+        let node = &mut self.nodes[n];
+        if state.term < node.durable_term {
+            return Err(format!(
+                "node {id}: term {} after restart, below durable {}",
+                state.term, node.durable_term
+            ));
+        }
+        if state.commit_lsn < node.durable_commit {
+            return Err(format!(
+                "node {id}: commit {} after restart, below durable {}",
+                state.commit_lsn, node.durable_commit
+            ));
+        }
+        node.mem_term = state.term;
+        node.mem_commit = state.commit_lsn;
+        node.verified_to = node.verified_to.min(state.commit_lsn);
+        let mut acceptor = Acceptor::restore(id, state);
+        acceptor.faults = self.opts.acceptor_faults;
+        node.acceptor = Some(acceptor);
+        node.up = true;
+        self.log(|| format!("node {id} restarts"));
+        Ok(())
+    }
+
+    fn close_conn(&mut self, p: usize, n: usize) -> Check {
+        if self.conns.remove(&(p, n)).is_none() {
+            return Ok(());
+        }
+        let delay = self.rng.range(5, 60);
+        self.reconnect_at.insert((p, n), self.now + delay);
+        if let Some(prop) = self.hosts[p].proposer.as_mut() {
+            prop.on_disconnected(NodeId(n as u64 + 1));
+        }
+        Ok(())
+    }
+
+    fn delay(&mut self) -> u64 {
+        if self.rng.chance(10) {
+            self.rng.range(10, 80)
+        } else {
+            self.rng.range(0, 8)
+        }
+    }
+
+    fn deliver_any(&mut self) -> Check {
+        // Any connection's head that is due may go next: that reorders
+        // messages across connections, never within one.
+        let mut ready = Vec::new();
+        for (&(p, n), c) in &self.conns {
+            if c.to_node.front().is_some_and(|m| m.0 <= self.now) {
+                ready.push((p, n, true));
+            }
+            if c.to_prop.front().is_some_and(|m| m.0 <= self.now) {
+                ready.push((p, n, false));
+            }
+        }
+        let Some((p, n, to_node)) = self.rng.pick(&ready) else {
+            return Ok(());
+        };
+        if to_node {
+            self.deliver_to_node(p, n)
+        } else {
+            self.deliver_to_proposer(p, n)
+        }
+    }
+
+    fn deliver_to_node(&mut self, p: usize, n: usize) -> Check {
+        let conn = self.conns.get_mut(&(p, n)).expect("ready");
+        let cid = conn.id;
+        let (_, msg) = conn.to_node.pop_front().expect("ready");
+        let id = NodeId(n as u64 + 1);
+        let node = &mut self.nodes[n];
+        let Some(acceptor) = node.acceptor.as_mut() else {
+            return Err(format!(
+                "message for node {id}, which is down, on an open connection"
+            ));
+        };
+        let before = acceptor.state().clone();
+        let result = acceptor.handle(&msg);
+        let what = kind_p(&msg);
+        match result {
+            Err(refusal) => {
+                self.out.refusals += 1;
+                self.log(|| format!("n{} refuses {what} from p{p}: {refusal}", n + 1));
+                self.close_conn(p, n)
+            }
+            Ok(effects) => {
+                for w in &effects.writes {
+                    match w {
+                        Write::TruncateWal { from } if *from < before.commit_lsn => {
+                            return Err(format!(
+                                "node {id} truncates WAL at {from}, below its commit_lsn {}",
+                                before.commit_lsn
+                            ));
+                        }
+                        Write::AppendWal { begin, .. } if *begin < before.commit_lsn => {
+                            return Err(format!(
+                                "node {id} overwrites WAL at {begin}, below its commit_lsn {}",
+                                before.commit_lsn
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                node.storage
+                    .write(self.ttid, &effects.writes)
+                    .map_err(|e| e.to_string())?;
+                node.truncations += effects
+                    .writes
+                    .iter()
+                    .filter(|w| matches!(w, Write::TruncateWal { .. }))
+                    .count() as u64;
+                if let Some(reply) = effects.reply {
+                    node.held.push((p, cid, node.truncations, reply));
+                }
+                let after = node.acceptor.as_ref().expect("up").state();
+                let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
+                self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
+                Ok(())
+            }
+        }
+    }
+
+    fn deliver_to_proposer(&mut self, p: usize, n: usize) -> Check {
+        let conn = self.conns.get_mut(&(p, n)).expect("ready");
+        let (_, msg) = conn.to_prop.pop_front().expect("ready");
+        self.log(|| format!("p{p} <- n{} {msg:?}", n + 1));
+        let Some(prop) = self.hosts[p].proposer.as_mut() else {
+            return Ok(());
+        };
+        let actions = prop.on_message(NodeId(n as u64 + 1), msg);
+        self.apply(p, actions)
+    }
+
+    fn sync_node(&mut self, n: usize) -> Check {
+        let id = NodeId(n as u64 + 1);
+        let ttid = self.ttid;
+        let node = &mut self.nodes[n];
+        if !node.up || (node.storage.unsynced() == 0 && node.held.is_empty()) {
+            return Ok(());
+        }
+        node.storage.sync().map_err(|e| e.to_string())?;
+        let durable = node
+            .storage
+            .durable_state(ttid)
+            .cloned()
+            .ok_or_else(|| format!("node {id}: no durable state"))?;
+        if durable.term < node.durable_term || durable.commit_lsn < node.durable_commit {
+            return Err(format!("node {id}: durable term or commit went backwards"));
+        }
+        node.durable_term = durable.term;
+        node.durable_commit = durable.commit_lsn;
+        let held = std::mem::take(&mut node.held);
+        let truncations = node.truncations;
+        for (p, cid, truncations_then, reply) in held {
+            // No ack before sync: what a reply claims must be durable now.
+            match &reply {
+                AcceptorMessage::Append(a)
+                    if truncations_then == truncations
+                        && (a.flush_lsn > durable.flush_lsn
+                            || a.commit_lsn > durable.commit_lsn) =>
+                {
+                    return Err(format!(
+                        "node {id} acknowledges {a:?} beyond its durable state"
+                    ));
+                }
+                AcceptorMessage::Vote(v) if v.granted => {
+                    if durable.term < v.term {
+                        return Err(format!(
+                            "node {id} grants term {} before persisting it",
+                            v.term
+                        ));
+                    }
+                    if let Some(prev) = self.votes.insert((n, v.term), p) {
+                        return Err(format!(
+                            "node {id} voted twice in term {} (for p{prev}, then p{p})",
+                            v.term
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            let delay = self.delay();
+            let due = self.now + delay;
+            if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
+                let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
+                c.to_prop.push_back((due, reply));
+            }
+        }
+        Ok(())
+    }
+
+    fn push_wal(&mut self, p: usize) -> Check {
+        let len = self.rng.range(1, 600);
+        let Some(prop) = self.hosts[p].proposer.as_mut() else {
+            return Ok(());
+        };
+        let Some((term, _, _, end, commit)) = prop.leader_view() else {
+            return Ok(());
+        };
+        // The primary waits for commits: bounded WAL ahead of the commit.
+        let window = if self.calm { 4096 } else { 16384 };
+        if end.distance_from(commit.max(self.start_lsn)) > window {
+            return Ok(());
+        }
+        let wal: Vec<u8> = (end.0..end.0 + len).map(|l| wal_byte(term, l)).collect();
+        let actions = prop.push_wal(&wal).map_err(|e| e.to_string())?;
+        self.apply(p, actions)
+    }
+
+    fn advance(&mut self, dt: u64) -> Check {
+        self.now += dt;
+        let due: Vec<Read> = {
+            let (due, later) = std::mem::take(&mut self.reads)
+                .into_iter()
+                .partition(|r| r.due <= self.now);
+            self.reads = later;
+            due
+        };
+        for r in due {
+            self.complete_read(r)?;
+        }
+        for p in 0..self.hosts.len() {
+            if !self.hosts[p].active {
+                continue;
+            }
+            if self.hosts[p].proposer.is_none() && self.now >= self.hosts[p].backoff_until {
+                self.log(|| format!("proposer p{p} starts"));
+                let mut cfg = self.cfg.clone();
+                cfg.proposer_id = [p as u8; 16];
+                self.hosts[p].proposer = Some(Proposer::new(cfg));
+            }
+            let now = self.now;
+            let backoff_until = self.hosts[p].backoff_until;
+            let Some(prop) = self.hosts[p].proposer.as_mut() else {
+                continue;
+            };
+            let mut actions = prop.on_tick(now);
+            if prop.is_idle() && now >= backoff_until {
+                actions.extend(prop.start_election());
+            }
+            self.apply(p, actions)?;
+            for n in 0..self.nodes.len() {
+                let can = !self.conns.contains_key(&(p, n))
+                    && self.nodes[n].up
+                    && self.nodes[n].side == self.hosts[p].side
+                    && self
+                        .reconnect_at
+                        .get(&(p, n))
+                        .is_none_or(|t| *t <= self.now);
+                if can && self.hosts[p].proposer.is_some() {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    self.conns.insert(
+                        (p, n),
+                        Conn {
+                            id,
+                            to_node: VecDeque::new(),
+                            to_prop: VecDeque::new(),
+                        },
+                    );
+                    self.log(|| format!("p{p} connects to n{}", n + 1));
+                    let prop = self.hosts[p].proposer.as_mut().expect("checked");
+                    let actions = prop.on_connected(NodeId(n as u64 + 1));
+                    self.apply(p, actions)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_read(&mut self, r: Read) -> Check {
+        if self.hosts[r.p].incarnation != r.incarnation {
+            return Ok(());
+        }
+        let donor = &self.nodes[r.donor];
+        // Served only while the donor's term and last_log_term are the
+        // reader's term, over a path the partition allows.
+        let data = match donor.acceptor.as_ref() {
+            _ if !donor.up || donor.side != self.hosts[r.p].side => Err("unreachable".to_string()),
+            None => Err("down".to_string()),
+            Some(a) if a.state().term != r.term || a.state().last_log_term() != r.term => {
+                Err(format!(
+                    "donor in term {}, last_log_term {}",
+                    a.state().term,
+                    a.state().last_log_term()
+                ))
+            }
+            Some(_) => donor
+                .storage
+                .read_wal(self.ttid, r.start, r.end)
+                .map_err(|e| e.to_string()),
+        };
+        let result = match &data {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.clone(),
+        };
+        self.log(|| {
+            format!(
+                "p{} recovery read {}..{} from n{}: {result}",
+                r.p,
+                r.start,
+                r.end,
+                r.donor + 1
+            )
+        });
+        let Some(prop) = self.hosts[r.p].proposer.as_mut() else {
+            return Ok(());
+        };
+        let actions = match data {
+            Ok(bytes) => prop.on_recovery_data(r.id, Bytes::from(bytes)),
+            Err(_) => prop.on_recovery_failed(r.id),
+        };
+        self.apply(r.p, actions)
+    }
+
+    fn apply(&mut self, p: usize, actions: Vec<Action>) -> Check {
+        for action in actions {
+            match action {
+                Action::Send(node, msg) => {
+                    let n = (node.0 - 1) as usize;
+                    if let ProposerMessage::Append(a) = &msg {
+                        self.check_horizon(p, a)?;
+                    }
+                    let delay = self.delay();
+                    let due = self.now + delay;
+                    if let Some(c) = self.conns.get_mut(&(p, n)) {
+                        let due = c.to_node.back().map_or(due, |m| m.0.max(due));
+                        c.to_node.push_back((due, msg));
+                    }
+                }
+                Action::Disconnect(node) => {
+                    self.log(|| format!("p{p} disconnects {node:?}"));
+                    self.close_conn(p, (node.0 - 1) as usize)?;
+                }
+                Action::RecoveryRead {
+                    id,
+                    donor,
+                    term,
+                    start,
+                    end,
+                    ..
+                } => {
+                    let due = self.now + self.rng.range(1, 20);
+                    self.reads.push(Read {
+                        due,
+                        p,
+                        incarnation: self.hosts[p].incarnation,
+                        id,
+                        donor: (donor.0 - 1) as usize,
+                        term,
+                        start,
+                        end,
+                    });
+                }
+                Action::Elected {
+                    term,
+                    term_start_lsn,
+                    donor,
+                } => {
+                    self.log(|| {
+                        format!(
+                            "p{p} elected in term {term}, start {term_start_lsn}, donor {donor:?}"
+                        )
+                    });
+                    self.out.elections += 1;
+                    let me = (p, self.hosts[p].incarnation);
+                    if let Some(other) = self.leaders.insert(term, me) {
+                        return Err(format!(
+                            "two proposers elected in term {term}: {other:?} and {me:?}"
+                        ));
+                    }
+                    self.hosts[p].term = term;
+                    self.hosts[p].commit = Lsn::INVALID;
+                    self.check_leader_completeness(p, term, term_start_lsn)?;
+                }
+                Action::SteppedDown { term, seen } => {
+                    self.log(|| format!("p{p} steps down from term {term} (saw {seen})"));
+                    self.hosts[p].backoff_until = self.now + self.rng.range(20, 300);
+                }
+                Action::CommitAdvanced(c) => self.check_proposer_commit(p, c)?,
+                Action::WrongNode { expected, got } => {
+                    return Err(format!("p{p}: {expected:?} greeted as {got:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new leader's log holds all WAL committed in earlier terms
+    /// (Raft's leader completeness): otherwise it would overwrite it on the
+    /// nodes that follow it. A stale leader of an older term may lack later
+    /// commits; it cannot commit anything.
+    fn check_leader_completeness(&self, p: usize, term: Term, term_start: Lsn) -> Check {
+        let committed_end = self
+            .committed_in_term
+            .range(..term)
+            .map(|(_, c)| *c)
+            .max()
+            .unwrap_or(self.start_lsn);
+        let Some((_, _, history, _, _)) = self.hosts[p]
+            .proposer
+            .as_ref()
+            .and_then(|x| x.leader_view())
+        else {
+            return Ok(());
+        };
+        if term_start < committed_end {
+            return Err(format!(
+                "log safety: p{p} elected in term {term} with a log ending at {term_start}, short of committed {committed_end}"
+            ));
+        }
+        let theirs = expected_wal(history, self.start_lsn, committed_end);
+        if let Some(i) = (0..theirs.len()).find(|&i| theirs[i] != self.reference[i]) {
+            return Err(format!(
+                "log safety: p{p} elected in term {term} with history {:?}, which differs from committed WAL at {}",
+                history.entries(),
+                Lsn(self.start_lsn.0 + i as u64)
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_horizon(&self, p: usize, a: &AppendRequest) -> Check {
+        if !a.peer_horizon_lsn.is_valid() {
+            return Ok(());
+        }
+        for (n, node) in self.nodes.iter().enumerate() {
+            let Some(d) = node.storage.durable_state(self.ttid) else {
+                continue;
+            };
+            if d.term == a.term && d.flush_lsn < a.peer_horizon_lsn {
+                return Err(format!(
+                    "p{p} sends peer horizon {} but node {} holds only up to {}",
+                    a.peer_horizon_lsn,
+                    n + 1,
+                    d.flush_lsn
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An acknowledged commit: a majority durably holds this proposer's log
+    /// up to it, and it agrees with every commit seen before.
+    fn check_proposer_commit(&mut self, p: usize, c: Lsn) -> Check {
+        let host = &self.hosts[p];
+        if c <= host.commit {
+            return Err(format!("p{p}: commit went from {} to {c}", host.commit));
+        }
+        let prop = host.proposer.as_ref().expect("acting proposer");
+        let (term, _, history, _, _) = prop.leader_view().ok_or("commit while not leading")?;
+        let from = if host.commit.is_valid() {
+            host.commit
+        } else {
+            self.start_lsn
+        };
+        let want = expected_wal(history, from, c);
+        let mut holders = 0;
+        for node in &self.nodes {
+            let durable = node
+                .storage
+                .durable_state(self.ttid)
+                .map_or(Lsn::INVALID, |s| s.flush_lsn);
+            if durable >= c
+                && node
+                    .storage
+                    .read_wal(self.ttid, from, c)
+                    .is_ok_and(|b| b == want)
+            {
+                holders += 1;
+            }
+        }
+        if holders < self.majority() {
+            return Err(format!(
+                "p{p} term {term} reports commit {c} but only {holders} nodes durably hold its WAL {from}..{c}"
+            ));
+        }
+        self.hosts[p].commit = c;
+        let best = self.committed_in_term.entry(term).or_default();
+        *best = (*best).max(c);
+        self.log(|| format!("p{p} commit {c}"));
+        self.check_reference(from, &want, &format!("proposer p{p} term {term}"))
+    }
+
+    fn check_reference(&mut self, from: Lsn, bytes: &[u8], who: &str) -> Check {
+        let off = from.distance_from(self.start_lsn) as usize;
+        if off > self.reference.len() {
+            return Err(format!(
+                "{who}: committed WAL at {from} beyond the known committed end"
+            ));
+        }
+        let overlap = (self.reference.len() - off).min(bytes.len());
+        if let Some(i) = (0..overlap).find(|&i| self.reference[off + i] != bytes[i]) {
+            return Err(format!(
+                "log safety: {who} holds committed WAL at {} that differs from what was committed before",
+                Lsn(from.0 + i as u64)
+            ));
+        }
+        self.reference.extend_from_slice(&bytes[overlap..]);
+        Ok(())
+    }
+
+    /// After every step: terms and commits only grow on a running node, and
+    /// each node's committed WAL matches the reference.
+    fn check_nodes(&mut self) -> Check {
+        for n in 0..self.nodes.len() {
+            let node = &mut self.nodes[n];
+            let Some(acceptor) = node.acceptor.as_ref() else {
+                continue;
+            };
+            let s = acceptor.state();
+            if s.term < node.mem_term {
+                return Err(format!(
+                    "node {}: term went from {} to {}",
+                    n + 1,
+                    node.mem_term,
+                    s.term
+                ));
+            }
+            if s.commit_lsn < node.mem_commit {
+                return Err(format!(
+                    "node {}: commit went from {} to {}",
+                    n + 1,
+                    node.mem_commit,
+                    s.commit_lsn
+                ));
+            }
+            if s.commit_lsn > s.flush_lsn {
+                return Err(format!(
+                    "node {}: commit {} beyond flush {}",
+                    n + 1,
+                    s.commit_lsn,
+                    s.flush_lsn
+                ));
+            }
+            node.mem_term = s.term;
+            node.mem_commit = s.commit_lsn;
+            if s.commit_lsn > node.verified_to {
+                let from = node.verified_to.max(s.local_start_lsn);
+                let to = s.commit_lsn;
+                let bytes = node
+                    .storage
+                    .read_wal(self.ttid, from, to)
+                    .map_err(|e| e.to_string())?;
+                node.verified_to = to;
+                self.check_reference(from, &bytes, &format!("node {}", n + 1))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_p(m: &ProposerMessage) -> String {
+    match m {
+        ProposerMessage::Greeting(_) => "Greeting".into(),
+        ProposerMessage::VoteRequest(v) => format!("VoteRequest({})", v.term),
+        ProposerMessage::Elected(e) => format!(
+            "Elected({}, at {}, {:?})",
+            e.term,
+            e.start_streaming_at,
+            e.term_history.entries()
+        ),
+        ProposerMessage::Append(a) => format!(
+            "Append(t{} {}..{} commit {} ph {})",
+            a.term, a.begin_lsn, a.end_lsn, a.commit_lsn, a.peer_horizon_lsn
+        ),
+    }
+}

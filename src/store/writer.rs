@@ -1,0 +1,367 @@
+//! The group-commit writer: one thread owns the storage's write side; every
+//! connection and timeline hands it writes, and it makes all that arrived
+//! together durable with one sync. Each caller is answered only after the sync
+//! that covers its writes, and in the order the writes were submitted, so a
+//! reply computed after a write is never released before it is on disk.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{Storage, StoreError};
+use crate::consensus::acceptor::{TimelineState, Write};
+use crate::id::Ttid;
+
+/// Upper bound of WAL bytes gathered into one batch, so one sync does not
+/// wait for an unbounded amount of data.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+const MAX_BATCH_REQUESTS: usize = 4096;
+
+/// Per-batch figures, for metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub requests: u64,
+    pub wal_bytes: u64,
+    pub last_batch_requests: u64,
+    pub last_sync: Duration,
+    pub sync_time_total: Duration,
+}
+
+enum Msg {
+    Write(Request),
+    /// Finish what was queued before, then exit.
+    Stop,
+}
+
+struct Request {
+    ttid: Ttid,
+    writes: Vec<Write>,
+    done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+}
+
+/// Per timeline, the latest synced state, for readers.
+type Published = Arc<Mutex<HashMap<Ttid, watch::Sender<Option<Arc<TimelineState>>>>>>;
+
+/// Durable state published for readers (WAL senders): only ever a state
+/// whose writes are synced.
+pub type DurableState = watch::Receiver<Option<Arc<TimelineState>>>;
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Msg>,
+    published: Published,
+    stats: Arc<Mutex<BatchStats>>,
+}
+
+pub struct GroupCommitWriter {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupCommitWriter {
+    pub fn start<S: Storage + Send + 'static>(storage: S) -> GroupCommitWriter {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let published: Published = Arc::default();
+        let stats: Arc<Mutex<BatchStats>> = Arc::default();
+        let handle = WriterHandle {
+            tx,
+            published: published.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || run(storage, rx, published, stats))
+            .expect("spawning the group-commit thread");
+        GroupCommitWriter {
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Finish every queued write, sync it, and stop. Handles still held
+    /// elsewhere get errors afterwards.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.handle.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GroupCommitWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl WriterHandle {
+    /// Queue writes for one timeline; the receiver resolves once they are
+    /// synced. Submission order is the order they reach the disk.
+    pub fn submit(
+        &self,
+        ttid: Ttid,
+        writes: Vec<Write>,
+    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+        let (done, rx) = oneshot::channel();
+        let req = Request {
+            ttid,
+            writes,
+            done: Some(done),
+        };
+        if let Err(mpsc::SendError(Msg::Write(mut req))) = self.tx.send(Msg::Write(req)) {
+            if let Some(done) = req.done.take() {
+                let _ = done.send(Err(Arc::new(StoreError::Io(
+                    "the group-commit writer has stopped".into(),
+                ))));
+            }
+        }
+        rx
+    }
+
+    /// Queue writes and wait for them to be durable.
+    pub async fn write(&self, ttid: Ttid, writes: Vec<Write>) -> Result<(), Arc<StoreError>> {
+        match self.submit(ttid, writes).await {
+            Ok(r) => r,
+            Err(_) => Err(Arc::new(StoreError::Io(
+                "the group-commit writer stopped before answering".into(),
+            ))),
+        }
+    }
+
+    /// The durable state of a timeline as it changes (None until its first
+    /// synced state write passes through this writer, unless seeded).
+    pub fn durable_state(&self, ttid: Ttid) -> DurableState {
+        let mut map = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(ttid)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    /// Seed the published state from what was loaded at start-up.
+    pub fn publish_loaded(&self, state: TimelineState) {
+        let mut map = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = map
+            .entry(state.ttid)
+            .or_insert_with(|| watch::channel(None).0);
+        tx.send_replace(Some(Arc::new(state)));
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn run<S: Storage>(
+    mut storage: S,
+    rx: mpsc::Receiver<Msg>,
+    published: Published,
+    stats: Arc<Mutex<BatchStats>>,
+) {
+    let mut batch: Vec<(Request, Result<(), Arc<StoreError>>)> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        let Ok(Msg::Write(first)) = rx.recv() else {
+            break;
+        };
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(mut req) = next.take() {
+            bytes += wal_bytes(&req.writes);
+            let staged = storage.write(req.ttid, &req.writes).map_err(Arc::new);
+            if let Err(e) = &staged {
+                tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
+            }
+            // Drop the WAL payloads now; only the state is still needed.
+            req.writes.retain(|w| matches!(w, Write::PutState(_)));
+            batch.push((req, staged));
+            if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_BATCH_REQUESTS {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(Msg::Write(r)) => next = Some(r),
+                Ok(Msg::Stop) => stopping = true,
+                Err(_) => {}
+            }
+        }
+        let started = Instant::now();
+        let synced = storage.sync().map_err(Arc::new);
+        let took = started.elapsed();
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, requests = batch.len(), "sync failed; nothing in this batch is acknowledged");
+        }
+        {
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.batches += 1;
+            s.requests += batch.len() as u64;
+            s.wal_bytes += bytes as u64;
+            s.last_batch_requests = batch.len() as u64;
+            s.last_sync = took;
+            s.sync_time_total += took;
+        }
+        let map = published.lock().unwrap_or_else(|e| e.into_inner());
+        for (mut req, staged) in batch.drain(..) {
+            let result = match (&staged, &synced) {
+                (Err(e), _) | (Ok(()), Err(e)) => Err(e.clone()),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            if result.is_ok() {
+                if let Some(Write::PutState(s)) = req.writes.last() {
+                    if let Some(tx) = map.get(&req.ttid) {
+                        tx.send_replace(Some(Arc::new((**s).clone())));
+                    }
+                }
+            }
+            if let Some(done) = req.done.take() {
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+fn wal_bytes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|w| match w {
+            Write::AppendWal { bytes, .. } => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::acceptor::Acceptor;
+    use crate::consensus::messages::{Greeting, ServerInfo};
+    use crate::id::NodeId;
+    use crate::lsn::Lsn;
+    use crate::store::memory::MemStorage;
+    use bytes::Bytes;
+
+    /// Storage that records the order of calls and can be told to fail.
+    struct Recording {
+        inner: MemStorage,
+        log: Arc<Mutex<Vec<String>>>,
+        fail_sync: bool,
+    }
+
+    impl Storage for Recording {
+        fn timelines(&self) -> Result<Vec<TimelineState>, StoreError> {
+            self.inner.timelines()
+        }
+        fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("write {}", writes.len()));
+            self.inner.write(ttid, writes)
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            self.log.lock().unwrap().push("sync".into());
+            if self.fail_sync {
+                return Err(StoreError::Io("disk full".into()));
+            }
+            self.inner.sync()
+        }
+        fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError> {
+            self.inner.read_wal(ttid, from, to)
+        }
+    }
+
+    fn state() -> TimelineState {
+        let g = Greeting {
+            protocol_version: crate::codec::PROTOCOL_VERSION,
+            ttid: Ttid::default(),
+            server: ServerInfo {
+                system_id: 1,
+                pg_version: 150000,
+                wal_seg_size: 1 << 24,
+                tli: 1,
+            },
+            timeline_start_lsn: Lsn(1 << 24),
+            members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
+            proposer_id: [0; 16],
+            create: true,
+        };
+        Acceptor::create(NodeId(1), &g).unwrap().0.state().clone()
+    }
+
+    #[tokio::test]
+    async fn replies_and_published_state_follow_the_sync() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = GroupCommitWriter::start(Recording {
+            inner: MemStorage::new(),
+            log: log.clone(),
+            fail_sync: false,
+        });
+        let h = writer.handle();
+        let mut durable = h.durable_state(Ttid::default());
+        assert!(durable.borrow().is_none());
+        let mut s = state();
+        s.flush_lsn = Lsn(s.flush_lsn.0 + 3);
+        let pending: Vec<_> = (0..50)
+            .map(|_| {
+                h.submit(
+                    Ttid::default(),
+                    vec![
+                        Write::AppendWal {
+                            begin: Lsn(1 << 24),
+                            bytes: Bytes::from_static(b"abc"),
+                        },
+                        Write::PutState(Box::new(s.clone())),
+                    ],
+                )
+            })
+            .collect();
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        durable.changed().await.unwrap();
+        assert_eq!(durable.borrow().as_ref().unwrap().flush_lsn, s.flush_lsn);
+        let log = log.lock().unwrap().clone();
+        // Every write is followed by a sync before anyone is answered, and
+        // requests that queued up together share one sync.
+        assert_eq!(log.last().map(String::as_str), Some("sync"));
+        assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 50);
+        let syncs = log.iter().filter(|l| *l == "sync").count();
+        assert!((1..=50).contains(&syncs));
+        assert_eq!(h.stats().requests, 50);
+        writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_every_request_in_the_batch() {
+        let writer = GroupCommitWriter::start(Recording {
+            inner: MemStorage::new(),
+            log: Arc::default(),
+            fail_sync: true,
+        });
+        let h = writer.handle();
+        let durable = h.durable_state(Ttid::default());
+        let r = h
+            .write(Ttid::default(), vec![Write::PutState(Box::new(state()))])
+            .await;
+        assert!(matches!(
+            r.as_ref().map_err(|e| &**e),
+            Err(StoreError::Io(_))
+        ));
+        // Nothing that failed to sync is shown to readers.
+        assert!(durable.borrow().is_none());
+        writer.shutdown();
+        // After shutdown, writes fail instead of hanging.
+        assert!(h.write(Ttid::default(), vec![]).await.is_err());
+    }
+}

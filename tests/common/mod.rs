@@ -1,0 +1,394 @@
+//! Shared pieces of the end-to-end tests: real daemons on free loopback
+//! ports in temporary directories, killed when the test ends however it ends,
+//! and a minimal proposer client speaking the real wire protocol.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::io::{Read, Write as IoWrite};
+use walkeeper::codec::{decode_acceptor_message, encode_proposer_message, PROTOCOL_VERSION};
+use walkeeper::consensus::messages::*;
+use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
+use walkeeper::lsn::Lsn;
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// A safekeeper process; SIGKILLed on drop unless it was stopped.
+pub struct Safekeeper {
+    pub child: Option<Child>,
+    pub datadir: PathBuf,
+    pub node_id: u64,
+    pub pg_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Safekeeper {
+    pub fn start(datadir: &Path, node_id: u64, init: bool) -> Safekeeper {
+        let pg_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on(datadir, node_id, init, pg_addr, http_addr)
+    }
+
+    pub fn start_on(
+        datadir: &Path,
+        node_id: u64,
+        init: bool,
+        pg_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> Safekeeper {
+        let log = datadir.with_extension(format!("log.{}", std::process::id()));
+        let mut sk = Safekeeper {
+            child: None,
+            datadir: datadir.to_path_buf(),
+            node_id,
+            pg_addr,
+            http_addr,
+            log,
+        };
+        sk.spawn(init);
+        sk
+    }
+
+    fn spawn(&mut self, init: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
+        cmd.arg("--datadir")
+            .arg(&self.datadir)
+            .arg("--node-id")
+            .arg(self.node_id.to_string())
+            .arg("--listen-pg")
+            .arg(self.pg_addr.to_string())
+            .arg("--listen-http")
+            .arg(self.http_addr.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if init {
+            cmd.arg("--init");
+        }
+        self.child = Some(cmd.spawn().expect("starting the safekeeper binary"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.pg_addr).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "safekeeper exited with {status} while starting; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "safekeeper did not listen on {} within 30 s; log:\n{}",
+            self.pg_addr,
+            self.log_text()
+        );
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart a stopped safekeeper only");
+        self.spawn(false);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("safekeeper did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Safekeeper {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- safekeeper {} log ---\n{}",
+                self.node_id,
+                self.log_text()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn ttid() -> Ttid {
+    Ttid::new(TenantId([0x11; 16]), TimelineId([0x22; 16]))
+}
+
+pub const SEG: u32 = 16 << 20;
+pub const START: u64 = SEG as u64;
+
+pub fn greeting(node_ids: &[u64], create: bool) -> Greeting {
+    Greeting {
+        protocol_version: PROTOCOL_VERSION,
+        ttid: ttid(),
+        server: ServerInfo {
+            system_id: 7_000_000_000_000_000_001,
+            pg_version: 150018,
+            wal_seg_size: SEG,
+            tli: 1,
+        },
+        timeline_start_lsn: Lsn(START),
+        members: node_ids
+            .iter()
+            .map(|&n| (NodeId(n), format!("127.0.0.1:{n}")))
+            .collect(),
+        proposer_id: [7; 16],
+        create,
+    }
+}
+
+/// A raw PostgreSQL frontend over a blocking socket.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// A backend message: tag and body.
+#[derive(Debug)]
+pub struct BeMsg {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl BeMsg {
+    /// Fields of an ErrorResponse / NoticeResponse.
+    pub fn error_field(&self, code: u8) -> Option<String> {
+        let mut b = &self.body[..];
+        while !b.is_empty() && b[0] != 0 {
+            let c = b[0];
+            let end = b[1..].iter().position(|&x| x == 0)? + 1;
+            let v = String::from_utf8_lossy(&b[1..end]).into_owned();
+            if c == code {
+                return Some(v);
+            }
+            b = &b[end + 1..];
+        }
+        None
+    }
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr, options: &str) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connecting");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let mut params = vec![
+            ("user", "walkeeper"),
+            ("database", "replication"),
+            ("replication", "true"),
+        ];
+        if !options.is_empty() {
+            params.push(("options", options));
+        }
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(params, &mut out).unwrap();
+        c.stream.write_all(&out).unwrap();
+        loop {
+            let m = c.read().expect("startup reply");
+            match m.tag {
+                b'Z' => break,
+                b'E' => panic!("startup refused: {:?}", m.error_field(b'M')),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    pub fn proposer(addr: SocketAddr) -> RawClient {
+        let mut c = RawClient::connect(addr, "-c walkeeper.role=proposer");
+        c.query_raw("START_WAL_PUSH");
+        let m = c.read().expect("reply to START_WAL_PUSH");
+        assert_eq!(m.tag, b'W', "expected CopyBothResponse, got {m:?}");
+        c
+    }
+
+    /// The next backend message; None on EOF.
+    pub fn read(&mut self) -> Option<BeMsg> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).freeze();
+                    return Some(BeMsg { tag, body });
+                }
+            }
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading from the server: {e}"),
+            }
+        }
+    }
+
+    /// The next backend message within `timeout`; None when nothing came.
+    pub fn try_read(&mut self, timeout: Duration) -> Option<BeMsg> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let r = loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).freeze();
+                    break Some(BeMsg { tag, body });
+                }
+            }
+            let mut tmp = [0u8; 65536];
+            match self.stream.read(&mut tmp) {
+                Ok(0) => break None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Err(e) => panic!("reading from the server: {e}"),
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        r
+    }
+
+    pub fn query_raw(&mut self, q: &str) {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(q, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Run a query; the messages up to ReadyForQuery.
+    pub fn query(&mut self, q: &str) -> Vec<BeMsg> {
+        self.query_raw(q);
+        let mut v = Vec::new();
+        loop {
+            let m = self.read().expect("query reply");
+            let done = m.tag == b'Z';
+            v.push(m);
+            if done {
+                return v;
+            }
+        }
+    }
+
+    pub fn send_copy_data(&mut self, data: &[u8]) {
+        let mut out = BytesMut::new();
+        out.put_u8(b'd');
+        out.put_u32(4 + data.len() as u32);
+        out.put_slice(data);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send(&mut self, msg: &ProposerMessage) {
+        self.send_copy_data(&encode_proposer_message(msg));
+    }
+
+    /// The next acceptor message; panics on anything else.
+    pub fn recv(&mut self) -> AcceptorMessage {
+        let m = self.read().expect("a reply from the acceptor");
+        match m.tag {
+            b'd' => decode_acceptor_message(&m.body).expect("decoding the acceptor's reply"),
+            b'E' => panic!("acceptor refused: {:?}", m.error_field(b'M')),
+            other => panic!("unexpected message {:?}", other as char),
+        }
+    }
+}
+
+pub fn append(term: u64, begin: u64, wal: &[u8], commit: u64) -> ProposerMessage {
+    ProposerMessage::Append(AppendRequest {
+        term,
+        begin_lsn: Lsn(begin),
+        end_lsn: Lsn(begin + wal.len() as u64),
+        commit_lsn: Lsn(commit),
+        peer_horizon_lsn: Lsn::INVALID,
+        slot_horizon_lsn: Lsn::INVALID,
+        wal: Bytes::copy_from_slice(wal),
+    })
+}
+
+/// Deterministic WAL-like bytes for [begin, begin+len).
+pub fn wal_bytes(term: u64, begin: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((begin + i).wrapping_mul(31) ^ term.wrapping_mul(0x9e37)) as u8)
+        .collect()
+}
+
+/// Run a command and capture output; used for psql and friends.
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("running a command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Read stdout lines of a child, for tests that follow a process' progress.
+pub fn lines(child: &mut Child) -> impl Iterator<Item = String> {
+    BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+}

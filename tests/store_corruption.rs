@@ -1,0 +1,298 @@
+//! Damaged data on disk is reported as corruption of a named timeline and LSN
+//! range (or a named timeline's state), and never returned as WAL.
+#![cfg(feature = "rocksdb")]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use walkeeper::consensus::acceptor::{TimelineState, Write};
+use walkeeper::consensus::messages::ServerInfo;
+use walkeeper::consensus::term_history::TermHistory;
+use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
+use walkeeper::lsn::Lsn;
+use walkeeper::store::rocks::{wal_key, RocksStore};
+use walkeeper::store::{Storage, StoreError};
+
+const BASE: Lsn = Lsn(0x200_0000);
+
+fn ttid(n: u8) -> Ttid {
+    Ttid::new(TenantId([n; 16]), TimelineId([0xab; 16]))
+}
+
+fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
+    TimelineState {
+        ttid,
+        server: ServerInfo {
+            system_id: 1,
+            pg_version: 150000,
+            wal_seg_size: 16 << 20,
+            tli: 1,
+        },
+        members: [(NodeId(1), "127.0.0.1:1".to_string())]
+            .into_iter()
+            .collect(),
+        timeline_start_lsn: BASE,
+        local_start_lsn: BASE,
+        term: 1,
+        term_history: TermHistory::default(),
+        flush_lsn: flush,
+        commit_lsn: BASE,
+        peer_horizon_lsn: Lsn::INVALID,
+        slot_horizon_lsn: Lsn::INVALID,
+    }
+}
+
+/// Incompressible bytes, so they land in an SST as they are.
+fn noise(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A store with `n` chunks of `len` bytes for timeline `t`, synced and closed.
+fn store_with_chunks(path: &Path, t: Ttid, n: usize, len: usize) -> Vec<u8> {
+    let mut store = RocksStore::init(path, NodeId(1)).unwrap();
+    let mut all = Vec::new();
+    for i in 0..n {
+        let begin = Lsn(BASE.0 + (i * len) as u64);
+        let bytes = noise(i as u64 + 1, len);
+        all.extend_from_slice(&bytes);
+        store
+            .write(
+                t,
+                &[
+                    Write::AppendWal { begin, bytes },
+                    Write::PutState(Box::new(state(t, Lsn(begin.0 + len as u64)))),
+                ],
+            )
+            .unwrap();
+    }
+    store.sync().unwrap();
+    all
+}
+
+fn raw_db(path: &Path) -> rocksdb::DB {
+    rocksdb::DB::open_cf(
+        &rocksdb::Options::default(),
+        path,
+        ["timeline", "wal", "slot"],
+    )
+    .unwrap()
+}
+
+fn assert_corrupt_wal(r: Result<Vec<u8>, StoreError>, t: Ttid, from: Lsn, to: Lsn) {
+    match r {
+        Err(StoreError::CorruptWal {
+            ttid,
+            from: f,
+            to: e,
+            ..
+        }) => {
+            assert_eq!(ttid, t);
+            assert_eq!((f, e), (from, to));
+        }
+        other => panic!("expected CorruptWal of {t} {from}..{to}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_chunk_with_a_bad_crc_is_corrupt_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(1);
+    let all = store_with_chunks(dir.path(), t, 4, 1000);
+    {
+        let db = raw_db(dir.path());
+        let wal = db.cf_handle("wal").unwrap();
+        let key = wal_key(t, Lsn(BASE.0 + 2000));
+        let mut v = db.get_cf(wal, key).unwrap().unwrap();
+        v[500] ^= 0x01;
+        db.put_cf(wal, key, v).unwrap();
+    }
+    let mut store = RocksStore::open(dir.path()).unwrap();
+    let (c2, c3) = (Lsn(BASE.0 + 2000), Lsn(BASE.0 + 3000));
+    assert_corrupt_wal(store.read_wal(t, BASE, Lsn(BASE.0 + 4000)), t, c2, c3);
+    assert_corrupt_wal(store.read_wal(t, Lsn(c2.0 + 10), Lsn(c2.0 + 20)), t, c2, c3);
+    // Intact neighbours still read.
+    assert_eq!(store.read_wal(t, BASE, c2).unwrap(), all[..2000]);
+    assert_eq!(
+        store.read_wal(t, c3, Lsn(BASE.0 + 4000)).unwrap(),
+        all[3000..]
+    );
+    let verdicts: Vec<bool> = store
+        .read_chunks(t, BASE, Lsn::MAX)
+        .unwrap()
+        .map(|c| c.unwrap().crc_ok)
+        .collect();
+    assert_eq!(verdicts, [true, true, false, true]);
+    // Cutting into the damaged chunk must not launder it under a fresh CRC.
+    let err = store
+        .write(
+            t,
+            &[
+                Write::TruncateWal {
+                    from: Lsn(c2.0 + 100),
+                },
+                Write::PutState(Box::new(state(t, Lsn(c2.0 + 100)))),
+            ],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptWal { ttid, .. } if ttid == t),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_chunk_under_the_wrong_lsn_is_corrupt_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(2);
+    store_with_chunks(dir.path(), t, 3, 700);
+    {
+        // Same length, so the tiling still looks right: only the CRC, which
+        // covers the key, can tell.
+        let db = raw_db(dir.path());
+        let wal = db.cf_handle("wal").unwrap();
+        let v = db.get_cf(wal, wal_key(t, BASE)).unwrap().unwrap();
+        db.put_cf(wal, wal_key(t, Lsn(BASE.0 + 700)), v).unwrap();
+    }
+    let store = RocksStore::open(dir.path()).unwrap();
+    assert_corrupt_wal(
+        store.read_wal(t, BASE, Lsn(BASE.0 + 2100)),
+        t,
+        Lsn(BASE.0 + 700),
+        Lsn(BASE.0 + 1400),
+    );
+}
+
+#[test]
+fn a_chunk_of_another_timeline_is_corrupt_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, u) = (ttid(3), ttid(4));
+    store_with_chunks(dir.path(), t, 2, 500);
+    {
+        let db = raw_db(dir.path());
+        let wal = db.cf_handle("wal").unwrap();
+        let timeline = db.cf_handle("timeline").unwrap();
+        let v = db.get_cf(wal, wal_key(t, BASE)).unwrap().unwrap();
+        db.put_cf(wal, wal_key(u, BASE), v).unwrap();
+        let s = walkeeper::codec::encode_stored(&state(u, Lsn(BASE.0 + 500)));
+        db.put_cf(timeline, u.key_prefix(), s).unwrap();
+    }
+    let store = RocksStore::open(dir.path()).unwrap();
+    assert_corrupt_wal(
+        store.read_wal(u, BASE, Lsn(BASE.0 + 500)),
+        u,
+        BASE,
+        Lsn(BASE.0 + 500),
+    );
+}
+
+fn largest_sst(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("an SST file")
+}
+
+#[test]
+fn flipped_bytes_in_an_sst_are_corrupt_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(5);
+    let (n, len) = (4usize, 64 << 10);
+    store_with_chunks(dir.path(), t, n, len);
+    {
+        let store = RocksStore::open(dir.path()).unwrap();
+        store.flush_memtables().unwrap();
+    }
+    let sst = largest_sst(dir.path());
+    let mut data = std::fs::read(&sst).unwrap();
+    assert!(
+        data.len() > n * len,
+        "{} holds {} bytes",
+        sst.display(),
+        data.len()
+    );
+    // A third of the way in is inside the data blocks (index, filters and
+    // footer sit at the end).
+    let at = data.len() / 3;
+    for b in &mut data[at..at + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&sst, &data).unwrap();
+
+    let store = RocksStore::open(dir.path()).unwrap();
+    let end = Lsn(BASE.0 + (n * len) as u64);
+    match store.read_wal(t, BASE, end) {
+        Err(StoreError::CorruptWal { ttid, from, to, .. }) => {
+            assert_eq!(ttid, t);
+            assert!(BASE <= from && from < to && to <= end, "{from}..{to}");
+        }
+        other => panic!(
+            "expected CorruptWal of {t}, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    // The chunk inventory reports it too, as an error rather than as data.
+    let listed: Vec<_> = store.read_chunks(t, BASE, end).unwrap().collect();
+    assert!(
+        listed.iter().any(
+            |c| matches!(c, Err(StoreError::CorruptWal { ttid, .. }) if *ttid == t)
+                || matches!(c, Ok(c) if !c.crc_ok)
+        ),
+        "{listed:?}"
+    );
+}
+
+#[test]
+fn a_damaged_state_record_is_corrupt_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(6);
+    store_with_chunks(dir.path(), t, 1, 100);
+    {
+        let db = raw_db(dir.path());
+        let timeline = db.cf_handle("timeline").unwrap();
+        let mut v = db.get_cf(timeline, t.key_prefix()).unwrap().unwrap();
+        v.truncate(v.len() / 2);
+        db.put_cf(timeline, t.key_prefix(), v).unwrap();
+    }
+    let store = RocksStore::open(dir.path()).unwrap();
+    let err = store.timelines().unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
+        "{err}"
+    );
+    let err = store.read_wal(t, BASE, Lsn(BASE.0 + 100)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_state_record_of_another_version_is_corrupt_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(7);
+    store_with_chunks(dir.path(), t, 1, 100);
+    {
+        let db = raw_db(dir.path());
+        let timeline = db.cf_handle("timeline").unwrap();
+        let mut v = db.get_cf(timeline, t.key_prefix()).unwrap().unwrap();
+        v[..2].copy_from_slice(&7u16.to_be_bytes());
+        db.put_cf(timeline, t.key_prefix(), v).unwrap();
+    }
+    let store = RocksStore::open(dir.path()).unwrap();
+    let err = store.timelines().unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
+        "{err}"
+    );
+}

@@ -4,9 +4,11 @@
 pub mod codec;
 pub mod consensus;
 pub mod id;
+#[cfg(feature = "rocksdb")]
 pub mod logging;
 pub mod lsn;
 pub mod pq;
+pub mod proxy;
 #[cfg(feature = "rocksdb")]
 pub mod safekeeper;
 pub mod shutdown;

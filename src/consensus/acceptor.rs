@@ -301,13 +301,9 @@ impl Acceptor {
                 g.server.tli.to_string(),
             ));
         }
-        if g.timeline_start_lsn != s.timeline_start_lsn {
-            return Err(mismatch(
-                "timeline_start_lsn",
-                s.timeline_start_lsn.to_string(),
-                g.timeline_start_lsn.to_string(),
-            ));
-        }
+        // timeline_start_lsn is fixed at creation and learnt by proposers
+        // from the votes: a later proxy's slot has moved on, so a greeting's
+        // value for an existing timeline is not compared.
         if !g.members.keys().eq(s.members.keys()) {
             return Err(mismatch(
                 "members",

@@ -623,8 +623,8 @@ impl Proposer {
         };
         let donor_history = dv.term_history.up_to(dv.flush_lsn);
         let term_start_lsn = if donor_history.entries().is_empty() {
-            // Nobody holds WAL: the timeline begins here.
-            self.cfg.timeline_start_lsn
+            // Nobody holds WAL: the timeline begins where it was created.
+            dv.timeline_start_lsn
         } else {
             dv.flush_lsn
         };
@@ -686,7 +686,7 @@ impl Proposer {
         } else {
             theirs
                 .highest_common_point(v.flush_lsn, &l.history)
-                .unwrap_or(self.cfg.timeline_start_lsn)
+                .unwrap_or(v.timeline_start_lsn)
         };
         conn.elected = true;
         conn.next_lsn = point;

@@ -1,0 +1,102 @@
+//! `safekeeper-proxy`: runs beside a PostgreSQL primary and makes its commits
+//! wait for a majority of safekeepers. Parses flags, calls the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use walkeeper::consensus::proposer::parse_members;
+use walkeeper::id::{TenantId, TimelineId, Ttid};
+use walkeeper::pq::client::ConnConfig;
+use walkeeper::proxy::{self, Config};
+
+/// Streams WAL from a PostgreSQL primary (as a physical replication client
+/// with its own slot) to a quorum of safekeepers, and reports the
+/// majority-flushed LSN back as its flush position. Set
+/// `synchronous_standby_names = 'safekeeper_proxy'` on the primary so that
+/// commits wait for a majority of safekeepers.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Connection string of the primary (libpq key=value or URI), e.g.
+    /// "host=127.0.0.1 port=5432 user=postgres".
+    #[arg(long, value_name = "CONNSTR")]
+    primary: String,
+
+    /// The timeline's safekeepers: ID@HOST:PORT,… (node ids as given to
+    /// `safekeeper --init --node-id`).
+    #[arg(long, value_name = "LIST")]
+    safekeepers: String,
+
+    /// Tenant id (32 hex characters).
+    #[arg(
+        long,
+        value_name = "HEX",
+        default_value = "00000000000000000000000000000001"
+    )]
+    tenant_id: TenantId,
+
+    /// Timeline id (32 hex characters).
+    #[arg(
+        long,
+        value_name = "HEX",
+        default_value = "00000000000000000000000000000001"
+    )]
+    timeline_id: TimelineId,
+
+    /// The physical replication slot on the primary (created when missing).
+    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    slot: String,
+
+    /// application_name towards the primary: what synchronous_standby_names
+    /// must name.
+    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    application_name: String,
+
+    /// Create the timeline on every safekeeper (all must be reachable); it
+    /// starts at the segment holding the slot's restart LSN.
+    #[arg(long)]
+    create_timeline: bool,
+}
+
+fn main() -> ExitCode {
+    walkeeper::logging::init();
+    let args = Args::parse();
+    let members = match parse_members(&args.safekeepers) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("safekeeper-proxy: --safekeepers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut primary = match ConnConfig::parse(&args.primary) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("safekeeper-proxy: --primary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    primary.application_name = Some(args.application_name);
+    let config = Config {
+        primary,
+        members,
+        ttid: Ttid::new(args.tenant_id, args.timeline_id),
+        slot: args.slot,
+        create_timeline: args.create_timeline,
+        proposer_id: proxy::new_proposer_id(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("safekeeper-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(proxy::run(config, walkeeper::shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("safekeeper-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! safekeeper-proxy: a physical replication client of the primary that
+//! pushes every byte of WAL to the safekeepers as the consensus proposer and
+//! reports the quorum-flushed LSN back to the primary, so that with
+//! `synchronous_standby_names = 'safekeeper_proxy'` commits wait for a
+//! majority of safekeepers.
+
+pub mod primary;
+pub mod safekeepers;
+pub mod session;
+
+use std::time::Duration;
+
+use crate::consensus::messages::Members;
+use crate::id::Ttid;
+use crate::pq::client::ConnConfig;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub primary: ConnConfig,
+    pub members: Members,
+    pub ttid: Ttid,
+    pub slot: String,
+    pub create_timeline: bool,
+    pub proposer_id: [u8; 16],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Worth another try after a pause: the primary or the term went away.
+    #[error("{0}")]
+    Retry(String),
+    /// A configuration error or a primary that is not the one the
+    /// safekeepers follow: retrying cannot help.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Run sessions until a fatal error or `stop` resolves. Every session is a
+/// new connection to the primary and a new term.
+pub async fn run(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    tokio::pin!(stop);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            _ = &mut stop => {
+                tracing::info!("stopping");
+                return Ok(());
+            }
+            r = session::run(&cfg) => r,
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
+            Err(ProxyError::Retry(e)) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tracing::warn!(
+                    "session ended: {e}; starting a new one (new term) in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A random-enough proposer id for logs: time and pid mixed.
+pub fn new_proposer_id() -> [u8; 16] {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = t ^ ((std::process::id() as u128) << 64);
+    mixed.to_be_bytes()
+}

@@ -1,0 +1,167 @@
+//! Connections from the proxy to safekeepers: one START_WAL_PUSH stream per
+//! member (a reader task forwarding replies, a writer task sending what the
+//! proposer says), and recovery reads from a donor's replication port.
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::session::Event;
+use crate::codec::{decode_acceptor_message, encode_proposer_message};
+use crate::consensus::messages::ProposerMessage;
+use crate::consensus::term_history::Term;
+use crate::id::{NodeId, Ttid};
+use crate::lsn::Lsn;
+use crate::pq::client::{ConnConfig, CopyMessage, PgClient};
+use crate::pq::replication::ServerReplMessage;
+
+/// Startup options of every proxy connection to a safekeeper: proposer
+/// connections are never refused and may read up to flush_lsn.
+pub fn proposer_options(ttid: Ttid) -> String {
+    format!(
+        "-c walkeeper.role=proposer -c tenant_id={} -c timeline_id={}",
+        ttid.tenant_id, ttid.timeline_id
+    )
+}
+
+fn conn_config(addr: &str) -> Result<ConnConfig, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
+    ConnConfig::parse(&format!(
+        "host={host} port={port} user=walkeeper application_name=safekeeper_proxy connect_timeout=5"
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// Dial `addr`, start the push stream, and run it until either side ends.
+/// Reports `Connected` with a sender for outgoing messages, every reply as
+/// `Reply`, and `Disconnected` at the end (always, exactly once).
+pub async fn run_push_connection(
+    node: NodeId,
+    addr: String,
+    ttid: Ttid,
+    events: mpsc::Sender<Event>,
+) {
+    let reason = match push_connection(node, &addr, ttid, &events).await {
+        Ok(()) => "closed".to_string(),
+        Err(e) => e,
+    };
+    let _ = events.send(Event::Disconnected { node, reason }).await;
+}
+
+async fn push_connection(
+    node: NodeId,
+    addr: &str,
+    ttid: Ttid,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let cfg = conn_config(addr)?;
+    let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
+        .await
+        .map_err(|e| format!("connecting to safekeeper {node} at {addr}: {e}"))?;
+    client
+        .start_copy_both("START_WAL_PUSH")
+        .await
+        .map_err(|e| format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"))?;
+    let (mut reader, mut writer) = client.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<ProposerMessage>();
+    if events
+        .send(Event::Connected { node, sender: tx })
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let write = async move {
+        while let Some(msg) = rx.recv().await {
+            writer
+                .send_copy_data(&encode_proposer_message(&msg))
+                .map_err(|e| e.to_string())?;
+            // Coalesce what is already queued into one flush.
+            while let Ok(more) = rx.try_recv() {
+                writer
+                    .send_copy_data(&encode_proposer_message(&more))
+                    .map_err(|e| e.to_string())?;
+            }
+            writer
+                .flush()
+                .await
+                .map_err(|e| format!("sending to safekeeper {node}: {e}"))?;
+        }
+        // The session dropped our sender: it wants this connection closed.
+        writer.send_copy_done();
+        let _ = writer.flush().await;
+        Ok::<(), String>(())
+    };
+    let read = async {
+        loop {
+            match reader.recv_copy().await {
+                Ok(CopyMessage::Data(body)) => {
+                    let msg = decode_acceptor_message(&body)
+                        .map_err(|e| format!("safekeeper {node} sent a malformed reply: {e}"))?;
+                    if events.send(Event::Reply { node, msg }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(other) => {
+                    return Err(format!(
+                        "safekeeper {node} ended the push stream ({other:?})"
+                    ))
+                }
+                Err(e) => return Err(format!("safekeeper {node}: {e}")),
+            }
+        }
+    };
+    tokio::select! {
+        r = write => r,
+        r = read => r,
+    }
+}
+
+/// Read WAL `[start, end)` of `ttid` from a donor in `term` (served only
+/// while the donor's term and last_log_term are `term`).
+pub async fn recovery_read(
+    addr: &str,
+    ttid: Ttid,
+    term: Term,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Bytes, String> {
+    let cfg = conn_config(addr)?;
+    let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
+        .await
+        .map_err(|e| format!("recovery read from {addr}: {e}"))?;
+    client
+        .start_copy_both(&format!(
+            "START_REPLICATION PHYSICAL {start} (term '{term}')"
+        ))
+        .await
+        .map_err(|e| format!("recovery read from {addr}: {e}"))?;
+    let mut out = BytesMut::with_capacity((end.0 - start.0) as usize);
+    let mut pos = start;
+    while pos < end {
+        match client
+            .recv_copy()
+            .await
+            .map_err(|e| format!("recovery read from {addr}: {e}"))?
+        {
+            CopyMessage::Data(body) => match ServerReplMessage::decode(&body) {
+                Ok(ServerReplMessage::XLogData(x)) => {
+                    if x.data_start != pos {
+                        return Err(format!(
+                            "recovery read from {addr}: got WAL at {}, expected {pos}",
+                            x.data_start
+                        ));
+                    }
+                    let want = (end.0 - pos.0).min(x.data.len() as u64) as usize;
+                    out.extend_from_slice(&x.data[..want]);
+                    pos = Lsn(pos.0 + want as u64);
+                }
+                Ok(ServerReplMessage::Keepalive(_)) => {}
+                Err(e) => return Err(format!("recovery read from {addr}: {e}")),
+            },
+            other => return Err(format!("recovery read from {addr} ended early: {other:?}")),
+        }
+    }
+    Ok(out.freeze())
+}

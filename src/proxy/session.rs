@@ -1,0 +1,518 @@
+//! One proxy session: one connection to the primary, one term. The session
+//! owns the sans-IO `Proposer`, feeds it replies, time and the primary's
+//! WAL, and carries out its actions. Losing the primary or the term ends the
+//! session; the caller starts a new one (a new term) after a backoff.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::primary::{self, PrimaryStream};
+use super::safekeepers;
+use super::{Config, ProxyError};
+use crate::consensus::messages::{AcceptorMessage, ProposerMessage};
+use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
+use crate::id::NodeId;
+use crate::lsn::Lsn;
+use crate::pq::client::PgWriter;
+
+/// WAL sent to the safekeepers and not yet committed, at most; beyond it the
+/// session stops reading the primary, which TCP then holds back.
+const MAX_UNCOMMITTED: u64 = 64 << 20;
+/// How much of the primary's WAL just below term_start_lsn is compared with
+/// the safekeepers' copy after each election.
+const CHECK_BYTES: u64 = 64 * 1024;
+const TICK: Duration = Duration::from_millis(50);
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+pub enum Event {
+    Connected {
+        node: NodeId,
+        sender: mpsc::UnboundedSender<ProposerMessage>,
+    },
+    Disconnected {
+        node: NodeId,
+        reason: String,
+    },
+    Reply {
+        node: NodeId,
+        msg: AcceptorMessage,
+    },
+    RecoveryData {
+        id: u64,
+        wal: Bytes,
+    },
+    RecoveryFailed {
+        id: u64,
+        reason: String,
+    },
+    CheckData(Result<Bytes, String>),
+    PrimaryWal {
+        start: Lsn,
+        wal: Bytes,
+    },
+    PrimaryPing,
+    PrimaryGone(String),
+}
+
+/// Where the session stands with the primary's WAL after an election.
+enum Check {
+    /// Not elected yet: the primary's stream is not read.
+    NotElected,
+    /// Collecting the primary's bytes below term_start_lsn to compare.
+    Collecting {
+        term_start: Lsn,
+        from: Lsn,
+        primary: BytesMut,
+        safekeepers: Option<Bytes>,
+        deadline: Instant,
+    },
+    /// Verified: new WAL from term_start_lsn on goes to the safekeepers.
+    Streaming,
+}
+
+struct Session<'a> {
+    cfg: &'a Config,
+    proposer: Proposer,
+    started: Instant,
+    events_tx: mpsc::Sender<Event>,
+    conns: HashMap<NodeId, mpsc::UnboundedSender<ProposerMessage>>,
+    dialing: HashMap<NodeId, bool>,
+    redial_at: HashMap<NodeId, Instant>,
+    /// Where streaming from the primary's slot began.
+    start_lsn: Lsn,
+    primary_writer: PgWriter,
+    /// Next LSN expected from the primary.
+    primary_pos: Lsn,
+    /// Bytes at and above term_start_lsn that arrived with the checked range.
+    held: Option<(Lsn, Bytes)>,
+    check: Check,
+    commit_lsn: Lsn,
+    last_status: Instant,
+    election_started: bool,
+}
+
+pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
+    let primary_cfg = cfg.primary.clone();
+    let primary = primary::connect(&primary_cfg, &cfg.slot).await?;
+    tracing::info!(
+        system_id = primary.server.system_id,
+        tli = primary.server.tli,
+        flush = %primary.flush_lsn,
+        start = %primary.start_lsn,
+        slot = %cfg.slot,
+        "streaming from the primary; asking the safekeepers for votes"
+    );
+    let mut pcfg = ProposerConfig::new(
+        cfg.ttid,
+        primary.server,
+        primary.start_lsn,
+        cfg.members.clone(),
+    );
+    pcfg.create = cfg.create_timeline;
+    pcfg.proposer_id = cfg.proposer_id;
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(4096);
+    let (primary_tx, mut primary_rx) = mpsc::channel::<Event>(16);
+    let PrimaryStream {
+        start_lsn,
+        reader,
+        writer,
+        ..
+    } = primary;
+    let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
+    let mut s = Session {
+        cfg,
+        proposer: Proposer::new(pcfg),
+        started: Instant::now(),
+        events_tx,
+        conns: HashMap::new(),
+        dialing: HashMap::new(),
+        redial_at: HashMap::new(),
+        start_lsn,
+        primary_writer: writer,
+        primary_pos: start_lsn,
+        held: None,
+        check: Check::NotElected,
+        commit_lsn: Lsn::INVALID,
+        last_status: Instant::now(),
+        election_started: false,
+    };
+    let result = s.main_loop(&mut events_rx, &mut primary_rx).await;
+    reader_task.abort();
+    result
+}
+
+impl Session<'_> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn main_loop(
+        &mut self,
+        events_rx: &mut mpsc::Receiver<Event>,
+        primary_rx: &mut mpsc::Receiver<Event>,
+    ) -> Result<(), ProxyError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.dial_all();
+        loop {
+            let take_primary = self.wants_primary_wal();
+            tokio::select! {
+                _ = tick.tick() => self.on_tick().await?,
+                Some(ev) = events_rx.recv() => self.on_event(ev).await?,
+                Some(ev) = primary_rx.recv(), if take_primary => self.on_event(ev).await?,
+            }
+        }
+    }
+
+    /// Read the primary only while elected, while still collecting the
+    /// checked range or verified, and while uncommitted WAL is bounded.
+    fn wants_primary_wal(&self) -> bool {
+        match &self.check {
+            Check::NotElected => false,
+            Check::Collecting { term_start, .. } => self.primary_pos < *term_start,
+            Check::Streaming => match self.proposer.leader_view() {
+                Some((_, _, _, end, commit)) => {
+                    end.distance_from(commit.max(self.commit_lsn)) < MAX_UNCOMMITTED
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn dial_all(&mut self) {
+        let nodes: Vec<(NodeId, String)> = self
+            .cfg
+            .members
+            .iter()
+            .map(|(n, a)| (*n, a.clone()))
+            .collect();
+        for (node, addr) in nodes {
+            if self.conns.contains_key(&node) || self.dialing.get(&node).copied().unwrap_or(false) {
+                continue;
+            }
+            if self
+                .redial_at
+                .get(&node)
+                .is_some_and(|t| Instant::now() < *t)
+            {
+                continue;
+            }
+            self.dialing.insert(node, true);
+            tokio::spawn(safekeepers::run_push_connection(
+                node,
+                addr,
+                self.cfg.ttid,
+                self.events_tx.clone(),
+            ));
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), ProxyError> {
+        self.dial_all();
+        let actions = self.maybe_start_election();
+        self.apply(actions).await?;
+        let now = self.now_ms();
+        let actions = self.proposer.on_tick(now);
+        self.apply(actions).await?;
+        if let Check::Collecting {
+            deadline,
+            term_start,
+            ..
+        } = &self.check
+        {
+            if Instant::now() > *deadline {
+                return Err(ProxyError::Fatal(format!(
+                    "the safekeepers hold WAL up to {term_start}, but the primary's end of WAL is {}: \
+                     this primary is not the one these safekeepers follow (restored from a copy, run with fsync off, or another cluster)",
+                    self.primary_pos
+                )));
+            }
+        }
+        if self.last_status.elapsed() >= STATUS_INTERVAL {
+            self.send_status(false).await?;
+        }
+        Ok(())
+    }
+
+    /// With --create-timeline every member must be there before anyone
+    /// votes; otherwise the proposer waits for a majority itself.
+    fn maybe_start_election(&mut self) -> Vec<Action> {
+        if self.election_started
+            || (self.cfg.create_timeline && self.conns.len() < self.cfg.members.len())
+        {
+            return Vec::new();
+        }
+        self.election_started = true;
+        self.proposer.start_election()
+    }
+
+    fn send_to(&mut self, node: NodeId, msg: ProposerMessage) {
+        if let Some(tx) = self.conns.get(&node) {
+            if tx.send(msg).is_err() {
+                self.conns.remove(&node);
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), ProxyError> {
+        match ev {
+            Event::Connected { node, sender } => {
+                tracing::debug!(node = node.0, "connected to safekeeper");
+                self.dialing.insert(node, false);
+                self.conns.insert(node, sender);
+                let actions = self.proposer.on_connected(node);
+                self.apply(actions).await?;
+                let actions = self.maybe_start_election();
+                self.apply(actions).await?;
+            }
+            Event::Disconnected { node, reason } => {
+                self.dialing.insert(node, false);
+                if self.conns.remove(&node).is_some() {
+                    tracing::warn!(node = node.0, "safekeeper connection lost: {reason}");
+                    self.proposer.on_disconnected(node);
+                } else {
+                    tracing::debug!(node = node.0, "safekeeper unreachable: {reason}");
+                }
+                self.redial_at
+                    .insert(node, Instant::now() + Duration::from_millis(500));
+            }
+            Event::Reply { node, msg } => {
+                let actions = self.proposer.on_message(node, msg);
+                self.apply(actions).await?;
+            }
+            Event::RecoveryData { id, wal } => {
+                let actions = self.proposer.on_recovery_data(id, wal);
+                self.apply(actions).await?;
+            }
+            Event::RecoveryFailed { id, reason } => {
+                tracing::warn!("recovery read failed: {reason}");
+                let actions = self.proposer.on_recovery_failed(id);
+                self.apply(actions).await?;
+            }
+            Event::CheckData(result) => match result {
+                Ok(bytes) => {
+                    if let Check::Collecting { safekeepers, .. } = &mut self.check {
+                        *safekeepers = Some(bytes);
+                    }
+                    self.try_finish_check().await?;
+                }
+                Err(e) => {
+                    return Err(ProxyError::Retry(format!(
+                        "reading the safekeepers' WAL to check the primary: {e}"
+                    )));
+                }
+            },
+            Event::PrimaryWal { start, wal } => self.on_primary_wal(start, wal).await?,
+            Event::PrimaryPing => self.send_status(false).await?,
+            Event::PrimaryGone(reason) => {
+                return Err(ProxyError::Retry(reason));
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, actions: Vec<Action>) -> Result<(), ProxyError> {
+        for a in actions {
+            match a {
+                Action::Send(node, msg) => self.send_to(node, msg),
+                Action::Disconnect(node) => {
+                    // Dropping the sender ends that connection's task.
+                    self.conns.remove(&node);
+                    self.redial_at
+                        .insert(node, Instant::now() + Duration::from_millis(500));
+                }
+                Action::RecoveryRead {
+                    id,
+                    donor,
+                    term,
+                    start,
+                    end,
+                    target,
+                } => {
+                    let Some(addr) = self.cfg.members.get(&donor).cloned() else {
+                        let more = self.proposer.on_recovery_failed(id);
+                        Box::pin(self.apply(more)).await?;
+                        continue;
+                    };
+                    tracing::debug!(target = target.0, donor = donor.0, %start, %end, "recovery read");
+                    let tx = self.events_tx.clone();
+                    let ttid = self.cfg.ttid;
+                    tokio::spawn(async move {
+                        let ev =
+                            match safekeepers::recovery_read(&addr, ttid, term, start, end).await {
+                                Ok(wal) => Event::RecoveryData { id, wal },
+                                Err(reason) => Event::RecoveryFailed { id, reason },
+                            };
+                        let _ = tx.send(ev).await;
+                    });
+                }
+                Action::Elected {
+                    term,
+                    term_start_lsn,
+                    donor,
+                } => {
+                    tracing::info!(term, %term_start_lsn, donor = donor.0, "elected");
+                    self.begin_check(term, term_start_lsn, donor)?;
+                }
+                Action::SteppedDown { term, seen } => {
+                    return Err(ProxyError::Retry(format!(
+                        "another proposer won: term {seen} is above ours ({term}); stopped streaming"
+                    )));
+                }
+                Action::CommitAdvanced(lsn) => {
+                    self.commit_lsn = lsn;
+                    self.send_status(false).await?;
+                }
+                Action::WrongNode { expected, got } => {
+                    return Err(ProxyError::Fatal(format!(
+                        "the safekeeper at {} says it is node {}, but --safekeepers lists it as node {}",
+                        self.cfg.members.get(&expected).map(String::as_str).unwrap_or("?"),
+                        got.0,
+                        expected.0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After an election: the primary's bytes just below term_start_lsn must
+    /// equal what the safekeepers hold there.
+    fn begin_check(&mut self, term: u64, term_start: Lsn, donor: NodeId) -> Result<(), ProxyError> {
+        let slot_start = self.primary_pos;
+        if term_start < slot_start {
+            return Err(ProxyError::Fatal(format!(
+                "the safekeepers' WAL ends at {term_start}, but the primary's slot {:?} starts at {slot_start}: \
+                 WAL in between is gone from the primary",
+                self.cfg.slot
+            )));
+        }
+        let from = Lsn(term_start.0.saturating_sub(CHECK_BYTES)).max(slot_start);
+        if from == term_start {
+            // Nothing below term_start on the primary's side to compare
+            // (a new timeline starts exactly at the slot's segment start).
+            self.check = Check::Streaming;
+            return Ok(());
+        }
+        let addr = self.cfg.members.get(&donor).cloned().unwrap_or_default();
+        let tx = self.events_tx.clone();
+        let ttid = self.cfg.ttid;
+        tokio::spawn(async move {
+            let r = safekeepers::recovery_read(&addr, ttid, term, from, term_start).await;
+            let _ = tx.send(Event::CheckData(r)).await;
+        });
+        self.check = Check::Collecting {
+            term_start,
+            from,
+            primary: BytesMut::new(),
+            safekeepers: None,
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        Ok(())
+    }
+
+    async fn on_primary_wal(&mut self, start: Lsn, wal: Bytes) -> Result<(), ProxyError> {
+        if start != self.primary_pos {
+            return Err(ProxyError::Retry(format!(
+                "primary sent WAL at {start}, expected {}",
+                self.primary_pos
+            )));
+        }
+        let end = Lsn(start.0 + wal.len() as u64);
+        self.primary_pos = end;
+        match &mut self.check {
+            Check::NotElected => {
+                return Err(ProxyError::Retry(
+                    "primary WAL arrived before the election".into(),
+                ));
+            }
+            Check::Collecting {
+                term_start,
+                from,
+                primary,
+                ..
+            } => {
+                let (ts, f) = (*term_start, *from);
+                // Keep the part in [from, term_start); hold the rest.
+                let lo = f.0.max(start.0);
+                let hi = ts.0.min(end.0);
+                if lo < hi {
+                    primary
+                        .extend_from_slice(&wal[(lo - start.0) as usize..(hi - start.0) as usize]);
+                }
+                if end > ts {
+                    self.held = Some((ts, wal.slice((ts.0 - start.0) as usize..)));
+                }
+                self.try_finish_check().await?;
+            }
+            Check::Streaming => self.push(wal).await?,
+        }
+        Ok(())
+    }
+
+    async fn try_finish_check(&mut self) -> Result<(), ProxyError> {
+        let Check::Collecting {
+            term_start,
+            from,
+            primary,
+            safekeepers,
+            ..
+        } = &self.check
+        else {
+            return Ok(());
+        };
+        let Some(theirs) = safekeepers else {
+            return Ok(());
+        };
+        if (primary.len() as u64) < term_start.0 - from.0 {
+            return Ok(());
+        }
+        if primary[..] != theirs[..] {
+            let at = primary
+                .iter()
+                .zip(theirs.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(ProxyError::Fatal(format!(
+                "the primary's WAL differs from the safekeepers' at {} (checked {from}..{term_start}): \
+                 this primary is not the one these safekeepers follow (restored from an earlier copy, run with fsync off, or another cluster)",
+                Lsn(from.0 + at as u64)
+            )));
+        }
+        tracing::info!(%from, to = %term_start, "the primary's WAL matches the safekeepers'; streaming");
+        self.check = Check::Streaming;
+        if let Some((_, rest)) = self.held.take() {
+            self.push(rest).await?;
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, wal: Bytes) -> Result<(), ProxyError> {
+        if wal.is_empty() {
+            return Ok(());
+        }
+        match self.proposer.push_wal(&wal) {
+            Ok(actions) => self.apply(actions).await,
+            Err(e) => Err(ProxyError::Retry(format!(
+                "WAL from the primary not taken: {e}"
+            ))),
+        }
+    }
+
+    /// Tell the primary how far the quorum has flushed: write = flush =
+    /// apply = commit LSN, so synchronous_commit waits for a majority.
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), ProxyError> {
+        self.last_status = Instant::now();
+        let pos = self.commit_lsn.max(self.start_lsn);
+        self.primary_writer
+            .send_status_update(pos, pos, pos, reply_requested)
+            .map_err(|e| ProxyError::Retry(format!("primary: {e}")))?;
+        self.primary_writer
+            .flush()
+            .await
+            .map_err(|e| ProxyError::Retry(format!("primary: {e}")))
+    }
+}

@@ -11,7 +11,7 @@ use crate::consensus::messages::ProposerMessage;
 use crate::consensus::term_history::Term;
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
-use crate::pq::client::{ConnConfig, CopyMessage, PgClient};
+use crate::pq::client::{ClientError, ConnConfig, CopyMessage, PgClient};
 use crate::pq::replication::ServerReplMessage;
 
 /// Startup options of every proxy connection to a safekeeper: proposer
@@ -42,11 +42,24 @@ pub async fn run_push_connection(
     ttid: Ttid,
     events: mpsc::Sender<Event>,
 ) {
-    let reason = match push_connection(node, &addr, ttid, &events).await {
-        Ok(()) => "closed".to_string(),
+    let (reason, refused) = match push_connection(node, &addr, ttid, &events).await {
+        Ok(()) => ("closed".to_string(), false),
         Err(e) => e,
     };
-    let _ = events.send(Event::Disconnected { node, reason }).await;
+    let _ = events
+        .send(Event::Disconnected {
+            node,
+            reason,
+            refused,
+        })
+        .await;
+}
+
+/// SQLSTATEs with which a safekeeper refuses the timeline itself (another
+/// system_id, member set or segment size; no such timeline): retrying the
+/// same greeting cannot succeed.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e.sqlstate(), Some("22023") | Some("42704"))
 }
 
 async fn push_connection(
@@ -54,15 +67,25 @@ async fn push_connection(
     addr: &str,
     ttid: Ttid,
     events: &mpsc::Sender<Event>,
-) -> Result<(), String> {
-    let cfg = conn_config(addr)?;
+) -> Result<(), (String, bool)> {
+    let cfg = conn_config(addr).map_err(|e| (e, true))?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
-        .map_err(|e| format!("connecting to safekeeper {node} at {addr}: {e}"))?;
+        .map_err(|e| {
+            (
+                format!("connecting to safekeeper {node} at {addr}: {e}"),
+                false,
+            )
+        })?;
     client
         .start_copy_both("START_WAL_PUSH")
         .await
-        .map_err(|e| format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"))?;
+        .map_err(|e| {
+            (
+                format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"),
+                false,
+            )
+        })?;
     let (mut reader, mut writer) = client.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ProposerMessage>();
     if events
@@ -76,39 +99,44 @@ async fn push_connection(
         while let Some(msg) = rx.recv().await {
             writer
                 .send_copy_data(&encode_proposer_message(&msg))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| (e.to_string(), false))?;
             // Coalesce what is already queued into one flush.
             while let Ok(more) = rx.try_recv() {
                 writer
                     .send_copy_data(&encode_proposer_message(&more))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), false))?;
             }
             writer
                 .flush()
                 .await
-                .map_err(|e| format!("sending to safekeeper {node}: {e}"))?;
+                .map_err(|e| (format!("sending to safekeeper {node}: {e}"), false))?;
         }
         // The session dropped our sender: it wants this connection closed.
         writer.send_copy_done();
         let _ = writer.flush().await;
-        Ok::<(), String>(())
+        Ok::<(), (String, bool)>(())
     };
     let read = async {
         loop {
             match reader.recv_copy().await {
                 Ok(CopyMessage::Data(body)) => {
-                    let msg = decode_acceptor_message(&body)
-                        .map_err(|e| format!("safekeeper {node} sent a malformed reply: {e}"))?;
+                    let msg = decode_acceptor_message(&body).map_err(|e| {
+                        (
+                            format!("safekeeper {node} sent a malformed reply: {e}"),
+                            false,
+                        )
+                    })?;
                     if events.send(Event::Reply { node, msg }).await.is_err() {
                         return Ok(());
                     }
                 }
                 Ok(other) => {
-                    return Err(format!(
-                        "safekeeper {node} ended the push stream ({other:?})"
+                    return Err((
+                        format!("safekeeper {node} ended the push stream ({other:?})"),
+                        false,
                     ))
                 }
-                Err(e) => return Err(format!("safekeeper {node}: {e}")),
+                Err(e) => return Err((format!("safekeeper {node}: {e}"), is_refusal(&e))),
             }
         }
     };

@@ -35,6 +35,9 @@ pub enum Event {
     Disconnected {
         node: NodeId,
         reason: String,
+        /// The safekeeper refused this timeline (another cluster, members,
+        /// or no such timeline): not worth retrying.
+        refused: bool,
     },
     Reply {
         node: NodeId,
@@ -83,6 +86,8 @@ struct Session<'a> {
     redial_at: HashMap<NodeId, Instant>,
     /// Where streaming from the primary's slot began.
     start_lsn: Lsn,
+    /// The primary's end of WAL when this session connected.
+    primary_flush: Lsn,
     primary_writer: PgWriter,
     /// Next LSN expected from the primary.
     primary_pos: Lsn,
@@ -119,6 +124,7 @@ pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
         start_lsn,
         reader,
         writer,
+        flush_lsn,
         ..
     } = primary;
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
@@ -131,6 +137,7 @@ pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
         dialing: HashMap::new(),
         redial_at: HashMap::new(),
         start_lsn,
+        primary_flush: flush_lsn,
         primary_writer: writer,
         primary_pos: start_lsn,
         held: None,
@@ -268,7 +275,19 @@ impl Session<'_> {
                 let actions = self.maybe_start_election();
                 self.apply(actions).await?;
             }
-            Event::Disconnected { node, reason } => {
+            Event::Disconnected {
+                node,
+                reason,
+                refused,
+            } => {
+                if refused {
+                    let hint = if reason.contains("42704") {
+                        " (start the proxy with --create-timeline to create it)"
+                    } else {
+                        ""
+                    };
+                    return Err(ProxyError::Fatal(format!("{reason}{hint}")));
+                }
                 self.dialing.insert(node, false);
                 if self.conns.remove(&node).is_some() {
                     tracing::warn!(node = node.0, "safekeeper connection lost: {reason}");
@@ -409,7 +428,15 @@ impl Session<'_> {
             from,
             primary: BytesMut::new(),
             safekeepers: None,
-            deadline: Instant::now() + Duration::from_secs(30),
+            // The primary flushes WAL before it streams it, so WAL on the
+            // safekeepers beyond its end of WAL at connect time can only be
+            // another history; the grace covers a primary still writing.
+            deadline: Instant::now()
+                + if term_start > self.primary_flush {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(30)
+                },
         };
         Ok(())
     }

@@ -392,3 +392,124 @@ pub fn lines(child: &mut Child) -> impl Iterator<Item = String> {
         .lines()
         .map_while(Result::ok)
 }
+
+/// A safekeeper-proxy process; SIGKILLed on drop.
+pub struct Proxy {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    pub fn start(
+        log_dir: &Path,
+        name: &str,
+        primary_port: u16,
+        members: &[&Safekeeper],
+        extra: &[&str],
+    ) -> Proxy {
+        let log = log_dir.join(format!("{name}.log"));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let list: Vec<String> = members
+            .iter()
+            .map(|s| format!("{}@{}", s.node_id, s.pg_addr))
+            .collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--primary")
+            .arg(format!("host=127.0.0.1 port={primary_port} user=postgres"))
+            .arg("--safekeepers")
+            .arg(list.join(","))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("starting safekeeper-proxy");
+        Proxy {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- proxy log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `within`.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A safekeeper's commit LSN as consumers see it (IDENTIFY_SYSTEM xlogpos);
+/// None when it is down or has no timeline yet.
+pub fn sk_commit_lsn(sk: &Safekeeper) -> Option<Lsn> {
+    let stream = TcpStream::connect_timeout(&sk.pg_addr, Duration::from_secs(2)).ok()?;
+    drop(stream);
+    let mut c = RawClient::connect(sk.pg_addr, "");
+    let reply = c.query("IDENTIFY_SYSTEM");
+    let row = reply.iter().find(|m| m.tag == b'D')?;
+    // DataRow: count, then (len, bytes) per column; xlogpos is the third.
+    let mut b = &row.body[2..];
+    let mut cols = Vec::new();
+    for _ in 0..4 {
+        let len = i32::from_be_bytes(b[..4].try_into().ok()?);
+        b = &b[4..];
+        if len < 0 {
+            cols.push(None);
+        } else {
+            cols.push(Some(
+                String::from_utf8_lossy(&b[..len as usize]).into_owned(),
+            ));
+            b = &b[len as usize..];
+        }
+    }
+    cols[2].as_ref()?.parse().ok()
+}

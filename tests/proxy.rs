@@ -1,0 +1,381 @@
+//! safekeeper-proxy end to end: a real PostgreSQL 15 primary whose commits
+//! wait for a majority of three real safekeepers, through crashes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::pg::{self, Postgres};
+use common::*;
+use walkeeper::id::{TenantId, TimelineId, Ttid};
+use walkeeper::lsn::Lsn;
+use walkeeper::store::rocks::RocksStore;
+use walkeeper::store::Storage;
+
+const SYNC_CONF: &str = "synchronous_standby_names = 'safekeeper_proxy'\n";
+
+/// The proxy's default timeline.
+fn default_ttid() -> Ttid {
+    Ttid::new(
+        "00000000000000000000000000000001"
+            .parse::<TenantId>()
+            .unwrap(),
+        "00000000000000000000000000000001"
+            .parse::<TimelineId>()
+            .unwrap(),
+    )
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    pg: Postgres,
+    sks: Vec<Safekeeper>,
+    proxy: Option<Proxy>,
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        if !pg::available() {
+            eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+        let sks: Vec<Safekeeper> = (1..=3)
+            .map(|n| Safekeeper::start(&dir.path().join(format!("sk{n}")), n, true))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            pg,
+            sks,
+            proxy: None,
+        };
+        c.start_proxy("proxy1", &["--create-timeline"]);
+        c.wait_sync();
+        Some(c)
+    }
+
+    fn start_proxy(&mut self, name: &str, extra: &[&str]) {
+        let refs: Vec<&Safekeeper> = self.sks.iter().collect();
+        self.proxy = Some(Proxy::start(
+            self.dir.path(),
+            name,
+            self.pg.port,
+            &refs,
+            extra,
+        ));
+    }
+
+    fn wait_sync(&self) {
+        wait_for(
+            Duration::from_secs(60),
+            "the proxy to be the synchronous standby",
+            || {
+                let s = self.pg.sql(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'safekeeper_proxy'",
+            );
+                (s == "sync").then_some(())
+            },
+        );
+    }
+
+    fn flush_lsn(&self) -> Lsn {
+        self.pg
+            .sql("SELECT pg_current_wal_flush_lsn()")
+            .parse()
+            .unwrap()
+    }
+
+    fn pgbench(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(pg::pg_bin("pgbench"));
+        c.args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.pg.port.to_string())
+            .args(args)
+            .arg("postgres");
+        c
+    }
+
+    fn init_pgbench(&self) {
+        let (ok, out, err) = run(&mut self.pgbench(&["-i", "-s", "1", "-q"]));
+        assert!(ok, "pgbench -i failed: {out}{err}");
+    }
+
+    fn spawn_pgbench(&self, seconds: u32) -> Child {
+        self.pgbench(&["-N", "-c", "4", "-T", &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The primary's WAL over [from, to), from its pg_wal segment files.
+fn primary_wal(pg: &Postgres, from: Lsn, to: Lsn) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        let name = pos.segment_file_name(1, SEG);
+        let seg = std::fs::read(pg.pg_wal().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let off = pos.segment_offset(SEG) as usize;
+        let n = ((to.0 - pos.0) as usize).min(SEG as usize - off);
+        out.extend_from_slice(&seg[off..off + n]);
+        pos = Lsn(pos.0 + n as u64);
+    }
+    out
+}
+
+/// Open a stopped safekeeper's store: (timeline start, flush, commit, WAL
+/// over [start, upto) if held).
+fn stored(datadir: &Path, upto: Lsn) -> (Lsn, Lsn, Lsn, Option<Vec<u8>>) {
+    let store = RocksStore::open(datadir).unwrap();
+    let state = store
+        .timelines()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.ttid == default_ttid())
+        .expect("the proxy's timeline");
+    let wal = (state.flush_lsn >= upto).then(|| {
+        store
+            .read_wal(default_ttid(), state.timeline_start_lsn, upto)
+            .unwrap()
+    });
+    (
+        state.timeline_start_lsn,
+        state.flush_lsn,
+        state.commit_lsn,
+        wal,
+    )
+}
+
+fn pgbench_ok(child: Child) -> u64 {
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in: {text}"))
+}
+
+#[test]
+fn every_safekeeper_holds_the_primarys_wal_after_pgbench() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.init_pgbench();
+    let done = pgbench_ok(c.spawn_pgbench(3));
+    assert!(done > 0);
+    let end = c.flush_lsn();
+    for sk in &c.sks {
+        wait_for(
+            Duration::from_secs(30),
+            "every safekeeper to learn the commit",
+            || sk_commit_lsn(sk).filter(|l| *l >= end),
+        );
+    }
+    c.proxy.as_mut().unwrap().kill9();
+    for sk in c.sks.iter_mut() {
+        assert!(sk.terminate().success());
+    }
+    for sk in &c.sks {
+        let (start, flush, commit, wal) = stored(&sk.datadir, end);
+        assert!(
+            flush >= end && commit >= end,
+            "node {}: flush {flush} commit {commit} < {end}",
+            sk.node_id
+        );
+        assert_eq!(
+            start,
+            Lsn(START),
+            "a new timeline starts at the slot's segment start"
+        );
+        assert!(
+            wal.unwrap() == primary_wal(&c.pg, start, end),
+            "node {}: WAL differs from the primary's pg_wal",
+            sk.node_id
+        );
+    }
+}
+
+#[test]
+fn a_commit_waits_for_a_majority() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (i int)");
+    c.sks[1].kill9();
+    c.sks[2].kill9();
+    let mut insert = Command::new(pg::pg_bin("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-c",
+            "INSERT INTO t VALUES (1)",
+        ])
+        .arg("-p")
+        .arg(c.pg.port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        insert.try_wait().unwrap().is_none(),
+        "a commit returned with one of three safekeepers up"
+    );
+    c.sks[1].restart();
+    let status = wait_for(Duration::from_secs(60), "the commit to return", || {
+        insert.try_wait().unwrap()
+    });
+    assert!(status.success());
+    assert_eq!(c.pg.sql("SELECT count(*) FROM t"), "1");
+}
+
+#[test]
+fn a_killed_safekeeper_catches_up_while_the_load_goes_on() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.init_pgbench();
+    let bench = c.spawn_pgbench(8);
+    std::thread::sleep(Duration::from_secs(2));
+    c.sks[2].kill9();
+    let during: Lsn = c.flush_lsn();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        c.flush_lsn() > during,
+        "commits went on with two safekeepers"
+    );
+    c.sks[2].restart();
+    assert!(pgbench_ok(bench) > 0);
+    let end = c.flush_lsn();
+    wait_for(
+        Duration::from_secs(60),
+        "the restarted safekeeper to catch up",
+        || sk_commit_lsn(&c.sks[2]).filter(|l| *l >= end),
+    );
+}
+
+#[test]
+fn a_new_proxy_resumes_in_a_higher_term_and_acknowledged_commits_are_on_a_majority() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.init_pgbench();
+    let bench = c.spawn_pgbench(10);
+    std::thread::sleep(Duration::from_secs(3));
+    c.proxy.as_mut().unwrap().kill9();
+    // What the primary was told is flushed (and so acknowledged) is the
+    // slot's restart LSN: the last flush the proxy reported.
+    std::thread::sleep(Duration::from_millis(300));
+    let acked: Lsn = c
+        .pg
+        .sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'safekeeper_proxy'")
+        .parse()
+        .unwrap();
+    for sk in c.sks.iter_mut() {
+        sk.kill9();
+    }
+    let holders = c
+        .sks
+        .iter()
+        .filter(|sk| {
+            let (start, _, _, wal) = stored(&sk.datadir, acked);
+            wal.is_some_and(|w| w == primary_wal(&c.pg, start, acked))
+        })
+        .count();
+    assert!(
+        holders >= 2,
+        "acknowledged WAL up to {acked} is on {holders} of 3 safekeepers"
+    );
+    for sk in c.sks.iter_mut() {
+        sk.restart();
+    }
+    c.start_proxy("proxy2", &[]);
+    c.wait_sync();
+    assert!(pgbench_ok(bench) > 0);
+    let log = c.proxy.as_ref().unwrap().log_text();
+    let term: u64 = log
+        .lines()
+        .filter_map(|l| l.split("term=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .max()
+        .expect("the new proxy was elected");
+    assert!(term >= 2, "the new proxy leads term {term}");
+    assert!(
+        log.contains("matches the safekeepers'"),
+        "the primary was checked: {log}"
+    );
+}
+
+#[test]
+fn another_cluster_is_refused() {
+    let Some(c) = Cluster::start() else { return };
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Postgres::start_primary(other_dir.path(), "");
+    assert_ne!(other.system_id(), c.pg.system_id());
+    let refs: Vec<&Safekeeper> = c.sks.iter().collect();
+    let mut p = Proxy::start(c.dir.path(), "intruder", other.port, &refs, &[]);
+    let status = p
+        .wait_exit(Duration::from_secs(30))
+        .expect("the proxy stops by itself");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(log.contains("system_id"), "{log}");
+}
+
+#[test]
+fn the_primary_restored_from_an_older_copy_is_refused() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (i int, pad text)");
+    c.pg.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 1000) g");
+    // A file-system copy of the primary as it is now.
+    c.pg.stop();
+    let data = c.pg.datadir.clone();
+    let copy = data.with_extension("copy");
+    let (ok, _, err) = run(Command::new("cp").arg("-a").arg(&data).arg(&copy));
+    assert!(ok, "{err}");
+    c.pg.start();
+    c.wait_sync();
+    // More commits, acknowledged by the safekeepers.
+    c.pg.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(1, 20000) g");
+    let end = c.flush_lsn();
+    for sk in &c.sks[..2] {
+        wait_for(
+            Duration::from_secs(30),
+            "the commit on the safekeepers",
+            || sk_commit_lsn(sk).filter(|l| *l >= end),
+        );
+    }
+    c.proxy.as_mut().unwrap().kill9();
+    c.pg.stop();
+    // Put the old copy in place and let it write a different history.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&copy, &data).unwrap();
+    pg::append_conf(&data, "synchronous_standby_names = ''\n");
+    c.pg.start();
+    c.pg.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(1, 40000) g");
+    c.start_proxy("proxy-on-copy", &[]);
+    let p = c.proxy.as_mut().unwrap();
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .expect("the proxy stops by itself");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains("not the one these safekeepers follow"),
+        "{log}"
+    );
+}

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod consensus;
 pub mod id;
 #[cfg(feature = "rocksdb")]
+pub mod inspect;
 pub mod logging;
 pub mod lsn;
 pub mod pq;

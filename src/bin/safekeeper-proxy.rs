@@ -19,8 +19,8 @@ use walkeeper::proxy::{self, Config};
 struct Args {
     /// Connection string of the primary (libpq key=value or URI), e.g.
     /// "host=127.0.0.1 port=5432 user=postgres".
-    #[arg(long, value_name = "CONNSTR")]
-    primary: String,
+    #[arg(long, value_name = "CONNSTR", required_unless_present = "sync_only")]
+    primary: Option<String>,
 
     /// The timeline's safekeepers: ID@HOST:PORT,… (node ids as given to
     /// `safekeeper --init --node-id`).
@@ -56,6 +56,17 @@ struct Args {
     /// starts at the segment holding the slot's restart LSN.
     #[arg(long)]
     create_timeline: bool,
+
+    /// Without a primary: elect, bring a majority of safekeepers to the end
+    /// of the WAL they hold, commit it, wait until that majority persisted
+    /// the commit, print the LSN and exit 0. Run it when primary and proxy
+    /// are both gone, so consumers can read every acknowledged commit.
+    #[arg(long, conflicts_with_all = ["primary", "create_timeline"])]
+    sync_only: bool,
+
+    /// How long --sync-only keeps trying (e.g. while safekeepers restart).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    sync_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -68,16 +79,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut primary = match ConnConfig::parse(&args.primary) {
-        Ok(c) => c,
-        Err(e) => {
+    let primary = match args.primary.as_deref().map(ConnConfig::parse) {
+        None => None,
+        Some(Ok(mut c)) => {
+            c.application_name = Some(args.application_name);
+            Some(c)
+        }
+        Some(Err(e)) => {
             eprintln!("safekeeper-proxy: --primary: {e}");
             return ExitCode::from(2);
         }
     };
-    primary.application_name = Some(args.application_name);
     let config = Config {
         primary,
+        sync_only: args.sync_only,
         members,
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,
@@ -91,6 +106,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.sync_only {
+        let within = std::time::Duration::from_secs(args.sync_timeout);
+        return match runtime.block_on(proxy::run_sync_only(config, within)) {
+            Ok(lsn) => {
+                tracing::info!(commit_lsn = %lsn, "synced: a majority holds and has committed the WAL up to this LSN");
+                println!("{lsn}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("safekeeper-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(proxy::run(config, walkeeper::shutdown::signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,12 +16,15 @@ use crate::pq::client::ConnConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub primary: ConnConfig,
+    /// None only with `sync_only`.
+    pub primary: Option<ConnConfig>,
     pub members: Members,
     pub ttid: Ttid,
     pub slot: String,
     pub create_timeline: bool,
     pub proposer_id: [u8; 16],
+    /// Elect without a primary, settle what the safekeepers hold, exit.
+    pub sync_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,35 @@ pub enum ProxyError {
     /// safekeepers follow: retrying cannot help.
     #[error("{0}")]
     Fatal(String),
+}
+
+/// `--sync-only`: make what the safekeepers hold committed and readable
+/// without a primary; retried (each try a new term) for up to `within`.
+pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<crate::lsn::Lsn, ProxyError> {
+    let deadline = std::time::Instant::now() + within;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = tokio::time::timeout(left, session::sync_only(&cfg)).await;
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(ProxyError::Retry(format!(
+                "no majority of safekeepers settled within {} s",
+                within.as_secs()
+            )))
+        });
+        match attempt {
+            Ok(lsn) => return Ok(lsn),
+            Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
+            Err(ProxyError::Retry(e)) if std::time::Instant::now() + backoff > deadline => {
+                return Err(ProxyError::Fatal(format!("--sync-only gave up: {e}")))
+            }
+            Err(ProxyError::Retry(e)) => {
+                tracing::warn!("sync attempt failed: {e}; retrying in a new term");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Run sessions until a fatal error or `stop` resolves. Every session is a

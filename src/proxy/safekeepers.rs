@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::session::Event;
 use crate::codec::{decode_acceptor_message, encode_proposer_message};
-use crate::consensus::messages::ProposerMessage;
+use crate::consensus::messages::{ProposerMessage, ServerInfo};
 use crate::consensus::term_history::Term;
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
@@ -192,4 +192,47 @@ pub async fn recovery_read(
         }
     }
     Ok(out.freeze())
+}
+
+/// What a safekeeper stores about a timeline's origin (for --sync-only,
+/// which has no primary to ask): server info and timeline_start_lsn.
+pub async fn timeline_info(addr: &str, ttid: Ttid) -> Result<(ServerInfo, Lsn), String> {
+    let cfg = conn_config(addr)?;
+    let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let id = client
+        .identify_system()
+        .await
+        .map_err(|e| format!("{addr}: IDENTIFY_SYSTEM: {e}"))?;
+    let wal_seg_size = client
+        .wal_segment_size()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let num = |name: &'static str, v: String| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{addr}: SHOW {name} gave {v:?}"))
+    };
+    let pg_version = num(
+        "walkeeper.pg_version",
+        client
+            .show("walkeeper.pg_version")
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?,
+    )? as u32;
+    let start: Lsn = client
+        .show("walkeeper.timeline_start_lsn")
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?
+        .parse()
+        .map_err(|e| format!("{addr}: {e}"))?;
+    Ok((
+        ServerInfo {
+            system_id: id.system_id,
+            pg_version,
+            wal_seg_size,
+            tli: id.timeline,
+        },
+        start,
+    ))
 }

@@ -3,7 +3,7 @@
 //! WAL, and carries out its actions. Losing the primary or the term ends the
 //! session; the caller starts a new one (a new term) after a backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::primary::{self, PrimaryStream};
 use super::safekeepers;
 use super::{Config, ProxyError};
-use crate::consensus::messages::{AcceptorMessage, ProposerMessage};
+use crate::consensus::messages::{AcceptorMessage, ProposerMessage, ServerInfo};
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
 use crate::id::NodeId;
 use crate::lsn::Lsn;
@@ -81,6 +81,7 @@ struct Session<'a> {
     proposer: Proposer,
     started: Instant,
     events_tx: mpsc::Sender<Event>,
+    events_rx: Option<mpsc::Receiver<Event>>,
     conns: HashMap<NodeId, mpsc::UnboundedSender<ProposerMessage>>,
     dialing: HashMap<NodeId, bool>,
     redial_at: HashMap<NodeId, Instant>,
@@ -88,7 +89,8 @@ struct Session<'a> {
     start_lsn: Lsn,
     /// The primary's end of WAL when this session connected.
     primary_flush: Lsn,
-    primary_writer: PgWriter,
+    /// None with --sync-only.
+    primary_writer: Option<PgWriter>,
     /// Next LSN expected from the primary.
     primary_pos: Lsn,
     /// Bytes at and above term_start_lsn that arrived with the checked range.
@@ -97,10 +99,20 @@ struct Session<'a> {
     commit_lsn: Lsn,
     last_status: Instant,
     election_started: bool,
+    /// (term, term_start_lsn) once elected.
+    term_start: Option<(u64, Lsn)>,
+    /// With --sync-only: members whose AppendResponse shows the commit of
+    /// term_start_lsn persisted.
+    settled: BTreeSet<NodeId>,
 }
 
+/// Run one session against the primary. Returns only with an error: the
+/// primary or the term went away (retry), or a fatal condition.
 pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
-    let primary_cfg = cfg.primary.clone();
+    let primary_cfg = cfg
+        .primary
+        .clone()
+        .ok_or_else(|| ProxyError::Fatal("--primary is required unless --sync-only".into()))?;
     let primary = primary::connect(&primary_cfg, &cfg.slot).await?;
     tracing::info!(
         system_id = primary.server.system_id,
@@ -110,57 +122,97 @@ pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
         slot = %cfg.slot,
         "streaming from the primary; asking the safekeepers for votes"
     );
-    let mut pcfg = ProposerConfig::new(
-        cfg.ttid,
-        primary.server,
-        primary.start_lsn,
-        cfg.members.clone(),
-    );
-    pcfg.create = cfg.create_timeline;
-    pcfg.proposer_id = cfg.proposer_id;
-    let (events_tx, mut events_rx) = mpsc::channel::<Event>(4096);
     let (primary_tx, mut primary_rx) = mpsc::channel::<Event>(16);
     let PrimaryStream {
+        server,
         start_lsn,
         reader,
         writer,
         flush_lsn,
-        ..
     } = primary;
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
-    let mut s = Session {
-        cfg,
-        proposer: Proposer::new(pcfg),
-        started: Instant::now(),
-        events_tx,
-        conns: HashMap::new(),
-        dialing: HashMap::new(),
-        redial_at: HashMap::new(),
-        start_lsn,
-        primary_flush: flush_lsn,
-        primary_writer: writer,
-        primary_pos: start_lsn,
-        held: None,
-        check: Check::NotElected,
-        commit_lsn: Lsn::INVALID,
-        last_status: Instant::now(),
-        election_started: false,
-    };
-    let result = s.main_loop(&mut events_rx, &mut primary_rx).await;
+    let mut s = Session::new(cfg, server, start_lsn, flush_lsn, Some(writer));
+    let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
     result
 }
 
-impl Session<'_> {
+/// `--sync-only`: elect without a primary, bring a majority to
+/// term_start_lsn, commit it, and wait until that majority has persisted
+/// the commit LSN. Returns that LSN.
+pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
+    let mut last_err = String::new();
+    let mut info = None;
+    for (node, addr) in &cfg.members {
+        match safekeepers::timeline_info(addr, cfg.ttid).await {
+            Ok(i) => {
+                info = Some(i);
+                break;
+            }
+            Err(e) => last_err = format!("node {node}: {e}"),
+        }
+    }
+    let (server, timeline_start) = info.ok_or_else(|| {
+        ProxyError::Retry(format!(
+            "no safekeeper could describe timeline {}: {last_err}",
+            cfg.ttid
+        ))
+    })?;
+    // Keep the sender alive so the primary branch of the loop just waits.
+    let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
+    let mut s = Session::new(cfg, server, timeline_start, Lsn::MAX, None);
+    match s.main_loop(&mut primary_rx).await? {
+        Some(lsn) => Ok(lsn),
+        None => Err(ProxyError::Retry("sync ended without a result".into())),
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        cfg: &'a Config,
+        server: ServerInfo,
+        start_lsn: Lsn,
+        primary_flush: Lsn,
+        primary_writer: Option<PgWriter>,
+    ) -> Session<'a> {
+        let mut pcfg = ProposerConfig::new(cfg.ttid, server, start_lsn, cfg.members.clone());
+        pcfg.create = cfg.create_timeline;
+        pcfg.proposer_id = cfg.proposer_id;
+        let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
+        Session {
+            cfg,
+            proposer: Proposer::new(pcfg),
+            started: Instant::now(),
+            events_tx,
+            events_rx: Some(events_rx),
+            conns: HashMap::new(),
+            dialing: HashMap::new(),
+            redial_at: HashMap::new(),
+            start_lsn,
+            primary_flush,
+            primary_writer,
+            primary_pos: start_lsn,
+            held: None,
+            check: Check::NotElected,
+            commit_lsn: Lsn::INVALID,
+            last_status: Instant::now(),
+            election_started: false,
+            term_start: None,
+            settled: BTreeSet::new(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Runs until an error, or with --sync-only until a majority persisted
+    /// the commit of term_start_lsn (returned).
     async fn main_loop(
         &mut self,
-        events_rx: &mut mpsc::Receiver<Event>,
         primary_rx: &mut mpsc::Receiver<Event>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Lsn>, ProxyError> {
+        let mut events_rx = self.events_rx.take().expect("main_loop runs once");
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.dial_all();
@@ -171,6 +223,13 @@ impl Session<'_> {
                 Some(ev) = events_rx.recv() => self.on_event(ev).await?,
                 Some(ev) = primary_rx.recv(), if take_primary => self.on_event(ev).await?,
             }
+            if self.cfg.sync_only {
+                if let Some((_, t)) = self.term_start {
+                    if self.settled.len() > self.cfg.members.len() / 2 {
+                        return Ok(Some(t));
+                    }
+                }
+            }
         }
     }
 
@@ -180,6 +239,7 @@ impl Session<'_> {
         match &self.check {
             Check::NotElected => false,
             Check::Collecting { term_start, .. } => self.primary_pos < *term_start,
+            Check::Streaming if self.primary_writer.is_none() => false,
             Check::Streaming => match self.proposer.leader_view() {
                 Some((_, _, _, end, commit)) => {
                     end.distance_from(commit.max(self.commit_lsn)) < MAX_UNCOMMITTED
@@ -299,6 +359,12 @@ impl Session<'_> {
                     .insert(node, Instant::now() + Duration::from_millis(500));
             }
             Event::Reply { node, msg } => {
+                if let (Some((term, t)), AcceptorMessage::Append(r)) = (self.term_start, &msg) {
+                    if self.cfg.sync_only && r.term == term && r.commit_lsn >= t && r.flush_lsn >= t
+                    {
+                        self.settled.insert(node);
+                    }
+                }
                 let actions = self.proposer.on_message(node, msg);
                 self.apply(actions).await?;
             }
@@ -374,7 +440,14 @@ impl Session<'_> {
                     donor,
                 } => {
                     tracing::info!(term, %term_start_lsn, donor = donor.0, "elected");
-                    self.begin_check(term, term_start_lsn, donor)?;
+                    self.term_start = Some((term, term_start_lsn));
+                    if self.cfg.sync_only {
+                        // No primary: only the safekeepers' WAL up to
+                        // term_start_lsn is committed, nothing new.
+                        self.check = Check::Streaming;
+                    } else {
+                        self.begin_check(term, term_start_lsn, donor)?;
+                    }
                 }
                 Action::SteppedDown { term, seen } => {
                     return Err(ProxyError::Retry(format!(
@@ -533,11 +606,16 @@ impl Session<'_> {
     /// apply = commit LSN, so synchronous_commit waits for a majority.
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), ProxyError> {
         self.last_status = Instant::now();
+        let Some(writer) = self.primary_writer.as_mut() else {
+            return Ok(());
+        };
+        // Never beyond what a majority flushed in this term: that is what
+        // makes a fenced proxy harmless.
         let pos = self.commit_lsn.max(self.start_lsn);
-        self.primary_writer
+        writer
             .send_status_update(pos, pos, pos, reply_requested)
             .map_err(|e| ProxyError::Retry(format!("primary: {e}")))?;
-        self.primary_writer
+        writer
             .flush()
             .await
             .map_err(|e| ProxyError::Retry(format!("primary: {e}")))

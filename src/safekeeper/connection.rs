@@ -173,6 +173,14 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(_) => Some(format_size(crate::lsn::DEFAULT_WAL_SEG_SIZE)),
                 },
                 "data_directory_mode" => Some("0700".to_string()),
+                // What a --sync-only proxy, which has no primary to ask,
+                // needs to greet with.
+                "walkeeper.pg_version" => choose_timeline(shared, client)
+                    .ok()
+                    .map(|t| t.current_state().server.pg_version.to_string()),
+                "walkeeper.timeline_start_lsn" => choose_timeline(shared, client)
+                    .ok()
+                    .map(|t| t.current_state().timeline_start_lsn.to_string()),
                 "server_version" => Some(crate::pq::connection::DEFAULT_SERVER_VERSION.to_string()),
                 "server_version_num" => Some("150000".to_string()),
                 "integer_datetimes" => Some("on".to_string()),

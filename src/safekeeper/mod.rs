@@ -2,14 +2,16 @@
 //! proposers and consumers, one HTTP port.
 
 pub mod connection;
+pub mod http;
 pub mod timelines;
 pub mod wal_push;
 pub mod wal_send;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,6 +41,11 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for HTTP (--listen-http) on {addr}: {source}")]
+    ListenHttp {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -97,6 +104,28 @@ pub struct Shared {
     pub store: SharedStore,
     /// Flips to true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+    /// Open START_WAL_PUSH streams.
+    pub proposers: AtomicU64,
+    /// Open START_REPLICATION streams, recovery reads excepted.
+    pub consumers: AtomicU64,
+}
+
+/// Counts a connection in one of [`Shared`]'s gauges for as long as it
+/// lives, so every way out of a handler (errors included) uncounts it.
+pub struct Connected<'a>(&'a AtomicU64);
+
+impl<'a> Connected<'a> {
+    pub fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Connected(gauge)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Open (or with `init`, create) the store, checking the node id.
@@ -137,6 +166,13 @@ pub async fn run(
     let store = SharedStore(Arc::new(std::sync::Mutex::new(store)));
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // HTTP first: once the PostgreSQL port answers, status and metrics do.
+    let http_listener = TcpListener::bind(config.listen_http)
+        .await
+        .map_err(|source| DaemonError::ListenHttp {
+            addr: config.listen_http,
+            source,
+        })?;
     let listener = TcpListener::bind(config.listen_pg)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -147,10 +183,21 @@ pub async fn run(
         timelines: Timelines::new(node_id, writer.handle(), loaded),
         store,
         shutdown: shutdown_rx,
+        started: Instant::now(),
+        proposers: AtomicU64::new(0),
+        consumers: AtomicU64::new(0),
     });
+    let listen_http = http_listener
+        .local_addr()
+        .map_err(|source| DaemonError::ListenHttp {
+            addr: config.listen_http,
+            source,
+        })?;
+    let http_server = tokio::spawn(http::serve(http_listener, shared.clone()));
     tracing::info!(
         node_id = node_id.0,
         listen_pg = %listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.listen_pg, source })?,
+        %listen_http,
         timelines = shared.timelines.all().len(),
         "safekeeper ready"
     );
@@ -190,6 +237,18 @@ pub async fn run(
     {
         tracing::warn!("connections still open after 10 s; closing them");
         connections.abort_all();
+    }
+    // The HTTP server watches the same shutdown flag; it only reads, so
+    // nothing is lost by cutting a slow client off.
+    let http_abort = http_server.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(5), http_server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task ended abnormally"),
+        Err(_) => {
+            tracing::warn!("HTTP server still busy 5 s after shutdown; closing it");
+            http_abort.abort();
+        }
     }
     drop(shared);
     // Every write queued so far is synced before this returns.

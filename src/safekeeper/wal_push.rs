@@ -37,6 +37,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     peer: std::net::SocketAddr,
 ) -> Result<(), PqError> {
+    let _counted = super::Connected::new(&shared.proposers);
     conn.write_message(&BeMessage::CopyBothResponse)?;
     conn.flush().await?;
     let mut shutdown = shared.shutdown.clone();

@@ -145,6 +145,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(true);
     }
     let recovery = req.recovery_term.is_some();
+    let _counted = (!recovery).then(|| super::Connected::new(&shared.consumers));
     tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, recovery, application_name = ?client.params.application_name, "streaming WAL");
     conn.send(&BeMessage::CopyBothResponse).await?;
 

@@ -301,39 +301,117 @@ impl RocksStore {
         let db =
             DB::open_cf_descriptors(&opts, path, cf_descriptors(cfs.iter().map(|s| s.as_str())))
                 .map_err(|e| open_err(path, format!("cannot open RocksDB: {}", e.into_string())))?;
-        let meta = db
-            .get(META_KEY)
-            .map_err(|e| open_err(path, format!("cannot read the store meta: {}", e.into_string())))?
-            .ok_or_else(|| {
-                open_err(
-                    path,
-                    "no store meta record: init did not finish; remove the directory and init again",
-                )
-            })?;
-        let meta: StoreMeta = decode_stored(&meta).map_err(|e| match e {
-            CodecError::UnknownVersion { found, known, .. } => open_err(
-                path,
-                format!("store format version {found}; this build knows version {known} only"),
-            ),
-            other => open_err(path, format!("damaged store meta record: {other}")),
-        })?;
-        for want in OUR_CFS {
-            if !cfs.iter().any(|c| c == want) {
-                return Err(open_err(path, format!("column family {want:?} is missing")));
-            }
-        }
-        if let Some(extra) = cfs
-            .iter()
-            .find(|c| c.as_str() != CF_DEFAULT && !OUR_CFS.contains(&c.as_str()))
-        {
+        let node_id = check_layout(&db, path, &cfs)?;
+        Ok(Self::from_db(db, path, node_id))
+    }
+
+    /// Open a store for reading only, beside a daemon that may be writing
+    /// it, as a RocksDB *secondary* instance: it takes no lock and writes
+    /// nothing under `path`; RocksDB keeps its own info log and state in
+    /// `secondary_path` (a private, writable directory). The view is the
+    /// primary's as of the open or the last [`RocksStore::try_catch_up`].
+    /// Nothing can be written: syncing a staged write fails.
+    pub fn open_read_only_secondary(
+        path: impl AsRef<Path>,
+        secondary_path: impl AsRef<Path>,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let secondary_path = secondary_path.as_ref();
+        if !path.join("CURRENT").exists() {
             return Err(open_err(
                 path,
-                format!(
-                    "unknown column family {extra:?} in a version {STORE_FORMAT_VERSION} store"
-                ),
+                "holds no store (no RocksDB CURRENT file); is this a store or checkpoint directory?",
             ));
         }
-        Ok(Self::from_db(db, path, meta.node_id))
+        let mut opts = db_options();
+        // A secondary must hold every SST open: compaction in the primary
+        // deletes files, and an open descriptor keeps them readable until
+        // the next catch-up.
+        opts.set_max_open_files(-1);
+        let cfs = DB::list_cf(&opts, path)
+            .map_err(|e| open_err(path, format!("cannot read the store: {}", e.into_string())))?;
+        let db = DB::open_cf_descriptors_as_secondary(
+            &opts,
+            path,
+            secondary_path,
+            cf_descriptors(cfs.iter().map(|s| s.as_str())),
+        )
+        .map_err(|e| {
+            open_err(
+                path,
+                format!("cannot open RocksDB as a secondary: {}", e.into_string()),
+            )
+        })?;
+        let node_id = check_layout(&db, path, &cfs)?;
+        let db = Arc::new(db);
+        Ok(RocksStore {
+            compactor: Compactor {
+                tx: None,
+                thread: None,
+            },
+            db,
+            path: path.to_path_buf(),
+            node_id,
+            pending: Mutex::new(Pending {
+                batch: WriteBatch::default(),
+                written_unsynced: false,
+            }),
+            trimmed: Vec::new(),
+        })
+    }
+
+    /// Bring a secondary instance up to what the primary has written since
+    /// the open or the last catch-up.
+    ///
+    /// Caution: RocksDB 11.8 can keep serving a value replayed into the
+    /// secondary's memtable after the primary flushed and overwrote it
+    /// (facebook/rocksdb#14444, #15051). For a view that must be current and
+    /// consistent, open a new secondary instance instead (`skctl` does).
+    pub fn try_catch_up(&self) -> Result<(), StoreError> {
+        self.db.try_catch_up_with_primary().map_err(io)
+    }
+
+    /// Every timeline with a state record, whether or not the record
+    /// decodes (so `skctl verify` can name a damaged one and go on).
+    pub fn timeline_ids(&self) -> Result<Vec<Ttid>, StoreError> {
+        self.flush_pending()?;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_TIMELINE)?);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let Some(key) = it.key() else { break };
+            out.push(ttid_of_key(key, CF_TIMELINE)?);
+            it.next();
+        }
+        it.status().map_err(|e| {
+            StoreError::CorruptStore(format!("timeline column family: {}", e.into_string()))
+        })?;
+        Ok(out)
+    }
+
+    /// Every timeline that has WAL chunks stored, with or without a state
+    /// record (a timeline without one is orphaned WAL).
+    pub fn wal_timeline_ids(&self) -> Result<Vec<Ttid>, StoreError> {
+        self.flush_pending()?;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_WAL)?);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let Some(key) = it.key() else { break };
+            let ttid = ttid_of_key(key.get(..32).unwrap_or(key), CF_WAL)?;
+            out.push(ttid);
+            it.seek(wal_key_end(ttid));
+        }
+        it.status().map_err(|e| {
+            StoreError::CorruptStore(format!("wal column family: {}", e.into_string()))
+        })?;
+        Ok(out)
+    }
+
+    /// The stored state of one timeline, if it exists.
+    pub fn timeline_state(&self, ttid: Ttid) -> Result<Option<TimelineState>, StoreError> {
+        self.flush_pending()?;
+        self.state_of(ttid)
     }
 
     fn from_db(db: DB, path: &Path, node_id: NodeId) -> Self {
@@ -492,6 +570,65 @@ impl RocksStore {
         }
         Ok(Some((start, Bytes::copy_from_slice(payload))))
     }
+}
+
+/// The timeline a 32-byte key prefix names.
+fn ttid_of_key(prefix: &[u8], cf: &str) -> Result<Ttid, StoreError> {
+    let Ok(prefix) = <[u8; 32]>::try_from(prefix) else {
+        return Err(StoreError::CorruptStore(format!(
+            "{cf} column family: malformed key of {} bytes",
+            prefix.len()
+        )));
+    };
+    let mut tenant = [0u8; 16];
+    let mut timeline = [0u8; 16];
+    tenant.copy_from_slice(&prefix[..16]);
+    timeline.copy_from_slice(&prefix[16..]);
+    Ok(Ttid::new(
+        crate::id::TenantId(tenant),
+        crate::id::TimelineId(timeline),
+    ))
+}
+
+/// Check a freshly opened store's meta record and column families; the
+/// node id it records.
+fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreError> {
+    let meta = db
+        .get(META_KEY)
+        .map_err(|e| {
+            open_err(
+                path,
+                format!("cannot read the store meta: {}", e.into_string()),
+            )
+        })?
+        .ok_or_else(|| {
+            open_err(
+                path,
+                "no store meta record: init did not finish; remove the directory and init again",
+            )
+        })?;
+    let meta: StoreMeta = decode_stored(&meta).map_err(|e| match e {
+        CodecError::UnknownVersion { found, known, .. } => open_err(
+            path,
+            format!("store format version {found}; this build knows version {known} only"),
+        ),
+        other => open_err(path, format!("damaged store meta record: {other}")),
+    })?;
+    for want in OUR_CFS {
+        if !cfs.iter().any(|c| c == want) {
+            return Err(open_err(path, format!("column family {want:?} is missing")));
+        }
+    }
+    if let Some(extra) = cfs
+        .iter()
+        .find(|c| c.as_str() != CF_DEFAULT && !OUR_CFS.contains(&c.as_str()))
+    {
+        return Err(open_err(
+            path,
+            format!("unknown column family {extra:?} in a version {STORE_FORMAT_VERSION} store"),
+        ));
+    }
+    Ok(meta.node_id)
 }
 
 fn decode_state(ttid: Ttid, raw: &[u8]) -> Result<TimelineState, StoreError> {

@@ -22,7 +22,7 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 const MAX_BATCH_REQUESTS: usize = 4096;
 
 /// Per-batch figures, for metrics and the benchmark.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct BatchStats {
     pub batches: u64,
     pub requests: u64,
@@ -30,6 +30,90 @@ pub struct BatchStats {
     pub last_batch_requests: u64,
     pub last_sync: Duration,
     pub sync_time_total: Duration,
+    /// Seconds per sync (one fsync of the whole batch).
+    pub sync_seconds: Histogram,
+    /// Seconds from submitting a write carrying WAL to its reply being
+    /// released: queueing, staging and the sync together.
+    pub append_seconds: Histogram,
+    /// Requests per synced batch.
+    pub batch_requests: Histogram,
+}
+
+impl Default for BatchStats {
+    fn default() -> Self {
+        BatchStats {
+            batches: 0,
+            requests: 0,
+            wal_bytes: 0,
+            last_batch_requests: 0,
+            last_sync: Duration::ZERO,
+            sync_time_total: Duration::ZERO,
+            sync_seconds: Histogram::new(LATENCY_BUCKETS),
+            append_seconds: Histogram::new(LATENCY_BUCKETS),
+            batch_requests: Histogram::new(BATCH_SIZE_BUCKETS),
+        }
+    }
+}
+
+/// Upper bounds (seconds) for latency histograms: from a fast NVMe fsync to
+/// a disk in trouble.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Upper bounds for requests per batch; MAX_BATCH_REQUESTS is the ceiling.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+const MAX_BUCKETS: usize = 16;
+
+/// A fixed-bucket histogram in Prometheus' shape (cumulative on output).
+/// Fixed size so [`BatchStats`] stays `Copy` and cheap to snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last slot used is
+    /// for values above every bound.
+    counts: [u64; MAX_BUCKETS + 1],
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// `bounds` ascending, at most 16 of them (longer lists are cut).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds: &bounds[..bounds.len().min(MAX_BUCKETS)],
+            counts: [0; MAX_BUCKETS + 1],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.count += 1;
+        self.sum += v;
+    }
+
+    /// (upper bound, observations at or below it) for each bound; the
+    /// `+Inf` bucket is `count`.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut acc = 0u64;
+        self.bounds
+            .iter()
+            .zip(self.counts.iter())
+            .map(move |(b, c)| {
+                acc += c;
+                (*b, acc)
+            })
+    }
 }
 
 enum Msg {
@@ -42,6 +126,7 @@ struct Request {
     ttid: Ttid,
     writes: Vec<Write>,
     done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    submitted: Instant,
 }
 
 /// Per timeline, the latest synced state, for readers.
@@ -120,6 +205,7 @@ impl WriterHandle {
             ttid,
             writes,
             done: Some(done),
+            submitted: Instant::now(),
         };
         if let Err(mpsc::SendError(Msg::Write(mut req))) = self.tx.send(Msg::Write(req)) {
             if let Some(done) = req.done.take() {
@@ -170,7 +256,8 @@ fn run<S: Storage>(
     published: Published,
     stats: Arc<Mutex<BatchStats>>,
 ) {
-    let mut batch: Vec<(Request, Result<(), Arc<StoreError>>)> = Vec::new();
+    // Per request: whether it carried WAL (for the append latency).
+    let mut batch: Vec<(Request, Result<(), Arc<StoreError>>, bool)> = Vec::new();
     let mut stopping = false;
     while !stopping {
         let Ok(Msg::Write(first)) = rx.recv() else {
@@ -179,14 +266,15 @@ fn run<S: Storage>(
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(mut req) = next.take() {
-            bytes += wal_bytes(&req.writes);
+            let req_bytes = wal_bytes(&req.writes);
+            bytes += req_bytes;
             let staged = storage.write(req.ttid, &req.writes).map_err(Arc::new);
             if let Err(e) = &staged {
                 tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
             }
             // Drop the WAL payloads now; only the state is still needed.
             req.writes.retain(|w| matches!(w, Write::PutState(_)));
-            batch.push((req, staged));
+            batch.push((req, staged, req_bytes > 0));
             if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_BATCH_REQUESTS {
                 break;
             }
@@ -210,9 +298,19 @@ fn run<S: Storage>(
             s.last_batch_requests = batch.len() as u64;
             s.last_sync = took;
             s.sync_time_total += took;
+            s.sync_seconds.observe(took.as_secs_f64());
+            s.batch_requests.observe(batch.len() as f64);
+            if synced.is_ok() {
+                for (req, staged, appended) in &batch {
+                    if *appended && staged.is_ok() {
+                        s.append_seconds
+                            .observe(req.submitted.elapsed().as_secs_f64());
+                    }
+                }
+            }
         }
         let map = published.lock().unwrap_or_else(|e| e.into_inner());
-        for (mut req, staged) in batch.drain(..) {
+        for (mut req, staged, _) in batch.drain(..) {
             let result = match (&staged, &synced) {
                 (Err(e), _) | (Ok(()), Err(e)) => Err(e.clone()),
                 (Ok(()), Ok(())) => Ok(()),
@@ -338,8 +436,24 @@ mod tests {
         assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 50);
         let syncs = log.iter().filter(|l| *l == "sync").count();
         assert!((1..=50).contains(&syncs));
-        assert_eq!(h.stats().requests, 50);
+        let stats = h.stats();
+        assert_eq!(stats.requests, 50);
+        assert_eq!(stats.append_seconds.count, 50);
+        assert_eq!(stats.batch_requests.count, stats.batches);
+        assert_eq!(stats.sync_seconds.count, stats.batches);
         writer.shutdown();
+    }
+
+    #[test]
+    fn histograms_count_cumulatively() {
+        let mut h = Histogram::new(&[1.0, 2.0, 4.0]);
+        for v in [0.5, 1.0, 1.5, 3.0, 9.0] {
+            h.observe(v);
+        }
+        let c: Vec<_> = h.cumulative().collect();
+        assert_eq!(c, [(1.0, 2), (2.0, 3), (4.0, 4)]);
+        assert_eq!(h.count, 5);
+        assert_eq!(h.sum, 15.0);
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 //! and a minimal proposer client speaking the real wire protocol.
 #![allow(dead_code)]
 
+#[cfg(feature = "rocksdb")]
+pub mod cluster;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,162 @@
+//! A whole local cluster for end-to-end tests: a real primary whose
+//! commits wait for three safekeepers through safekeeper-proxy.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::pg::{self, Postgres};
+use super::*;
+use walkeeper::id::{TenantId, TimelineId, Ttid};
+use walkeeper::lsn::Lsn;
+use walkeeper::store::rocks::RocksStore;
+use walkeeper::store::Storage;
+
+pub const SYNC_CONF: &str = "synchronous_standby_names = 'safekeeper_proxy'\n";
+
+/// The proxy's default timeline.
+pub fn default_ttid() -> Ttid {
+    Ttid::new(
+        "00000000000000000000000000000001"
+            .parse::<TenantId>()
+            .unwrap(),
+        "00000000000000000000000000000001"
+            .parse::<TimelineId>()
+            .unwrap(),
+    )
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub pg: Postgres,
+    pub sks: Vec<Safekeeper>,
+    pub proxy: Option<Proxy>,
+}
+
+impl Cluster {
+    pub fn start() -> Option<Cluster> {
+        if !pg::available() {
+            eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+        let sks: Vec<Safekeeper> = (1..=3)
+            .map(|n| Safekeeper::start(&dir.path().join(format!("sk{n}")), n, true))
+            .collect();
+        let mut c = Cluster {
+            dir,
+            pg,
+            sks,
+            proxy: None,
+        };
+        c.start_proxy("proxy1", &["--create-timeline"]);
+        c.wait_sync();
+        Some(c)
+    }
+
+    pub fn start_proxy(&mut self, name: &str, extra: &[&str]) {
+        let refs: Vec<&Safekeeper> = self.sks.iter().collect();
+        self.proxy = Some(Proxy::start(
+            self.dir.path(),
+            name,
+            self.pg.port,
+            &refs,
+            extra,
+        ));
+    }
+
+    pub fn wait_sync(&self) {
+        wait_for(
+            Duration::from_secs(60),
+            "the proxy to be the synchronous standby",
+            || {
+                let s = self.pg.sql(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'safekeeper_proxy'",
+            );
+                (s == "sync").then_some(())
+            },
+        );
+    }
+
+    pub fn flush_lsn(&self) -> Lsn {
+        self.pg
+            .sql("SELECT pg_current_wal_flush_lsn()")
+            .parse()
+            .unwrap()
+    }
+
+    pub fn pgbench(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(pg::pg_bin("pgbench"));
+        c.args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.pg.port.to_string())
+            .args(args)
+            .arg("postgres");
+        c
+    }
+
+    pub fn init_pgbench(&self) {
+        let (ok, out, err) = run(&mut self.pgbench(&["-i", "-s", "1", "-q"]));
+        assert!(ok, "pgbench -i failed: {out}{err}");
+    }
+
+    pub fn spawn_pgbench(&self, seconds: u32) -> Child {
+        self.pgbench(&["-N", "-c", "4", "-T", &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The primary's WAL over [from, to), from its pg_wal segment files.
+pub fn primary_wal(pg: &Postgres, from: Lsn, to: Lsn) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        let name = pos.segment_file_name(1, SEG);
+        let seg = std::fs::read(pg.pg_wal().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let off = pos.segment_offset(SEG) as usize;
+        let n = ((to.0 - pos.0) as usize).min(SEG as usize - off);
+        out.extend_from_slice(&seg[off..off + n]);
+        pos = Lsn(pos.0 + n as u64);
+    }
+    out
+}
+
+/// Open a stopped safekeeper's store: (timeline start, flush, commit, WAL
+/// over [start, upto) if held).
+pub fn stored(datadir: &Path, upto: Lsn) -> (Lsn, Lsn, Lsn, Option<Vec<u8>>) {
+    let store = RocksStore::open(datadir).unwrap();
+    let state = store
+        .timelines()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.ttid == default_ttid())
+        .expect("the proxy's timeline");
+    let wal = (state.flush_lsn >= upto).then(|| {
+        store
+            .read_wal(default_ttid(), state.timeline_start_lsn, upto)
+            .unwrap()
+    });
+    (
+        state.timeline_start_lsn,
+        state.flush_lsn,
+        state.commit_lsn,
+        wal,
+    )
+}
+
+pub fn pgbench_ok(child: Child) -> u64 {
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in: {text}"))
+}

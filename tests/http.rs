@@ -1,0 +1,245 @@
+//! The safekeeper's HTTP API on a real daemon: status, timelines (with 404
+//! and 400 errors as JSON), Prometheus metrics that follow pushed WAL, the
+//! connection gauges, and a clear startup error when the port is taken.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use walkeeper::consensus::acceptor::term_lsn;
+use walkeeper::consensus::messages::*;
+use walkeeper::consensus::term_history::TermHistory;
+use walkeeper::lsn::Lsn;
+
+/// A blocking HTTP/1.1 GET: (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connecting to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, body) = get(addr, path);
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
+    (status, v)
+}
+
+fn elect_single(c: &mut RawClient, term: u64) {
+    c.send(&ProposerMessage::Greeting(greeting(&[1], true)));
+    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+    assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
+    c.send(&ProposerMessage::Elected(Elected {
+        term,
+        start_streaming_at: Lsn(START),
+        term_history: TermHistory(vec![term_lsn(term, START)]),
+    }));
+    assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
+}
+
+/// The value of a metric line that starts with `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn status_timelines_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    let (code, status) = get_json(sk.http_addr, "/v1/status");
+    assert_eq!(code, 200);
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["timelines"], 0);
+    assert_eq!(status["proposers"], 0);
+    assert_eq!(status["consumers"], 0);
+    assert!(status["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        get_json(sk.http_addr, "/v1/timelines").1,
+        Value::Array(vec![])
+    );
+
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, 3);
+    let wal = wal_bytes(3, START, 10_000);
+    p.send(&append(3, START, &wal, START + 4_000));
+    p.recv();
+
+    let (_, status) = get_json(sk.http_addr, "/v1/status");
+    assert_eq!(status["timelines"], 1);
+    assert_eq!(status["proposers"], 1);
+
+    let (code, list) = get_json(sk.http_addr, "/v1/timelines");
+    assert_eq!(code, 200);
+    let t = &list[0];
+    assert_eq!(t["tenant_id"], ttid().tenant_id.to_string());
+    assert_eq!(t["timeline_id"], ttid().timeline_id.to_string());
+    assert_eq!(t["flush_lsn"], Lsn(START + 10_000).to_string());
+    assert_eq!(t["commit_lsn"], Lsn(START + 4_000).to_string());
+    assert_eq!(t["term"], 3);
+    assert_eq!(t["wal_seg_size"], SEG);
+
+    let path = format!("/v1/timelines/{}/{}", ttid().tenant_id, ttid().timeline_id);
+    let (code, one) = get_json(sk.http_addr, &path);
+    assert_eq!(code, 200);
+    assert_eq!(one["flush_lsn"], t["flush_lsn"]);
+    assert_eq!(one["term_history"][0]["term"], 3);
+    assert_eq!(one["members"][0]["node_id"], 1);
+
+    let unknown = format!("/v1/timelines/{}/{}", "ab".repeat(16), "cd".repeat(16));
+    let (code, e) = get_json(sk.http_addr, &unknown);
+    assert_eq!(code, 404);
+    assert!(
+        e["error"].as_str().unwrap().contains("does not exist"),
+        "{e}"
+    );
+    let (code, e) = get_json(sk.http_addr, "/v1/timelines/nothex/00");
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("tenant id"), "{e}");
+    let (code, e) = get_json(
+        sk.http_addr,
+        &format!("/v1/timelines/{}/xyz", "ab".repeat(16)),
+    );
+    assert_eq!(code, 400);
+    assert!(e["error"].as_str().unwrap().contains("timeline id"), "{e}");
+    let (code, _) = get_json(sk.http_addr, "/v1/nope");
+    assert_eq!(code, 404);
+
+    // Gauges follow the connections.
+    drop(p);
+    wait_for("the proposer gauge to drop", || {
+        get_json(sk.http_addr, "/v1/status").1["proposers"] == 0
+    });
+    let mut c = RawClient::connect(sk.pg_addr, "");
+    c.query_raw(&format!("START_REPLICATION PHYSICAL {}", Lsn(START)));
+    wait_for("the consumer gauge", || {
+        get_json(sk.http_addr, "/v1/status").1["consumers"] == 1
+    });
+    drop(c);
+    wait_for("the consumer gauge to drop", || {
+        get_json(sk.http_addr, "/v1/status").1["consumers"] == 0
+    });
+
+    // The HTTP server stops with the daemon.
+    assert!(sk.terminate().success());
+    assert!(TcpStream::connect(sk.http_addr).is_err());
+}
+
+#[test]
+fn metrics_follow_pushed_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, 1);
+    let labels = format!(
+        "{{tenant_id=\"{}\",timeline_id=\"{}\"}}",
+        ttid().tenant_id,
+        ttid().timeline_id
+    );
+    let flush = format!("walkeeper_flush_lsn{labels}");
+    let commit = format!("walkeeper_commit_lsn{labels}");
+
+    let (code, text) = get(sk.http_addr, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(metric(&text, &flush), Some(START as f64));
+    let appends_before = metric(&text, "walkeeper_append_seconds_count").unwrap();
+
+    let mut pos = START;
+    for i in 0..20 {
+        let wal = wal_bytes(1, pos, 8192);
+        p.send(&append(1, pos, &wal, pos));
+        pos += 8192;
+        if i % 5 == 4 {
+            // Pipelined: several appends in flight before the replies.
+            for _ in 0..5 {
+                p.recv();
+            }
+        }
+    }
+    let committed = pos - 8192;
+
+    let (_, text) = get(sk.http_addr, "/metrics");
+    assert_eq!(metric(&text, &flush), Some(pos as f64), "{text}");
+    assert_eq!(metric(&text, &commit), Some(committed as f64), "{text}");
+    assert_eq!(
+        metric(&text, "walkeeper_append_seconds_count").unwrap() - appends_before,
+        20.0
+    );
+    assert!(metric(&text, "walkeeper_wal_written_bytes_total").unwrap() >= 20.0 * 8192.0);
+    let batches = metric(&text, "walkeeper_sync_batches_total").unwrap();
+    assert!(batches >= 1.0);
+    assert_eq!(
+        metric(&text, "walkeeper_fsync_seconds_count"),
+        Some(batches)
+    );
+    assert_eq!(
+        metric(&text, "walkeeper_batch_requests_count"),
+        Some(batches)
+    );
+    assert_eq!(
+        metric(&text, "walkeeper_batch_requests_bucket{le=\"+Inf\"}"),
+        Some(batches)
+    );
+    assert!(metric(&text, "walkeeper_fsync_seconds_bucket{le=\"2.5\"}").is_some());
+    assert_eq!(metric(&text, "walkeeper_connected_proposers"), Some(1.0));
+    assert_eq!(metric(&text, "walkeeper_connected_consumers"), Some(0.0));
+    assert_eq!(metric(&text, "walkeeper_timelines"), Some(1.0));
+    assert!(text.contains("# TYPE walkeeper_append_seconds histogram"));
+    // Every sample line is `name{labels} value` or `name value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "bad sample line {line:?}");
+    }
+}
+
+#[test]
+fn a_taken_http_port_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_safekeeper"))
+        .arg("--datadir")
+        .arg(dir.path().join("sk"))
+        .args(["--init", "--node-id", "1", "--listen-pg"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--listen-http")
+        .arg(http.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--listen-http") && stderr.contains(&http.to_string()),
+        "{stderr}"
+    );
+}

@@ -56,8 +56,9 @@ pub struct ProposerConfig {
     pub max_append_bytes: usize,
     /// WAL sent to one acceptor and not yet acknowledged, at most.
     pub max_inflight_bytes: u64,
-    /// New WAL kept in memory once committed; older WAL a lagging acceptor
-    /// needs comes from a recovery read.
+    /// New WAL kept in memory once committed (it may grow to 1.25× this
+    /// before it is trimmed); older WAL a lagging acceptor needs comes from a
+    /// recovery read.
     pub max_buffer_bytes: u64,
     pub faults: ProposerFaults,
 }
@@ -742,10 +743,14 @@ impl Proposer {
         }
         // Memory stays bounded: committed WAL beyond the buffer size goes;
         // whoever still needs it reads it from a donor.
+        // Trimmed in steps of a quarter of the buffer: shifting the whole
+        // buffer down on every commit cost a memmove of max_buffer_bytes per
+        // commit (most of the proxy's CPU in tools/BENCHMARKS.md).
         if let Phase::Leading(l) = &mut self.phase {
-            let excess = (l.buf.len() as u64).saturating_sub(self.cfg.max_buffer_bytes);
+            let cap = self.cfg.max_buffer_bytes;
+            let excess = (l.buf.len() as u64).saturating_sub(cap);
             let drop = excess.min(l.commit_lsn.distance_from(l.buf_start));
-            if drop > 0 {
+            if drop > 0 && drop >= (cap / 4).max(1) {
                 l.buf.drain(..drop as usize);
                 l.buf_start = Lsn(l.buf_start.0 + drop);
             }

@@ -493,7 +493,16 @@ impl<'a> Session<'a> {
         let tx = self.events_tx.clone();
         let ttid = self.cfg.ttid;
         tokio::spawn(async move {
-            let r = safekeepers::recovery_read(&addr, ttid, term, from, term_start).await;
+            // The donor serves the read only once it has processed this
+            // term's Elected, which may still be on its way: retry briefly.
+            let mut r = Err(String::new());
+            for _ in 0..50 {
+                r = safekeepers::recovery_read(&addr, ttid, term, from, term_start).await;
+                if r.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let _ = tx.send(Event::CheckData(r)).await;
         });
         self.check = Check::Collecting {

@@ -63,6 +63,8 @@ fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
         commit_lsn: BASE,
         peer_horizon_lsn: Lsn::INVALID,
         slot_horizon_lsn: Lsn::INVALID,
+        settled_term: 0,
+        settled_lsn: Lsn::INVALID,
     }
 }
 

@@ -38,6 +38,8 @@ fn state(ttid: Ttid, local_start: Lsn, flush: Lsn) -> TimelineState {
         commit_lsn: local_start,
         peer_horizon_lsn: Lsn::INVALID,
         slot_horizon_lsn: Lsn::INVALID,
+        settled_term: 0,
+        settled_lsn: Lsn::INVALID,
     }
 }
 

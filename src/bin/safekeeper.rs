@@ -39,6 +39,25 @@ struct Args {
     /// Address of the HTTP port (status, metrics, checkpoints).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7676")]
     listen_http: SocketAddr,
+
+    /// Whole-cluster recovery from checkpoints: act as an acceptor on a
+    /// store restored from a checkpoint. Only when every proposer is stopped
+    /// and every node of the cluster was restored; then run
+    /// `safekeeper-proxy --sync-only`, which clears the restore mark.
+    #[arg(long)]
+    restore_cluster: bool,
+
+    /// WAL always kept below the commit LSN, whatever consumers confirmed
+    /// (a size: 1GB, 512MB, 0), so late consumers without a slot still
+    /// find recent WAL.
+    #[arg(long, value_name = "SIZE", default_value = "1GB", value_parser = safekeeper::retention::parse_size)]
+    wal_retention: u64,
+
+    /// Most WAL below the commit LSN that slots and lagging peers may hold
+    /// back; a slot needing more is invalidated (as with PostgreSQL's
+    /// max_slot_wal_keep_size).
+    #[arg(long, value_name = "SIZE", default_value = "4GB", value_parser = safekeeper::retention::parse_size)]
+    max_wal_keep: u64,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +69,11 @@ fn main() -> ExitCode {
         node_id: args.node_id.map(NodeId),
         listen_pg: args.listen_pg,
         listen_http: args.listen_http,
+        restore_cluster: args.restore_cluster,
+        retention: safekeeper::retention::RetentionConfig {
+            retention_bytes: args.wal_retention,
+            max_wal_keep: args.max_wal_keep,
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

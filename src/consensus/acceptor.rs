@@ -36,11 +36,70 @@ pub struct TimelineState {
     pub commit_lsn: Lsn,
     pub peer_horizon_lsn: Lsn,
     pub slot_horizon_lsn: Lsn,
+    /// The term of the last `safekeeper-proxy --sync-only` that counted this
+    /// node in its settled majority (0: never). Consumers' fail-over and
+    /// whole-cluster recovery ask "was this node settled?".
+    pub settled_term: Term,
+    /// The LSN that sync committed here (INVALID: never settled).
+    pub settled_lsn: Lsn,
 }
 
 impl Versioned for TimelineState {
     const WHAT: &'static str = "timeline state";
+    /// 2 added `settled_term` and `settled_lsn`; records of version 1 are
+    /// still read (see [`decode_timeline_state`]).
+    const FORMAT_VERSION: u16 = 2;
+}
+
+/// A timeline state record of format version 1 (before the settled fields).
+/// Kept so stores written by older builds still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TimelineStateV1 {
+    ttid: Ttid,
+    server: ServerInfo,
+    members: Members,
+    timeline_start_lsn: Lsn,
+    local_start_lsn: Lsn,
+    term: Term,
+    term_history: TermHistory,
+    flush_lsn: Lsn,
+    commit_lsn: Lsn,
+    peer_horizon_lsn: Lsn,
+    slot_horizon_lsn: Lsn,
+}
+
+impl Versioned for TimelineStateV1 {
+    const WHAT: &'static str = "timeline state";
     const FORMAT_VERSION: u16 = 1;
+}
+
+impl From<TimelineStateV1> for TimelineState {
+    fn from(v: TimelineStateV1) -> TimelineState {
+        TimelineState {
+            ttid: v.ttid,
+            server: v.server,
+            members: v.members,
+            timeline_start_lsn: v.timeline_start_lsn,
+            local_start_lsn: v.local_start_lsn,
+            term: v.term,
+            term_history: v.term_history,
+            flush_lsn: v.flush_lsn,
+            commit_lsn: v.commit_lsn,
+            peer_horizon_lsn: v.peer_horizon_lsn,
+            slot_horizon_lsn: v.slot_horizon_lsn,
+            settled_term: 0,
+            settled_lsn: Lsn::INVALID,
+        }
+    }
+}
+
+/// Decode a stored timeline state record of any version this build knows
+/// (1 or 2); newer ones are refused by `decode_stored`.
+pub fn decode_timeline_state(raw: &[u8]) -> Result<TimelineState, crate::codec::CodecError> {
+    match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
+        Some(1) => crate::codec::decode_stored::<TimelineStateV1>(raw).map(Into::into),
+        _ => crate::codec::decode_stored::<TimelineState>(raw),
+    }
 }
 
 impl TimelineState {
@@ -60,6 +119,12 @@ pub enum Write {
     TrimWal { below: Lsn },
     /// Replace the timeline's state record.
     PutState(Box<TimelineState>),
+    /// Store a consumer slot. Never produced by the acceptor: the daemon
+    /// sends slot changes through the same writer so they share its syncs
+    /// and its ordering with the timeline's other writes.
+    PutSlot(Box<crate::store::SlotRecord>),
+    /// Remove a consumer slot (daemon only, like `PutSlot`).
+    DeleteSlot { name: String },
 }
 
 /// What one message did.
@@ -216,6 +281,8 @@ impl Acceptor {
             commit_lsn: g.timeline_start_lsn,
             peer_horizon_lsn: Lsn::INVALID,
             slot_horizon_lsn: Lsn::INVALID,
+            settled_term: 0,
+            settled_lsn: Lsn::INVALID,
         };
         let acceptor = Acceptor::restore(node_id, state);
         let effects = Effects {
@@ -480,6 +547,28 @@ impl Acceptor {
         }
         effects.reply = Some(self.append_response());
         Ok(effects)
+    }
+
+    /// Record that `--sync-only` settled this node in `term` at `lsn`. Only
+    /// true while this node is still in that term and holds and has
+    /// committed `lsn`; otherwise the reason it is not. Returns the write.
+    pub fn settle(&mut self, term: Term, lsn: Lsn) -> Result<Write, String> {
+        let s = &self.state;
+        if s.term != term {
+            return Err(format!(
+                "timeline {}: settled in term {term}, but this node is in term {}",
+                s.ttid, s.term
+            ));
+        }
+        if s.flush_lsn < lsn || s.commit_lsn < lsn {
+            return Err(format!(
+                "timeline {}: settled at {lsn}, but this node holds WAL to {} and commit_lsn {}",
+                s.ttid, s.flush_lsn, s.commit_lsn
+            ));
+        }
+        self.state.settled_term = term;
+        self.state.settled_lsn = lsn;
+        Ok(self.put_state())
     }
 
     /// Remove whole segments below the segment holding `horizon` (never past

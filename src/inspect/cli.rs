@@ -78,6 +78,22 @@ enum Command {
         #[arg(long, value_name = "LSN")]
         to: Option<Lsn>,
     },
+    /// Take a RocksDB checkpoint (a backup): of a running daemon with
+    /// `--http ADDR` (its --listen-http; OUT is a path on its machine), or
+    /// of a stopped store with `--datadir DIR`. OUT must not exist. The
+    /// checkpoint is marked as one: a daemon started on it refuses to act
+    /// as an acceptor of its old cluster (see `--restore-cluster`).
+    Checkpoint {
+        /// A running daemon's HTTP address, e.g. 127.0.0.1:7676.
+        #[arg(long, value_name = "ADDR", conflicts_with = "datadir")]
+        http: Option<String>,
+        /// The new checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Whether DIR is a checkpoint: the mark it carries (node, time, LSNs
+    /// per timeline), or the checkpoint it was restored from.
+    Mark,
 }
 
 /// Parse arguments, run, and give the exit status.
@@ -108,6 +124,30 @@ fn init_logging() {
 }
 
 fn run(args: &Args) -> Result<ExitCode, InspectError> {
+    if let Command::Checkpoint { http, out } = &args.command {
+        let info = match (http, &args.datadir) {
+            (Some(addr), _) => super::checkpoint::over_http(addr, out)?,
+            (None, Some(dir)) => super::checkpoint::of_stopped_store(dir, out)?,
+            (None, None) => {
+                return Err(InspectError::Refused(
+                    "checkpoint needs --http ADDR (a running daemon) or --datadir DIR (a stopped store)"
+                        .into(),
+                ))
+            }
+        };
+        if args.json {
+            print_json(&info)?;
+        } else {
+            println!("checkpoint of node {} in {}", info.node_id, info.path);
+            for t in &info.timelines {
+                println!(
+                    "  {}  term {}  flush {}  commit {}",
+                    t.timeline, t.term, t.flush_lsn, t.commit_lsn
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(datadir) = &args.datadir else {
         return Err(InspectError::Refused(
             "--datadir DIR is required: the store or checkpoint to read".into(),
@@ -208,6 +248,35 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Checkpoint { .. } => {}
+        Command::Mark => {
+            let (mark, restored) = ins.checkpoint_marks()?;
+            if args.json {
+                #[derive(Serialize)]
+                struct Marks {
+                    checkpoint: Option<crate::store::checkpoint::CheckpointInfo>,
+                    restored_from: Option<crate::store::checkpoint::CheckpointInfo>,
+                }
+                print_json(&Marks {
+                    checkpoint: mark.as_ref().map(|m| m.info(datadir)),
+                    restored_from: restored.as_ref().map(|m| m.info(datadir)),
+                })?;
+            } else {
+                match (&mark, &restored) {
+                    (Some(m), _) => println!(
+                        "{} is {}; a daemon on it refuses proposers unless --restore-cluster",
+                        datadir.display(),
+                        m.describe()
+                    ),
+                    (None, Some(r)) => println!(
+                        "{} was restored from {}; whole-cluster recovery cleared the mark",
+                        datadir.display(),
+                        r.describe()
+                    ),
+                    (None, None) => println!("{} is not a checkpoint", datadir.display()),
+                }
+            }
+        }
         Command::Verify => {
             let report = verify(&ins, show_progress)?;
             if args.json {
@@ -305,6 +374,10 @@ fn print_show(t: &TimelineInfo) {
         ("commit_lsn", t.commit_lsn.clone()),
         ("peer_horizon_lsn", t.peer_horizon_lsn.clone()),
         ("slot_horizon_lsn", t.slot_horizon_lsn.clone()),
+        (
+            "settled",
+            format!("term {} at {}", t.settled_term, t.settled_lsn),
+        ),
         ("stored", human_bytes(t.stored_bytes)),
         (
             "members",

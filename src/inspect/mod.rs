@@ -9,6 +9,7 @@
 //! fails with "No such file". That is not damage: the work is retried after
 //! catching up with the primary again.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod export;
 mod progress;
@@ -170,6 +171,21 @@ impl Inspector {
             .ok_or(StoreError::UnknownTimeline(ttid))
     }
 
+    /// The mark of the checkpoint this store is (None once cleared or for a
+    /// live store), and the cleared mark of one it was restored from.
+    pub fn checkpoint_marks(
+        &self,
+    ) -> Result<
+        (
+            Option<crate::store::checkpoint::CheckpointMark>,
+            Option<crate::store::checkpoint::CheckpointMark>,
+        ),
+        StoreError,
+    > {
+        use crate::store::checkpoint;
+        self.with_retry(|s| Ok((checkpoint::mark(s)?, checkpoint::restored_from(s)?)))
+    }
+
     /// The chunks of `ttid` overlapping `[from, to)`.
     pub fn chunks(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<ChunkInfo>, StoreError> {
         self.with_retry(|s| s.read_chunks(ttid, from, to)?.collect())
@@ -212,6 +228,10 @@ pub struct TimelineInfo {
     pub commit_lsn: String,
     pub peer_horizon_lsn: String,
     pub slot_horizon_lsn: String,
+    /// Term and LSN of the last `--sync-only` that settled this node (0 and
+    /// 0/0: never).
+    pub settled_term: u64,
+    pub settled_lsn: String,
     pub members: Vec<Member>,
     /// WAL held here: `flush_lsn - local_start_lsn` (chunks tile that range).
     pub stored_bytes: u64,
@@ -255,6 +275,8 @@ impl From<&TimelineState> for TimelineInfo {
             commit_lsn: s.commit_lsn.to_string(),
             peer_horizon_lsn: s.peer_horizon_lsn.to_string(),
             slot_horizon_lsn: s.slot_horizon_lsn.to_string(),
+            settled_term: s.settled_term,
+            settled_lsn: s.settled_lsn.to_string(),
             members: s
                 .members
                 .iter()
@@ -314,6 +336,8 @@ mod tests {
             commit_lsn: Lsn(1 << 24),
             peer_horizon_lsn: Lsn::INVALID,
             slot_horizon_lsn: Lsn::INVALID,
+            settled_term: 0,
+            settled_lsn: Lsn::INVALID,
         }
     }
 

@@ -61,6 +61,13 @@ pub enum ReplicationCommand {
     StartWalPush {
         options: Vec<CommandOption>,
     },
+    /// `TIMELINE_SETTLED (term 'N', lsn 'X/Y')`: our extension, sent by
+    /// `safekeeper-proxy --sync-only` to each node of the majority it
+    /// settled, so the node records it durably.
+    TimelineSettled {
+        term: u64,
+        lsn: Lsn,
+    },
     /// A command we do not implement (SQL, BASE_BACKUP, logical
     /// replication, …), with the query text: answer FEATURE_NOT_SUPPORTED.
     Unsupported(String),
@@ -377,6 +384,7 @@ const KNOWN_COMMANDS: &[&str] = &[
     "drop_replication_slot",
     "start_replication",
     "start_wal_push",
+    "timeline_settled",
 ];
 
 impl ReplicationCommand {
@@ -457,6 +465,28 @@ impl ReplicationCommand {
             "start_wal_push" => ReplicationCommand::StartWalPush {
                 options: p.opt_option_list()?,
             },
+            "timeline_settled" => {
+                let options = p.opt_option_list()?;
+                let value = |name: &str| {
+                    find_option(&options, name)
+                        .and_then(|o| o.value.clone())
+                        .ok_or_else(|| {
+                            syntax(format!(
+                                "TIMELINE_SETTLED needs option {name}: TIMELINE_SETTLED (term 'N', lsn 'X/Y')"
+                            ))
+                        })
+                };
+                let term = value("term")?;
+                let lsn = value("lsn")?;
+                ReplicationCommand::TimelineSettled {
+                    term: term.parse().map_err(|_| {
+                        syntax(format!("TIMELINE_SETTLED: term {term:?} is not a number"))
+                    })?,
+                    lsn: lsn
+                        .parse()
+                        .map_err(|e| syntax(format!("TIMELINE_SETTLED: lsn {lsn:?}: {e}")))?,
+                }
+            }
             _ => return Ok(ReplicationCommand::Unsupported(text.to_owned())),
         };
         p.end()?;
@@ -790,6 +820,20 @@ mod tests {
 
     fn lsn(s: &str) -> Lsn {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn timeline_settled() {
+        assert_eq!(
+            parse("TIMELINE_SETTLED (term '7', lsn '0/3000148')"),
+            C::TimelineSettled {
+                term: 7,
+                lsn: lsn("0/3000148")
+            }
+        );
+        assert!(ReplicationCommand::parse("TIMELINE_SETTLED (term '7')").is_err());
+        assert!(ReplicationCommand::parse("TIMELINE_SETTLED (term 'x', lsn '0/1')").is_err());
+        assert!(ReplicationCommand::parse("TIMELINE_SETTLED").is_err());
     }
 
     #[test]

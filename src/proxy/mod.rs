@@ -75,6 +75,7 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
+    let mut rewind = None;
     loop {
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
@@ -82,7 +83,7 @@ pub async fn run(
                 tracing::info!("stopping");
                 return Ok(());
             }
-            r = session::run(&cfg) => r,
+            r = session::run(&cfg, &mut rewind) => r,
         };
         match outcome {
             Ok(()) => return Ok(()),

@@ -37,7 +37,14 @@ pub fn version_num(v: &str) -> Option<u32> {
     Some(major * 10000 + minor)
 }
 
-pub async fn connect(cfg: &ConnConfig, slot: &str) -> Result<PrimaryStream, ProxyError> {
+/// `not_after`: start streaming at or below this LSN's segment even when the
+/// slot is ahead (the safekeepers lost WAL the slot no longer holds for, and
+/// the primary may still have it by `wal_keep_size`).
+pub async fn connect(
+    cfg: &ConnConfig,
+    slot: &str,
+    not_after: Option<Lsn>,
+) -> Result<PrimaryStream, ProxyError> {
     let retry = |what: &str, e: crate::pq::client::ClientError| {
         ProxyError::Retry(format!("primary: {what}: {e}"))
     };
@@ -79,7 +86,14 @@ pub async fn connect(cfg: &ConnConfig, slot: &str) -> Result<PrimaryStream, Prox
         }
     };
     let restart = slot_info.restart_lsn.unwrap_or(id.xlogpos);
-    let start_lsn = restart.segment_start(wal_seg_size);
+    let mut start_lsn = restart.segment_start(wal_seg_size);
+    if let Some(lsn) = not_after {
+        let rewound = lsn.segment_start(wal_seg_size);
+        if rewound < start_lsn {
+            tracing::info!(slot_start = %start_lsn, from = %rewound, "streaming from below the slot, where the safekeepers' WAL ends");
+            start_lsn = rewound;
+        }
+    }
     match client
         .start_physical_replication(Some(slot), start_lsn, Some(id.timeline))
         .await

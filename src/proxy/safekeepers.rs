@@ -194,6 +194,21 @@ pub async fn recovery_read(
     Ok(out.freeze())
 }
 
+/// Tell a node that `--sync-only` settled it: it holds and has committed
+/// `lsn` in `term`. The node records that durably before it answers.
+pub async fn settle(addr: &str, ttid: Ttid, term: Term, lsn: Lsn) -> Result<(), String> {
+    let cfg = conn_config(addr)?;
+    let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    client
+        .simple_query(&format!("TIMELINE_SETTLED (term '{term}', lsn '{lsn}')"))
+        .await
+        .map_err(|e| format!("{addr}: TIMELINE_SETTLED: {e}"))?;
+    let _ = client.close().await;
+    Ok(())
+}
+
 /// What a safekeeper stores about a timeline's origin (for --sync-only,
 /// which has no primary to ask): server info and timeline_start_lsn.
 pub async fn timeline_info(addr: &str, ttid: Ttid) -> Result<(ServerInfo, Lsn), String> {

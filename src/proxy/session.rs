@@ -108,12 +108,22 @@ struct Session<'a> {
 
 /// Run one session against the primary. Returns only with an error: the
 /// primary or the term went away (retry), or a fatal condition.
-pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
+///
+/// `rewind` carries, from one session to the next, an LSN the safekeepers'
+/// WAL ends at below the slot's restart LSN (after whole-cluster recovery
+/// from checkpoints): streaming then starts there, from WAL the primary
+/// kept by `wal_keep_size`.
+pub async fn run(cfg: &Config, rewind: &mut Option<Lsn>) -> Result<(), ProxyError> {
     let primary_cfg = cfg
         .primary
         .clone()
         .ok_or_else(|| ProxyError::Fatal("--primary is required unless --sync-only".into()))?;
-    let primary = primary::connect(&primary_cfg, &cfg.slot).await?;
+    let primary = match primary::connect(&primary_cfg, &cfg.slot, *rewind).await {
+        Err(ProxyError::Retry(e)) if rewind.is_some() && e.contains("has already been removed") => {
+            return Err(wal_gone(rewind.unwrap_or_default(), &e))
+        }
+        r => r?,
+    };
     tracing::info!(
         system_id = primary.server.system_id,
         tli = primary.server.tli,
@@ -134,8 +144,30 @@ pub async fn run(cfg: &Config) -> Result<(), ProxyError> {
     let mut s = Session::new(cfg, server, start_lsn, flush_lsn, Some(writer));
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
-    result
+    let rewound = rewind.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
+    match result {
+        Err(ProxyError::Retry(e)) if rewound && e.contains("has already been removed") => {
+            Err(wal_gone(rewind.unwrap_or_default(), &e))
+        }
+        Err(ProxyError::Retry(e)) if e.starts_with(REWIND) => {
+            *rewind = s.term_start.map(|(_, t)| t);
+            Err(ProxyError::Retry(e))
+        }
+        other => other,
+    }
 }
+
+fn wal_gone(from: Lsn, e: &str) -> ProxyError {
+    ProxyError::Fatal(format!(
+        "the safekeepers' WAL ends at {from}, and the primary no longer holds the WAL after it \
+         ({e}): the commits since cannot be recovered from this primary (it keeps WAL for \
+         wal_keep_size; raise it before relying on restores from checkpoints)"
+    ))
+}
+
+/// Prefix of the error that asks the next session to start streaming from
+/// the safekeepers' end of WAL rather than the slot's restart LSN.
+const REWIND: &str = "rewinding:";
 
 /// `--sync-only`: elect without a primary, bring a majority to
 /// term_start_lsn, commit it, and wait until that majority has persisted
@@ -161,10 +193,31 @@ pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
     // Keep the sender alive so the primary branch of the loop just waits.
     let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
     let mut s = Session::new(cfg, server, timeline_start, Lsn::MAX, None);
-    match s.main_loop(&mut primary_rx).await? {
-        Some(lsn) => Ok(lsn),
-        None => Err(ProxyError::Retry("sync ended without a result".into())),
+    let lsn = match s.main_loop(&mut primary_rx).await? {
+        Some(lsn) => lsn,
+        None => return Err(ProxyError::Retry("sync ended without a result".into())),
+    };
+    let Some((term, _)) = s.term_start else {
+        return Err(ProxyError::Retry("sync ended without a term".into()));
+    };
+    // Tell the settled majority, so each records it durably (consumer
+    // fail-over and whole-cluster recovery ask for it).
+    let mut told = 0;
+    for node in &s.settled {
+        let Some(addr) = cfg.members.get(node) else {
+            continue;
+        };
+        match safekeepers::settle(addr, cfg.ttid, term, lsn).await {
+            Ok(()) => told += 1,
+            Err(e) => tracing::warn!(node = node.0, "could not record the settle: {e}"),
+        }
     }
+    if told <= cfg.members.len() / 2 {
+        return Err(ProxyError::Retry(format!(
+            "only {told} safekeepers recorded the settle of {lsn} in term {term}; a majority must"
+        )));
+    }
+    Ok(lsn)
 }
 
 impl<'a> Session<'a> {
@@ -476,10 +529,14 @@ impl<'a> Session<'a> {
     fn begin_check(&mut self, term: u64, term_start: Lsn, donor: NodeId) -> Result<(), ProxyError> {
         let slot_start = self.primary_pos;
         if term_start < slot_start {
-            return Err(ProxyError::Fatal(format!(
-                "the safekeepers' WAL ends at {term_start}, but the primary's slot {:?} starts at {slot_start}: \
-                 WAL in between is gone from the primary",
-                self.cfg.slot
+            // After whole-cluster recovery from checkpoints the slot is
+            // ahead of the safekeepers: stream again from their end, if the
+            // primary still has that WAL (the next session finds out). A
+            // rewound session starts at or below term_start, so this
+            // happens once.
+            return Err(ProxyError::Retry(format!(
+                "{REWIND} the safekeepers' WAL ends at {term_start}, below the slot's start {slot_start}; \
+                 streaming again from {term_start}"
             )));
         }
         let from = Lsn(term_start.0.saturating_sub(CHECK_BYTES)).max(slot_start);

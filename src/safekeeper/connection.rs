@@ -26,6 +26,8 @@ pub struct Client {
     pub peer: SocketAddr,
     pub params: StartupParams,
     pub is_proposer: bool,
+    /// This connection's id for slot ownership ([`super::slots::Session`]).
+    pub session: u64,
 }
 
 impl Client {
@@ -68,11 +70,24 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Handshake::Startup(p)) => p,
     };
     let is_proposer = params.option("walkeeper.role") == Some("proposer");
+    let session = shared.slots.session();
     let client = Client {
         peer,
         params,
         is_proposer,
+        session: session.id,
     };
+    // Before authentication: only then does libpq try the next host.
+    if !is_proposer {
+        if let Some(why) = choose_timeline(shared, &client)
+            .ok()
+            .and_then(|t| super::failover::refusal(shared, &t))
+        {
+            tracing::info!(%peer, "consumer sent elsewhere: {why}");
+            conn.send_fatal(sqlstate::CANNOT_CONNECT_NOW, &why).await?;
+            return Ok(());
+        }
+    }
     tracing::debug!(%peer, proposer = is_proposer, application_name = ?client.params.application_name, "client connected");
     conn.accept_trust(&client.params, &ServerParams::default())
         .await?;
@@ -209,25 +224,16 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await?;
         }
-        ReplicationCommand::ReadReplicationSlot { .. } => {
-            // No slots on this safekeeper yet: all NULL, as PostgreSQL
-            // answers for a slot that does not exist.
-            conn.write_result_set(
-                &[
-                    Column::text("slot_type"),
-                    Column::text("restart_lsn"),
-                    Column::int8("restart_tli"),
-                ],
-                &[vec![None, None, None]],
-                "READ_REPLICATION_SLOT",
-            )?;
-            conn.send_ready_for_query().await?;
+        c @ (ReplicationCommand::ReadReplicationSlot { .. }
+        | ReplicationCommand::CreateReplicationSlot { .. }
+        | ReplicationCommand::DropReplicationSlot { .. }) => {
+            super::slots::run_command(shared, conn, client, c).await?;
         }
         ReplicationCommand::StartReplication {
+            slot,
             start_lsn,
             timeline,
             options,
-            ..
         } => {
             let recovery_term = match find_option(&options, "term") {
                 None => None,
@@ -254,8 +260,20 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 start_lsn,
                 timeline,
                 recovery_term,
+                slot,
             };
             return wal_send::serve(shared, conn, client, t, req).await;
+        }
+        ReplicationCommand::TimelineSettled { term, lsn } => {
+            if let Err((code, msg)) = settle(shared, client, term, lsn).await {
+                tracing::warn!(peer = %client.peer, term, %lsn, "TIMELINE_SETTLED refused: {msg}");
+                conn.send_error(code, &msg).await?;
+                return Ok(true);
+            }
+            conn.write_message(&crate::pq::frame::BeMessage::CommandComplete(
+                "TIMELINE_SETTLED",
+            ))?;
+            conn.send_ready_for_query().await?;
         }
         ReplicationCommand::Unsupported(text) => {
             conn.send_error(
@@ -264,33 +282,54 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await?;
         }
-        other => {
-            conn.send_error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                &format!(
-                    "{} is not supported by this safekeeper yet",
-                    command_name(&other)
-                ),
-            )
-            .await?;
-        }
     }
     Ok(true)
 }
 
-fn command_name(c: &ReplicationCommand) -> &'static str {
-    match c {
-        ReplicationCommand::Empty => "an empty query",
-        ReplicationCommand::IdentifySystem => "IDENTIFY_SYSTEM",
-        ReplicationCommand::Show { .. } => "SHOW",
-        ReplicationCommand::TimelineHistory { .. } => "TIMELINE_HISTORY",
-        ReplicationCommand::ReadReplicationSlot { .. } => "READ_REPLICATION_SLOT",
-        ReplicationCommand::CreateReplicationSlot { .. } => "CREATE_REPLICATION_SLOT",
-        ReplicationCommand::DropReplicationSlot { .. } => "DROP_REPLICATION_SLOT",
-        ReplicationCommand::StartReplication { .. } => "START_REPLICATION",
-        ReplicationCommand::StartWalPush { .. } => "START_WAL_PUSH",
-        ReplicationCommand::Unsupported(_) => "this command",
+/// `TIMELINE_SETTLED`: record durably that `--sync-only` settled this node,
+/// and on a `--restore-cluster` node clear the restore mark after that.
+async fn settle(
+    shared: &Arc<Shared>,
+    client: &Client,
+    term: u64,
+    lsn: crate::lsn::Lsn,
+) -> Result<(), (&'static str, String)> {
+    if !client.is_proposer {
+        return Err((
+            INSUFFICIENT_PRIVILEGE,
+            "TIMELINE_SETTLED is for proposers: connect with options='-c walkeeper.role=proposer'"
+                .into(),
+        ));
     }
+    let t = choose_timeline(shared, client)?;
+    let synced = t
+        .settle(shared.timelines.writer(), term, lsn)
+        .map_err(|e| (OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))?;
+    match synced.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            t.poison(&e.to_string());
+            return Err((
+                sqlstate::INTERNAL_ERROR,
+                format!("timeline {}: storing the settled state failed: {e}", t.ttid),
+            ));
+        }
+        Err(_) => {
+            return Err((
+                sqlstate::INTERNAL_ERROR,
+                "the group-commit writer stopped".into(),
+            ))
+        }
+    }
+    tracing::info!(timeline = %t.ttid, term, %lsn, "settled by safekeeper-proxy --sync-only");
+    // Only after the settled state is durable: a crash in between leaves
+    // the mark, and a second --sync-only clears it.
+    shared.clear_restored().map_err(|e| {
+        (
+            sqlstate::INTERNAL_ERROR,
+            format!("clearing the restore mark: {e}"),
+        )
+    })
 }
 
 /// The timeline a consumer means: the one its startup options name, or the

@@ -1,7 +1,9 @@
 //! The daemon's HTTP API: status, timelines, and Prometheus metrics.
 //!
-//! Everything here reads; nothing changes the store. Timelines are shown as
-//! their durable (synced) state, the same state WAL senders act on.
+//! Everything here reads, except `POST /v1/checkpoint`, which writes a
+//! RocksDB checkpoint of the store into a new directory (the store itself is
+//! not changed). Timelines are shown as their durable (synced) state, the
+//! same state WAL senders act on.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/timelines", get(timelines))
         .route("/v1/timelines/{tenant}/{timeline}", get(timeline))
         .route("/metrics", get(metrics))
+        .route("/v1/checkpoint", axum::routing::post(checkpoint))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -54,7 +57,7 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; try /v1/status, /v1/timelines, /v1/timelines/{tenant}/{timeline}, /metrics",
+        "no such endpoint; try /v1/status, /v1/timelines, /v1/timelines/{tenant}/{timeline}, /metrics, POST /v1/checkpoint",
     )
 }
 
@@ -118,6 +121,57 @@ async fn timeline(
         None => error(
             StatusCode::NOT_FOUND,
             format!("timeline {ttid} does not exist on this safekeeper"),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CheckpointRequest {
+    /// A new directory on the daemon's machine.
+    path: std::path::PathBuf,
+}
+
+/// `POST /v1/checkpoint {"path": DIR}`: 200 with what the checkpoint holds,
+/// 409 when DIR exists, 400 for a bad body, 500 when RocksDB fails.
+async fn checkpoint(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let req: CheckpointRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"path\": \"/new/directory\"}}: {e}"),
+            )
+        }
+    };
+    if !req.path.is_absolute() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "path {} is relative; give an absolute path (it is resolved on the safekeeper's machine)",
+                req.path.display()
+            ),
+        );
+    }
+    let out = req.path.clone();
+    let task = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || shared.checkpoint(&out))
+    };
+    match task.await {
+        Ok(Ok(mark)) => {
+            tracing::info!(path = %req.path.display(), "checkpoint taken: {}", mark.describe());
+            Json(mark.info(&req.path)).into_response()
+        }
+        Ok(Err(e @ crate::store::checkpoint::CheckpointError::Exists(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(path = %req.path.display(), "checkpoint failed: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("checkpoint task failed: {e}"),
         ),
     }
 }

@@ -2,7 +2,10 @@
 //! proposers and consumers, one HTTP port.
 
 pub mod connection;
+pub mod failover;
 pub mod http;
+pub mod retention;
+pub mod slots;
 pub mod timelines;
 pub mod wal_push;
 pub mod wal_send;
@@ -31,6 +34,12 @@ pub struct Config {
     pub node_id: Option<NodeId>,
     pub listen_pg: SocketAddr,
     pub listen_http: SocketAddr,
+    /// `--wal-retention` and `--max-wal-keep`.
+    pub retention: retention::RetentionConfig,
+    /// Whole-cluster recovery: act as an acceptor even on a store restored
+    /// from a checkpoint (every proposer stopped, every node restored); the
+    /// restore mark is cleared once `--sync-only` settles this node.
+    pub restore_cluster: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +105,11 @@ impl Storage for SharedStore {
     ) -> Result<Vec<u8>, crate::store::StoreError> {
         SharedStore::read_wal(self, ttid, from, to)
     }
+    fn slots(
+        &self,
+    ) -> Result<Vec<(crate::id::Ttid, crate::store::SlotRecord)>, crate::store::StoreError> {
+        self.lock().slots()
+    }
 }
 
 /// State shared by every connection.
@@ -109,6 +123,63 @@ pub struct Shared {
     pub proposers: AtomicU64,
     /// Open START_REPLICATION streams, recovery reads excepted.
     pub consumers: AtomicU64,
+    pub slots: Arc<slots::Slots>,
+    pub liveness: Arc<failover::ProposerLiveness>,
+    /// The mark of the checkpoint this store is, while it is not cleared.
+    pub restored: std::sync::Mutex<Option<crate::store::checkpoint::CheckpointMark>>,
+    pub restore_cluster: bool,
+}
+
+impl Shared {
+    /// Why this node must not act as an acceptor of its old membership, if
+    /// it must not.
+    pub fn acceptor_refusal(&self) -> Option<String> {
+        if self.restore_cluster {
+            return None;
+        }
+        let restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        restored.as_ref().map(|mark| {
+            format!(
+                "this safekeeper's store is {}: it has forgotten the votes it gave and the WAL it \
+                 acknowledged since, so it refuses to act as an acceptor of its old membership \
+                 (joining a live cluster needs a membership change). For whole-cluster recovery \
+                 (every proposer stopped, every node restored) start it with --restore-cluster \
+                 and run safekeeper-proxy --sync-only",
+                mark.describe()
+            )
+        })
+    }
+
+    /// Checkpoint the store into `out` without holding the store's lock
+    /// while RocksDB works. Blocking.
+    pub fn checkpoint(
+        &self,
+        out: &std::path::Path,
+    ) -> Result<crate::store::checkpoint::CheckpointMark, crate::store::checkpoint::CheckpointError>
+    {
+        let (db, path, node_id) = {
+            let store = self.store.lock();
+            (store.db(), store.path().to_path_buf(), store.node_id())
+        };
+        crate::store::checkpoint::create_from_db(&db, &path, node_id, out)
+    }
+
+    /// Clear the restore mark durably, once `--sync-only` settled this node
+    /// under `--restore-cluster`.
+    pub fn clear_restored(&self) -> Result<(), crate::store::StoreError> {
+        let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        if restored.is_none() || !self.restore_cluster {
+            return Ok(());
+        }
+        crate::store::checkpoint::clear_mark(&self.store.lock())?;
+        if let Some(mark) = restored.take() {
+            tracing::info!(
+                "whole-cluster recovery settled this node: cleared the mark of {}",
+                mark.describe()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Counts a connection in one of [`Shared`]'s gauges for as long as it
@@ -163,6 +234,25 @@ pub async fn run(
     let store = open_store(&config)?;
     let node_id = store.node_id();
     let loaded = store.timelines()?;
+    let stored_slots = store.slots()?;
+    let restored = crate::store::checkpoint::mark(&store)?;
+    match (&restored, config.restore_cluster) {
+        (Some(mark), false) => tracing::warn!(
+            "this store is {}: proposers will be refused (it forgot votes and acknowledged WAL); \
+             consumers and the HTTP API are served. For whole-cluster recovery restart with --restore-cluster",
+            mark.describe()
+        ),
+        (Some(mark), true) => tracing::warn!(
+            "--restore-cluster: acting as an acceptor on {}; the mark is cleared once \
+             safekeeper-proxy --sync-only settles this node. Every proposer must be stopped \
+             and every node restored",
+            mark.describe()
+        ),
+        (None, true) => tracing::warn!(
+            "--restore-cluster given, but this store is not a checkpoint (or its mark was cleared); it has no effect"
+        ),
+        (None, false) => {}
+    }
     let store = SharedStore(Arc::new(std::sync::Mutex::new(store)));
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -186,7 +276,12 @@ pub async fn run(
         started: Instant::now(),
         proposers: AtomicU64::new(0),
         consumers: AtomicU64::new(0),
+        slots: slots::Slots::new(stored_slots),
+        liveness: Arc::default(),
+        restored: std::sync::Mutex::new(restored),
+        restore_cluster: config.restore_cluster,
     });
+    let retention_task = tokio::spawn(retention::run(shared.clone(), config.retention));
     let listen_http = http_listener
         .local_addr()
         .map_err(|source| DaemonError::ListenHttp {
@@ -250,6 +345,11 @@ pub async fn run(
             http_abort.abort();
         }
     }
+    if let Err(e) = retention_task.await {
+        tracing::warn!(error = %e, "retention task ended abnormally");
+    }
+    // Slot positions reported since the last pass survive a clean stop.
+    retention::flush_slots(&shared).await;
     drop(shared);
     // Every write queued so far is synced before this returns.
     tokio::task::spawn_blocking(move || writer.shutdown())

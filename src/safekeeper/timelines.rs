@@ -37,6 +37,13 @@ pub enum HandleError {
     Store(Arc<StoreError>),
     #[error("timeline {ttid}: an earlier write failed ({reason}); restart the safekeeper to reload the stored state")]
     Poisoned { ttid: Ttid, reason: String },
+    /// The store is a checkpoint: it must not be an acceptor of its old
+    /// membership (the text says why and what to do).
+    #[error("{0}")]
+    Restored(String),
+    /// A `TIMELINE_SETTLED` that does not hold on this node.
+    #[error("{0}")]
+    NotSettled(String),
 }
 
 impl Timeline {
@@ -92,6 +99,23 @@ impl Timeline {
             synced,
             reply: effects.reply,
         })
+    }
+
+    /// Record durably that `--sync-only` settled this node in `term` at
+    /// `lsn` (see `TimelineState::settled_lsn`); the receiver resolves once
+    /// the state is synced.
+    pub fn settle(
+        &self,
+        writer: &WriterHandle,
+        term: crate::consensus::term_history::Term,
+        lsn: crate::lsn::Lsn,
+    ) -> Result<oneshot::Receiver<Result<(), Arc<StoreError>>>, HandleError> {
+        self.check_poisoned()?;
+        let mut acceptor = self.lock();
+        let write = acceptor
+            .settle(term, lsn)
+            .map_err(HandleError::NotSettled)?;
+        Ok(writer.submit(self.ttid, vec![write]))
     }
 
     /// Trim whole segments below `horizon` (bounded by commit_lsn).

@@ -12,7 +12,7 @@ use super::timelines::{HandleError, PendingReply, Timeline};
 use super::Shared;
 use crate::codec::{decode_proposer_message, encode_acceptor_message};
 use crate::consensus::acceptor::Refusal;
-use crate::consensus::messages::ProposerMessage;
+use crate::consensus::messages::{AcceptorMessage, ProposerMessage};
 use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
 use crate::pq::sqlstate;
@@ -43,6 +43,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut shutdown = shared.shutdown.clone();
     let mut timeline: Option<Arc<Timeline>> = None;
     let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
+    let mut _live: Option<super::failover::Stream> = None;
     let mut stopping = *shutdown.borrow();
     let end = loop {
         if stopping && in_flight.is_empty() {
@@ -55,6 +56,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 match synced {
                     Ok(Ok(())) => {
                         if let Some(reply) = pending.reply {
+                            let reply = with_slot_horizon(shared, timeline.as_deref(), reply);
                             conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
                         }
                         if in_flight.is_empty() {
@@ -100,7 +102,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 };
                 match handle(shared, &mut timeline, &msg) {
-                    Ok(pending) => in_flight.push_back(pending),
+                    Ok(pending) => {
+                        if let Some(t) = &timeline {
+                            if _live.is_none() {
+                                _live = Some(shared.liveness.stream(t.ttid));
+                            }
+                            let told = match &msg {
+                                ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),
+                                _ => None,
+                            };
+                            shared.liveness.heard(t.ttid, told, t.current_state().flush_lsn);
+                        }
+                        in_flight.push_back(pending)
+                    }
                     Err(e) => {
                         tracing::warn!(%peer, "refused: {e}");
                         refuse(conn, refusal_sqlstate(&e), e.to_string()).await?;
@@ -116,6 +130,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             for pending in in_flight.drain(..) {
                 if let Ok(Ok(())) = pending.synced.await {
                     if let Some(reply) = pending.reply {
+                        let reply = with_slot_horizon(shared, timeline.as_deref(), reply);
                         conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
                     }
                 }
@@ -143,6 +158,9 @@ fn handle(
     let writer = shared.timelines.writer();
     match (timeline.as_ref(), msg) {
         (None, ProposerMessage::Greeting(g)) => {
+            if let Some(why) = shared.acceptor_refusal() {
+                return Err(HandleError::Restored(format!("timeline {}: {why}", g.ttid)));
+            }
             let (t, pending) = shared.timelines.greet(g)?;
             *timeline = Some(t);
             Ok(pending)
@@ -161,6 +179,20 @@ fn handle(
         }
         (Some(t), msg) => t.handle(writer, msg),
     }
+}
+
+/// The acceptor leaves AppendResponse.slot_horizon_lsn INVALID (slots are
+/// the daemon's, not the state machine's): fill in this node's lowest
+/// durable slot position here, where the reply goes out.
+fn with_slot_horizon(
+    shared: &Shared,
+    timeline: Option<&Timeline>,
+    mut reply: AcceptorMessage,
+) -> AcceptorMessage {
+    if let (AcceptorMessage::Append(a), Some(t)) = (&mut reply, timeline) {
+        a.slot_horizon_lsn = shared.slots.durable_horizon(t.ttid);
+    }
+    reply
 }
 
 fn message_name(m: &ProposerMessage) -> &'static str {
@@ -191,6 +223,11 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         }
         HandleError::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
         HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
+        // Not 22023/42704: the proxy takes those as a refusal of the whole
+        // timeline and stops, while the rest of the cluster can go on.
+        HandleError::Restored(_) | HandleError::NotSettled(_) => {
+            super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
+        }
     }
 }
 

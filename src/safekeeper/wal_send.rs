@@ -31,11 +31,19 @@ pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE;
 /// at half of it).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The slot a stream reports into.
+struct SlotUse {
+    slots: Arc<super::slots::Slots>,
+    name: String,
+}
+
 pub struct StartRequest {
     pub start_lsn: Lsn,
     pub timeline: Option<u32>,
     /// A proposer's recovery read in this term.
     pub recovery_term: Option<Term>,
+    /// `START_REPLICATION SLOT "s"`: flush reports move this slot.
+    pub slot: Option<String>,
 }
 
 /// Where a chunk starting at `pos` ends: at most MAX_SEND_SIZE, cut at a page
@@ -144,6 +152,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         conn.send_error(code, &msg).await?;
         return Ok(true);
     }
+    if let Some(name) = &req.slot {
+        // Released when the connection's slot session ends.
+        if let Err(e) = shared
+            .slots
+            .acquire(timeline.ttid, name, client.session, req.start_lsn)
+        {
+            conn.send_error(e.code, &e.message).await?;
+            return Ok(true);
+        }
+    }
+    let slot = req.slot.clone().map(|name| SlotUse {
+        slots: shared.slots.clone(),
+        name,
+    });
     let recovery = req.recovery_term.is_some();
     let _counted = (!recovery).then(|| super::Connected::new(&shared.consumers));
     tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, recovery, application_name = ?client.params.application_name, "streaming WAL");
@@ -197,7 +219,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             {
                 state = s;
             }
-            if !drain_client(conn, &timeline, pos, limit).await? {
+            if !drain_client(conn, &timeline, slot.as_ref(), pos, limit).await? {
                 return Ok(false);
             }
             continue;
@@ -212,7 +234,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             msg = conn.read_message() => {
-                if !on_client_message(conn, &timeline, msg?, pos, limit).await? {
+                if !on_client_message(conn, &timeline, slot.as_ref(), msg?, pos, limit).await? {
                     return Ok(false);
                 }
             }
@@ -245,6 +267,7 @@ async fn read_wal(
 async fn drain_client<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     timeline: &Timeline,
+    slot: Option<&SlotUse>,
     pos: Lsn,
     limit: Lsn,
 ) -> Result<bool, PqError> {
@@ -254,7 +277,7 @@ async fn drain_client<S: AsyncRead + AsyncWrite + Unpin>(
             m = conn.read_message() => m,
             _ = std::future::ready(()) => return Ok(true),
         };
-        if !on_client_message(conn, timeline, msg?, pos, limit).await? {
+        if !on_client_message(conn, timeline, slot, msg?, pos, limit).await? {
             return Ok(false);
         }
     }
@@ -277,6 +300,7 @@ async fn send_keepalive<S: AsyncWrite + Unpin>(
 async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     timeline: &Timeline,
+    slot: Option<&SlotUse>,
     msg: Option<FeMessage>,
     pos: Lsn,
     limit: Lsn,
@@ -287,6 +311,9 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
             match StandbyReplMessage::decode(&body) {
                 Ok(StandbyReplMessage::StatusUpdate(s)) => {
                     tracing::trace!(timeline = %timeline.ttid, write = %s.write_lsn, flush = %s.flush_lsn, "standby status");
+                    if let Some(u) = slot {
+                        u.slots.confirm(timeline.ttid, &u.name, s.flush_lsn);
+                    }
                     if s.reply_requested {
                         send_keepalive(conn, limit, false).await?;
                     }

@@ -16,6 +16,7 @@ struct TimelineData {
     state: Option<TimelineState>,
     /// start LSN → bytes of one append (or the surviving part of one).
     chunks: BTreeMap<Lsn, Bytes>,
+    slots: BTreeMap<String, super::SlotRecord>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +92,12 @@ fn apply(data: &mut TimelineData, w: &Write) {
             }
         }
         Write::PutState(s) => data.state = Some((**s).clone()),
+        Write::PutSlot(r) => {
+            data.slots.insert(r.name.clone(), (**r).clone());
+        }
+        Write::DeleteSlot { name } => {
+            data.slots.remove(name);
+        }
     }
 }
 
@@ -120,6 +127,16 @@ impl Storage for MemStorage {
         }
         self.syncs += 1;
         Ok(())
+    }
+
+    fn slots(&self) -> Result<Vec<(Ttid, super::SlotRecord)>, StoreError> {
+        let mut v: Vec<_> = self
+            .current
+            .iter()
+            .flat_map(|(t, d)| d.slots.values().map(|r| (*t, r.clone())))
+            .collect();
+        v.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+        Ok(v)
     }
 
     fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError> {

@@ -2,12 +2,16 @@
 //! an in-memory implementation (for the simulation and tests) and the RocksDB
 //! one (`rocks`, behind the `rocksdb` feature).
 
+#[cfg(feature = "rocksdb")]
+pub mod checkpoint;
 pub mod memory;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 pub mod writer;
 
-use crate::codec::CodecError;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, Versioned};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
@@ -45,6 +49,23 @@ pub enum StoreError {
     Codec(#[from] CodecError),
 }
 
+/// A durable consumer slot of one timeline (temporary slots are never
+/// stored). Keyed by tenant ‖ timeline ‖ name; see schema/store.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub name: String,
+    /// WAL from here on is kept for the consumer; `Lsn::INVALID` until the
+    /// slot reserves WAL or hears its first flush report.
+    pub restart_lsn: Lsn,
+    /// Why the slot no longer holds WAL back (it exceeded --max-wal-keep).
+    pub invalidated: Option<String>,
+}
+
+impl Versioned for SlotRecord {
+    const WHAT: &'static str = "slot";
+    const FORMAT_VERSION: u16 = 1;
+}
+
 /// Durable storage of many timelines.
 ///
 /// `write` stages changes: they are visible to later calls on this storage at
@@ -64,4 +85,10 @@ pub trait Storage {
     /// WAL `[from, to)` of a timeline, checked; an error rather than a short
     /// or damaged read.
     fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError>;
+
+    /// Every stored consumer slot. Storages that never see `PutSlot` (test
+    /// doubles) keep the default.
+    fn slots(&self) -> Result<Vec<(Ttid, SlotRecord)>, StoreError> {
+        Ok(Vec::new())
+    }
 }

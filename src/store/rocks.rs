@@ -31,13 +31,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{Storage, StoreError};
 use crate::codec::{decode_stored, encode_stored, CodecError, Versioned};
-use crate::consensus::acceptor::{TimelineState, Write};
+use crate::consensus::acceptor::{decode_timeline_state, TimelineState, Write};
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
 
 /// Version of the whole on-disk layout (schema/store.md): column families,
-/// key schema and the WAL chunk value. A store of another version is refused.
-pub const STORE_FORMAT_VERSION: u16 = 1;
+/// key schema and the WAL chunk value. A store of another version is refused,
+/// except version 1, which this build reads and upgrades (schema/store.md).
+pub const STORE_FORMAT_VERSION: u16 = 2;
 
 pub const CF_TIMELINE: &str = "timeline";
 pub const CF_WAL: &str = "wal";
@@ -60,6 +61,32 @@ struct StoreMeta {
 impl Versioned for StoreMeta {
     const WHAT: &'static str = "store";
     const FORMAT_VERSION: u16 = STORE_FORMAT_VERSION;
+}
+
+/// The meta record of a version 1 store: the same body under version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoreMetaV1 {
+    node_id: NodeId,
+}
+
+impl Versioned for StoreMetaV1 {
+    const WHAT: &'static str = "store";
+    const FORMAT_VERSION: u16 = 1;
+}
+
+/// The meta record and the store format version it names.
+fn decode_store_meta(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
+    match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
+        Some(1) => decode_stored::<StoreMetaV1>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 1)),
+        _ => decode_stored::<StoreMeta>(raw).map(|m| (m, STORE_FORMAT_VERSION)),
+    }
+}
+
+/// Key of a consumer slot: tenant ‖ timeline ‖ name (UTF-8).
+pub fn slot_key(ttid: Ttid, name: &str) -> Vec<u8> {
+    let mut k = ttid.key_prefix().to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 /// Key of a WAL chunk: tenant ‖ timeline ‖ start LSN (big-endian, so keys
@@ -158,6 +185,7 @@ struct CallView {
 enum Op {
     Put(&'static str, Vec<u8>, Vec<u8>),
     DeleteRange(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
 }
 
 struct Pending {
@@ -302,6 +330,7 @@ impl RocksStore {
             DB::open_cf_descriptors(&opts, path, cf_descriptors(cfs.iter().map(|s| s.as_str())))
                 .map_err(|e| open_err(path, format!("cannot open RocksDB: {}", e.into_string())))?;
         let node_id = check_layout(&db, path, &cfs)?;
+        upgrade_meta(&db, path, node_id)?;
         Ok(Self::from_db(db, path, node_id))
     }
 
@@ -427,6 +456,12 @@ impl RocksStore {
             }),
             trimmed: Vec::new(),
         }
+    }
+
+    /// The RocksDB instance, for checkpoints (`store::checkpoint`), which
+    /// run beside the writer without holding the store's lock.
+    pub(crate) fn db(&self) -> Arc<DB> {
+        self.db.clone()
     }
 
     /// The node id recorded at init.
@@ -607,7 +642,7 @@ fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreErr
                 "no store meta record: init did not finish; remove the directory and init again",
             )
         })?;
-    let meta: StoreMeta = decode_stored(&meta).map_err(|e| match e {
+    let (meta, _version) = decode_store_meta(&meta).map_err(|e| match e {
         CodecError::UnknownVersion { found, known, .. } => open_err(
             path,
             format!("store format version {found}; this build knows version {known} only"),
@@ -631,8 +666,37 @@ fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreErr
     Ok(meta.node_id)
 }
 
+/// A version 1 store opened for writing becomes version 2: this build writes
+/// timeline records of version 2, which a version 1 build cannot read, so
+/// such a build must refuse the store at open rather than meet them later.
+fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError> {
+    let raw = db.get(META_KEY).map_err(|e| {
+        open_err(
+            path,
+            format!("cannot read the store meta: {}", e.into_string()),
+        )
+    })?;
+    if raw.as_deref().and_then(|r| r.first_chunk::<2>()) != Some(&1u16.to_be_bytes()) {
+        return Ok(());
+    }
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id }), &sync)
+        .map_err(|e| {
+            open_err(
+                path,
+                format!(
+                    "cannot upgrade the store meta to version {STORE_FORMAT_VERSION}: {}",
+                    e.into_string()
+                ),
+            )
+        })?;
+    tracing::info!(path = %path.display(), "upgraded the store from format version 1 to {STORE_FORMAT_VERSION}");
+    Ok(())
+}
+
 fn decode_state(ttid: Ttid, raw: &[u8]) -> Result<TimelineState, StoreError> {
-    let s: TimelineState = decode_stored(raw).map_err(|e| StoreError::CorruptState {
+    let s: TimelineState = decode_timeline_state(raw).map_err(|e| StoreError::CorruptState {
         ttid,
         detail: e.to_string(),
     })?;
@@ -898,16 +962,30 @@ impl Storage for RocksStore {
                         encode_stored(&**s),
                     ));
                 }
+                Write::PutSlot(r) => {
+                    ops.push(Op::Put(
+                        CF_SLOT,
+                        slot_key(ttid, &r.name),
+                        encode_stored(&**r),
+                    ));
+                }
+                Write::DeleteSlot { name } => ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name))),
             }
         }
         let timeline_cf = self.cf(CF_TIMELINE)?;
         let wal_cf = self.cf(CF_WAL)?;
-        let cf = |name| if name == CF_WAL { wal_cf } else { timeline_cf };
+        let slot_cf = self.cf(CF_SLOT)?;
+        let cf = |name| match name {
+            CF_WAL => wal_cf,
+            CF_SLOT => slot_cf,
+            _ => timeline_cf,
+        };
         let mut p = self.lock_pending();
         for op in ops {
             match op {
                 Op::Put(name, k, v) => p.batch.put_cf(cf(name), k, v),
                 Op::DeleteRange(name, a, b) => p.batch.delete_range_cf(cf(name), a, b),
+                Op::Delete(name, k) => p.batch.delete_cf(cf(name), k),
             }
         }
         drop(p);
@@ -930,6 +1008,40 @@ impl Storage for RocksStore {
             self.compactor.request(from, to);
         }
         Ok(())
+    }
+
+    fn slots(&self) -> Result<Vec<(Ttid, crate::store::SlotRecord)>, StoreError> {
+        self.flush_pending()?;
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_SLOT)?);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            let ttid = ttid_of_key(key.get(..32).unwrap_or(key), CF_SLOT)?;
+            let name = String::from_utf8_lossy(key.get(32..).unwrap_or_default()).into_owned();
+            let record: crate::store::SlotRecord =
+                decode_stored(value).map_err(|e| StoreError::CorruptState {
+                    ttid,
+                    detail: format!("slot {name:?}: {e}"),
+                })?;
+            if record.name != name {
+                return Err(StoreError::CorruptState {
+                    ttid,
+                    detail: format!(
+                        "slot record {:?} stored under the key of slot {name:?}",
+                        record.name
+                    ),
+                });
+            }
+            out.push((ttid, record));
+            it.next();
+        }
+        it.status().map_err(|e| {
+            StoreError::CorruptStore(format!("slot column family: {}", e.into_string()))
+        })?;
+        Ok(out)
     }
 
     fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError> {

@@ -495,7 +495,9 @@ pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T
 pub fn sk_commit_lsn(sk: &Safekeeper) -> Option<Lsn> {
     let stream = TcpStream::connect_timeout(&sk.pg_addr, Duration::from_secs(2)).ok()?;
     drop(stream);
-    let mut c = RawClient::connect(sk.pg_addr, "");
+    // As a proposer: a lagging safekeeper refuses consumers (57P03), and
+    // the point here is to watch it catch up.
+    let mut c = RawClient::connect(sk.pg_addr, "-c walkeeper.role=proposer");
     let reply = c.query("IDENTIFY_SYSTEM");
     let row = reply.iter().find(|m| m.tag == b'D')?;
     // DataRow: count, then (len, bytes) per column; xlogpos is the third.

@@ -1,0 +1,529 @@
+//! Physical replication slots on this safekeeper (DESIGN.md, "Serving WAL").
+//!
+//! A slot remembers where its consumer stands so WAL from there on is kept.
+//! Durable slots are stored in the `slot` column family through the
+//! group-commit writer; temporary ones live in memory and go with the session
+//! that made them. A consumer's flush reports move a slot in memory at once;
+//! the retention task writes moved slots out about once a second (as
+//! PostgreSQL saves physical slots at checkpoints rather than per report), and
+//! only the stored position holds WAL back, so a crash that loses the last
+//! second of reports never leaves a slot pointing at trimmed WAL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::consensus::acceptor::Write;
+use crate::id::Ttid;
+use crate::lsn::Lsn;
+use crate::pq::sqlstate;
+use crate::store::writer::WriterHandle;
+use crate::store::{SlotRecord, StoreError};
+
+pub use sqlstate::{DUPLICATE_OBJECT, OBJECT_IN_USE};
+pub const INVALID_NAME: &str = "42602";
+
+/// Why a slot command failed: an SQLSTATE and PostgreSQL's wording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn err(code: &'static str, message: String) -> SlotError {
+    SlotError { code, message }
+}
+
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub temporary: bool,
+    /// Where the consumer last said it flushed to (in memory).
+    pub restart_lsn: Lsn,
+    /// What the store holds (durable slots); the position WAL is kept for.
+    pub stored_lsn: Lsn,
+    pub invalidated: Option<String>,
+    /// The session streaming from the slot.
+    pub active: Option<u64>,
+    /// The session a temporary slot belongs to.
+    owner: Option<u64>,
+}
+
+impl Slot {
+    /// The position this slot holds WAL back for, if any.
+    pub fn holds(&self) -> Option<Lsn> {
+        let at = if self.temporary {
+            self.restart_lsn
+        } else {
+            self.stored_lsn
+        };
+        (self.invalidated.is_none() && at.is_valid()).then_some(at)
+    }
+
+    fn record(&self, name: &str) -> SlotRecord {
+        SlotRecord {
+            name: name.to_string(),
+            restart_lsn: self.restart_lsn,
+            invalidated: self.invalidated.clone(),
+        }
+    }
+}
+
+type Synced = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+pub struct Slots {
+    map: Mutex<HashMap<Ttid, BTreeMap<String, Slot>>>,
+    next_session: AtomicU64,
+}
+
+/// A client connection's claim on slots: dropping it releases the slots it
+/// streams from and drops its temporary ones, however the connection ends.
+pub struct Session {
+    pub id: u64,
+    slots: Arc<Slots>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.slots.end_session(self.id);
+    }
+}
+
+/// PostgreSQL's rule (ReplicationSlotValidateName): lower-case letters,
+/// digits and underscores, 1 to 63 bytes.
+pub fn validate_name(name: &str) -> Result<(), SlotError> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(err(
+            INVALID_NAME,
+            format!("replication slot name \"{name}\" must be 1 to 63 characters long"),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(err(
+            INVALID_NAME,
+            format!("replication slot name \"{name}\" contains invalid character: only lower case letters, numbers, and the underscore character are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn no_such_slot(name: &str) -> SlotError {
+    err(
+        sqlstate::UNDEFINED_OBJECT,
+        format!("replication slot \"{name}\" does not exist"),
+    )
+}
+
+impl Slots {
+    pub fn new(stored: Vec<(Ttid, SlotRecord)>) -> Arc<Slots> {
+        let mut map: HashMap<Ttid, BTreeMap<String, Slot>> = HashMap::new();
+        for (ttid, r) in stored {
+            map.entry(ttid).or_default().insert(
+                r.name,
+                Slot {
+                    temporary: false,
+                    restart_lsn: r.restart_lsn,
+                    stored_lsn: r.restart_lsn,
+                    invalidated: r.invalidated,
+                    active: None,
+                    owner: None,
+                },
+            );
+        }
+        Arc::new(Slots {
+            map: Mutex::new(map),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ttid, BTreeMap<String, Slot>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn session(self: &Arc<Self>) -> Session {
+        Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            slots: self.clone(),
+        }
+    }
+
+    /// Create a slot; a durable one is written through `writer` (await the
+    /// receiver before answering). `reserve`: the position to hold WAL from.
+    pub fn create(
+        &self,
+        writer: &WriterHandle,
+        ttid: Ttid,
+        name: &str,
+        temporary: bool,
+        reserve: Option<Lsn>,
+        session: u64,
+    ) -> Result<Option<Synced>, SlotError> {
+        validate_name(name)?;
+        let mut map = self.lock();
+        let slots = map.entry(ttid).or_default();
+        if slots.contains_key(name) {
+            return Err(err(
+                DUPLICATE_OBJECT,
+                format!("replication slot \"{name}\" already exists"),
+            ));
+        }
+        let at = reserve.unwrap_or(Lsn::INVALID);
+        let slot = Slot {
+            temporary,
+            restart_lsn: at,
+            stored_lsn: at,
+            invalidated: None,
+            active: None,
+            owner: temporary.then_some(session),
+        };
+        let synced = (!temporary)
+            .then(|| writer.submit(ttid, vec![Write::PutSlot(Box::new(slot.record(name)))]));
+        slots.insert(name.to_string(), slot);
+        Ok(synced)
+    }
+
+    /// Forget a slot that failed to be stored.
+    pub fn forget(&self, ttid: Ttid, name: &str) {
+        if let Some(s) = self.lock().get_mut(&ttid) {
+            s.remove(name);
+        }
+    }
+
+    pub fn drop_slot(
+        &self,
+        writer: &WriterHandle,
+        ttid: Ttid,
+        name: &str,
+        session: u64,
+    ) -> Result<Option<Synced>, SlotError> {
+        let mut map = self.lock();
+        let slots = map.get_mut(&ttid).ok_or_else(|| no_such_slot(name))?;
+        let slot = slots.get(name).ok_or_else(|| no_such_slot(name))?;
+        if let Some(a) = slot.active.filter(|a| *a != session) {
+            return Err(err(
+                OBJECT_IN_USE,
+                format!("replication slot \"{name}\" is active for PID {a}"),
+            ));
+        }
+        let temporary = slot.temporary;
+        slots.remove(name);
+        // Submitted under the lock, so a flush of this slot queued by the
+        // retention task cannot land after the delete and bring it back.
+        Ok((!temporary).then(|| {
+            writer.submit(
+                ttid,
+                vec![Write::DeleteSlot {
+                    name: name.to_string(),
+                }],
+            )
+        }))
+    }
+
+    pub fn get(&self, ttid: Ttid, name: &str) -> Option<Slot> {
+        self.lock().get(&ttid).and_then(|s| s.get(name)).cloned()
+    }
+
+    /// Claim a slot for streaming; its restart LSN. A slot that never held
+    /// WAL starts holding it from where the stream starts.
+    pub fn acquire(
+        &self,
+        ttid: Ttid,
+        name: &str,
+        session: u64,
+        start: Lsn,
+    ) -> Result<Lsn, SlotError> {
+        let mut map = self.lock();
+        let slot = map
+            .get_mut(&ttid)
+            .and_then(|s| s.get_mut(name))
+            .ok_or_else(|| no_such_slot(name))?;
+        if let Some(a) = slot.active.filter(|a| *a != session) {
+            return Err(err(
+                OBJECT_IN_USE,
+                format!("replication slot \"{name}\" is active for PID {a}"),
+            ));
+        }
+        if let Some(why) = &slot.invalidated {
+            return Err(err(
+                crate::safekeeper::connection::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("can no longer get changes from replication slot \"{name}\": {why}"),
+            ));
+        }
+        slot.active = Some(session);
+        if !slot.restart_lsn.is_valid() {
+            slot.restart_lsn = start;
+        }
+        Ok(slot.restart_lsn)
+    }
+
+    /// A consumer's flush report. Like PostgreSQL's physical slots, a plain
+    /// assignment: it may move back.
+    pub fn confirm(&self, ttid: Ttid, name: &str, flush: Lsn) {
+        if !flush.is_valid() {
+            return;
+        }
+        if let Some(slot) = self.lock().get_mut(&ttid).and_then(|s| s.get_mut(name)) {
+            if slot.invalidated.is_none() {
+                slot.restart_lsn = flush;
+            }
+        }
+    }
+
+    fn end_session(&self, session: u64) {
+        let mut map = self.lock();
+        for slots in map.values_mut() {
+            slots.retain(|_, s| s.owner != Some(session));
+            for s in slots.values_mut() {
+                if s.active == Some(session) {
+                    s.active = None;
+                }
+            }
+        }
+    }
+
+    /// Queue writes of every durable slot whose position moved since it was
+    /// stored; the receivers resolve once they are synced.
+    pub fn flush(&self, writer: &WriterHandle) -> Vec<(Ttid, String, Lsn, Synced)> {
+        let map = self.lock();
+        let mut out = Vec::new();
+        for (ttid, slots) in map.iter() {
+            for (name, s) in slots {
+                if !s.temporary && s.invalidated.is_none() && s.restart_lsn != s.stored_lsn {
+                    let rx = writer.submit(*ttid, vec![Write::PutSlot(Box::new(s.record(name)))]);
+                    out.push((*ttid, name.clone(), s.restart_lsn, rx));
+                }
+            }
+        }
+        out
+    }
+
+    /// Record that `lsn` reached the store. A position that moved back in
+    /// the meantime is written again by the next flush.
+    pub fn stored(&self, ttid: Ttid, name: &str, lsn: Lsn) {
+        if let Some(s) = self.lock().get_mut(&ttid).and_then(|s| s.get_mut(name)) {
+            s.stored_lsn = lsn;
+        }
+    }
+
+    /// The lowest stored position of a durable slot of `ttid` (what
+    /// AppendResponse reports to the proposer); INVALID: none.
+    pub fn durable_horizon(&self, ttid: Ttid) -> Lsn {
+        self.lock()
+            .get(&ttid)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter(|s| !s.temporary)
+            .filter_map(Slot::holds)
+            .min()
+            .unwrap_or(Lsn::INVALID)
+    }
+
+    /// Every slot of `ttid` holding WAL back here, temporary ones included:
+    /// (name, position).
+    pub fn holders(&self, ttid: Ttid) -> Vec<(String, Lsn)> {
+        self.lock()
+            .get(&ttid)
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .filter_map(|(n, s)| s.holds().map(|l| (n.clone(), l)))
+            .collect()
+    }
+
+    /// Mark a slot invalidated (it stops holding WAL); a durable one is
+    /// stored so, and stays so across restarts, as in PostgreSQL.
+    pub fn invalidate(
+        &self,
+        writer: &WriterHandle,
+        ttid: Ttid,
+        name: &str,
+        reason: String,
+    ) -> Option<Synced> {
+        let mut map = self.lock();
+        let s = map.get_mut(&ttid)?.get_mut(name)?;
+        s.invalidated = Some(reason);
+        s.restart_lsn = Lsn::INVALID;
+        s.stored_lsn = Lsn::INVALID;
+        (!s.temporary).then(|| writer.submit(ttid, vec![Write::PutSlot(Box::new(s.record(name)))]))
+    }
+}
+
+/// READ_REPLICATION_SLOT, CREATE_REPLICATION_SLOT and DROP_REPLICATION_SLOT.
+pub async fn run_command<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    shared: &Arc<super::Shared>,
+    conn: &mut crate::pq::connection::PqConnection<S>,
+    client: &super::connection::Client,
+    command: crate::pq::replication::ReplicationCommand,
+) -> Result<(), crate::pq::PqError> {
+    use crate::pq::frame::Column;
+    use crate::pq::replication::ReplicationCommand as C;
+    let t = match super::connection::choose_timeline(shared, client) {
+        Ok(t) => t,
+        Err((code, msg)) => return conn.send_error(code, &msg).await,
+    };
+    let state = t.current_state();
+    let writer = shared.timelines.writer();
+    let synced = match command {
+        C::ReadReplicationSlot { slot } => {
+            // All NULL for a slot that does not exist, as PostgreSQL answers;
+            // an invalidated or never-reserved slot has no restart LSN.
+            let row = match shared.slots.get(t.ttid, &slot) {
+                None => vec![None, None, None],
+                Some(s) if s.invalidated.is_some() || !s.restart_lsn.is_valid() => {
+                    vec![Some("physical".to_string()), None, None]
+                }
+                Some(s) => vec![
+                    Some("physical".to_string()),
+                    Some(s.restart_lsn.to_string()),
+                    Some(state.server.tli.to_string()),
+                ],
+            };
+            conn.write_result_set(
+                &[
+                    Column::text("slot_type"),
+                    Column::text("restart_lsn"),
+                    Column::int8("restart_tli"),
+                ],
+                &[row],
+                "READ_REPLICATION_SLOT",
+            )?;
+            return conn.send_ready_for_query().await;
+        }
+        C::CreateReplicationSlot {
+            slot,
+            temporary,
+            reserve_wal,
+        } => {
+            // A consumer with no position starts at the segment holding the
+            // commit LSN (IDENTIFY_SYSTEM's xlogpos, rounded down).
+            let reserve = reserve_wal.then(|| {
+                state
+                    .commit_lsn
+                    .segment_start(state.server.wal_seg_size)
+                    .max(state.local_start_lsn)
+            });
+            match shared
+                .slots
+                .create(writer, t.ttid, &slot, temporary, reserve, client.session)
+            {
+                Err(e) => return conn.send_error(e.code, &e.message).await,
+                Ok(synced) => {
+                    if !wait(synced).await {
+                        shared.slots.forget(t.ttid, &slot);
+                        return conn
+                            .send_error(
+                                sqlstate::INTERNAL_ERROR,
+                                &format!(
+                                    "timeline {}: storing replication slot \"{slot}\" failed",
+                                    t.ttid
+                                ),
+                            )
+                            .await;
+                    }
+                    tracing::info!(timeline = %t.ttid, slot = %slot, temporary, reserve = ?reserve, "replication slot created");
+                    conn.write_result_set(
+                        &[
+                            Column::text("slot_name"),
+                            Column::text("consistent_point"),
+                            Column::text("snapshot_name"),
+                            Column::text("output_plugin"),
+                        ],
+                        &[vec![
+                            Some(slot),
+                            Some(reserve.unwrap_or(Lsn::INVALID).to_string()),
+                            None,
+                            None,
+                        ]],
+                        "CREATE_REPLICATION_SLOT",
+                    )?;
+                    return conn.send_ready_for_query().await;
+                }
+            }
+        }
+        C::DropReplicationSlot { slot, .. } => {
+            // WAIT would wait for an active slot to be released; streams
+            // here end with their connection, so it is answered like
+            // PostgreSQL without WAIT (55006).
+            match shared
+                .slots
+                .drop_slot(writer, t.ttid, &slot, client.session)
+            {
+                Err(e) => return conn.send_error(e.code, &e.message).await,
+                Ok(synced) => {
+                    tracing::info!(timeline = %t.ttid, slot = %slot, "replication slot dropped");
+                    synced
+                }
+            }
+        }
+        _ => {
+            return conn
+                .send_error(sqlstate::INTERNAL_ERROR, "not a slot command")
+                .await
+        }
+    };
+    if !wait(synced).await {
+        return conn
+            .send_error(
+                sqlstate::INTERNAL_ERROR,
+                &format!("timeline {}: storing the slot change failed", t.ttid),
+            )
+            .await;
+    }
+    conn.write_message(&crate::pq::frame::BeMessage::CommandComplete(
+        "DROP_REPLICATION_SLOT",
+    ))?;
+    conn.send_ready_for_query().await
+}
+
+/// Whether a slot write (if any) reached the disk.
+async fn wait(synced: Option<Synced>) -> bool {
+    match synced {
+        None => true,
+        Some(rx) => matches!(rx.await, Ok(Ok(()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_postgresql() {
+        assert!(validate_name("s1").is_ok());
+        assert!(validate_name("pg_walreceiver_123").is_ok());
+        assert_eq!(validate_name("S1").unwrap_err().code, INVALID_NAME);
+        assert_eq!(validate_name("").unwrap_err().code, INVALID_NAME);
+        assert!(validate_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn a_session_claims_and_releases_and_takes_its_temporary_slots_along() {
+        let slots = Slots::new(vec![(
+            Ttid::default(),
+            SlotRecord {
+                name: "d".into(),
+                restart_lsn: Lsn(100),
+                invalidated: None,
+            },
+        )]);
+        let t = Ttid::default();
+        let a = slots.session();
+        let b = slots.session();
+        assert_eq!(slots.acquire(t, "d", a.id, Lsn(5)), Ok(Lsn(100)));
+        assert_eq!(
+            slots.acquire(t, "d", b.id, Lsn(5)).unwrap_err().code,
+            OBJECT_IN_USE
+        );
+        slots.confirm(t, "d", Lsn(200));
+        // Only what is stored holds WAL back.
+        assert_eq!(slots.durable_horizon(t), Lsn(100));
+        slots.stored(t, "d", Lsn(200));
+        assert_eq!(slots.durable_horizon(t), Lsn(200));
+        drop(a);
+        assert_eq!(slots.acquire(t, "d", b.id, Lsn(5)), Ok(Lsn(200)));
+        assert!(slots.acquire(t, "nope", b.id, Lsn(5)).is_err());
+    }
+}

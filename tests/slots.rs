@@ -1,0 +1,305 @@
+//! Consumer slots, retention and consumers failing over between safekeepers,
+//! against a real PostgreSQL 15 primary, real safekeepers and the proxy.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cluster::{pgbench_ok, Cluster, SYNC_CONF};
+use common::pg::{self, Postgres};
+use common::*;
+use walkeeper::lsn::Lsn;
+
+/// psql on a safekeeper's replication port: Ok(stdout) or Err(stderr).
+fn repl_sql(sk: &Safekeeper, q: &str) -> Result<String, String> {
+    let (ok, out, err) = run(Command::new(pg::pg_bin("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres replication=true connect_timeout=5",
+            sk.pg_addr.port()
+        ))
+        .args(["-XAtq", "-c", q]));
+    if ok {
+        Ok(out.trim().to_string())
+    } else {
+        Err(err)
+    }
+}
+
+/// (restart_lsn) of a slot; None when it has none.
+fn slot_lsn(sk: &Safekeeper, name: &str) -> Option<Lsn> {
+    let row = repl_sql(sk, &format!("READ_REPLICATION_SLOT {name}")).ok()?;
+    row.split('|').nth(1).and_then(|l| l.parse().ok())
+}
+
+fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
+    })
+}
+
+/// A safekeeper with extra flags (common::Safekeeper passes none).
+fn start_sk(dir: &std::path::Path, n: u64, extra: &[&str]) -> Safekeeper {
+    let datadir = dir.join(format!("sk{n}"));
+    let pg_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = datadir.with_extension("log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_safekeeper"))
+        .arg("--datadir")
+        .arg(&datadir)
+        .args(["--init", "--node-id", &n.to_string()])
+        .arg("--listen-pg")
+        .arg(pg_addr.to_string())
+        .arg("--listen-http")
+        .arg(http_addr.to_string())
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the safekeeper to listen", || {
+        TcpStream::connect(pg_addr).ok()
+    });
+    Safekeeper {
+        child: Some(child),
+        datadir,
+        node_id: n,
+        pg_addr,
+        http_addr,
+        log,
+    }
+}
+
+#[test]
+fn pg_receivewal_with_a_slot_gets_identical_segments_and_the_slot_survives_a_restart() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    let sk = &c.sks[0];
+    let created = repl_sql(sk, "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL (RESERVE_WAL)").unwrap();
+    assert!(created.starts_with("s1|"), "{created}");
+    let reserved = slot_lsn(sk, "s1").expect("a reserved slot has a restart LSN");
+    assert!(repl_sql(sk, "CREATE_REPLICATION_SLOT \"s1\" PHYSICAL")
+        .unwrap_err()
+        .contains("already exists"));
+    c.init_pgbench();
+    let bench = c.spawn_pgbench(8);
+    let out = pg::postgres_dir(c.dir.path(), "receivewal");
+    let mut recv = pg::as_postgres(&pg::pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(&out)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--synchronous",
+            "--slot=s1",
+            "--no-loop",
+        ])
+        .arg("-p")
+        .arg(sk.pg_addr.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second consumer of the same slot is refused while it streams.
+    std::thread::sleep(Duration::from_secs(2));
+    let err = repl_sql(
+        sk,
+        &format!("START_REPLICATION SLOT \"s1\" {reserved} TIMELINE 1"),
+    )
+    .unwrap_err();
+    assert!(err.contains("is active"), "{err}");
+    pgbench_ok(bench);
+    c.pg.sql("SELECT pg_switch_wal()");
+    c.pg.sql("CREATE TABLE after_switch (i int)");
+    let end = c.flush_lsn();
+    let advanced = wait_for(Duration::from_secs(30), "the slot to advance", || {
+        slot_lsn(&c.sks[0], "s1")
+            .filter(|l| *l > reserved && l.segment_number(SEG) >= end.segment_number(SEG))
+    });
+    let _ = recv.kill();
+    let _ = recv.wait();
+    let mut compared = 0;
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.len() != 24 {
+            continue;
+        }
+        let got = std::fs::read(out.join(&name)).unwrap();
+        let want = std::fs::read(c.pg.pg_wal().join(&name)).unwrap();
+        assert!(got == want, "segment {name} differs from the primary's");
+        compared += 1;
+    }
+    assert!(compared >= 1, "pg_receivewal wrote no complete segment");
+    // Stored within a second or so; a SIGKILL keeps it.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = slot_lsn(&c.sks[0], "s1").unwrap();
+    assert!(before >= advanced);
+    c.sks[0].kill9();
+    c.sks[0].restart();
+    let after = wait_for(
+        Duration::from_secs(30),
+        "the slot after the restart",
+        || slot_lsn(&c.sks[0], "s1"),
+    );
+    assert_eq!(after, before);
+    assert_eq!(
+        repl_sql(&c.sks[0], "DROP_REPLICATION_SLOT \"s1\"").map(|_| ()),
+        Ok(())
+    );
+    assert!(repl_sql(&c.sks[0], "READ_REPLICATION_SLOT s1")
+        .unwrap()
+        .starts_with('|'));
+}
+
+#[test]
+fn a_standby_fails_over_to_another_safekeeper() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.init_pgbench();
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let hosts = c
+        .sks
+        .iter()
+        .map(|s| s.pg_addr.port().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    pg::append_conf(
+        &standby.datadir,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={hosts} user=postgres'\nhot_standby = on\nsynchronous_standby_names = ''\n"
+        ),
+    );
+    std::fs::write(standby.datadir.join("standby.signal"), "").unwrap();
+    let _ = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(standby.datadir.join("standby.signal"))
+        .status();
+    standby.start();
+    let port: u16 = wait_for(Duration::from_secs(60), "the standby to stream", || {
+        standby
+            .sql("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+            .parse()
+            .ok()
+    });
+    let feeder = c.sks.iter().position(|s| s.pg_addr.port() == port).unwrap();
+    let bench = c.spawn_pgbench(4);
+    std::thread::sleep(Duration::from_secs(1));
+    c.sks[feeder].kill9();
+    pgbench_ok(bench);
+    let want = c.pg.sql("SELECT count(*) FROM pgbench_history");
+    wait_for(Duration::from_secs(90), "the standby to catch up", || {
+        (standby.sql("SELECT count(*) FROM pgbench_history") == want).then_some(())
+    });
+    let now: u16 = standby
+        .sql("SELECT sender_port FROM pg_stat_wal_receiver")
+        .parse()
+        .unwrap();
+    assert_ne!(now, port);
+}
+
+#[test]
+fn retention_trims_and_max_wal_keep_invalidates_a_silent_slot() {
+    if !pg::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| {
+            start_sk(
+                dir.path(),
+                n,
+                &["--wal-retention", "0", "--max-wal-keep", "48MB"],
+            )
+        })
+        .collect();
+    let mut c = Cluster {
+        dir,
+        pg,
+        sks,
+        proxy: None,
+    };
+    c.start_proxy("proxy1", &["--create-timeline"]);
+    c.wait_sync();
+    repl_sql(
+        &c.sks[0],
+        "CREATE_REPLICATION_SLOT \"silent\" PHYSICAL (RESERVE_WAL)",
+    )
+    .unwrap();
+    let series = "walkeeper_local_start_lsn";
+    let start = wait_for(Duration::from_secs(10), "metrics", || {
+        metric(c.sks[1].http_addr, series)
+    });
+    c.pg.sql("CREATE TABLE big (i int, pad text)");
+    for _ in 0..4 {
+        c.pg.sql("INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g");
+    }
+    // Every node trims once the silent slot is invalidated.
+    for sk in &c.sks {
+        wait_for(Duration::from_secs(60), "local_start_lsn to move", || {
+            metric(sk.http_addr, series).filter(|l| *l > start)
+        });
+    }
+    assert!(c.sks[0]
+        .log_text()
+        .contains("invalidating replication slot"));
+    let row = repl_sql(&c.sks[0], "READ_REPLICATION_SLOT silent").unwrap();
+    assert_eq!(row, "physical||");
+}
+
+#[test]
+fn a_lagging_safekeeper_sends_consumers_elsewhere() {
+    // The rule itself is unit-tested in src/safekeeper/failover.rs; here a
+    // node that was told a commit beyond its WAL refuses with 57P03.
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    let mut p = RawClient::proposer(sk.pg_addr);
+    p.send(&walkeeper::consensus::messages::ProposerMessage::Greeting(
+        greeting(&[1, 2, 3], true),
+    ));
+    let _ = p.recv();
+    p.send(
+        &walkeeper::consensus::messages::ProposerMessage::VoteRequest(
+            walkeeper::consensus::messages::VoteRequest { term: 1 },
+        ),
+    );
+    let _ = p.recv();
+    p.send(&walkeeper::consensus::messages::ProposerMessage::Elected(
+        walkeeper::consensus::messages::Elected {
+            term: 1,
+            start_streaming_at: Lsn(START),
+            term_history: walkeeper::consensus::term_history::TermHistory(vec![
+                walkeeper::consensus::acceptor::term_lsn(1, START),
+            ]),
+        },
+    ));
+    let _ = p.recv();
+    p.send(&append(1, START, &wal_bytes(1, START, 1000), START + 5000));
+    let _ = p.recv();
+    let err = repl_sql(&sk, "IDENTIFY_SYSTEM").unwrap_err();
+    assert!(err.contains("behind"), "{err}");
+    // A proposer is never refused.
+    let _q = RawClient::connect(sk.pg_addr, "-c walkeeper.role=proposer");
+}

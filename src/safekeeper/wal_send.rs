@@ -24,6 +24,9 @@ use crate::pq::frame::{BeMessage, FeMessage};
 use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
 use crate::pq::{sqlstate, PqError};
 
+/// How much WAL one store read fetches for a sender.
+const READ_AHEAD: u64 = 2 << 20;
+
 /// PostgreSQL's MAX_SEND_SIZE: chunks of at most 16 pages.
 pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE;
 
@@ -173,6 +176,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut state = state;
     let mut pos = req.start_lsn;
+    // WAL read from the store and not sent yet: (start, bytes). Below
+    // commit_lsn (or, for a recovery read, within this term) it cannot
+    // change under us.
+    let mut read_ahead: (Lsn, Bytes) = (pos, Bytes::new());
+    let mut next_read: Option<PendingRead> = None;
     let mut shutdown = shared.shutdown.clone();
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,19 +199,37 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let limit = send_limit(&state, recovery);
         if pos < limit {
             let end = chunk_end(pos, limit);
-            let wal = match read_wal(shared, &timeline, pos, end).await {
-                Ok(w) => w,
-                Err(msg) => {
-                    tracing::error!(timeline = %timeline.ttid, from = %pos, to = %end, "{msg}");
-                    conn.send_fatal(sqlstate::DATA_CORRUPTED, &msg).await?;
-                    return Ok(false);
+            let held_end = Lsn(read_ahead.0 .0 + read_ahead.1.len() as u64);
+            if pos < read_ahead.0 || end > held_end {
+                // One store read serves many messages: each read checks the
+                // CRC of every stored chunk it touches (tools/BENCHMARKS.md,
+                // catch-up read).
+                let read = match next_read.take() {
+                    Some(r) if r.from == pos && r.to >= end => r,
+                    _ => spawn_read(shared, &timeline, pos, limit.min(Lsn(pos.0 + READ_AHEAD))),
+                };
+                let read_end = read.to;
+                match read.finish().await {
+                    Ok(w) => read_ahead = (pos, Bytes::from(w)),
+                    Err(msg) => {
+                        tracing::error!(timeline = %timeline.ttid, from = %pos, to = %read_end, "{msg}");
+                        conn.send_fatal(sqlstate::DATA_CORRUPTED, &msg).await?;
+                        return Ok(false);
+                    }
                 }
-            };
+                // The next block is read while this one goes out.
+                if read_end < limit {
+                    let next_end = limit.min(Lsn(read_end.0 + READ_AHEAD));
+                    next_read = Some(spawn_read(shared, &timeline, read_end, next_end));
+                }
+            }
+            let from = (pos.0 - read_ahead.0 .0) as usize;
+            let to = (end.0 - read_ahead.0 .0) as usize;
             let msg = XLogData {
                 data_start: pos,
                 wal_end: limit,
                 send_time: pg_now(),
-                data: Bytes::from(wal),
+                data: read_ahead.1.slice(from..to),
             };
             conn.write_message(&BeMessage::XLogData(&msg))?;
             pos = end;
@@ -249,18 +275,35 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn read_wal(
-    shared: &Arc<Shared>,
-    timeline: &Timeline,
-    from: Lsn,
-    to: Lsn,
-) -> Result<Vec<u8>, String> {
+/// Start reading WAL `[from, to)` on the blocking pool.
+fn spawn_read(shared: &Arc<Shared>, timeline: &Timeline, from: Lsn, to: Lsn) -> PendingRead {
     let store = shared.store.clone();
     let ttid = timeline.ttid;
-    tokio::task::spawn_blocking(move || store.read_wal(ttid, from, to))
-        .await
-        .map_err(|e| format!("reading WAL failed: {e}"))?
-        .map_err(|e| e.to_string())
+    let task = tokio::task::spawn_blocking(move || {
+        store.read_wal(ttid, from, to).map_err(|e| e.to_string())
+    });
+    PendingRead { from, to, task }
+}
+
+/// A store read in flight, so the disk works while the socket sends.
+struct PendingRead {
+    from: Lsn,
+    to: Lsn,
+    task: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+}
+
+impl PendingRead {
+    async fn finish(mut self) -> Result<Vec<u8>, String> {
+        (&mut self.task)
+            .await
+            .map_err(|e| format!("reading WAL failed: {e}"))?
+    }
+}
+
+impl Drop for PendingRead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Handle client messages that are already buffered, without waiting.

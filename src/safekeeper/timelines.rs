@@ -89,12 +89,7 @@ impl Timeline {
         let before = acceptor.state().term;
         let effects = acceptor.handle(msg)?;
         log_events(self.ttid, before, &effects);
-        let heartbeat = matches!(msg, ProposerMessage::Append(a) if a.wal.is_empty());
-        let synced = if heartbeat {
-            writer.submit_lazy(self.ttid, effects.writes)
-        } else {
-            writer.submit(self.ttid, effects.writes)
-        };
+        let synced = writer.submit(self.ttid, effects.writes);
         Ok(PendingReply {
             synced,
             reply: effects.reply,

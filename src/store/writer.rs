@@ -127,16 +127,7 @@ struct Request {
     writes: Vec<Write>,
     done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
     submitted: Instant,
-    /// A heartbeat's state change (commit LSN, horizons): it may wait a
-    /// moment for the next WAL append to share its sync.
-    lazy: bool,
 }
-
-/// How long a batch of heartbeats alone waits for company before it is
-/// synced by itself. With one client, the next transaction's WAL arrives
-/// about a primary fsync after a commit; sharing the sync keeps that append
-/// from queueing behind the heartbeat's (tools/BENCHMARKS.md).
-const LAZY_WAIT: Duration = Duration::from_millis(1);
 
 /// Per timeline, the latest synced state, for readers.
 type Published = Arc<Mutex<HashMap<Ttid, watch::Sender<Option<Arc<TimelineState>>>>>>;
@@ -209,32 +200,12 @@ impl WriterHandle {
         ttid: Ttid,
         writes: Vec<Write>,
     ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
-        self.submit_with(ttid, writes, false)
-    }
-
-    /// Like `submit`, for a heartbeat's writes: synced with the next batch
-    /// that carries WAL, or after `LAZY_WAIT` at most.
-    pub fn submit_lazy(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
-        self.submit_with(ttid, writes, true)
-    }
-
-    fn submit_with(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-        lazy: bool,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
         let (done, rx) = oneshot::channel();
         let req = Request {
             ttid,
             writes,
             done: Some(done),
             submitted: Instant::now(),
-            lazy,
         };
         if let Err(mpsc::SendError(Msg::Write(mut req))) = self.tx.send(Msg::Write(req)) {
             if let Some(done) = req.done.take() {
@@ -312,13 +283,6 @@ fn run<S: Storage>(
             match rx.try_recv() {
                 Ok(Msg::Write(r)) => next = Some(r),
                 Ok(Msg::Stop) => stopping = true,
-                Err(_) if batch.iter().all(|(r, _, _)| r.lazy) => {
-                    match rx.recv_timeout(LAZY_WAIT) {
-                        Ok(Msg::Write(r)) => next = Some(r),
-                        Ok(Msg::Stop) => stopping = true,
-                        Err(_) => {}
-                    }
-                }
                 Err(_) => {}
             }
         }

@@ -57,6 +57,13 @@ pub enum ReplicationCommand {
         timeline: Option<u32>,
         options: Vec<CommandOption>,
     },
+    /// A proxy hands a safekeeper the primary's history file of a timeline
+    /// above 1 (ours: `PUT_TIMELINE_HISTORY n 'hex of the file'`), so
+    /// consumers can ask TIMELINE_HISTORY for it.
+    PutTimelineHistory {
+        timeline: u32,
+        content: Vec<u8>,
+    },
     /// A proposer starts pushing WAL in CopyBoth.
     StartWalPush {
         options: Vec<CommandOption>,
@@ -385,6 +392,7 @@ const KNOWN_COMMANDS: &[&str] = &[
     "start_replication",
     "start_wal_push",
     "timeline_settled",
+    "put_timeline_history",
 ];
 
 impl ReplicationCommand {
@@ -461,6 +469,18 @@ impl ReplicationCommand {
                     timeline,
                     options: p.opt_option_list()?,
                 }
+            }
+            "put_timeline_history" => {
+                let timeline = p.timeline()?;
+                let content = match p.peek() {
+                    Some(Tok::Str(hex)) => decode_hex(hex),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    syntax("PUT_TIMELINE_HISTORY n 'hex': the history file's bytes in quoted hex")
+                })?;
+                p.pos += 1;
+                ReplicationCommand::PutTimelineHistory { timeline, content }
             }
             "start_wal_push" => ReplicationCommand::StartWalPush {
                 options: p.opt_option_list()?,
@@ -802,8 +822,46 @@ fn unexpected_tag(what: &'static str, tag: Option<&u8>) -> PqError {
     }
 }
 
+fn decode_hex(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) || !h.is_ascii() {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The file's bytes as PUT_TIMELINE_HISTORY carries them.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn put_timeline_history_carries_the_file_in_hex() {
+        let file = b"1\t0/3000000\tno recovery target specified\n";
+        let cmd =
+            ReplicationCommand::parse(&format!("PUT_TIMELINE_HISTORY 2 '{}'", encode_hex(file)))
+                .unwrap();
+        assert_eq!(
+            cmd,
+            ReplicationCommand::PutTimelineHistory {
+                timeline: 2,
+                content: file.to_vec()
+            }
+        );
+        for bad in [
+            "PUT_TIMELINE_HISTORY 2 'zz'",
+            "PUT_TIMELINE_HISTORY 2 'abc'",
+            "PUT_TIMELINE_HISTORY 2",
+            "PUT_TIMELINE_HISTORY 0 ''",
+        ] {
+            assert!(ReplicationCommand::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
     use ReplicationCommand as C;
 

@@ -23,6 +23,9 @@ pub struct PrimaryStream {
     pub start_lsn: Lsn,
     pub reader: PgReader,
     pub writer: PgWriter,
+    /// The primary's history file of its timeline when that is above 1
+    /// (`TIMELINE_HISTORY`): (tli, content), for the safekeepers to serve.
+    pub history: Option<(u32, bytes::Bytes)>,
 }
 
 /// `server_version` ("15.18 (Debian …)") as PG_VERSION_NUM (150018).
@@ -94,6 +97,16 @@ pub async fn connect(
             start_lsn = rewound;
         }
     }
+    // Consumers of a timeline above 1 ask for its history file first.
+    let history = if id.timeline > 1 {
+        let (_, content) = client
+            .timeline_history(id.timeline)
+            .await
+            .map_err(|e| retry("TIMELINE_HISTORY", e))?;
+        Some((id.timeline, content))
+    } else {
+        None
+    };
     match client
         .start_physical_replication(Some(slot), start_lsn, Some(id.timeline))
         .await
@@ -120,6 +133,7 @@ pub async fn connect(
         start_lsn,
         reader,
         writer,
+        history,
     })
 }
 

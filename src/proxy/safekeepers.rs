@@ -12,7 +12,7 @@ use crate::consensus::term_history::Term;
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
 use crate::pq::client::{ClientError, ConnConfig, CopyMessage, PgClient};
-use crate::pq::replication::ServerReplMessage;
+use crate::pq::replication::{encode_hex, ServerReplMessage};
 
 /// Startup options of every proxy connection to a safekeeper: proposer
 /// connections are never refused and may read up to flush_lsn.
@@ -40,9 +40,10 @@ pub async fn run_push_connection(
     node: NodeId,
     addr: String,
     ttid: Ttid,
+    history: Option<(u32, Bytes)>,
     events: mpsc::Sender<Event>,
 ) {
-    let (reason, refused) = match push_connection(node, &addr, ttid, &events).await {
+    let (reason, refused) = match push_connection(node, &addr, ttid, history, &events).await {
         Ok(()) => ("closed".to_string(), false),
         Err(e) => e,
     };
@@ -66,6 +67,7 @@ async fn push_connection(
     node: NodeId,
     addr: &str,
     ttid: Ttid,
+    history: Option<(u32, Bytes)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), (String, bool)> {
     let cfg = conn_config(addr).map_err(|e| (e, true))?;
@@ -77,6 +79,15 @@ async fn push_connection(
                 false,
             )
         })?;
+    if let Some((tli, content)) = history {
+        let sql = format!("PUT_TIMELINE_HISTORY {tli} '{}'", encode_hex(&content));
+        client.simple_query(&sql).await.map_err(|e| {
+            (
+                format!("storing history {tli} on safekeeper {node} at {addr}: {e}"),
+                false,
+            )
+        })?;
+    }
     client
         .start_copy_both("START_WAL_PUSH")
         .await

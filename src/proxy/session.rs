@@ -91,6 +91,8 @@ struct Session<'a> {
     primary_flush: Lsn,
     /// None with --sync-only.
     primary_writer: Option<PgWriter>,
+    /// The primary's timeline history file, handed to every safekeeper.
+    history: Option<(u32, Bytes)>,
     /// Next LSN expected from the primary.
     primary_pos: Lsn,
     /// Bytes at and above term_start_lsn that arrived with the checked range.
@@ -139,9 +141,11 @@ pub async fn run(cfg: &Config, rewind: &mut Option<Lsn>) -> Result<(), ProxyErro
         reader,
         writer,
         flush_lsn,
+        history,
     } = primary;
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
     let mut s = Session::new(cfg, server, start_lsn, flush_lsn, Some(writer));
+    s.history = history;
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
     let rewound = rewind.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
@@ -244,6 +248,7 @@ impl<'a> Session<'a> {
             start_lsn,
             primary_flush,
             primary_writer,
+            history: None,
             primary_pos: start_lsn,
             held: None,
             check: Check::NotElected,
@@ -325,6 +330,7 @@ impl<'a> Session<'a> {
                 node,
                 addr,
                 self.cfg.ttid,
+                self.history.clone(),
                 self.events_tx.clone(),
             ));
         }

@@ -13,7 +13,7 @@ use super::timelines::Timeline;
 use super::{wal_push, wal_send, Shared};
 use crate::id::Ttid;
 use crate::pq::connection::{Handshake, PqConnection, ServerParams, StartupParams};
-use crate::pq::frame::{Column, FeMessage};
+use crate::pq::frame::{BeMessage, Column, FeMessage};
 use crate::pq::replication::{find_option, ReplicationCommand};
 use crate::pq::{sqlstate, PqError};
 
@@ -216,13 +216,71 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         ReplicationCommand::TimelineHistory { timeline } => {
-            // Timelines above 1 get their history files once the proxy
-            // stores them; until then there is none to give.
-            conn.send_error(
-                sqlstate::UNDEFINED_FILE,
-                &format!("could not open file \"pg_wal/{timeline:08X}.history\": this safekeeper holds no history file for timeline {timeline}"),
-            )
-            .await?;
+            let name = format!("{timeline:08X}.history");
+            let stored = match choose_timeline(shared, client) {
+                Ok(t) => shared.store.timeline_history(t.ttid, timeline),
+                Err((code, msg)) => {
+                    conn.send_error(code, &msg).await?;
+                    return Ok(true);
+                }
+            };
+            match stored {
+                Ok(Some(content)) => {
+                    // The content column is bytea-like raw bytes, as
+                    // walsender sends it.
+                    let row = [Some(name.as_bytes()), Some(content.as_slice())];
+                    conn.write_message(&BeMessage::RowDescription(&[
+                        Column::text("filename"),
+                        Column::text("content"),
+                    ]))?;
+                    conn.write_message(&BeMessage::DataRow(&row))?;
+                    conn.write_message(&BeMessage::CommandComplete("TIMELINE_HISTORY"))?;
+                    conn.send_ready_for_query().await?;
+                }
+                Ok(None) => {
+                    conn.send_error(
+                        sqlstate::UNDEFINED_FILE,
+                        &format!("could not open file \"pg_wal/{name}\": this safekeeper holds no history file for timeline {timeline}"),
+                    )
+                    .await?
+                }
+                Err(e) => conn.send_error(sqlstate::INTERNAL_ERROR, &e.to_string()).await?,
+            }
+        }
+        ReplicationCommand::PutTimelineHistory { timeline, content } => {
+            if !client.is_proposer {
+                conn.send_error(
+                    INSUFFICIENT_PRIVILEGE,
+                    "PUT_TIMELINE_HISTORY is for proposers: connect with options='-c walkeeper.role=proposer'",
+                )
+                .await?;
+                return Ok(true);
+            }
+            let ttid = match client.named_timeline() {
+                Ok(Some(t)) => t,
+                _ => {
+                    conn.send_error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        "PUT_TIMELINE_HISTORY needs -c tenant_id=… -c timeline_id=…",
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            };
+            match shared.store.put_timeline_history(ttid, timeline, &content) {
+                Ok(()) => {
+                    tracing::info!(timeline = %ttid, tli = timeline, bytes = content.len(), "stored the timeline history file");
+                    conn.write_message(&BeMessage::CommandComplete("PUT_TIMELINE_HISTORY"))?;
+                    conn.send_ready_for_query().await?;
+                }
+                Err(e) => {
+                    conn.send_error(
+                        sqlstate::INTERNAL_ERROR,
+                        &format!("timeline {ttid}: storing history {timeline}: {e}"),
+                    )
+                    .await?
+                }
+            }
         }
         c @ (ReplicationCommand::ReadReplicationSlot { .. }
         | ReplicationCommand::CreateReplicationSlot { .. }

@@ -71,6 +71,23 @@ impl SharedStore {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn put_timeline_history(
+        &self,
+        ttid: crate::id::Ttid,
+        tli: u32,
+        content: &[u8],
+    ) -> Result<(), crate::store::StoreError> {
+        self.lock().put_timeline_history(ttid, tli, content)
+    }
+
+    pub fn timeline_history(
+        &self,
+        ttid: crate::id::Ttid,
+        tli: u32,
+    ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.lock().timeline_history(ttid, tli)
+    }
+
     pub fn read_wal(
         &self,
         ttid: crate::id::Ttid,

@@ -91,6 +91,13 @@ pub fn slot_key(ttid: Ttid, name: &str) -> Vec<u8> {
 
 /// Key of a WAL chunk: tenant ‖ timeline ‖ start LSN (big-endian, so keys
 /// sort in LSN order).
+fn history_key(ttid: Ttid, tli: u32) -> Vec<u8> {
+    let mut k = b"history".to_vec();
+    k.extend_from_slice(&ttid.key_prefix());
+    k.extend_from_slice(&tli.to_be_bytes());
+    k
+}
+
 pub fn wal_key(ttid: Ttid, start: Lsn) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&ttid.key_prefix());
@@ -471,6 +478,27 @@ impl RocksStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Store a PostgreSQL timeline history file (`%08X.history`) of a
+    /// timeline, synced. Kept in the default column family under
+    /// `history ‖ tenant ‖ timeline ‖ tli (u32 BE)` (schema/store.md).
+    pub fn put_timeline_history(
+        &self,
+        ttid: Ttid,
+        tli: u32,
+        content: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(history_key(ttid, tli), content);
+        self.db.write_opt(batch, &opts).map_err(io)
+    }
+
+    /// A stored timeline history file, if any.
+    pub fn timeline_history(&self, ttid: Ttid, tli: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(history_key(ttid, tli)).map_err(io)
     }
 
     /// Write every memtable out to SST files (checkpoints, tests). Staged

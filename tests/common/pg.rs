@@ -146,6 +146,16 @@ impl Postgres {
         }
     }
 
+    /// A server in an existing data directory, not started.
+    pub fn at(datadir: PathBuf, port: u16, log: PathBuf) -> Postgres {
+        Postgres {
+            datadir,
+            port,
+            log,
+            running: false,
+        }
+    }
+
     pub fn start(&mut self) {
         let (ok, out, err) = run(as_postgres(&pg_bin("pg_ctl"))
             .arg("-D")

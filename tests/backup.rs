@@ -340,11 +340,7 @@ fn whole_cluster_recovery_from_checkpoints() {
             feeder.pg_addr.port()
         ),
     );
-    std::fs::write(standby.datadir.join("standby.signal"), "").unwrap();
-    let _ = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(standby.datadir.join("standby.signal"))
-        .status();
+    standby.mark_standby();
     standby.start();
     wait_for(
         Duration::from_secs(90),

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use walkeeper::consensus::acceptor::term_lsn;
-use walkeeper::consensus::messages::*;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::lsn::Lsn;
 
 /// A blocking HTTP/1.1 GET: (status, body).
@@ -42,19 +39,6 @@ fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     let v = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
     (status, v)
-}
-
-fn elect_single(c: &mut RawClient, term: u64) {
-    c.send(&ProposerMessage::Greeting(greeting(&[1], true)));
-    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
-    assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
-    c.send(&ProposerMessage::Elected(Elected {
-        term,
-        start_streaming_at: Lsn(START),
-        term_history: TermHistory(vec![term_lsn(term, START)]),
-    }));
-    assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
 }
 
 /// The value of a metric line that starts with `series` (name and labels).
@@ -89,7 +73,7 @@ fn status_timelines_and_errors() {
     );
 
     let mut p = RawClient::proposer(sk.pg_addr);
-    elect_single(&mut p, 3);
+    elect_single(&mut p, greeting(&[1], true), 3);
     let wal = wal_bytes(3, START, 10_000);
     p.send(&append(3, START, &wal, START + 4_000));
     p.recv();
@@ -159,7 +143,7 @@ fn metrics_follow_pushed_appends() {
     let dir = tempfile::tempdir().unwrap();
     let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
     let mut p = RawClient::proposer(sk.pg_addr);
-    elect_single(&mut p, 1);
+    elect_single(&mut p, greeting(&[1], true), 1);
     let labels = format!(
         "{{tenant_id=\"{}\",timeline_id=\"{}\"}}",
         ttid().tenant_id,

@@ -14,9 +14,7 @@ use common::pg::{self, Postgres};
 use common::*;
 use serde_json::Value;
 use walkeeper::codec::{decode_stored, encode_stored};
-use walkeeper::consensus::acceptor::{term_lsn, TimelineState};
-use walkeeper::consensus::messages::*;
-use walkeeper::consensus::term_history::TermHistory;
+use walkeeper::consensus::acceptor::TimelineState;
 use walkeeper::lsn::{segment_file_name, Lsn};
 use walkeeper::store::rocks::wal_key;
 
@@ -52,46 +50,6 @@ fn skctl_json(datadir: &Path, args: &[&str]) -> Value {
     );
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("skctl {args:?} printed no JSON ({e}): {}", out.stdout))
-}
-
-fn greeting_for(system_id: u64, create: bool) -> Greeting {
-    let mut g = greeting(&[1], create);
-    g.server.system_id = system_id;
-    g
-}
-
-/// Greet, vote, get elected at START as the only member's proposer.
-fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
-    c.send(&ProposerMessage::Greeting(g));
-    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
-    assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
-    c.send(&ProposerMessage::Elected(Elected {
-        term,
-        start_streaming_at: Lsn(START),
-        term_history: TermHistory(vec![term_lsn(term, START)]),
-    }));
-    assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
-}
-
-/// Push `wal` from `from` in appends of `chunk` bytes, then commit `commit`;
-/// waits for every reply. Returns the end.
-fn push(c: &mut RawClient, term: u64, from: u64, wal: &[u8], chunk: usize, commit: u64) -> u64 {
-    let mut pos = from;
-    let mut n = 0;
-    for piece in wal.chunks(chunk) {
-        c.send(&append(term, pos, piece, commit.min(pos)));
-        pos += piece.len() as u64;
-        n += 1;
-    }
-    c.send(&append(term, pos, &[], commit));
-    for _ in 0..=n {
-        match c.recv() {
-            AcceptorMessage::Append(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    pos
 }
 
 fn copy_dir(from: &Path, to: &Path) {

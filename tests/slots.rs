@@ -191,11 +191,7 @@ fn a_standby_fails_over_to_another_safekeeper() {
             "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={hosts} user=postgres'\nhot_standby = on\nsynchronous_standby_names = ''\n"
         ),
     );
-    std::fs::write(standby.datadir.join("standby.signal"), "").unwrap();
-    let _ = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(standby.datadir.join("standby.signal"))
-        .status();
+    standby.mark_standby();
     standby.start();
     let port: u16 = wait_for(Duration::from_secs(60), "the standby to stream", || {
         standby

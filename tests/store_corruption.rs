@@ -2,12 +2,12 @@
 //! range (or a named timeline's state), and never returned as WAL.
 #![cfg(feature = "rocksdb")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use walkeeper::consensus::acceptor::{TimelineState, Write};
-use walkeeper::consensus::messages::ServerInfo;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
 use walkeeper::lsn::Lsn;
 use walkeeper::store::rocks::{wal_key, RocksStore};
@@ -20,28 +20,7 @@ fn ttid(n: u8) -> Ttid {
 }
 
 fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
-    TimelineState {
-        ttid,
-        server: ServerInfo {
-            system_id: 1,
-            pg_version: 150000,
-            wal_seg_size: 16 << 20,
-            tli: 1,
-        },
-        members: [(NodeId(1), "127.0.0.1:1".to_string())]
-            .into_iter()
-            .collect(),
-        timeline_start_lsn: BASE,
-        local_start_lsn: BASE,
-        term: 1,
-        term_history: TermHistory::default(),
-        flush_lsn: flush,
-        commit_lsn: BASE,
-        peer_horizon_lsn: Lsn::INVALID,
-        slot_horizon_lsn: Lsn::INVALID,
-        settled_term: 0,
-        settled_lsn: Lsn::INVALID,
-    }
+    common::store_state(ttid, BASE, flush)
 }
 
 /// Incompressible bytes, so they land in an SST as they are.

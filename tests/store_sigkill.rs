@@ -4,6 +4,8 @@
 //! syncs in a loop and prints `ACK <end lsn>` after each sync.
 #![cfg(feature = "rocksdb")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,8 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use walkeeper::consensus::acceptor::{TimelineState, Write};
-use walkeeper::consensus::messages::ServerInfo;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
 use walkeeper::lsn::Lsn;
 use walkeeper::store::rocks::RocksStore;
@@ -30,28 +30,7 @@ fn ttids() -> [Ttid; 2] {
 }
 
 fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
-    TimelineState {
-        ttid,
-        server: ServerInfo {
-            system_id: 1,
-            pg_version: 150000,
-            wal_seg_size: 16 << 20,
-            tli: 1,
-        },
-        members: [(NodeId(1), "127.0.0.1:1".to_string())]
-            .into_iter()
-            .collect(),
-        timeline_start_lsn: BASE,
-        local_start_lsn: BASE,
-        term: 1,
-        term_history: TermHistory::default(),
-        flush_lsn: flush,
-        commit_lsn: BASE,
-        peer_horizon_lsn: Lsn::INVALID,
-        slot_horizon_lsn: Lsn::INVALID,
-        settled_term: 0,
-        settled_lsn: Lsn::INVALID,
-    }
+    common::store_state(ttid, BASE, flush)
 }
 
 /// The byte every writer puts at `lsn` of timeline `i`, so the parent can

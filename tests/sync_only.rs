@@ -126,11 +126,7 @@ fn sync_only_after_primary_and_proxy_die_makes_every_acknowledged_commit_readabl
             feeder.pg_addr.port()
         ),
     );
-    std::fs::write(standby.datadir.join("standby.signal"), "").unwrap();
-    let _ = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(standby.datadir.join("standby.signal"))
-        .status();
+    standby.mark_standby();
     standby.start();
     let max_acked = *acked.iter().max().unwrap();
     wait_for(

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::pg::{self, Postgres};
@@ -68,11 +67,7 @@ fn safekeepers_serve_the_history_file_of_a_promoted_primary() {
         ),
     );
     let mut promoted = Postgres::at(datadir, port, root.join("log"));
-    std::fs::write(promoted.datadir.join("standby.signal"), "").unwrap();
-    let _ = Command::new("chown")
-        .arg("postgres:postgres")
-        .arg(promoted.datadir.join("standby.signal"))
-        .status();
+    promoted.mark_standby();
     promoted.start();
     let (ok, _, err) = run(pg::as_postgres(&pg::pg_bin("pg_ctl"))
         .arg("-D")

@@ -8,50 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::pg::{self, Postgres};
 use common::*;
-use walkeeper::consensus::acceptor::term_lsn;
 use walkeeper::consensus::messages::*;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::lsn::Lsn;
 use walkeeper::pq::replication::XLogData;
-
-fn greeting_for(system_id: u64, create: bool) -> Greeting {
-    let mut g = greeting(&[1], create);
-    g.server.system_id = system_id;
-    g
-}
-
-/// Greet, vote, get elected at START as the only member's proposer.
-fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
-    c.send(&ProposerMessage::Greeting(g));
-    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
-    assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
-    c.send(&ProposerMessage::Elected(Elected {
-        term,
-        start_streaming_at: Lsn(START),
-        term_history: TermHistory(vec![term_lsn(term, START)]),
-    }));
-    assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
-}
-
-/// Push `wal` from START in 128 KiB appends, committing `commit`.
-fn push(c: &mut RawClient, term: u64, wal: &[u8], commit: u64) -> u64 {
-    let mut pos = START;
-    let mut n = 0;
-    for chunk in wal.chunks(128 * 1024) {
-        c.send(&append(term, pos, chunk, commit.min(pos)));
-        pos += chunk.len() as u64;
-        n += 1;
-    }
-    c.send(&append(term, pos, &[], commit));
-    for _ in 0..=n {
-        match c.recv() {
-            AcceptorMessage::Append(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
-    pos
-}
 
 fn segment_path(dir: &std::path::Path, segno: u64) -> std::path::PathBuf {
     dir.join(walkeeper::lsn::segment_file_name(1, segno, SEG))
@@ -86,7 +45,7 @@ fn pg_receivewal_and_a_standby_get_the_primarys_committed_wal() {
     let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
     let mut c = RawClient::proposer(sk.pg_addr);
     elect_single(&mut c, greeting_for(primary.system_id(), true), 1);
-    assert_eq!(push(&mut c, 1, &wal, end), end);
+    assert_eq!(push(&mut c, 1, START, &wal, 128 * 1024, end), end);
 
     // pg_receivewal: segment files byte-identical to the primary's.
     let out = pg::postgres_dir(dir.path(), "receivewal");
@@ -145,11 +104,7 @@ fn pg_receivewal_and_a_standby_get_the_primarys_committed_wal() {
             sk.pg_addr.port()
         ),
     );
-    std::fs::write(standby.datadir.join("standby.signal"), "").unwrap();
-    let _ = std::process::Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(standby.datadir.join("standby.signal"))
-        .status();
+    standby.mark_standby();
     standby.start();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -222,7 +177,7 @@ fn consumers_never_see_wal_beyond_commit() {
     elect_single(&mut p, greeting_for(1, true), 1);
     let wal = wal_bytes(1, START, 400_000);
     // Flushed to START+400000, committed only to START+150000.
-    push(&mut p, 1, &wal, START + 150_000);
+    push(&mut p, 1, START, &wal, 128 * 1024, START + 150_000);
     let mut c = start_replication(&sk, "", START, "TIMELINE 1");
     let got = collect(&mut c, START, Duration::from_millis(700));
     assert_eq!(got, wal[..150_000], "consumer got bytes beyond commit_lsn");
@@ -250,7 +205,7 @@ fn recovery_reads_need_the_proposer_role_and_stop_when_the_term_changes() {
     let mut p = RawClient::proposer(sk.pg_addr);
     elect_single(&mut p, greeting_for(1, true), 1);
     let wal = wal_bytes(1, START, 200_000);
-    push(&mut p, 1, &wal, START);
+    push(&mut p, 1, START, &wal, 128 * 1024, START);
 
     // Without the proposer role: refused, connection usable.
     let mut c = RawClient::connect(sk.pg_addr, "");
@@ -285,7 +240,7 @@ fn bad_requests_get_errors_and_the_server_keeps_serving() {
     let mut p = RawClient::proposer(sk.pg_addr);
     elect_single(&mut p, greeting_for(1, true), 1);
     let wal = wal_bytes(1, START, 10_000);
-    push(&mut p, 1, &wal, START + 10_000);
+    push(&mut p, 1, START, &wal, 128 * 1024, START + 10_000);
 
     let mut c = RawClient::connect(sk.pg_addr, "");
     for q in [

@@ -880,17 +880,7 @@ impl Storage for RocksStore {
             let (Some(key), Some(value)) = (it.key(), it.value()) else {
                 break;
             };
-            let Ok(prefix) = <[u8; 32]>::try_from(key) else {
-                return Err(StoreError::CorruptStore(format!(
-                    "timeline column family: malformed key of {} bytes",
-                    key.len()
-                )));
-            };
-            let mut tenant = [0u8; 16];
-            let mut timeline = [0u8; 16];
-            tenant.copy_from_slice(&prefix[..16]);
-            timeline.copy_from_slice(&prefix[16..]);
-            let ttid = Ttid::new(crate::id::TenantId(tenant), crate::id::TimelineId(timeline));
+            let ttid = ttid_of_key(key, CF_TIMELINE)?;
             out.push(decode_state(ttid, value)?);
             it.next();
         }

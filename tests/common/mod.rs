@@ -359,6 +359,80 @@ impl RawClient {
     }
 }
 
+/// A timeline state for store tests: node 1 its only member, term 1, WAL
+/// held from `start` (where the timeline starts and is committed) to `flush`.
+pub fn store_state(
+    ttid: Ttid,
+    start: Lsn,
+    flush: Lsn,
+) -> walkeeper::consensus::acceptor::TimelineState {
+    walkeeper::consensus::acceptor::TimelineState {
+        ttid,
+        server: ServerInfo {
+            system_id: 1,
+            pg_version: 150000,
+            wal_seg_size: 16 << 20,
+            tli: 1,
+        },
+        members: [(NodeId(1), "127.0.0.1:1".to_string())]
+            .into_iter()
+            .collect(),
+        timeline_start_lsn: start,
+        local_start_lsn: start,
+        term: 1,
+        term_history: walkeeper::consensus::term_history::TermHistory::default(),
+        flush_lsn: flush,
+        commit_lsn: start,
+        peer_horizon_lsn: Lsn::INVALID,
+        slot_horizon_lsn: Lsn::INVALID,
+        settled_term: 0,
+        settled_lsn: Lsn::INVALID,
+    }
+}
+
+/// A one-member greeting (node 1) for another PostgreSQL system.
+pub fn greeting_for(system_id: u64, create: bool) -> Greeting {
+    let mut g = greeting(&[1], create);
+    g.server.system_id = system_id;
+    g
+}
+
+/// Greet, vote, get elected at START as the only member's proposer.
+pub fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
+    c.send(&ProposerMessage::Greeting(g));
+    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+    assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
+    c.send(&ProposerMessage::Elected(Elected {
+        term,
+        start_streaming_at: Lsn(START),
+        term_history: walkeeper::consensus::term_history::TermHistory(vec![
+            walkeeper::consensus::acceptor::term_lsn(term, START),
+        ]),
+    }));
+    assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
+}
+
+/// Push `wal` from `from` in appends of `chunk` bytes, then commit `commit`;
+/// waits for every reply. Returns the end.
+pub fn push(c: &mut RawClient, term: u64, from: u64, wal: &[u8], chunk: usize, commit: u64) -> u64 {
+    let mut pos = from;
+    let mut n = 0;
+    for piece in wal.chunks(chunk) {
+        c.send(&append(term, pos, piece, commit.min(pos)));
+        pos += piece.len() as u64;
+        n += 1;
+    }
+    c.send(&append(term, pos, &[], commit));
+    for _ in 0..=n {
+        match c.recv() {
+            AcceptorMessage::Append(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    pos
+}
+
 pub fn append(term: u64, begin: u64, wal: &[u8], commit: u64) -> ProposerMessage {
     ProposerMessage::Append(AppendRequest {
         term,

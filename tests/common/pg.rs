@@ -156,6 +156,14 @@ impl Postgres {
         }
     }
 
+    /// Make the next start a standby (`standby.signal`, owned by postgres).
+    pub fn mark_standby(&self) {
+        let signal = self.datadir.join("standby.signal");
+        std::fs::write(&signal, "").unwrap();
+        let (ok, _, err) = run(Command::new("chown").arg("postgres:postgres").arg(&signal));
+        assert!(ok, "chown {signal:?}: {err}");
+    }
+
     pub fn start(&mut self) {
         let (ok, out, err) = run(as_postgres(&pg_bin("pg_ctl"))
             .arg("-D")

@@ -324,12 +324,13 @@ impl Model {
     }
 }
 
+/// `dir` is declared last so it is removed after the store is closed.
 struct Pair {
-    dir: tempfile::TempDir,
     rocks: Option<RocksStore>,
     mem: MemStorage,
     models: Vec<Model>,
     seed: u64,
+    dir: tempfile::TempDir,
 }
 
 impl Pair {

@@ -27,11 +27,14 @@ pub fn default_ttid() -> Ttid {
     )
 }
 
+/// Fields drop in declaration order: the proxy stops first, the temporary
+/// directory goes last, after every process that lives in it has stopped
+/// (pg_ctl cannot stop a server whose data directory is gone).
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub pg: Postgres,
-    pub sks: Vec<Safekeeper>,
     pub proxy: Option<Proxy>,
+    pub sks: Vec<Safekeeper>,
+    pub pg: Postgres,
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {

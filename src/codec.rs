@@ -19,7 +19,7 @@ use crate::consensus::term_history::Term;
 use crate::lsn::Lsn;
 
 /// Version of the proposer/acceptor protocol (schema/wire-messages.md).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest WAL payload of one AppendRequest.
 pub const MAX_APPEND_WAL: usize = 1 << 20;
@@ -36,6 +36,7 @@ const TAG_GREETING: u8 = b'g';
 const TAG_VOTE_REQUEST: u8 = b'v';
 const TAG_ELECTED: u8 = b'e';
 const TAG_APPEND_REQUEST: u8 = b'a';
+const TAG_RESEED: u8 = b'r';
 const TAG_ACCEPTOR_GREETING: u8 = b'G';
 const TAG_VOTE_RESPONSE: u8 = b'V';
 const TAG_APPEND_RESPONSE: u8 = b'A';
@@ -142,6 +143,10 @@ pub fn encode_proposer_message(msg: &ProposerMessage) -> Bytes {
             );
             out.put_slice(&m.wal);
         }
+        ProposerMessage::Reseed(m) => {
+            out.put_u8(TAG_RESEED);
+            body(&mut out, m);
+        }
     }
     out.freeze()
 }
@@ -157,6 +162,7 @@ pub fn decode_proposer_message(bytes: &Bytes) -> Result<ProposerMessage, CodecEr
         TAG_GREETING => ProposerMessage::Greeting(parse("Greeting", rest)?),
         TAG_VOTE_REQUEST => ProposerMessage::VoteRequest(parse("VoteRequest", rest)?),
         TAG_ELECTED => ProposerMessage::Elected(parse("Elected", rest)?),
+        TAG_RESEED => ProposerMessage::Reseed(parse("Reseed", rest)?),
         TAG_APPEND_REQUEST => {
             let (h, used): (AppendHeader, usize) = parse_prefix("AppendRequest", rest)?;
             let wal_start = 1 + used;
@@ -322,6 +328,10 @@ mod tests {
                 slot_horizon_lsn: Lsn::INVALID,
                 wal: Bytes::new(),
             }),
+            ProposerMessage::Reseed(Reseed {
+                term: 5,
+                start_lsn: Lsn(1 << 24),
+            }),
         ]
     }
 
@@ -345,6 +355,7 @@ mod tests {
                 flush_lsn: Lsn(105),
                 commit_lsn: Lsn(100),
                 slot_horizon_lsn: Lsn::INVALID,
+                local_start_lsn: Lsn(16),
             }),
         ]
     }

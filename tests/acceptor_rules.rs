@@ -5,7 +5,9 @@
 
 use bytes::Bytes;
 use walkeeper::codec::PROTOCOL_VERSION;
-use walkeeper::consensus::acceptor::{term_lsn, Acceptor, Effects, Event, Refusal, Write};
+use walkeeper::consensus::acceptor::{
+    term_lsn, trim_point, Acceptor, Effects, Event, Refusal, Write,
+};
 use walkeeper::consensus::messages::*;
 use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
@@ -453,8 +455,11 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
         node.append(1, pos, &chunk, START + seg + 10).unwrap();
         pos += chunk.len() as u64;
     }
-    // Horizon far ahead, but commit is just past the second segment's start.
-    let writes = node.acceptor.trim(Lsn(START + 3 * seg));
+    // Horizon far ahead, but commit is just past the second segment's start:
+    // retention trims to that segment's start.
+    let below = trim_point(node.acceptor.state(), Lsn(START + 3 * seg));
+    assert_eq!(below, Lsn(START + seg));
+    let writes = node.acceptor.trim(below);
     node.storage.write(ttid(), &writes).unwrap();
     node.storage.sync().unwrap();
     assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg));
@@ -466,5 +471,90 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
         node.wal(START + seg, START + seg + 1),
         vec![(START / seg + 1) as u8]
     );
-    assert!(node.acceptor.trim(Lsn(START + seg + 5)).is_empty());
+    let again = trim_point(node.acceptor.state(), Lsn(START + seg + 5));
+    assert!(node.acceptor.trim(again).is_empty());
+    // The acceptor itself trims exactly, and never past commit_lsn.
+    let writes = node.acceptor.trim(Lsn(START + 3 * seg));
+    node.storage.write(ttid(), &writes).unwrap();
+    node.storage.sync().unwrap();
+    assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg + 10));
+    assert_eq!(
+        node.wal(START + seg + 10, START + seg + 11),
+        vec![(START / seg + 1) as u8]
+    );
+}
+
+fn reseed(node: &mut Node, term: u64, at: u64) -> Result<AppendResponse, Refusal> {
+    let m = Reseed {
+        term,
+        start_lsn: Lsn(at),
+    };
+    match node.send(ProposerMessage::Reseed(m))? {
+        Some(AcceptorMessage::Append(r)) => Ok(r),
+        other => panic!("expected an append response, got {other:?}"),
+    }
+}
+
+/// A node that lags behind WAL every peer trimmed is restarted at a
+/// committed LSN beyond its flush: its WAL goes, local_start, flush and
+/// commit move there durably, and appends continue from there.
+#[test]
+fn a_reseed_restarts_the_log_beyond_flush_after_elected() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"old wal", START + 3).unwrap();
+    node.vote(2);
+    // Before Elected in term 2 a re-seed is refused.
+    let far = START + 2 * SEG as u64;
+    assert!(matches!(
+        reseed(&mut node, 2, far),
+        Err(Refusal::BadReseed { .. })
+    ));
+    node.elect(2, START + 7, &[(1, START), (2, START + 7)])
+        .unwrap();
+    // Not beyond flush: refused, nothing changes.
+    assert!(matches!(
+        reseed(&mut node, 2, START + 7),
+        Err(Refusal::BadReseed { .. })
+    ));
+    // A stale term: refused.
+    assert!(matches!(
+        reseed(&mut node, 1, far),
+        Err(Refusal::BadReseed { .. })
+    ));
+    assert_eq!(node.wal(START, START + 7), b"old wal");
+    let effects = node
+        .acceptor
+        .handle(&ProposerMessage::Reseed(Reseed {
+            term: 2,
+            start_lsn: Lsn(far),
+        }))
+        .unwrap();
+    assert_eq!(
+        effects.events,
+        vec![Event::Reseeded {
+            from_flush: Lsn(START + 7),
+            to: Lsn(far)
+        }]
+    );
+    node.storage.write(ttid(), &effects.writes).unwrap();
+    node.storage.sync().unwrap();
+    let Some(AcceptorMessage::Append(r)) = effects.reply else {
+        panic!("expected an append response");
+    };
+    assert_eq!((r.flush_lsn, r.local_start_lsn), (Lsn(far), Lsn(far)));
+    node.crash_and_restart();
+    let s = node.acceptor.state();
+    assert_eq!(
+        (s.local_start_lsn, s.flush_lsn, s.commit_lsn),
+        (Lsn(far), Lsn(far), Lsn(far))
+    );
+    assert!(node
+        .storage
+        .read_wal(ttid(), Lsn(START), Lsn(START + 1))
+        .is_err());
+    let r = node.append(2, far, b"new", far).unwrap();
+    assert_eq!(r.flush_lsn, Lsn(far + 3));
+    assert_eq!(node.wal(far, far + 3), b"new");
 }

@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     calm_steps: usize,
     /// Switch on a deliberate bug: accept-append-before-elected,
-    /// donor-ignores-last-log-term.
+    /// donor-ignores-last-log-term, reseed-at-source-flush.
     #[arg(long)]
     fault: Vec<String>,
     /// Print the last steps before a violation.
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             "donor-ignores-last-log-term" => {
                 base.proposer_faults.donor_ignores_last_log_term = true
             }
+            "reseed-at-source-flush" => base.proposer_faults.reseed_at_source_flush = true,
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
     let end = args.start + args.seeds;
     let failures = Mutex::new(Vec::new());
     let committed = AtomicU64::new(0);
+    let reseeds = AtomicU64::new(0);
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
                 match sim::run(&opts) {
                     Ok(o) => {
                         committed.fetch_add(o.committed_bytes, Ordering::Relaxed);
+                        reseeds.fetch_add(o.reseeds, Ordering::Relaxed);
                     }
                     Err(v) => {
                         eprintln!("VIOLATION {v}");
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
     });
     let failures = failures.into_inner().expect("threads joined");
     println!(
-        "{} seeds ({}..{}), {} nodes, {} proposers: {} violations, {} committed bytes in total, {:.1}s",
+        "{} seeds ({}..{}), {} nodes, {} proposers: {} violations, {} committed bytes in total, {} re-seeds, {:.1}s",
         args.seeds,
         args.start,
         end,
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         args.proposers,
         failures.len(),
         committed.load(Ordering::Relaxed),
+        reseeds.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     if failures.is_empty() {

@@ -140,8 +140,19 @@ pub struct Effects {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     TimelineCreated,
-    TermChanged { from: Term, to: Term },
-    Truncated { from_flush: Lsn, to: Lsn },
+    TermChanged {
+        from: Term,
+        to: Term,
+    },
+    Truncated {
+        from_flush: Lsn,
+        to: Lsn,
+    },
+    /// The log was restarted at `to` (WAL `[local_start, from_flush)` dropped).
+    Reseeded {
+        from_flush: Lsn,
+        to: Lsn,
+    },
 }
 
 /// Why a message was refused. The connection that sent it should be closed.
@@ -211,6 +222,15 @@ pub enum Refusal {
         ttid: Ttid,
         begin: Lsn,
         expected: Lsn,
+    },
+    #[error("timeline {ttid}: re-seed at {start} in term {proposed}, but this node holds WAL to {flush} in term {own} (last history term {last}); a re-seed must follow Elected and lie beyond flush_lsn")]
+    BadReseed {
+        ttid: Ttid,
+        start: Lsn,
+        proposed: Term,
+        own: Term,
+        last: Term,
+        flush: Lsn,
     },
     #[error("timeline {ttid}: greeting expected first, got {got}")]
     NotGreeted { ttid: Ttid, got: &'static str },
@@ -323,6 +343,7 @@ impl Acceptor {
             ProposerMessage::VoteRequest(m) => Ok(self.handle_vote_request(m)),
             ProposerMessage::Elected(m) => self.handle_elected(m),
             ProposerMessage::Append(m) => self.handle_append(m),
+            ProposerMessage::Reseed(m) => self.handle_reseed(m),
         }
     }
 
@@ -481,6 +502,39 @@ impl Acceptor {
             flush_lsn: self.state.flush_lsn,
             commit_lsn: self.state.commit_lsn,
             slot_horizon_lsn: Lsn::INVALID,
+            local_start_lsn: self.state.local_start_lsn,
+        })
+    }
+
+    /// Restart the log at `m.start_lsn`. Safe because the proposer sends it
+    /// only after this term's Elected, so everything held here is a prefix
+    /// of the proposer's log, and `start_lsn` is committed: nothing dropped
+    /// is needed by a future leader, and WAL below `start_lsn` is simply not
+    /// held here any more, as after a trim.
+    fn handle_reseed(&mut self, m: &Reseed) -> Result<Effects, Refusal> {
+        let s = &self.state;
+        let last = s.term_history.last().map_or(0, |e| e.term);
+        if m.term != s.term || last != m.term || m.start_lsn <= s.flush_lsn {
+            return Err(Refusal::BadReseed {
+                ttid: s.ttid,
+                start: m.start_lsn,
+                proposed: m.term,
+                own: s.term,
+                last,
+                flush: s.flush_lsn,
+            });
+        }
+        let from_flush = s.flush_lsn;
+        self.state.local_start_lsn = m.start_lsn;
+        self.state.flush_lsn = m.start_lsn;
+        self.state.commit_lsn = m.start_lsn;
+        Ok(Effects {
+            writes: vec![Write::TrimWal { below: m.start_lsn }, self.put_state()],
+            reply: Some(self.append_response()),
+            events: vec![Event::Reseeded {
+                from_flush,
+                to: m.start_lsn,
+            }],
         })
     }
 
@@ -571,17 +625,26 @@ impl Acceptor {
         Ok(self.put_state())
     }
 
-    /// Remove whole segments below the segment holding `horizon` (never past
-    /// `commit_lsn`). Returns no writes when nothing would be removed.
-    pub fn trim(&mut self, horizon: Lsn) -> Vec<Write> {
-        let seg = self.state.server.wal_seg_size;
-        let below = horizon.min(self.state.commit_lsn).segment_start(seg);
+    /// Remove the WAL below `below` (never past `commit_lsn`). The daemon
+    /// passes segment starts (see [`trim_point`]); the simulation trims at
+    /// any LSN. Returns no writes when nothing would be removed.
+    pub fn trim(&mut self, below: Lsn) -> Vec<Write> {
+        let below = below.min(self.state.commit_lsn);
         if below <= self.state.local_start_lsn {
             return vec![];
         }
         self.state.local_start_lsn = below;
         vec![Write::TrimWal { below }, self.put_state()]
     }
+}
+
+/// Where retention trims for a removal `horizon`: the start of the segment
+/// holding `min(horizon, commit)`, since clients always ask from a segment
+/// start.
+pub fn trim_point(state: &TimelineState, horizon: Lsn) -> Lsn {
+    horizon
+        .min(state.commit_lsn)
+        .segment_start(state.server.wal_seg_size)
 }
 
 fn check_protocol(g: &Greeting) -> Result<(), Refusal> {

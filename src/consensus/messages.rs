@@ -53,6 +53,17 @@ pub struct Elected {
     pub term_history: TermHistory,
 }
 
+/// Restart an acceptor's log at `start_lsn`: it drops the WAL it holds and
+/// continues from there, its `local_start_lsn` moving there. Sent after
+/// Elected in the same term to a node that needs WAL no reachable member
+/// still holds (trimmed everywhere past `--max-wal-keep`). `start_lsn` is
+/// committed and above the node's flush_lsn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reseed {
+    pub term: Term,
+    pub start_lsn: Lsn,
+}
+
 /// Encoded by hand in `codec` so the WAL bytes travel raw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendRequest {
@@ -76,6 +87,7 @@ pub enum ProposerMessage {
     VoteRequest(VoteRequest),
     Elected(Elected),
     Append(AppendRequest),
+    Reseed(Reseed),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +115,9 @@ pub struct AppendResponse {
     pub commit_lsn: Lsn,
     /// This safekeeper's lowest durable slot position (`Lsn::INVALID`: none).
     pub slot_horizon_lsn: Lsn,
+    /// First LSN still stored here: a recovery read from this node can
+    /// start no lower.
+    pub local_start_lsn: Lsn,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

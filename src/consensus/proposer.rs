@@ -32,6 +32,9 @@ use crate::lsn::Lsn;
 pub struct ProposerFaults {
     /// Pick the donor by flush_lsn alone, ignoring last_log_term.
     pub donor_ignores_last_log_term: bool,
+    /// Re-seed a node at its source's flush_lsn (which may be uncommitted)
+    /// instead of the lowest LSN a source still holds.
+    pub reseed_at_source_flush: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,7 @@ enum Request {
     Vote(Term),
     Elected(Term),
     Append(Term),
+    Reseed(Term),
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +239,9 @@ struct Leader {
     /// Flush each member acknowledged after this term's Elected; kept over
     /// reconnects (it was durable when acknowledged).
     flush: BTreeMap<NodeId, Lsn>,
+    /// First LSN each member still stores, as of its last AppendResponse
+    /// (it only grows, so this is never above the truth).
+    local_start: BTreeMap<NodeId, Lsn>,
     slot: BTreeMap<NodeId, Lsn>,
     members: Vec<NodeId>,
 }
@@ -485,9 +492,10 @@ impl Proposer {
                 self.on_greeting(node, g, &mut out)
             }
             (Request::Vote(t), AcceptorMessage::Vote(v)) => self.on_vote(node, t, v, &mut out),
-            (Request::Elected(t) | Request::Append(t), AcceptorMessage::Append(a)) => {
-                self.on_append_response(node, t, a, &mut out)
-            }
+            (
+                Request::Elected(t) | Request::Append(t) | Request::Reseed(t),
+                AcceptorMessage::Append(a),
+            ) => self.on_append_response(node, t, a, &mut out),
             _ => self.drop_conn(node, &mut out),
         }
         out
@@ -507,6 +515,7 @@ impl Proposer {
             ProposerMessage::VoteRequest(v) => Request::Vote(v.term),
             ProposerMessage::Elected(e) => Request::Elected(e.term),
             ProposerMessage::Append(a) => Request::Append(a.term),
+            ProposerMessage::Reseed(r) => Request::Reseed(r.term),
         };
         conn.outstanding.push_back((req, self.now));
         out.push(Action::Send(node, msg));
@@ -646,6 +655,7 @@ impl Proposer {
             last_heartbeat: self.now,
             elected_at: self.now,
             flush: BTreeMap::new(),
+            local_start: BTreeMap::new(),
             slot: BTreeMap::new(),
             members: self.cfg.members.keys().copied().collect(),
         }));
@@ -725,6 +735,7 @@ impl Proposer {
         }
         conn.acked = a.flush_lsn;
         l.flush.insert(node, a.flush_lsn);
+        l.local_start.insert(node, a.local_start_lsn);
         l.slot.insert(node, a.slot_horizon_lsn);
         let reached: Vec<Lsn> = l
             .flush
@@ -803,9 +814,9 @@ impl Proposer {
                     return;
                 }
                 // A node that reached term_start_lsn in this term holds
-                // exactly our log below its flush (and serves recovery reads:
-                // its last_log_term is our term); prefer the donor.
-                let source = l
+                // exactly our log in [its local_start, its flush) (and
+                // serves recovery reads: its last_log_term is our term).
+                let sources: Vec<(NodeId, Lsn, Lsn)> = l
                     .flush
                     .iter()
                     .filter(|(n, f)| {
@@ -814,10 +825,48 @@ impl Proposer {
                             && **f >= l.term_start_lsn
                             && self.conns.contains_key(n)
                     })
-                    .max_by_key(|(n, f)| (**n == l.donor, **f))
-                    .map(|(n, f)| (*n, *f));
-                let Some((donor, donor_flush)) = source else {
-                    return;
+                    .map(|(n, f)| (*n, *f, l.local_start.get(n).copied().unwrap_or(Lsn(0))))
+                    .collect();
+                // Prefer the donor, then the longest log.
+                let holder = sources
+                    .iter()
+                    .filter(|(_, _, start)| *start <= next)
+                    .max_by_key(|(n, f, _)| (*n == l.donor, *f));
+                let Some(&(donor, donor_flush, _)) = holder else {
+                    // Every node that could serve `next` has trimmed it
+                    // (past --max-wal-keep): restart this node's log where
+                    // the WAL still is. That point is committed, since
+                    // nodes trim only below their commit_lsn. Only once
+                    // every other connected member has answered in this
+                    // term: one not heard from yet may still hold it.
+                    let all_heard = self
+                        .conns
+                        .keys()
+                        .all(|n| *n == node || l.flush.contains_key(n));
+                    if !all_heard {
+                        return;
+                    }
+                    let start = if self.cfg.faults.reseed_at_source_flush {
+                        sources.iter().map(|(_, f, _)| *f).max()
+                    } else {
+                        sources.iter().map(|(_, _, s)| *s).min()
+                    };
+                    let Some(start) = start else {
+                        return;
+                    };
+                    let term = l.term;
+                    if let Some(c) = self.conns.get_mut(&node) {
+                        c.next_lsn = start;
+                    }
+                    self.send(
+                        node,
+                        ProposerMessage::Reseed(Reseed {
+                            term,
+                            start_lsn: start,
+                        }),
+                        out,
+                    );
+                    continue;
                 };
                 let end = Lsn(l.buf_start.min(donor_flush).0.min(next.0 + room));
                 let id = self.next_read_id;
@@ -927,11 +976,17 @@ mod tests {
     }
 
     fn ack(term: Term, flush: u64) -> AcceptorMessage {
+        ack_holding(term, START, flush)
+    }
+
+    /// An AppendResponse from a node that stores `[local_start, flush)`.
+    fn ack_holding(term: Term, local_start: u64, flush: u64) -> AcceptorMessage {
         AcceptorMessage::Append(AppendResponse {
             term,
             flush_lsn: Lsn(flush),
             commit_lsn: Lsn(START),
             slot_horizon_lsn: Lsn::INVALID,
+            local_start_lsn: Lsn(local_start),
         })
     }
 
@@ -1061,5 +1116,75 @@ mod tests {
         assert_eq!(out, vec![Action::SteppedDown { term: 1, seen: 3 }]);
         assert_eq!(p.push_wal(b"x"), Err(NotElected));
         assert_eq!(p.max_term_seen(), 3);
+    }
+
+    /// A node needs WAL the donor trimmed (past --max-wal-keep): it is
+    /// re-seeded at the lowest LSN a source still holds, then recovered from
+    /// there; a later trim past that point re-seeds it again, higher.
+    #[test]
+    fn reseeds_a_node_whose_wal_every_source_trimmed() {
+        let mut p = proposer(3);
+        p.start_election();
+        greet(&mut p, 1, 0);
+        greet(&mut p, 2, 0);
+        p.on_message(NodeId(1), vote(1, START + 100, &[(1, START)]));
+        let out = p.on_message(NodeId(2), vote(1, START + 900, &[(1, START)]));
+        assert!(out.contains(&Action::Elected {
+            term: 1,
+            term_start_lsn: Lsn(START + 900),
+            donor: NodeId(2)
+        }));
+        // The donor stores only [START+500, START+900).
+        p.on_message(NodeId(1), ack(1, START + 100));
+        let out = p.on_message(NodeId(2), ack_holding(1, START + 500, START + 900));
+        let reseed = ProposerMessage::Reseed(Reseed {
+            term: 1,
+            start_lsn: Lsn(START + 500),
+        });
+        let at = out
+            .iter()
+            .position(|a| *a == Action::Send(NodeId(1), reseed.clone()))
+            .expect("a re-seed for node 1");
+        // Then recovery from the new start, never below it.
+        assert!(out[at..].iter().any(|a| matches!(a,
+            Action::RecoveryRead { target, donor, start, end, .. }
+                if *target == NodeId(1) && *donor == NodeId(2)
+                    && *start == Lsn(START + 500) && *end == Lsn(START + 900))));
+        assert!(!out
+            .iter()
+            .any(|a| matches!(a, Action::RecoveryRead { start, .. } if *start < Lsn(START + 500))));
+        let out = p.on_message(NodeId(1), ack_holding(1, START + 500, START + 500));
+        assert!(!out
+            .iter()
+            .any(|a| matches!(a, Action::Send(_, ProposerMessage::Reseed(_)))));
+    }
+
+    /// While some source still holds what a node needs, it is read from
+    /// there, not re-seeded.
+    #[test]
+    fn prefers_a_source_that_still_holds_the_wal_over_a_reseed() {
+        let mut p = proposer(3);
+        p.start_election();
+        greet(&mut p, 1, 0);
+        greet(&mut p, 2, 0);
+        greet(&mut p, 3, 0);
+        p.on_message(NodeId(1), vote(1, START + 100, &[(1, START)]));
+        p.on_message(NodeId(2), vote(1, START + 900, &[(1, START)]));
+        p.on_message(NodeId(3), vote(1, START + 900, &[(1, START)]));
+        // Node 3 has not answered yet: it may hold what node 1 needs.
+        let out = p.on_message(NodeId(2), ack_holding(1, START + 500, START + 900));
+        assert!(!out
+            .iter()
+            .any(|a| matches!(a, Action::Send(_, ProposerMessage::Reseed(_)))));
+        let out = p.on_message(NodeId(3), ack_holding(1, START, START + 900));
+        assert!(!out
+            .iter()
+            .any(|a| matches!(a, Action::Send(_, ProposerMessage::Reseed(_)))));
+        assert!(
+            out.iter().any(|a| matches!(a,
+            Action::RecoveryRead { target, donor, start, .. }
+                if *target == NodeId(1) && *donor == NodeId(3) && *start == Lsn(START + 100))),
+            "{out:?}"
+        );
     }
 }

@@ -120,7 +120,8 @@ impl Timeline {
         horizon: crate::lsn::Lsn,
     ) -> Option<oneshot::Receiver<Result<(), Arc<StoreError>>>> {
         let mut acceptor = self.lock();
-        let writes: Vec<Write> = acceptor.trim(horizon);
+        let below = crate::consensus::acceptor::trim_point(acceptor.state(), horizon);
+        let writes: Vec<Write> = acceptor.trim(below);
         if writes.is_empty() {
             return None;
         }
@@ -138,6 +139,9 @@ fn log_events(ttid: Ttid, _before: u64, effects: &Effects) {
             }
             Event::Truncated { from_flush, to } => {
                 tracing::warn!(timeline = %ttid, from = %from_flush, to = %to, "WAL truncated to the new proposer's history")
+            }
+            Event::Reseeded { from_flush, to } => {
+                tracing::warn!(timeline = %ttid, flush_lsn = %from_flush, local_start_lsn = %to, "re-seeded by the proposer: the WAL this node lacked was trimmed on every peer (past --max-wal-keep); dropped the WAL held here and continuing at {to}")
             }
         }
     }

@@ -201,6 +201,7 @@ fn message_name(m: &ProposerMessage) -> &'static str {
         ProposerMessage::VoteRequest(_) => "VoteRequest",
         ProposerMessage::Elected(_) => "Elected",
         ProposerMessage::Append(_) => "AppendRequest",
+        ProposerMessage::Reseed(_) => "Reseed",
     }
 }
 

@@ -94,6 +94,9 @@ impl SimOptions {
         if self.proposer_faults.donor_ignores_last_log_term {
             cmd.push_str(" --fault donor-ignores-last-log-term");
         }
+        if self.proposer_faults.reseed_at_source_flush {
+            cmd.push_str(" --fault reseed-at-source-flush");
+        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -129,6 +132,8 @@ pub struct Outcome {
     pub committed_bytes: u64,
     pub node_crashes: u64,
     pub refusals: u64,
+    pub trims: u64,
+    pub reseeds: u64,
 }
 
 struct Node {
@@ -403,7 +408,11 @@ impl Sim {
                 let p = self.rng.below(self.hosts.len() as u64) as usize;
                 self.push_wal(p)
             }
-            700..=899 => {
+            700..=719 => {
+                let n = self.rng.below(self.nodes.len() as u64) as usize;
+                self.trim_node(n)
+            }
+            720..=899 => {
                 let dt = self.rng.range(1, 12);
                 self.advance(dt)
             }
@@ -464,6 +473,39 @@ impl Sim {
                 Ok(())
             }
         }
+    }
+
+    /// Retention on one node: either below the peer horizon the proposer
+    /// reported (nobody needs that WAL), or, as `--max-wal-keep` does, at
+    /// any point up to its commit_lsn, so a lagging peer may need WAL no
+    /// node holds any more and must be re-seeded.
+    fn trim_node(&mut self, n: usize) -> Check {
+        let peer_horizon = self.rng.chance(50);
+        let back = self.rng.range(0, 4096);
+        let ttid = self.ttid;
+        let node = &mut self.nodes[n];
+        let Some(acceptor) = node.acceptor.as_mut() else {
+            return Ok(());
+        };
+        let s = acceptor.state();
+        let below = if peer_horizon {
+            s.peer_horizon_lsn
+        } else {
+            Lsn(s.commit_lsn.0.saturating_sub(back))
+        };
+        if !below.is_valid() {
+            return Ok(());
+        }
+        let writes = acceptor.trim(below);
+        let to = acceptor.state().local_start_lsn;
+        node.storage
+            .write(ttid, &writes)
+            .map_err(|e| e.to_string())?;
+        if !writes.is_empty() {
+            self.out.trims += 1;
+            self.log(|| format!("n{} trims below {to}", n + 1));
+        }
+        Ok(())
     }
 
     fn pick_conn(&mut self) -> Option<&(usize, usize)> {
@@ -664,6 +706,9 @@ impl Sim {
                 node.storage
                     .write(self.ttid, &effects.writes)
                     .map_err(|e| e.to_string())?;
+                if matches!(msg, ProposerMessage::Reseed(_)) {
+                    self.out.reseeds += 1;
+                }
                 node.truncations += effects
                     .writes
                     .iter()
@@ -1015,17 +1060,29 @@ impl Sim {
             self.start_lsn
         };
         let want = expected_wal(history, from, c);
+        let known_end = Lsn(self.start_lsn.0 + self.reference.len() as u64);
         let mut holders = 0;
         for node in &self.nodes {
-            let durable = node
+            let Some(durable) = node.storage.durable_state(self.ttid) else {
+                continue;
+            };
+            // A node that trimmed (or was re-seeded) past `from` holds the
+            // rest, provided what it lacks was committed before.
+            // (Reads see unsynced trims too: take the later start.)
+            let held_from = node
+                .acceptor
+                .as_ref()
+                .map_or(durable.local_start_lsn, |a| a.state().local_start_lsn)
+                .max(durable.local_start_lsn);
+            let lo = from.max(held_from);
+            if durable.flush_lsn < c || lo > c || (lo > from && lo > known_end) {
+                continue;
+            }
+            let skip = lo.distance_from(from) as usize;
+            if node
                 .storage
-                .durable_state(self.ttid)
-                .map_or(Lsn::INVALID, |s| s.flush_lsn);
-            if durable >= c
-                && node
-                    .storage
-                    .read_wal(self.ttid, from, c)
-                    .is_ok_and(|b| b == want)
+                .read_wal(self.ttid, lo, c)
+                .is_ok_and(|b| b == want[skip..])
             {
                 holders += 1;
             }
@@ -1124,5 +1181,6 @@ fn kind_p(m: &ProposerMessage) -> String {
             "Append(t{} {}..{} commit {} ph {})",
             a.term, a.begin_lsn, a.end_lsn, a.commit_lsn, a.peer_horizon_lsn
         ),
+        ProposerMessage::Reseed(r) => format!("Reseed(t{} at {})", r.term, r.start_lsn),
     }
 }

@@ -299,3 +299,94 @@ fn a_lagging_safekeeper_sends_consumers_elsewhere() {
     // A proposer is never refused.
     let _q = RawClient::connect(sk.pg_addr, "-c walkeeper.role=proposer");
 }
+
+/// The SQLSTATE and message of an ErrorResponse among `msgs`.
+fn error_of(msgs: &[BeMsg]) -> Option<(String, String)> {
+    let e = msgs.iter().find(|m| m.tag == b'E')?;
+    Some((e.error_field(b'C')?, e.error_field(b'M')?))
+}
+
+#[test]
+fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    // A one-member timeline with committed WAL; the proposer stays
+    // connected so consumers are served.
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, greeting(&[1], true), 1);
+    let wal = wal_bytes(1, START, 100_000);
+    push(&mut p, 1, START, &wal, 50_000, START + 100_000);
+
+    let mut streamer = RawClient::connect(sk.pg_addr, "");
+    let created = streamer.query("CREATE_REPLICATION_SLOT \"s\" PHYSICAL (RESERVE_WAL)");
+    assert_eq!(error_of(&created), None);
+    streamer.query_raw(&format!(
+        "START_REPLICATION SLOT \"s\" PHYSICAL {}",
+        Lsn(START)
+    ));
+    let m = streamer.read().expect("a reply to START_REPLICATION");
+    assert_eq!(m.tag, b'W', "expected CopyBothResponse, got {m:?}");
+
+    // Without WAIT: PostgreSQL's 55006.
+    let mut other = RawClient::connect(sk.pg_addr, "");
+    let (code, msg) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\"")).expect("an error");
+    assert_eq!(code, "55006");
+    assert!(
+        msg.starts_with("replication slot \"s\" is active for PID "),
+        "{msg}"
+    );
+    // With WAIT: no answer while the stream holds the slot ...
+    other.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
+    assert!(
+        other.try_read(Duration::from_secs(2)).is_none(),
+        "DROP … WAIT answered while the slot was in use"
+    );
+    let row = repl_sql(&sk, "READ_REPLICATION_SLOT s").unwrap();
+    assert_eq!(row, format!("physical|{}|1", Lsn(START)));
+    // ... and the drop once the streaming connection is gone.
+    drop(streamer);
+    let mut reply = Vec::new();
+    loop {
+        let m = other.read().expect("the reply to DROP … WAIT");
+        let done = m.tag == b'Z';
+        reply.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(error_of(&reply), None);
+    assert!(reply
+        .iter()
+        .any(|m| m.tag == b'C' && m.body.starts_with(b"DROP_REPLICATION_SLOT")));
+    assert_eq!(repl_sql(&sk, "READ_REPLICATION_SLOT s").unwrap(), "||");
+    // A slot that no longer exists: 42704, with or without WAIT.
+    let (code, _) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\" WAIT")).expect("an error");
+    assert_eq!(code, "42704");
+    // WAIT on a slot nobody uses drops it at once.
+    assert_eq!(
+        error_of(&other.query("CREATE_REPLICATION_SLOT \"t\" PHYSICAL")),
+        None
+    );
+    assert_eq!(
+        error_of(&other.query("DROP_REPLICATION_SLOT \"t\" WAIT")),
+        None
+    );
+    drop(p);
+}
+
+#[test]
+fn a_bad_wal_retention_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper"))
+        .arg("--datadir")
+        .arg(dir.path().join("sk"))
+        .args(["--init", "--node-id", "1", "--wal-retention", "1 fortnight"]));
+    assert!(!ok);
+    assert!(
+        err.contains("--wal-retention")
+            && err.contains("unknown unit \"fortnight\"")
+            && err.contains("10min"),
+        "{err}"
+    );
+    assert!(!dir.path().join("sk").exists(), "nothing is created");
+}

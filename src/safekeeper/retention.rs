@@ -323,7 +323,7 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
         .commits
         .retain(|ttid, _| all.iter().any(|t| t.ttid == *ttid));
     let warned = &mut memory.warned;
-    for t in all {
+    'timelines: for t in all {
         let Some(state) = t.durable().borrow().clone() else {
             continue;
         };
@@ -349,7 +349,7 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
                 if !matches!(synced.await, Ok(Ok(()))) {
                     // Not trimming: the slot may still be valid on disk.
                     tracing::error!(timeline = %t.ttid, slot = %name, "storing the invalidated slot failed; not trimming");
-                    continue;
+                    continue 'timelines;
                 }
             }
         }

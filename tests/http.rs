@@ -91,11 +91,15 @@ fn status_timelines_and_errors() {
     assert_eq!(t["commit_lsn"], Lsn(START + 4_000).to_string());
     assert_eq!(t["term"], 3);
     assert_eq!(t["wal_seg_size"], SEG);
+    // Where stored WAL starts, and how much of it this node holds.
+    assert_eq!(t["local_start_lsn"], Lsn(START).to_string());
+    assert_eq!(t["held_bytes"], 10_000);
 
     let path = format!("/v1/timelines/{}/{}", ttid().tenant_id, ttid().timeline_id);
     let (code, one) = get_json(sk.http_addr, &path);
     assert_eq!(code, 200);
     assert_eq!(one["flush_lsn"], t["flush_lsn"]);
+    assert_eq!(one["held_bytes"], 10_000);
     assert_eq!(one["term_history"][0]["term"], 3);
     assert_eq!(one["members"][0]["node_id"], 1);
 
@@ -151,10 +155,13 @@ fn metrics_follow_pushed_appends() {
     );
     let flush = format!("walkeeper_flush_lsn{labels}");
     let commit = format!("walkeeper_commit_lsn{labels}");
+    let held = format!("walkeeper_held_bytes{labels}");
+    let local_start = format!("walkeeper_local_start_lsn{labels}");
 
     let (code, text) = get(sk.http_addr, "/metrics");
     assert_eq!(code, 200);
     assert_eq!(metric(&text, &flush), Some(START as f64));
+    assert_eq!(metric(&text, &held), Some(0.0));
     let appends_before = metric(&text, "walkeeper_append_seconds_count").unwrap();
 
     let mut pos = START;
@@ -174,6 +181,9 @@ fn metrics_follow_pushed_appends() {
     let (_, text) = get(sk.http_addr, "/metrics");
     assert_eq!(metric(&text, &flush), Some(pos as f64), "{text}");
     assert_eq!(metric(&text, &commit), Some(committed as f64), "{text}");
+    assert_eq!(metric(&text, &local_start), Some(START as f64), "{text}");
+    assert_eq!(metric(&text, &held), Some((pos - START) as f64), "{text}");
+    assert!(text.contains("# TYPE walkeeper_held_bytes gauge"));
     assert_eq!(
         metric(&text, "walkeeper_append_seconds_count").unwrap() - appends_before,
         20.0

@@ -100,6 +100,7 @@ fn skctl_reads_a_store_while_the_daemon_runs_and_after_it_stopped() {
     assert_eq!(t["flush_lsn"], Lsn(end).to_string());
     assert_eq!(t["commit_lsn"], Lsn(START + 200_000).to_string());
     assert_eq!(t["local_start_lsn"], Lsn(START).to_string());
+    assert_eq!(t["held_bytes"], 300_000);
     assert_eq!(t["stored_bytes"], 300_000);
 
     let table = skctl(&datadir, &["timelines"]);
@@ -119,6 +120,11 @@ fn skctl_reads_a_store_while_the_daemon_runs_and_after_it_stopped() {
         show_text.stdout
     );
     assert!(show_text.stdout.contains("term history"));
+    assert!(
+        show_text.stdout.contains("held_bytes           300000 ("),
+        "{}",
+        show_text.stdout
+    );
 
     let chunks = skctl_json(&datadir, &["wal", &tl()]);
     let chunks = chunks.as_array().unwrap();

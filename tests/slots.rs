@@ -34,16 +34,22 @@ fn slot_lsn(sk: &Safekeeper, name: &str) -> Option<Lsn> {
     row.split('|').nth(1).and_then(|l| l.parse().ok())
 }
 
-fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+/// The body of an HTTP GET; None when the daemon does not answer.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines().find_map(|l| {
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+    http_get(addr, "/metrics")?.lines().find_map(|l| {
         l.strip_prefix(series)?
             .rsplit(' ')
             .next()?
@@ -51,6 +57,40 @@ fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
             .ok()
             .map(|v| v as u64)
     })
+}
+
+/// A node's stored WAL of its one timeline, from `GET /v1/timelines`.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    local_start: Lsn,
+    flush: Lsn,
+    commit: Lsn,
+    peer_horizon: Lsn,
+    slot_horizon: Lsn,
+    held_bytes: u64,
+    seg: u64,
+}
+
+fn held(sk: &Safekeeper) -> Option<Held> {
+    let list: serde_json::Value =
+        serde_json::from_str(&http_get(sk.http_addr, "/v1/timelines")?).ok()?;
+    let t = list.as_array()?.first()?;
+    let lsn = |f: &str| t[f].as_str()?.parse::<Lsn>().ok();
+    let h = Held {
+        local_start: lsn("local_start_lsn")?,
+        flush: lsn("flush_lsn")?,
+        commit: lsn("commit_lsn")?,
+        peer_horizon: lsn("peer_horizon_lsn")?,
+        slot_horizon: lsn("slot_horizon_lsn")?,
+        held_bytes: t["held_bytes"].as_u64()?,
+        seg: t["wal_seg_size"].as_u64()?,
+    };
+    assert_eq!(
+        h.held_bytes,
+        h.flush.0 - h.local_start.0,
+        "held_bytes is flush_lsn - local_start_lsn: {h:?}"
+    );
+    Some(h)
 }
 
 /// A safekeeper with extra flags (common::Safekeeper passes none).
@@ -298,4 +338,301 @@ fn a_lagging_safekeeper_sends_consumers_elsewhere() {
     assert!(err.contains("behind"), "{err}");
     // A proposer is never refused.
     let _q = RawClient::connect(sk.pg_addr, "-c walkeeper.role=proposer");
+}
+
+/// The SQLSTATE and message of an ErrorResponse among `msgs`.
+fn error_of(msgs: &[BeMsg]) -> Option<(String, String)> {
+    let e = msgs.iter().find(|m| m.tag == b'E')?;
+    Some((e.error_field(b'C')?, e.error_field(b'M')?))
+}
+
+#[test]
+fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    // A one-member timeline with committed WAL; the proposer stays
+    // connected so consumers are served.
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, greeting(&[1], true), 1);
+    let wal = wal_bytes(1, START, 100_000);
+    push(&mut p, 1, START, &wal, 50_000, START + 100_000);
+
+    let mut streamer = RawClient::connect(sk.pg_addr, "");
+    let created = streamer.query("CREATE_REPLICATION_SLOT \"s\" PHYSICAL (RESERVE_WAL)");
+    assert_eq!(error_of(&created), None);
+    streamer.query_raw(&format!(
+        "START_REPLICATION SLOT \"s\" PHYSICAL {}",
+        Lsn(START)
+    ));
+    let m = streamer.read().expect("a reply to START_REPLICATION");
+    assert_eq!(m.tag, b'W', "expected CopyBothResponse, got {m:?}");
+
+    // Without WAIT: PostgreSQL's 55006.
+    let mut other = RawClient::connect(sk.pg_addr, "");
+    let (code, msg) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\"")).expect("an error");
+    assert_eq!(code, "55006");
+    assert!(
+        msg.starts_with("replication slot \"s\" is active for PID "),
+        "{msg}"
+    );
+    // With WAIT: no answer while the stream holds the slot ...
+    other.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
+    assert!(
+        other.try_read(Duration::from_secs(2)).is_none(),
+        "DROP … WAIT answered while the slot was in use"
+    );
+    let row = repl_sql(&sk, "READ_REPLICATION_SLOT s").unwrap();
+    assert_eq!(row, format!("physical|{}|1", Lsn(START)));
+    // ... and the drop once the streaming connection is gone.
+    drop(streamer);
+    let mut reply = Vec::new();
+    loop {
+        let m = other.read().expect("the reply to DROP … WAIT");
+        let done = m.tag == b'Z';
+        reply.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(error_of(&reply), None);
+    assert!(reply
+        .iter()
+        .any(|m| m.tag == b'C' && m.body.starts_with(b"DROP_REPLICATION_SLOT")));
+    assert_eq!(repl_sql(&sk, "READ_REPLICATION_SLOT s").unwrap(), "||");
+    // A slot that no longer exists: 42704, with or without WAIT.
+    let (code, _) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\" WAIT")).expect("an error");
+    assert_eq!(code, "42704");
+    // WAIT on a slot nobody uses drops it at once.
+    assert_eq!(
+        error_of(&other.query("CREATE_REPLICATION_SLOT \"t\" PHYSICAL")),
+        None
+    );
+    assert_eq!(
+        error_of(&other.query("DROP_REPLICATION_SLOT \"t\" WAIT")),
+        None
+    );
+    drop(p);
+}
+
+#[test]
+fn a_bad_wal_retention_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper"))
+        .arg("--datadir")
+        .arg(dir.path().join("sk"))
+        .args(["--init", "--node-id", "1", "--wal-retention", "1 fortnight"]));
+    assert!(!ok);
+    assert!(
+        err.contains("--wal-retention")
+            && err.contains("unknown unit \"fortnight\"")
+            && err.contains("10min"),
+        "{err}"
+    );
+    assert!(!dir.path().join("sk").exists(), "nothing is created");
+}
+
+#[test]
+fn retention_by_age_keeps_wal_committed_less_than_that_long_ago() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = start_sk(dir.path(), 1, &["--wal-retention", "3s"]);
+    assert!(
+        sk.log_text().contains("--wal-retention 3s"),
+        "{}",
+        sk.log_text()
+    );
+    // A one-member timeline of 1 MiB segments, so a few MiB are segments.
+    let seg = 1u64 << 20;
+    let mut g = greeting(&[1], true);
+    g.server.wal_seg_size = seg as u32;
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, g, 1);
+    // Nothing committed before this instant can be trimmed by age: every
+    // byte past the first segment is committed after it.
+    let before_commit = std::time::Instant::now();
+    let wal = wal_bytes(1, START, 3 * seg as usize + 1000);
+    let mut pos = START;
+    let mut sent = 0;
+    for piece in wal.chunks(256 << 10) {
+        // The peer horizon follows commit: only the age holds WAL here.
+        p.send(&with_horizon(append(1, pos, piece, pos), pos));
+        pos += piece.len() as u64;
+        sent += 1;
+    }
+    p.send(&with_horizon(append(1, pos, &[], pos), pos));
+    for _ in 0..=sent {
+        p.recv();
+    }
+    let end = Lsn(pos);
+    let h = held(&sk).unwrap();
+    assert_eq!((h.commit, h.flush), (end, end));
+    let trimmed = wait_for(Duration::from_secs(30), "trimming by age", || {
+        held(&sk).filter(|h| h.local_start > Lsn(START))
+    });
+    let waited = before_commit.elapsed();
+    eprintln!("trimmed by age after {waited:?}: {trimmed:?}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "WAL committed {waited:?} ago was trimmed under --wal-retention 3s: {trimmed:?}"
+    );
+    // Everything is old enough by now: down to the segment holding commit.
+    let last = wait_for(
+        Duration::from_secs(30),
+        "the last whole segment to go",
+        || held(&sk).filter(|h| h.local_start == end.segment_start(seg as u32)),
+    );
+    assert_eq!(last.held_bytes, end.0 - end.segment_start(seg as u32).0);
+    assert!(sk
+        .log_text()
+        .contains("nothing is trimmed by age until it has run for 3s"));
+    drop(p);
+}
+
+/// An append carrying a peer horizon (common::append sends none).
+fn with_horizon(
+    m: walkeeper::consensus::messages::ProposerMessage,
+    horizon: u64,
+) -> walkeeper::consensus::messages::ProposerMessage {
+    match m {
+        walkeeper::consensus::messages::ProposerMessage::Append(mut a) => {
+            a.peer_horizon_lsn = Lsn(horizon);
+            walkeeper::consensus::messages::ProposerMessage::Append(a)
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn a_lagging_slot_holds_wal_on_every_safekeeper_until_it_confirms() {
+    if !pg::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| start_sk(dir.path(), n, &["--wal-retention", "0"]))
+        .collect();
+    let mut c = Cluster {
+        dir,
+        pg,
+        sks,
+        proxy: None,
+    };
+    c.start_proxy("proxy1", &["--create-timeline"]);
+    c.wait_sync();
+    let seg = held(&c.sks[0]).expect("the timeline").seg;
+    assert_eq!(
+        c.pg.sql("SHOW wal_segment_size"),
+        format!("{}MB", seg >> 20)
+    );
+
+    // A durable slot on one safekeeper; its position reaches the others
+    // through the proxy (AppendResponse, then the slot horizon it sends).
+    repl_sql(
+        &c.sks[0],
+        "CREATE_REPLICATION_SLOT \"lag\" PHYSICAL (RESERVE_WAL)",
+    )
+    .unwrap();
+    let reserved = slot_lsn(&c.sks[0], "lag").expect("a reserved slot");
+    for sk in &c.sks {
+        wait_for(
+            Duration::from_secs(30),
+            "the slot horizon on every node",
+            || held(sk).filter(|h| h.slot_horizon == reserved),
+        );
+    }
+    let before: Vec<Held> = c.sks.iter().map(|sk| held(sk).unwrap()).collect();
+
+    // Several segments of WAL while nobody confirms.
+    let mut end = c.flush_lsn();
+    while end.0 < reserved.0 + 4 * seg {
+        let (ok, out, err) = run(&mut c.pgbench(&["-i", "-s", "2", "-q"]));
+        assert!(ok, "pgbench -i failed: {out}{err}");
+        end = c.flush_lsn();
+    }
+    for (sk, b) in c.sks.iter().zip(&before) {
+        // Every node has the WAL, and every member reported it to the proxy
+        // (so without the slot it could all go) ...
+        let h = wait_for(
+            Duration::from_secs(60),
+            "the peer horizon past the WAL",
+            || held(sk).filter(|h| h.commit >= end && h.peer_horizon >= end),
+        );
+        // ... yet the slot holds it: stored WAL grew by several segments.
+        assert!(h.local_start <= reserved, "node {}: {h:?}", sk.node_id);
+        assert!(
+            h.held_bytes >= b.held_bytes + 3 * seg,
+            "node {}: {h:?} after {b:?}",
+            sk.node_id
+        );
+        assert!(h.held_bytes >= h.flush.0 - reserved.0);
+    }
+    // And keeps holding it pass after pass (the retention task runs every
+    // second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        for sk in &c.sks {
+            let h = held(sk).unwrap();
+            assert!(h.local_start <= reserved, "node {}: {h:?}", sk.node_id);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lagging: Vec<Held> = c.sks.iter().map(|sk| held(sk).unwrap()).collect();
+
+    // The consumer catches up and confirms: pg_receivewal on the slot.
+    let out = c.dir.path().join("receivewal");
+    std::fs::create_dir(&out).unwrap();
+    let _recv = KillOnDrop(
+        Command::new(pg::pg_bin("pg_receivewal"))
+            .arg("-D")
+            .arg(&out)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "--synchronous",
+                "--slot=lag",
+                "--no-loop",
+            ])
+            .arg("-p")
+            .arg(c.sks[0].pg_addr.port().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting pg_receivewal"),
+    );
+    let confirmed = wait_for(
+        Duration::from_secs(120),
+        "the slot to confirm the WAL",
+        || slot_lsn(&c.sks[0], "lag").filter(|l| *l >= end),
+    );
+    // Every node trims below the segment holding the new horizon.
+    for (sk, l) in c.sks.iter().zip(&lagging) {
+        let h = wait_for(Duration::from_secs(60), "stored WAL to shrink", || {
+            held(sk).filter(|h| h.local_start >= end.segment_start(seg as u32))
+        });
+        assert!(h.slot_horizon >= end, "node {}: {h:?}", sk.node_id);
+        assert!(h.local_start <= confirmed, "node {}: {h:?}", sk.node_id);
+        assert!(
+            h.local_start.0 >= l.local_start.0 + 3 * seg,
+            "node {}: {h:?} after {l:?}",
+            sk.node_id
+        );
+        eprintln!(
+            "node {}: slot at {reserved}: held {} bytes from {} while it lagged; confirmed {confirmed}: held {} bytes from {}",
+            sk.node_id, l.held_bytes, l.local_start, h.held_bytes, h.local_start
+        );
+        // The primary is idle: held bytes drop by the trimmed segments.
+        assert!(
+            h.held_bytes + 2 * seg <= l.held_bytes,
+            "node {}: {h:?} after {l:?}",
+            sk.node_id
+        );
+        // The gauge says the same.
+        wait_for(Duration::from_secs(10), "walkeeper_held_bytes", || {
+            let gauge = metric(sk.http_addr, "walkeeper_held_bytes{")?;
+            (gauge == held(sk)?.held_bytes).then_some(())
+        });
+    }
 }

@@ -47,11 +47,14 @@ struct Args {
     #[arg(long)]
     restore_cluster: bool,
 
-    /// WAL always kept below the commit LSN, whatever consumers confirmed
-    /// (a size: 1GB, 512MB, 0), so late consumers without a slot still
-    /// find recent WAL.
-    #[arg(long, value_name = "SIZE", default_value = "1GB", value_parser = safekeeper::retention::parse_size)]
-    wal_retention: u64,
+    /// WAL always kept below the commit LSN, whatever consumers confirmed,
+    /// so late consumers without a slot still find recent WAL: a size (the
+    /// last 1GB, 512MB; a bare number is bytes) or a duration (WAL committed
+    /// less than 30s, 10min, 1h, 2d ago); 0 keeps none. Commit times are
+    /// remembered in memory only: after a start nothing is trimmed by age
+    /// until the daemon has run that long. --max-wal-keep caps either.
+    #[arg(long, value_name = "SIZE|DURATION", default_value = "1GB", value_parser = safekeeper::retention::parse_retention)]
+    wal_retention: safekeeper::retention::Retention,
 
     /// Most WAL below the commit LSN that slots and lagging peers may hold
     /// back; a slot needing more is invalidated (as with PostgreSQL's
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
         listen_http: args.listen_http,
         restore_cluster: args.restore_cluster,
         retention: safekeeper::retention::RetentionConfig {
-            retention_bytes: args.wal_retention,
+            retention: args.wal_retention,
             max_wal_keep: args.max_wal_keep,
         },
     };

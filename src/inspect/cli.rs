@@ -173,7 +173,7 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
                             t.flush_lsn.clone(),
                             t.commit_lsn.clone(),
                             t.local_start_lsn.clone(),
-                            human_bytes(t.stored_bytes),
+                            human_bytes(t.held_bytes),
                         ]
                     })
                     .collect();
@@ -185,7 +185,7 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
                         "FLUSH",
                         "COMMIT",
                         "LOCAL START",
-                        "STORED",
+                        "HELD",
                     ],
                     rows,
                 );
@@ -378,7 +378,10 @@ fn print_show(t: &TimelineInfo) {
             "settled",
             format!("term {} at {}", t.settled_term, t.settled_lsn),
         ),
-        ("stored", human_bytes(t.stored_bytes)),
+        (
+            "held_bytes",
+            format!("{} ({})", t.held_bytes, human_bytes(t.held_bytes)),
+        ),
         (
             "members",
             t.members

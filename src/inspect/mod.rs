@@ -233,7 +233,10 @@ pub struct TimelineInfo {
     pub settled_term: u64,
     pub settled_lsn: String,
     pub members: Vec<Member>,
-    /// WAL held here: `flush_lsn - local_start_lsn` (chunks tile that range).
+    /// WAL held here: `flush_lsn - local_start_lsn` (chunks tile that
+    /// range), what retention trims.
+    pub held_bytes: u64,
+    /// The same as `held_bytes`, under its first name (kept for scripts).
     pub stored_bytes: u64,
 }
 
@@ -285,6 +288,7 @@ impl From<&TimelineState> for TimelineInfo {
                     address: a.clone(),
                 })
                 .collect(),
+            held_bytes: s.flush_lsn.distance_from(s.local_start_lsn),
             stored_bytes: s.flush_lsn.distance_from(s.local_start_lsn),
         }
     }

@@ -286,6 +286,10 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
         | ReplicationCommand::CreateReplicationSlot { .. }
         | ReplicationCommand::DropReplicationSlot { .. }) => {
             super::slots::run_command(shared, conn, client, c).await?;
+            if *shared.shutdown.borrow() {
+                // A DROP_REPLICATION_SLOT … WAIT cut short by the shutdown.
+                return Ok(false);
+            }
         }
         ReplicationCommand::StartReplication {
             slot,

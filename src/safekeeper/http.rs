@@ -200,7 +200,7 @@ pub fn render_metrics(shared: &Shared) -> String {
         )
     };
     type Field = fn(&TimelineState) -> u64;
-    let per_timeline: [(&str, &str, Field); 4] = [
+    let per_timeline: [(&str, &str, Field); 5] = [
         (
             "walkeeper_flush_lsn",
             "End of the WAL durably held, as a byte position.",
@@ -215,6 +215,11 @@ pub fn render_metrics(shared: &Shared) -> String {
             "walkeeper_local_start_lsn",
             "First WAL position still stored here.",
             |s| s.local_start_lsn.0,
+        ),
+        (
+            "walkeeper_held_bytes",
+            "WAL bytes stored here (flush_lsn - local_start_lsn); retention trims them.",
+            |s| s.flush_lsn.distance_from(s.local_start_lsn),
         ),
         ("walkeeper_term", "Current term of the timeline.", |s| {
             s.term

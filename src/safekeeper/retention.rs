@@ -4,7 +4,8 @@
 //! more than `--max-wal-keep`, and trim whole segments below it through the
 //! group-commit writer (appends keep flowing: a trim is one more batch).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,49 @@ pub const DEFAULT_MAX_WAL_KEEP: u64 = 4 << 30;
 const INTERVAL: Duration = Duration::from_secs(1);
 /// How often a capped horizon is logged again for one timeline.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Commit samples kept per timeline for a time-based retention: one every
+/// retention / SAMPLES at most, so the floor errs (by at most that much) on
+/// the side of keeping more.
+const SAMPLES: u32 = 256;
+
+/// `--wal-retention`: WAL always kept below commit_lsn, as bytes or as the
+/// age of its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// The last N bytes below commit_lsn (0: none).
+    Bytes(u64),
+    /// WAL committed less than this long ago.
+    Age(Duration),
+}
+
+impl fmt::Display for Retention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Retention::Bytes(n) => write!(f, "{n} bytes"),
+            Retention::Age(d) => write!(f, "{}", format_duration(*d)),
+        }
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 || !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    [(86400, "d"), (3600, "h"), (60, "min")]
+        .iter()
+        .find(|(unit, _)| secs.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(unit, name)| format!("{}{name}", secs / unit),
+        )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
-    /// Bytes always kept below commit_lsn (`--wal-retention`).
-    pub retention_bytes: u64,
+    /// WAL always kept below commit_lsn (`--wal-retention`).
+    pub retention: Retention,
     /// Most bytes below commit_lsn anyone may hold back (`--max-wal-keep`).
     pub max_wal_keep: u64,
 }
@@ -29,34 +68,116 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
-            retention_bytes: 0,
+            retention: Retention::Bytes(0),
             max_wal_keep: DEFAULT_MAX_WAL_KEEP,
         }
     }
 }
 
-/// `1GB`, `512MB`, `64kB`, `4096` (bytes), as PostgreSQL writes sizes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
+const SIZE_UNITS: &str = "kB, MB, GB or TB";
+const TIME_UNITS: &str = "ms, s, min, h or d";
+
+/// Split `"10 min"` into its number and its unit.
+fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: expected e.g. 4GB, 512MB, 0"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+fn size_unit(unit: &str) -> Option<u64> {
+    Some(match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1 << 10,
         "mb" | "m" => 1 << 20,
         "gb" | "g" => 1 << 30,
         "tb" | "t" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown size unit {other:?} (use kB, MB, GB or TB)"
-            ))
-        }
-    };
+        _ => return None,
+    })
+}
+
+/// Milliseconds per unit, as PostgreSQL writes durations.
+fn time_unit(unit: &str) -> Option<u64> {
+    Some(match unit.to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    })
+}
+
+/// `1GB`, `512MB`, `64kB`, `4096` (bytes), as PostgreSQL writes sizes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("{s:?} is not a size: expected e.g. 4GB, 512MB, 0"))?;
+    let mult = size_unit(unit)
+        .ok_or_else(|| format!("{s:?}: unknown size unit {unit:?} (use {SIZE_UNITS})"))?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `--wal-retention`: a size (`1GB`, `512MB`, `0`) or a duration (`30s`,
+/// `10min`, `1h`, `2d`), as PostgreSQL writes them. A bare number is bytes.
+pub fn parse_retention(s: &str) -> Result<Retention, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s).ok_or_else(|| {
+        format!("{s:?} is neither a size nor a duration: expected e.g. 1GB, 512MB, 10min, 2d or 0")
+    })?;
+    if let Some(mult) = size_unit(unit) {
+        return n
+            .checked_mul(mult)
+            .map(Retention::Bytes)
+            .ok_or_else(|| format!("{s:?} is too large"));
+    }
+    if let Some(ms) = time_unit(unit) {
+        return n
+            .checked_mul(ms)
+            .map(|ms| Retention::Age(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("{s:?} is too long"));
+    }
+    Err(format!(
+        "{s:?}: unknown unit {unit:?}: give a size ({SIZE_UNITS}) or a duration ({TIME_UNITS}), e.g. 1GB or 10min"
+    ))
+}
+
+/// When a timeline's commit_lsn was seen where: (time, commit_lsn) samples,
+/// oldest first, so a time-based retention can tell what was committed long
+/// enough ago. In memory only: after a restart nothing is trimmed by age
+/// until the daemon has run for the retention period.
+#[derive(Debug, Clone, Default)]
+pub struct CommitHistory {
+    samples: VecDeque<(Instant, Lsn)>,
+}
+
+impl CommitHistory {
+    /// Note that at `now` the commit LSN was `commit`. A sample is kept only
+    /// when the commit moved and the last one is at least `age / SAMPLES`
+    /// old; samples no longer needed for a floor of `age` are dropped.
+    pub fn record(&mut self, now: Instant, commit: Lsn, age: Duration) {
+        let step = age / SAMPLES;
+        match self.samples.back() {
+            Some(&(_, last)) if commit <= last => {}
+            Some(&(at, _)) if now.saturating_duration_since(at) < step => {}
+            _ => self.samples.push_back((now, commit)),
+        }
+        // Keep the newest sample that is at least `age` old, nothing older.
+        while self.samples.len() >= 2 && now.saturating_duration_since(self.samples[1].0) >= age {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The time-based retention floor: every byte below it was committed at
+    /// least `age` before `now`. None while no sample is that old (nothing
+    /// may be trimmed by age yet).
+    pub fn floor(&self, now: Instant, age: Duration) -> Option<Lsn> {
+        self.samples
+            .iter()
+            .rev()
+            .find(|(at, _)| now.saturating_duration_since(*at) >= age)
+            .map(|(_, lsn)| *lsn)
+    }
 }
 
 /// What one pass does to a timeline.
@@ -71,13 +192,35 @@ pub struct Plan {
     pub capped: Option<String>,
 }
 
+/// The retention floor of a timeline whose commit LSN is `commit`: below
+/// it, `--wal-retention` keeps nothing. INVALID (keep everything) for an
+/// age whose history is not that long yet.
+pub fn retention_floor(
+    retention: Retention,
+    commit: Lsn,
+    history: &CommitHistory,
+    now: Instant,
+) -> Lsn {
+    match retention {
+        Retention::Bytes(n) => Lsn(commit.0.saturating_sub(n)),
+        Retention::Age(age) => history
+            .floor(now, age)
+            .map_or(Lsn::INVALID, |f| f.min(commit)),
+    }
+}
+
 /// The removal horizon: min(slots here, the peer and slot horizons the
-/// proposer reports, commit_lsn − retention), but never more than
+/// proposer reports, the retention floor), but never more than
 /// max_wal_keep below commit_lsn.
-pub fn plan(state: &TimelineState, holders: &[(String, Lsn)], cfg: &RetentionConfig) -> Plan {
+pub fn plan(
+    state: &TimelineState,
+    holders: &[(String, Lsn)],
+    retention_floor: Lsn,
+    max_wal_keep: u64,
+) -> Plan {
     let commit = state.commit_lsn;
-    let mut horizon = Lsn(commit.0.saturating_sub(cfg.retention_bytes));
-    let mut held_by = "the retention floor".to_string();
+    let mut horizon = retention_floor.min(commit);
+    let mut held_by = "the retention floor (--wal-retention)".to_string();
     let mut hold = |at: Lsn, what: String| {
         if at < horizon {
             horizon = at;
@@ -106,7 +249,7 @@ pub fn plan(state: &TimelineState, holders: &[(String, Lsn)], cfg: &RetentionCon
             format!("a slot on another safekeeper at {}", state.slot_horizon_lsn),
         );
     }
-    let floor = Lsn(commit.0.saturating_sub(cfg.max_wal_keep));
+    let floor = Lsn(commit.0.saturating_sub(max_wal_keep));
     if horizon >= floor {
         return Plan {
             horizon,
@@ -126,14 +269,32 @@ pub fn plan(state: &TimelineState, holders: &[(String, Lsn)], cfg: &RetentionCon
     }
 }
 
+/// Per-timeline memory of the retention task between passes.
+#[derive(Default)]
+struct Memory {
+    /// When a capped horizon was last logged.
+    warned: HashMap<Ttid, Instant>,
+    /// Commit samples, for a time-based --wal-retention.
+    commits: HashMap<Ttid, CommitHistory>,
+}
+
 pub async fn run(shared: Arc<Shared>, cfg: RetentionConfig) {
     let mut shutdown = shared.shutdown.clone();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned: HashMap<Ttid, Instant> = HashMap::new();
+    if let Retention::Age(age) = cfg.retention {
+        tracing::info!(
+            "--wal-retention {}: WAL committed less than that long ago is kept; commit times are \
+             remembered only while the daemon runs, so nothing is trimmed by age until it has \
+             run for {} (slots and peers still hold what they need)",
+            cfg.retention,
+            format_duration(age)
+        );
+    }
+    let mut memory = Memory::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => pass(&shared, &cfg, &mut warned).await,
+            _ = tick.tick() => pass(&shared, &cfg, &mut memory).await,
             _ = shutdown.changed() => break,
         }
     }
@@ -154,14 +315,30 @@ pub async fn flush_slots(shared: &Shared) {
     }
 }
 
-async fn pass(shared: &Shared, cfg: &RetentionConfig, warned: &mut HashMap<Ttid, Instant>) {
+async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
     flush_slots(shared).await;
     let writer = shared.timelines.writer();
-    for t in shared.timelines.all() {
+    let all = shared.timelines.all();
+    memory
+        .commits
+        .retain(|ttid, _| all.iter().any(|t| t.ttid == *ttid));
+    let warned = &mut memory.warned;
+    'timelines: for t in all {
         let Some(state) = t.durable().borrow().clone() else {
             continue;
         };
-        let plan = plan(&state, &shared.slots.holders(t.ttid), cfg);
+        let now = Instant::now();
+        let history = memory.commits.entry(t.ttid).or_default();
+        if let Retention::Age(age) = cfg.retention {
+            history.record(now, state.commit_lsn, age);
+        }
+        let floor = retention_floor(cfg.retention, state.commit_lsn, history, now);
+        let plan = plan(
+            &state,
+            &shared.slots.holders(t.ttid),
+            floor,
+            cfg.max_wal_keep,
+        );
         for (name, at) in &plan.invalidate {
             let reason = format!(
                 "its restart LSN {at} is more than --max-wal-keep ({} bytes) behind commit LSN {}",
@@ -172,7 +349,7 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, warned: &mut HashMap<Ttid,
                 if !matches!(synced.await, Ok(Ok(()))) {
                     // Not trimming: the slot may still be valid on disk.
                     tracing::error!(timeline = %t.ttid, slot = %name, "storing the invalidated slot failed; not trimming");
-                    continue;
+                    continue 'timelines;
                 }
             }
         }
@@ -233,36 +410,35 @@ mod tests {
         s
     }
 
+    const KEEP: u64 = DEFAULT_MAX_WAL_KEEP;
+
     #[test]
     fn the_horizon_is_the_lowest_holder() {
-        let cfg = RetentionConfig::default();
+        let none = Lsn(u64::MAX);
         let s = state(100 << 20, 90 << 20, 0);
-        assert_eq!(plan(&s, &[], &cfg).horizon, Lsn(90 << 20));
-        let p = plan(&s, &[("a".into(), Lsn(50 << 20))], &cfg);
+        assert_eq!(plan(&s, &[], none, KEEP).horizon, Lsn(90 << 20));
+        let p = plan(&s, &[("a".into(), Lsn(50 << 20))], none, KEEP);
         assert_eq!(p.horizon, Lsn(50 << 20));
         assert!(p.invalidate.is_empty());
         let s = state(100 << 20, 90 << 20, 40 << 20);
-        assert_eq!(plan(&s, &[], &cfg).horizon, Lsn(40 << 20));
+        assert_eq!(plan(&s, &[], none, KEEP).horizon, Lsn(40 << 20));
         // The retention floor keeps bytes below commit.
-        let cfg = RetentionConfig {
-            retention_bytes: 30 << 20,
-            ..cfg
-        };
-        assert_eq!(
-            plan(&state(100 << 20, 90 << 20, 0), &[], &cfg).horizon,
-            Lsn(70 << 20)
+        let s = state(100 << 20, 90 << 20, 0);
+        let floor = retention_floor(
+            Retention::Bytes(30 << 20),
+            s.commit_lsn,
+            &CommitHistory::default(),
+            Instant::now(),
         );
+        assert_eq!(floor, Lsn(70 << 20));
+        assert_eq!(plan(&s, &[], floor, KEEP).horizon, Lsn(70 << 20));
         // A member not heard from holds everything.
         let s = state(100 << 20, 0, 0);
-        assert_eq!(plan(&s, &[], &cfg).horizon, s.local_start_lsn);
+        assert_eq!(plan(&s, &[], none, KEEP).horizon, s.local_start_lsn);
     }
 
     #[test]
     fn max_wal_keep_invalidates_the_slot_holding_wal_back() {
-        let cfg = RetentionConfig {
-            retention_bytes: 0,
-            max_wal_keep: 64 << 20,
-        };
         let s = state(200 << 20, 190 << 20, 0);
         let p = plan(
             &s,
@@ -270,11 +446,76 @@ mod tests {
                 ("old".into(), Lsn(32 << 20)),
                 ("new".into(), Lsn(180 << 20)),
             ],
-            &cfg,
+            s.commit_lsn,
+            64 << 20,
         );
         assert_eq!(p.horizon, Lsn(136 << 20));
         assert_eq!(p.invalidate, vec![("old".to_string(), Lsn(32 << 20))]);
         assert!(p.capped.unwrap().contains("old"));
+        // A time-based retention that holds everything is capped too, and
+        // invalidates no slot that is within the cap.
+        let p = plan(
+            &s,
+            &[("new".into(), Lsn(180 << 20))],
+            Lsn::INVALID,
+            64 << 20,
+        );
+        assert_eq!(p.horizon, Lsn(136 << 20));
+        assert!(p.invalidate.is_empty());
+        assert!(p.capped.unwrap().contains("--wal-retention"));
+    }
+
+    #[test]
+    fn a_time_based_floor_is_the_commit_of_the_newest_sample_old_enough() {
+        let age = Duration::from_secs(600);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut h = CommitHistory::default();
+        let floor =
+            |h: &CommitHistory, now| retention_floor(Retention::Age(age), Lsn(1 << 40), h, now);
+        // Before the daemon has watched commits for `age`: nothing by age.
+        for sec in 0..600 {
+            h.record(at(sec), Lsn(1000 + sec), age);
+            assert_eq!(floor(&h, at(sec)), Lsn::INVALID, "at {sec} s");
+        }
+        // From then on: what was committed `age` ago (samples are at most
+        // age/256 = 2.34 s apart, so the floor lags by at most that).
+        for sec in 600..2000 {
+            h.record(at(sec), Lsn(1000 + sec), age);
+            let f = floor(&h, at(sec)).0;
+            assert!(
+                f <= 1000 + sec - 600,
+                "at {sec} s: floor {f} keeps too little"
+            );
+            assert!(
+                f + 3 >= 1000 + sec - 600,
+                "at {sec} s: floor {f} keeps too much"
+            );
+        }
+        assert!(
+            h.samples.len() <= SAMPLES as usize + 2,
+            "{}",
+            h.samples.len()
+        );
+        // Idle: the floor reaches the last sampled commit once that is old
+        // enough; the very last commit, sampled late, a little later.
+        let f = floor(&h, at(2000 + 599)).0;
+        assert!((2996..=2999).contains(&f), "{f}");
+        h.record(at(2000 + 600), Lsn(2999), age);
+        h.record(at(3300), Lsn(2999), age);
+        assert_eq!(floor(&h, at(3300)), Lsn(2999));
+        // Never above the commit LSN.
+        assert_eq!(
+            retention_floor(Retention::Age(age), Lsn(5), &h, at(5000)),
+            Lsn(5)
+        );
+        // A zero age keeps nothing beyond the last commit seen.
+        let mut h = CommitHistory::default();
+        h.record(t0, Lsn(7), Duration::ZERO);
+        assert_eq!(
+            retention_floor(Retention::Age(Duration::ZERO), Lsn(7), &h, t0),
+            Lsn(7)
+        );
     }
 
     #[test]
@@ -284,5 +525,31 @@ mod tests {
         assert_eq!(parse_size("0"), Ok(0));
         assert!(parse_size("4 parsecs").is_err());
         assert!(parse_size("GB").is_err());
+        assert!(parse_size("10min").unwrap_err().contains("size unit"));
+    }
+
+    #[test]
+    fn retention_is_a_size_or_a_duration() {
+        assert_eq!(parse_retention("1GB"), Ok(Retention::Bytes(1 << 30)));
+        assert_eq!(parse_retention("0"), Ok(Retention::Bytes(0)));
+        assert_eq!(parse_retention("512 MB"), Ok(Retention::Bytes(512 << 20)));
+        let secs = |n| Ok(Retention::Age(Duration::from_secs(n)));
+        assert_eq!(parse_retention("30s"), secs(30));
+        assert_eq!(parse_retention("10min"), secs(600));
+        assert_eq!(parse_retention("10 min"), secs(600));
+        assert_eq!(parse_retention("1h"), secs(3600));
+        assert_eq!(parse_retention("2d"), secs(2 * 86400));
+        assert_eq!(
+            parse_retention("250ms"),
+            Ok(Retention::Age(Duration::from_millis(250)))
+        );
+        let e = parse_retention("1 fortnight").unwrap_err();
+        assert!(e.contains("\"fortnight\"") && e.contains("min"), "{e}");
+        assert!(parse_retention("fortnight").is_err());
+        assert!(parse_retention("-1h").is_err());
+        assert!(parse_retention("99999999999999999d").is_err());
+        for r in ["10min", "2d", "1h", "30s", "250ms"] {
+            assert_eq!(parse_retention(r).unwrap().to_string(), r);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
@@ -51,6 +51,13 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The session using the slot, as PostgreSQL's active_pid: the one
+    /// streaming from it, or the session a temporary slot belongs to (it
+    /// stays acquired by its creator until that session ends).
+    pub fn in_use_by(&self) -> Option<u64> {
+        self.active.or(self.owner)
+    }
+
     /// The position this slot holds WAL back for, if any.
     pub fn holds(&self) -> Option<Lsn> {
         let at = if self.temporary {
@@ -75,6 +82,9 @@ type Synced = oneshot::Receiver<Result<(), Arc<StoreError>>>;
 pub struct Slots {
     map: Mutex<HashMap<Ttid, BTreeMap<String, Slot>>>,
     next_session: AtomicU64,
+    /// Woken whenever a session ends and releases what it held
+    /// (`DROP_REPLICATION_SLOT … WAIT` waits on it).
+    released: Notify,
 }
 
 /// A client connection's claim on slots: dropping it releases the slots it
@@ -111,6 +121,20 @@ pub fn validate_name(name: &str) -> Result<(), SlotError> {
     Ok(())
 }
 
+fn in_use(name: &str, session: u64) -> SlotError {
+    err(
+        OBJECT_IN_USE,
+        format!("replication slot \"{name}\" is active for PID {session}"),
+    )
+}
+
+fn shutting_down() -> SlotError {
+    err(
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command".into(),
+    )
+}
+
 fn no_such_slot(name: &str) -> SlotError {
     err(
         sqlstate::UNDEFINED_OBJECT,
@@ -137,6 +161,7 @@ impl Slots {
         Arc::new(Slots {
             map: Mutex::new(map),
             next_session: AtomicU64::new(1),
+            released: Notify::new(),
         })
     }
 
@@ -203,11 +228,8 @@ impl Slots {
         let mut map = self.lock();
         let slots = map.get_mut(&ttid).ok_or_else(|| no_such_slot(name))?;
         let slot = slots.get(name).ok_or_else(|| no_such_slot(name))?;
-        if let Some(a) = slot.active.filter(|a| *a != session) {
-            return Err(err(
-                OBJECT_IN_USE,
-                format!("replication slot \"{name}\" is active for PID {a}"),
-            ));
+        if let Some(a) = slot.in_use_by().filter(|a| *a != session) {
+            return Err(in_use(name, a));
         }
         let temporary = slot.temporary;
         slots.remove(name);
@@ -221,6 +243,48 @@ impl Slots {
                 }],
             )
         }))
+    }
+
+    /// `DROP_REPLICATION_SLOT "s" WAIT`: like [`Slots::drop_slot`], but a
+    /// slot another session uses is dropped once that session releases it
+    /// (as PostgreSQL waits on the slot's condition variable) rather than
+    /// refused. Gives up with 57P01 when the daemon shuts down.
+    pub async fn drop_slot_wait(
+        &self,
+        writer: &WriterHandle,
+        ttid: Ttid,
+        name: &str,
+        session: u64,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Synced>, SlotError> {
+        let mut logged = false;
+        loop {
+            // Registered before the check, so a release between the check
+            // and the wait is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.drop_slot(writer, ttid, name, session) {
+                Err(e) if e.code == OBJECT_IN_USE => {
+                    if !logged {
+                        tracing::info!(timeline = %ttid, slot = %name, "DROP_REPLICATION_SLOT WAIT: waiting for the slot to be released ({})", e.message);
+                        logged = true;
+                    }
+                }
+                done => return done,
+            }
+            if *shutdown.borrow_and_update() {
+                return Err(shutting_down());
+            }
+            tokio::select! {
+                _ = &mut released => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Err(shutting_down());
+                    }
+                }
+            }
+        }
     }
 
     pub fn get(&self, ttid: Ttid, name: &str) -> Option<Slot> {
@@ -241,11 +305,8 @@ impl Slots {
             .get_mut(&ttid)
             .and_then(|s| s.get_mut(name))
             .ok_or_else(|| no_such_slot(name))?;
-        if let Some(a) = slot.active.filter(|a| *a != session) {
-            return Err(err(
-                OBJECT_IN_USE,
-                format!("replication slot \"{name}\" is active for PID {a}"),
-            ));
+        if let Some(a) = slot.in_use_by().filter(|a| *a != session) {
+            return Err(in_use(name, a));
         }
         if let Some(why) = &slot.invalidated {
             return Err(err(
@@ -274,14 +335,23 @@ impl Slots {
     }
 
     fn end_session(&self, session: u64) {
-        let mut map = self.lock();
-        for slots in map.values_mut() {
-            slots.retain(|_, s| s.owner != Some(session));
-            for s in slots.values_mut() {
-                if s.active == Some(session) {
-                    s.active = None;
+        let mut released = false;
+        {
+            let mut map = self.lock();
+            for slots in map.values_mut() {
+                let before = slots.len();
+                slots.retain(|_, s| s.owner != Some(session));
+                released |= slots.len() != before;
+                for s in slots.values_mut() {
+                    if s.active == Some(session) {
+                        s.active = None;
+                        released = true;
+                    }
                 }
             }
+        }
+        if released {
+            self.released.notify_waiters();
         }
     }
 
@@ -443,14 +513,30 @@ pub async fn run_command<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin
                 }
             }
         }
-        C::DropReplicationSlot { slot, .. } => {
-            // WAIT would wait for an active slot to be released; streams
-            // here end with their connection, so it is answered like
-            // PostgreSQL without WAIT (55006).
-            match shared
-                .slots
-                .drop_slot(writer, t.ttid, &slot, client.session)
-            {
+        C::DropReplicationSlot { slot, wait } => {
+            // Without WAIT a slot another session uses is refused (55006);
+            // with it, dropped once that session lets go, as PostgreSQL does.
+            let dropped = if wait {
+                shared
+                    .slots
+                    .drop_slot_wait(
+                        writer,
+                        t.ttid,
+                        &slot,
+                        client.session,
+                        shared.shutdown.clone(),
+                    )
+                    .await
+            } else {
+                shared
+                    .slots
+                    .drop_slot(writer, t.ttid, &slot, client.session)
+            };
+            match dropped {
+                Err(e) if e.code == sqlstate::ADMIN_SHUTDOWN => {
+                    // The connection closes after this (connection.rs).
+                    return conn.send_fatal(e.code, &e.message).await;
+                }
                 Err(e) => return conn.send_error(e.code, &e.message).await,
                 Ok(synced) => {
                     tracing::info!(timeline = %t.ttid, slot = %slot, "replication slot dropped");
@@ -525,5 +611,89 @@ mod tests {
         drop(a);
         assert_eq!(slots.acquire(t, "d", b.id, Lsn(5)), Ok(Lsn(200)));
         assert!(slots.acquire(t, "nope", b.id, Lsn(5)).is_err());
+    }
+
+    #[tokio::test]
+    async fn drop_waits_for_the_slot_to_be_released_only_when_asked_to() {
+        use std::time::Duration;
+        let writer =
+            crate::store::writer::GroupCommitWriter::start(crate::store::memory::MemStorage::new());
+        let h = writer.handle();
+        let t = Ttid::default();
+        let slots = Slots::new(vec![(
+            t,
+            SlotRecord {
+                name: "d".into(),
+                restart_lsn: Lsn(100),
+                invalidated: None,
+            },
+        )]);
+        let (stop, shutdown) = watch::channel(false);
+        let a = slots.session();
+        let b = slots.session();
+        slots.acquire(t, "d", a.id, Lsn(5)).unwrap();
+        // Without WAIT: refused, naming the session that streams.
+        let e = slots.drop_slot(&h, t, "d", b.id).unwrap_err();
+        assert_eq!(e.code, OBJECT_IN_USE);
+        assert_eq!(
+            e.message,
+            format!("replication slot \"d\" is active for PID {}", a.id)
+        );
+        // With WAIT: dropped once the stream's session ends, not before.
+        let wait = slots.drop_slot_wait(&h, t, "d", b.id, shutdown.clone());
+        tokio::pin!(wait);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut wait)
+            .await
+            .is_err());
+        assert!(slots.get(t, "d").is_some());
+        drop(a);
+        let synced = wait.await.unwrap().expect("a durable slot's delete");
+        assert!(matches!(synced.await, Ok(Ok(()))));
+        assert!(slots.get(t, "d").is_none());
+        // A slot nobody uses is dropped at once; a missing one is an error.
+        slots.create(&h, t, "e", false, None, b.id).unwrap();
+        let dropped = slots.drop_slot_wait(&h, t, "e", b.id, shutdown.clone());
+        assert!(dropped.await.is_ok());
+        let e = slots
+            .drop_slot_wait(&h, t, "e", b.id, shutdown.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, sqlstate::UNDEFINED_OBJECT);
+
+        // A temporary slot stays in use by the session that made it, as in
+        // PostgreSQL; a waiter then finds it gone with that session.
+        let c = slots.session();
+        slots
+            .create(&h, t, "tmp", true, Some(Lsn(5)), c.id)
+            .unwrap();
+        assert_eq!(
+            slots.drop_slot(&h, t, "tmp", b.id).unwrap_err().code,
+            OBJECT_IN_USE
+        );
+        assert_eq!(
+            slots.acquire(t, "tmp", b.id, Lsn(5)).unwrap_err().code,
+            OBJECT_IN_USE
+        );
+        assert_eq!(slots.acquire(t, "tmp", c.id, Lsn(5)), Ok(Lsn(5)));
+        let wait = slots.drop_slot_wait(&h, t, "tmp", b.id, shutdown.clone());
+        tokio::pin!(wait);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut wait)
+            .await
+            .is_err());
+        drop(c);
+        assert_eq!(wait.await.unwrap_err().code, sqlstate::UNDEFINED_OBJECT);
+
+        // A shutdown ends a wait.
+        let d = slots.session();
+        slots.create(&h, t, "f", false, None, d.id).unwrap();
+        slots.acquire(t, "f", d.id, Lsn(5)).unwrap();
+        let wait = slots.drop_slot_wait(&h, t, "f", b.id, shutdown.clone());
+        tokio::pin!(wait);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut wait)
+            .await
+            .is_err());
+        stop.send(true).unwrap();
+        assert_eq!(wait.await.unwrap_err().code, sqlstate::ADMIN_SHUTDOWN);
+        assert!(slots.get(t, "f").is_some());
     }
 }

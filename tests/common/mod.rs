@@ -469,6 +469,17 @@ pub fn lines(child: &mut Child) -> impl Iterator<Item = String> {
         .map_while(Result::ok)
 }
 
+/// Any other child process a test starts (pg_receivewal, …): SIGKILLed and
+/// reaped on drop, however the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A safekeeper-proxy process; SIGKILLed on drop.
 pub struct Proxy {
     pub child: Option<Child>,

@@ -120,6 +120,29 @@ fn skctl_reads_a_store_while_the_daemon_runs_and_after_it_stopped() {
         show_text.stdout
     );
     assert!(show_text.stdout.contains("term history"));
+    // Durable slots show with their restart LSN.
+    let mut consumer = RawClient::connect(sk.pg_addr, "");
+    for q in [
+        "CREATE_REPLICATION_SLOT \"reserved\" PHYSICAL (RESERVE_WAL)",
+        "CREATE_REPLICATION_SLOT \"idle\" PHYSICAL",
+    ] {
+        let reply = consumer.query(q);
+        assert!(reply.iter().all(|m| m.tag != b'E'), "{q}: {reply:?}");
+    }
+    drop(consumer);
+    let show = skctl_json(&datadir, &["show", &tl()]);
+    let slots = show["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2, "{show}");
+    assert_eq!(slots[0]["name"], "idle");
+    assert_eq!(slots[0]["restart_lsn"], Value::Null);
+    assert_eq!(slots[1]["name"], "reserved");
+    assert!(slots[1]["restart_lsn"].as_str().is_some(), "{show}");
+    let show_text = skctl(&datadir, &["show", &tl()]);
+    assert!(
+        show_text.stdout.contains("reserved") && show_text.stdout.contains("restart "),
+        "{}",
+        show_text.stdout
+    );
     assert!(
         show_text.stdout.contains("held_bytes           300000 ("),
         "{}",

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::export::{export, ExportOptions};
 use super::progress::human_bytes;
 use super::verify::verify;
-use super::{ChunkRow, InspectError, Inspector, TimelineInfo};
+use super::{ChunkRow, InspectError, Inspector, SlotInfo, TimelineInfo};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
 
@@ -193,20 +193,20 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
         }
         Command::Show { timeline } => {
             let info = TimelineInfo::from(&ins.timeline(*timeline)?);
+            let slots = ins.slots(*timeline)?;
             if args.json {
                 #[derive(Serialize)]
                 struct Show<'a> {
                     #[serde(flatten)]
                     info: &'a TimelineInfo,
-                    /// Slots are not stored yet.
-                    slots: [(); 0],
+                    slots: &'a [SlotInfo],
                 }
                 print_json(&Show {
                     info: &info,
-                    slots: [],
+                    slots: &slots,
                 })?;
             } else {
-                print_show(&info);
+                print_show(&info, &slots);
             }
         }
         Command::Wal { timeline, from, to } => {
@@ -358,7 +358,7 @@ fn print_json<T: Serialize>(v: &T) -> Result<(), InspectError> {
     Ok(())
 }
 
-fn print_show(t: &TimelineInfo) {
+fn print_show(t: &TimelineInfo, slots: &[SlotInfo]) {
     let lines = [
         ("tenant_id", t.tenant_id.clone()),
         ("timeline_id", t.timeline_id.clone()),
@@ -402,7 +402,22 @@ fn print_show(t: &TimelineInfo) {
     for e in &t.term_history {
         let _ = writeln!(out, "  term {:<10} from {}", e.term, e.start_lsn);
     }
-    let _ = writeln!(out, "slots: none (slots are not stored yet)");
+    if slots.is_empty() {
+        let _ = writeln!(out, "slots: none");
+    } else {
+        let _ = writeln!(out, "slots:");
+    }
+    for s in slots {
+        let at = s.restart_lsn.as_deref().unwrap_or("(no restart LSN)");
+        match &s.invalidated {
+            None => {
+                let _ = writeln!(out, "  {:<20} restart {at}", s.name);
+            }
+            Some(why) => {
+                let _ = writeln!(out, "  {:<20} invalidated: {why}", s.name);
+            }
+        }
+    }
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {

@@ -186,6 +186,24 @@ impl Inspector {
         self.with_retry(|s| Ok((checkpoint::mark(s)?, checkpoint::restored_from(s)?)))
     }
 
+    /// The durable consumer slots of `ttid`, by name (temporary slots are
+    /// never stored).
+    pub fn slots(&self, ttid: Ttid) -> Result<Vec<SlotInfo>, StoreError> {
+        use crate::store::Storage;
+        let mut v: Vec<SlotInfo> = self
+            .with_retry(|s| s.slots())?
+            .into_iter()
+            .filter(|(t, _)| *t == ttid)
+            .map(|(_, r)| SlotInfo {
+                name: r.name,
+                restart_lsn: r.restart_lsn.is_valid().then(|| r.restart_lsn.to_string()),
+                invalidated: r.invalidated,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
     /// The chunks of `ttid` overlapping `[from, to)`.
     pub fn chunks(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<ChunkInfo>, StoreError> {
         self.with_retry(|s| s.read_chunks(ttid, from, to)?.collect())
@@ -292,6 +310,16 @@ impl From<&TimelineState> for TimelineInfo {
             stored_bytes: s.flush_lsn.distance_from(s.local_start_lsn),
         }
     }
+}
+
+/// A durable consumer slot, for `skctl show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub name: String,
+    /// None until the slot reserves WAL or hears its first flush report.
+    pub restart_lsn: Option<String>,
+    /// Why the slot no longer holds WAL back.
+    pub invalidated: Option<String>,
 }
 
 /// One stored chunk, for `skctl wal`.

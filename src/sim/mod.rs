@@ -669,12 +669,39 @@ impl Sim {
                     .iter()
                     .filter(|w| matches!(w, Write::TruncateWal { .. }))
                     .count() as u64;
+                let mut release = None;
                 if let Some(reply) = effects.reply {
-                    node.held.push((p, cid, node.truncations, reply));
+                    if effects.lazy && node.held.is_empty() {
+                        // Like the daemon's writer: a lazy write's reply goes
+                        // at once when nothing before it waits for a sync.
+                        release = Some(reply);
+                    } else {
+                        node.held.push((p, cid, node.truncations, reply));
+                    }
                 }
                 let after = node.acceptor.as_ref().expect("up").state();
                 let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
                 self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
+                if let Some(reply) = release {
+                    // Unsynced, so it may claim only what is durable.
+                    let durable = self.nodes[n]
+                        .storage
+                        .durable_state(self.ttid)
+                        .ok_or_else(|| format!("node {}: no durable state", n + 1))?;
+                    if let AcceptorMessage::Append(a) = &reply {
+                        if a.flush_lsn > durable.flush_lsn || a.commit_lsn > durable.commit_lsn {
+                            return Err(format!(
+                                "node {} acknowledges {a:?} beyond its durable state (lazy write)",
+                                n + 1
+                            ));
+                        }
+                    }
+                    let due = self.now + self.delay();
+                    if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
+                        let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
+                        c.to_prop.push_back((due, reply));
+                    }
+                }
                 Ok(())
             }
         }

@@ -342,11 +342,62 @@ fn commit_lsn_is_bounded_by_flush_and_never_decreases() {
     // A lower commit in a later message does not move it back.
     let r = node.append(1, START + 4, b"ef", START + 1).unwrap();
     assert_eq!(r.commit_lsn, Lsn(START + 4));
-    // A heartbeat moves it forward.
+    // A heartbeat moves it forward (a lazy write: its reply still claims
+    // the commit of the last synced write, see the next test).
+    let r = node.append(1, START + 6, b"", START + 6).unwrap();
+    assert_eq!(r.commit_lsn, Lsn(START + 4));
+    assert_eq!(node.acceptor.state().commit_lsn, Lsn(START + 6));
+    // The next heartbeat, with nothing new, syncs it and says so.
     let r = node.append(1, START + 6, b"", START + 6).unwrap();
     assert_eq!(r.commit_lsn, Lsn(START + 6));
     node.crash_and_restart();
     assert_eq!(node.acceptor.state().commit_lsn, Lsn(START + 6));
+}
+
+/// A heartbeat that only moves commit_lsn (or the horizons) needs no sync of
+/// its own: its effects are lazy, and its reply claims nothing the write
+/// holds. A crash before the next sync loses only that commit_lsn, which a
+/// later heartbeat brings back; WAL and terms always go through a synced
+/// write.
+#[test]
+fn a_commit_only_heartbeat_is_a_lazy_write_that_claims_nothing_unsynced() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    let r = node.append(1, START, b"abcd", START).unwrap();
+    assert_eq!((r.flush_lsn, r.commit_lsn), (Lsn(START + 4), Lsn(START)));
+    // Commit advance: lazy; the reply claims the synced commit only.
+    let e = node.send_unsynced(append_msg(1, START + 4, b"", START + 4));
+    assert!(e.lazy);
+    assert!(matches!(e.writes.as_slice(), [Write::PutState(s)] if s.commit_lsn == Lsn(START + 4)));
+    assert!(
+        matches!(e.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, commit_lsn, .. }))
+        if flush_lsn == Lsn(START + 4) && commit_lsn == Lsn(START))
+    );
+    // Lost in a crash before any sync: the durable commit stays behind.
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().commit_lsn, Lsn(START));
+    // Again, and this time the next append's synced write carries it.
+    let e = node.send_unsynced(append_msg(1, START + 4, b"", START + 4));
+    assert!(e.lazy);
+    let e = node.send_unsynced(append_msg(1, START + 4, b"ef", START + 4));
+    assert!(!e.lazy);
+    assert!(
+        matches!(e.reply, Some(AcceptorMessage::Append(AppendResponse { flush_lsn, commit_lsn, .. }))
+        if flush_lsn == Lsn(START + 6) && commit_lsn == Lsn(START + 4))
+    );
+    node.storage.sync().unwrap();
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().commit_lsn, Lsn(START + 4));
+    // A heartbeat with nothing new and nothing pending writes nothing.
+    let e = node.send_unsynced(append_msg(1, START + 6, b"", START + 4));
+    assert!(e.writes.is_empty() && !e.lazy);
+    // Horizons alone are lazy too.
+    let mut m = append_msg(1, START + 6, b"", START + 4);
+    if let ProposerMessage::Append(a) = &mut m {
+        a.peer_horizon_lsn = Lsn(START + 2);
+    }
+    assert!(node.send_unsynced(m).lazy);
 }
 
 #[test]

@@ -75,6 +75,12 @@ fn greeting_vote_elected_pipelined_appends_and_heartbeats() {
         assert_eq!(r.flush_lsn, Lsn(expected));
     }
     // A heartbeat carries the commit LSN; the node caps it at its flush.
+    // Only the commit moved, so it is written lazily (no sync of its own)
+    // and the reply still claims the last synced commit; the next heartbeat
+    // finds it unsynced, syncs it, and says so.
+    c.send(&append(1, pos, &[], pos + 100));
+    let r = append_response(&mut c);
+    assert_eq!((r.flush_lsn, r.commit_lsn), (Lsn(pos), Lsn(START)));
     c.send(&append(1, pos, &[], pos + 100));
     let r = append_response(&mut c);
     assert_eq!((r.flush_lsn, r.commit_lsn), (Lsn(pos), Lsn(pos)));

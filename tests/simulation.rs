@@ -107,7 +107,7 @@ fn checker_catches_append_before_elected() {
 
 /// A node re-seeded at its source's flush_lsn instead of the lowest LSN a
 /// source still holds skips WAL that may not be committed. First caught at
-/// seed 25 (3 nodes, 3 proposers); the test allows up to 300 seeds.
+/// seed 14 (3 nodes, 3 proposers); the test allows up to 300 seeds.
 #[test]
 fn checker_catches_a_reseed_past_committed_wal() {
     let v = first_violation(300, |o| o.proposer_faults.reseed_at_source_flush = true)

@@ -24,6 +24,7 @@
 #   BENCH_SCALE    pgbench -i scale (default 10)
 #   BENCH_OUT      also write the results table to this file
 #   BENCH_NO_BUILD=1  do not run cargo build --bins first
+#   BENCH_BIN      directory of the safekeeper and safekeeper-proxy binaries (default: $CARGO_TARGET_DIR/debug)
 #
 # Everything started here (postgres as the postgres user, safekeepers,
 # proxy, pg_receivewal) is stopped on exit. Ports are free loopback ports.
@@ -51,7 +52,7 @@ fi
 DIR="$(cd "$DIR" && pwd)"
 chmod 711 "$DIR"
 [ "${BENCH_NO_BUILD:-0}" = 1 ] || cargo build --bins
-BIN="$CARGO_TARGET_DIR/debug"
+BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/debug}"
 PGDATA_B="$DIR/pg"
 LOGS="$DIR/logs"
 RUNS="$DIR/runs"

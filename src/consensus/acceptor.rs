@@ -135,6 +135,13 @@ pub struct Effects {
     pub reply: Option<AcceptorMessage>,
     /// Something an operator should read in the log.
     pub events: Vec<Event>,
+    /// The writes only move `commit_lsn` or the horizons (a commit-only
+    /// heartbeat): they need no sync of their own. The caller may stage
+    /// them for a later sync and release the reply as soon as everything
+    /// written *before* them is synced: the reply claims nothing they hold
+    /// (its commit_lsn is the last one a synced write recorded). Readers
+    /// must still see the state only once it is synced.
+    pub lazy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +255,10 @@ pub struct AcceptorFaults {
 pub struct Acceptor {
     node_id: NodeId,
     state: TimelineState,
+    /// `commit_lsn` as of the last state write that is synced before its
+    /// reply: what replies may claim. Lazy writes (see [`Effects::lazy`])
+    /// move `state.commit_lsn` ahead of it until the next synced write.
+    synced_commit_lsn: Lsn,
     pub faults: AcceptorFaults,
 }
 
@@ -256,6 +267,7 @@ impl Acceptor {
     pub fn restore(node_id: NodeId, state: TimelineState) -> Acceptor {
         Acceptor {
             node_id,
+            synced_commit_lsn: state.commit_lsn,
             state,
             faults: AcceptorFaults::default(),
         }
@@ -304,11 +316,12 @@ impl Acceptor {
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
         };
-        let acceptor = Acceptor::restore(node_id, state);
+        let mut acceptor = Acceptor::restore(node_id, state);
         let effects = Effects {
             writes: vec![acceptor.put_state()],
             reply: Some(acceptor.greeting_reply()),
             events: vec![Event::TimelineCreated],
+            lazy: false,
         };
         Ok((acceptor, effects))
     }
@@ -325,7 +338,14 @@ impl Acceptor {
         self.state.ttid
     }
 
-    fn put_state(&self) -> Write {
+    /// The state record, for a write that is synced before its reply.
+    fn put_state(&mut self) -> Write {
+        self.synced_commit_lsn = self.state.commit_lsn;
+        self.put_state_lazy()
+    }
+
+    /// The state record, for a lazy write (not synced before its reply).
+    fn put_state_lazy(&self) -> Write {
         Write::PutState(Box::new(self.state.clone()))
     }
 
@@ -403,6 +423,7 @@ impl Acceptor {
             writes: vec![],
             reply: Some(self.greeting_reply()),
             events: vec![],
+            lazy: false,
         })
     }
 
@@ -423,7 +444,7 @@ impl Acceptor {
             term: self.state.term,
             granted,
             flush_lsn: self.state.flush_lsn,
-            commit_lsn: self.state.commit_lsn,
+            commit_lsn: self.synced_commit_lsn,
             term_history: self.state.term_history.up_to(self.state.flush_lsn),
             timeline_start_lsn: self.state.timeline_start_lsn,
         }));
@@ -500,7 +521,7 @@ impl Acceptor {
         AcceptorMessage::Append(AppendResponse {
             term: self.state.term,
             flush_lsn: self.state.flush_lsn,
-            commit_lsn: self.state.commit_lsn,
+            commit_lsn: self.synced_commit_lsn,
             slot_horizon_lsn: Lsn::INVALID,
             local_start_lsn: self.state.local_start_lsn,
         })
@@ -535,6 +556,7 @@ impl Acceptor {
                 from_flush,
                 to: m.start_lsn,
             }],
+            lazy: false,
         })
     }
 
@@ -572,13 +594,13 @@ impl Acceptor {
         }
         let mut effects = Effects::default();
         let mut changed = false;
-        if !m.wal.is_empty() {
+        let with_wal = !m.wal.is_empty();
+        if with_wal {
             effects.writes.push(Write::AppendWal {
                 begin: m.begin_lsn,
                 bytes: m.wal.clone(),
             });
             self.state.flush_lsn = m.end_lsn;
-            changed = true;
         }
         let commit = self
             .state
@@ -596,8 +618,22 @@ impl Acceptor {
             self.state.slot_horizon_lsn = m.slot_horizon_lsn;
             changed = true;
         }
-        if changed {
-            effects.writes.push(self.put_state());
+        if with_wal {
+            // New WAL: the reply's flush_lsn needs this write synced.
+            let w = self.put_state();
+            effects.writes.push(w);
+        } else if changed {
+            // Only commit_lsn or horizons moved (the heartbeat the proposer
+            // sends on every commit advance): no fsync of its own; it rides
+            // along with the next synced batch.
+            effects.writes.push(self.put_state_lazy());
+            effects.lazy = true;
+        } else if self.state.commit_lsn != self.synced_commit_lsn {
+            // A heartbeat with nothing new while a lazily written commit is
+            // not known to be synced: sync it now, so an idle timeline's
+            // replies (and `--sync-only`) catch up with its commit.
+            let w = self.put_state();
+            effects.writes.push(w);
         }
         effects.reply = Some(self.append_response());
         Ok(effects)

@@ -59,9 +59,9 @@ pub struct ProposerConfig {
     pub max_append_bytes: usize,
     /// WAL sent to one acceptor and not yet acknowledged, at most.
     pub max_inflight_bytes: u64,
-    /// New WAL kept in memory once committed (it may grow to 1.25× this
-    /// before it is trimmed); older WAL a lagging acceptor needs comes from a
-    /// recovery read.
+    /// New WAL kept in memory once committed (plus up to one chunk from the
+    /// primary, which is dropped whole); older WAL a lagging acceptor needs
+    /// comes from a recovery read.
     pub max_buffer_bytes: u64,
     pub faults: ProposerFaults,
 }
@@ -229,9 +229,11 @@ struct Leader {
     term_start_lsn: Lsn,
     history: TermHistory,
     donor: NodeId,
-    /// WAL `[buf_start, end_lsn)` from the primary, held in memory.
+    /// WAL `[buf_start, end_lsn)` from the primary, held in memory as the
+    /// chunks it came in, each with its start LSN: appends send slices of
+    /// them, and trimming drops whole chunks from the front.
     buf_start: Lsn,
-    buf: Vec<u8>,
+    buf: VecDeque<(Lsn, Bytes)>,
     end_lsn: Lsn,
     commit_lsn: Lsn,
     last_heartbeat: u64,
@@ -419,7 +421,9 @@ impl Proposer {
         let Phase::Leading(l) = &mut self.phase else {
             return Err(NotElected);
         };
-        l.buf.extend_from_slice(wal);
+        if !wal.is_empty() {
+            l.buf.push_back((l.end_lsn, Bytes::copy_from_slice(wal)));
+        }
         l.end_lsn = Lsn(l.end_lsn.0 + wal.len() as u64);
         let mut out = Vec::new();
         let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
@@ -649,7 +653,7 @@ impl Proposer {
             history,
             donor,
             buf_start: term_start_lsn,
-            buf: Vec::new(),
+            buf: VecDeque::new(),
             end_lsn: term_start_lsn,
             commit_lsn: Lsn::INVALID,
             last_heartbeat: self.now,
@@ -752,18 +756,18 @@ impl Proposer {
                 self.broadcast_heartbeat(out);
             }
         }
-        // Memory stays bounded: committed WAL beyond the buffer size goes;
-        // whoever still needs it reads it from a donor.
-        // Trimmed in steps of a quarter of the buffer: shifting the whole
-        // buffer down on every commit cost a memmove of max_buffer_bytes per
-        // commit (most of the proxy's CPU in tools/BENCHMARKS.md).
+        // Memory stays bounded: committed WAL beyond the buffer size goes
+        // (whole chunks from the front, so O(chunks dropped), never a shift
+        // of the rest); whoever still needs it reads it from a donor.
         if let Phase::Leading(l) = &mut self.phase {
             let cap = self.cfg.max_buffer_bytes;
-            let excess = (l.buf.len() as u64).saturating_sub(cap);
-            let drop = excess.min(l.commit_lsn.distance_from(l.buf_start));
-            if drop > 0 && drop >= (cap / 4).max(1) {
-                l.buf.drain(..drop as usize);
-                l.buf_start = Lsn(l.buf_start.0 + drop);
+            while let Some((start, chunk)) = l.buf.front() {
+                let end = Lsn(start.0 + chunk.len() as u64);
+                if end > l.commit_lsn || l.end_lsn.distance_from(end) < cap {
+                    break;
+                }
+                l.buf.pop_front();
+                l.buf_start = end;
             }
         }
         // This ack may make `node` a recovery source for the others.
@@ -886,15 +890,42 @@ impl Proposer {
                 return;
             }
             let end = Lsn(l.end_lsn.0.min(next.0 + room));
-            let a = (next.0 - l.buf_start.0) as usize;
-            let b = (end.0 - l.buf_start.0) as usize;
-            let msg = append(l, next, end, Bytes::copy_from_slice(&l.buf[a..b]));
+            let msg = append(l, next, end, buffered(&l.buf, next, end));
             if let Some(c) = self.conns.get_mut(&node) {
                 c.next_lsn = end;
             }
             self.send(node, msg, out);
         }
     }
+}
+
+/// WAL `[from, to)` out of the leader's buffer (which holds it): a slice of
+/// one chunk when it lies within one (no copy), else the pieces copied
+/// together.
+fn buffered(buf: &VecDeque<(Lsn, Bytes)>, from: Lsn, to: Lsn) -> Bytes {
+    // The chunk holding `from`: the last one starting at or below it.
+    let i = buf
+        .partition_point(|(start, _)| *start <= from)
+        .saturating_sub(1);
+    let mut out: Option<bytes::BytesMut> = None;
+    for (start, chunk) in buf.range(i..) {
+        if *start >= to {
+            break;
+        }
+        let a = from.0.saturating_sub(start.0).min(chunk.len() as u64) as usize;
+        let b = (to.0 - start.0).min(chunk.len() as u64) as usize;
+        let piece = chunk.slice(a..b.max(a));
+        match &mut out {
+            None if b as u64 + start.0 >= to.0 => return piece,
+            None => {
+                let mut m = bytes::BytesMut::with_capacity(to.distance_from(from) as usize);
+                m.extend_from_slice(&piece);
+                out = Some(m);
+            }
+            Some(m) => m.extend_from_slice(&piece),
+        }
+    }
+    out.map(|m| m.freeze()).unwrap_or_default()
 }
 
 /// The peer horizon goes out only once every member acknowledged in this
@@ -1100,6 +1131,26 @@ mod tests {
             if *n == NodeId(1) && r.begin_lsn == Lsn(START + 200) && r.end_lsn == Lsn(START + 300))));
         let out = p.on_message(NodeId(1), ack(5, START + 300));
         assert!(out.contains(&Action::CommitAdvanced(Lsn(START + 300))));
+    }
+
+    #[test]
+    fn buffered_wal_is_sliced_from_chunks_or_copied_across_them() {
+        let buf: VecDeque<(Lsn, Bytes)> = [
+            (Lsn(100), Bytes::from_static(b"abcd")),
+            (Lsn(104), Bytes::from_static(b"ef")),
+            (Lsn(106), Bytes::from_static(b"ghij")),
+        ]
+        .into_iter()
+        .collect();
+        let get = |a: u64, b: u64| buffered(&buf, Lsn(a), Lsn(b));
+        assert_eq!(get(100, 104), &b"abcd"[..]);
+        assert_eq!(get(101, 103), &b"bc"[..]);
+        assert_eq!(get(104, 106), &b"ef"[..]);
+        assert_eq!(get(103, 107), &b"defg"[..]);
+        assert_eq!(get(100, 110), &b"abcdefghij"[..]);
+        assert_eq!(get(107, 110), &b"hij"[..]);
+        // A slice of one chunk shares its memory.
+        assert_eq!(get(106, 110).as_ptr(), buf[2].1.as_ptr());
     }
 
     #[test]

@@ -235,6 +235,12 @@ impl<'a> Session<'a> {
         let mut pcfg = ProposerConfig::new(cfg.ttid, server, start_lsn, cfg.members.clone());
         pcfg.create = cfg.create_timeline;
         pcfg.proposer_id = cfg.proposer_id;
+        if cfg.sync_only {
+            // Acceptors record a commit-only heartbeat lazily and their
+            // replies report a commit_lsn only once it is synced: the next
+            // heartbeat (nothing new) syncs it. Settle soon after the commit.
+            pcfg.heartbeat_interval = 100;
+        }
         let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
         Session {
             cfg,

@@ -89,7 +89,7 @@ impl Timeline {
         let before = acceptor.state().term;
         let effects = acceptor.handle(msg)?;
         log_events(self.ttid, before, &effects);
-        let synced = writer.submit(self.ttid, effects.writes);
+        let synced = writer.submit_with(self.ttid, effects.writes, effects.lazy);
         Ok(PendingReply {
             synced,
             reply: effects.reply,

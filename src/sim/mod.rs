@@ -147,6 +147,10 @@ struct Node {
     /// same batch may claim WAL the batch removes (it goes to a stale
     /// proposer, which only reads its term).
     truncations: u64,
+    /// A trim is staged and not synced yet. Trims have no reply, so `held`
+    /// does not show that a sync is awaited: a lazy reply must still wait
+    /// for it, as in the daemon's writer (its state write claims the commit).
+    trim_unsynced: bool,
     side: u8,
     mem_term: Term,
     mem_commit: Lsn,
@@ -280,6 +284,7 @@ impl Sim {
                     acceptor: Some(acceptor),
                     held: Vec::new(),
                     truncations: 0,
+                    trim_unsynced: false,
                     side: 0,
                     mem_term: 0,
                     mem_commit: start_lsn,
@@ -502,6 +507,7 @@ impl Sim {
             .write(ttid, &writes)
             .map_err(|e| e.to_string())?;
         if !writes.is_empty() {
+            node.trim_unsynced = true;
             self.out.trims += 1;
             self.log(|| format!("n{} trims below {to}", n + 1));
         }
@@ -579,6 +585,7 @@ impl Sim {
         self.out.node_crashes += 1;
         let node = &mut self.nodes[n];
         node.storage.crash();
+        node.trim_unsynced = false;
         node.acceptor = None;
         node.up = false;
         node.held.clear();
@@ -714,12 +721,39 @@ impl Sim {
                     .iter()
                     .filter(|w| matches!(w, Write::TruncateWal { .. }))
                     .count() as u64;
+                let mut release = None;
                 if let Some(reply) = effects.reply {
-                    node.held.push((p, cid, node.truncations, reply));
+                    if effects.lazy && node.held.is_empty() && !node.trim_unsynced {
+                        // Like the daemon's writer: a lazy write's reply goes
+                        // at once when nothing before it waits for a sync.
+                        release = Some(reply);
+                    } else {
+                        node.held.push((p, cid, node.truncations, reply));
+                    }
                 }
                 let after = node.acceptor.as_ref().expect("up").state();
                 let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
                 self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
+                if let Some(reply) = release {
+                    // Unsynced, so it may claim only what is durable.
+                    let durable = self.nodes[n]
+                        .storage
+                        .durable_state(self.ttid)
+                        .ok_or_else(|| format!("node {}: no durable state", n + 1))?;
+                    if let AcceptorMessage::Append(a) = &reply {
+                        if a.flush_lsn > durable.flush_lsn || a.commit_lsn > durable.commit_lsn {
+                            return Err(format!(
+                                "node {} acknowledges {a:?} beyond its durable state (lazy write)",
+                                n + 1
+                            ));
+                        }
+                    }
+                    let due = self.now + self.delay();
+                    if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
+                        let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
+                        c.to_prop.push_back((due, reply));
+                    }
+                }
                 Ok(())
             }
         }
@@ -744,6 +778,7 @@ impl Sim {
             return Ok(());
         }
         node.storage.sync().map_err(|e| e.to_string())?;
+        node.trim_unsynced = false;
         let durable = node
             .storage
             .durable_state(ttid)

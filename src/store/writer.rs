@@ -21,6 +21,13 @@ use crate::id::Ttid;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 const MAX_BATCH_REQUESTS: usize = 4096;
 
+/// Lazy writes (commit-only state changes, see `Effects::lazy`) staged
+/// without a sync are synced by the next batch that syncs anyway, or by a
+/// sync of their own once the writer has been idle this long: that bounds
+/// how long readers wait to see such a commit on an idle timeline, and is
+/// long enough that a busy timeline's next append nearly always comes first.
+const LAZY_SYNC_DELAY: Duration = Duration::from_millis(10);
+
 /// Per-batch figures, for metrics and the benchmark.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchStats {
@@ -125,6 +132,8 @@ enum Msg {
 struct Request {
     ttid: Ttid,
     writes: Vec<Write>,
+    /// Need not be synced before `done` (see `WriterHandle::submit_lazy`).
+    lazy: bool,
     done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
     submitted: Instant,
 }
@@ -200,10 +209,32 @@ impl WriterHandle {
         ttid: Ttid,
         writes: Vec<Write>,
     ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+        self.submit_with(ttid, writes, false)
+    }
+
+    /// Queue writes that need no sync of their own (`Effects::lazy`): the
+    /// receiver resolves once they are staged and everything submitted
+    /// before them is synced. They reach the disk with the next sync, in
+    /// submission order; readers see their state only after that sync.
+    pub fn submit_lazy(
+        &self,
+        ttid: Ttid,
+        writes: Vec<Write>,
+    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+        self.submit_with(ttid, writes, true)
+    }
+
+    pub fn submit_with(
+        &self,
+        ttid: Ttid,
+        writes: Vec<Write>,
+        lazy: bool,
+    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
         let (done, rx) = oneshot::channel();
         let req = Request {
             ttid,
             writes,
+            lazy,
             done: Some(done),
             submitted: Instant::now(),
         };
@@ -258,21 +289,44 @@ fn run<S: Storage>(
 ) {
     // Per request: whether it carried WAL (for the append latency).
     let mut batch: Vec<(Request, Result<(), Arc<StoreError>>, bool)> = Vec::new();
+    // States of lazy writes staged but not synced yet, oldest first: they are
+    // published after the sync that makes them durable.
+    let mut deferred: Vec<(Ttid, Box<TimelineState>)> = Vec::new();
+    // Lazy writes are staged and not synced.
+    let mut unsynced = false;
     let mut stopping = false;
     while !stopping {
-        let Ok(Msg::Write(first)) = rx.recv() else {
-            break;
+        let first = if unsynced {
+            match rx.recv_timeout(LAZY_SYNC_DELAY) {
+                Ok(Msg::Write(r)) => Some(r),
+                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    stopping = true;
+                    None
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            }
+        } else {
+            match rx.recv() {
+                Ok(Msg::Write(r)) => Some(r),
+                _ => break,
+            }
         };
         let mut bytes = 0usize;
-        let mut staged_writes = 0usize;
-        let mut next = Some(first);
+        // Writes staged by requests that must be synced before their reply.
+        let mut must_sync = false;
+        let mut next = first;
         while let Some(mut req) = next.take() {
-            staged_writes += req.writes.len();
+            if !req.lazy && !req.writes.is_empty() {
+                must_sync = true;
+            }
             let req_bytes = wal_bytes(&req.writes);
             bytes += req_bytes;
             let staged = storage.write(req.ttid, &req.writes).map_err(Arc::new);
             if let Err(e) = &staged {
                 tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
+            }
+            if req.lazy && !req.writes.is_empty() && staged.is_ok() {
+                unsynced = true;
             }
             // Drop the WAL payloads now; only the state is still needed.
             req.writes.retain(|w| matches!(w, Write::PutState(_)));
@@ -286,19 +340,24 @@ fn run<S: Storage>(
                 Err(_) => {}
             }
         }
+        // Sync when a request needs it, when staged lazy writes waited long
+        // enough (an empty batch: the idle timeout), and before stopping.
+        // Every earlier batch was synced before its callers were answered,
+        // except for lazy writes: a batch of only lazy requests (or of
+        // requests that staged nothing) is answered at once.
+        let do_sync = must_sync || (unsynced && (batch.is_empty() || stopping));
         let started = Instant::now();
-        // Every earlier batch was synced before its callers were answered:
-        // a batch that staged nothing has nothing to sync.
-        let synced = if staged_writes == 0 {
-            Ok(())
-        } else {
+        let synced = if do_sync {
             storage.sync().map_err(Arc::new)
+        } else {
+            Ok(())
         };
         let took = started.elapsed();
         if let Err(e) = &synced {
             tracing::error!(error = %e, requests = batch.len(), "sync failed; nothing in this batch is acknowledged");
         }
-        {
+        if do_sync {
+            unsynced = false;
             let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
             s.batches += 1;
             s.requests += batch.len() as u64;
@@ -316,17 +375,34 @@ fn run<S: Storage>(
                     }
                 }
             }
+        } else {
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.requests += batch.len() as u64;
         }
         let map = published.lock().unwrap_or_else(|e| e.into_inner());
+        if do_sync {
+            // Staged lazy states are durable now (or lost with this batch).
+            for (ttid, state) in deferred.drain(..) {
+                if synced.is_ok() {
+                    if let Some(tx) = map.get(&ttid) {
+                        tx.send_replace(Some(Arc::new(*state)));
+                    }
+                }
+            }
+        }
         for (mut req, staged, _) in batch.drain(..) {
             let result = match (&staged, &synced) {
                 (Err(e), _) | (Ok(()), Err(e)) => Err(e.clone()),
                 (Ok(()), Ok(())) => Ok(()),
             };
             if result.is_ok() {
-                if let Some(Write::PutState(s)) = req.writes.last() {
-                    if let Some(tx) = map.get(&req.ttid) {
-                        tx.send_replace(Some(Arc::new((**s).clone())));
+                if let Some(Write::PutState(s)) = req.writes.pop() {
+                    if do_sync {
+                        if let Some(tx) = map.get(&req.ttid) {
+                            tx.send_replace(Some(Arc::new(*s)));
+                        }
+                    } else {
+                        deferred.push((req.ttid, s));
                     }
                 }
             }
@@ -449,6 +525,53 @@ mod tests {
         assert_eq!(stats.append_seconds.count, 50);
         assert_eq!(stats.batch_requests.count, stats.batches);
         assert_eq!(stats.sync_seconds.count, stats.batches);
+        writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn lazy_writes_are_answered_without_a_sync_and_published_after_one() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = GroupCommitWriter::start(Recording {
+            inner: MemStorage::new(),
+            log: log.clone(),
+            fail_sync: false,
+        });
+        let h = writer.handle();
+        let mut durable = h.durable_state(Ttid::default());
+        let mut s = state();
+        h.write(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
+            .await
+            .unwrap();
+        durable.changed().await.unwrap();
+        let syncs = |log: &Arc<Mutex<Vec<String>>>| {
+            log.lock().unwrap().iter().filter(|l| *l == "sync").count()
+        };
+        assert_eq!(syncs(&log), 1);
+        // A lazy write: answered at once, no sync, not visible to readers.
+        s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
+        h.submit_lazy(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(syncs(&log), 1);
+        assert!(durable.borrow().as_ref().unwrap().commit_lsn < s.commit_lsn);
+        // Once the writer is idle for LAZY_SYNC_DELAY it syncs and publishes.
+        tokio::time::timeout(Duration::from_secs(5), durable.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(durable.borrow().as_ref().unwrap().commit_lsn, s.commit_lsn);
+        assert_eq!(syncs(&log), 2);
+        // A lazy write staged beside a synced one shares its sync.
+        s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
+        let lazy = h.submit_lazy(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))]);
+        s.flush_lsn = Lsn(s.flush_lsn.0 + 1);
+        let synced = h.submit(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))]);
+        lazy.await.unwrap().unwrap();
+        synced.await.unwrap().unwrap();
+        tokio::time::sleep(LAZY_SYNC_DELAY * 3).await;
+        assert!((3..=4).contains(&syncs(&log)));
+        assert_eq!(durable.borrow().as_ref().unwrap().flush_lsn, s.flush_lsn);
         writer.shutdown();
     }
 

@@ -35,7 +35,7 @@ pub enum HandleError {
     Refused(#[from] Refusal),
     #[error(transparent)]
     Store(Arc<StoreError>),
-    #[error("timeline {ttid}: an earlier write failed ({reason}); restart the safekeeper to reload the stored state")]
+    #[error("timeline {ttid}: an earlier write failed ({reason}); restart the safekeeper (after freeing space if the disk is full) to reload the stored state")]
     Poisoned { ttid: Ttid, reason: String },
     /// The store is a checkpoint: it must not be an acceptor of its old
     /// membership (the text says why and what to do).

@@ -67,7 +67,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
                         tracing::error!(timeline = %ttid, %peer, error = %e, "write failed; nothing more is acknowledged on this connection");
                         if let Some(t) = &timeline { t.poison(&e.to_string()); }
-                        refuse(conn, sqlstate::INTERNAL_ERROR, format!("timeline {ttid}: storing failed: {e}")).await?;
+                        let code = if e.is_disk_full() { sqlstate::DISK_FULL } else { sqlstate::INTERNAL_ERROR };
+                        refuse(conn, code, format!("timeline {ttid}: storing failed: {e}")).await?;
                         break End::Refused;
                     }
                     Err(_) => {
@@ -223,6 +224,10 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
             sqlstate::INVALID_PARAMETER_VALUE
         }
         HandleError::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
+        HandleError::Store(e) if e.is_disk_full() => sqlstate::DISK_FULL,
+        HandleError::Poisoned { reason, .. } if crate::store::is_disk_full(reason) => {
+            sqlstate::DISK_FULL
+        }
         HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
         // Not 22023/42704: the proxy takes those as a refusal of the whole
         // timeline and stops, while the rest of the cluster can go on.

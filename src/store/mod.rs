@@ -49,6 +49,20 @@ pub enum StoreError {
     Codec(#[from] CodecError),
 }
 
+impl StoreError {
+    /// The disk (or its quota) is full: the operator must free space, and
+    /// PostgreSQL's clients know SQLSTATE 53100 for that.
+    pub fn is_disk_full(&self) -> bool {
+        is_disk_full(&self.to_string())
+    }
+}
+
+/// Whether an error text is ENOSPC/EDQUOT as the OS (and so RocksDB)
+/// words it.
+pub fn is_disk_full(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("Disk quota exceeded")
+}
+
 /// A durable consumer slot of one timeline (temporary slots are never
 /// stored). Keyed by tenant ‖ timeline ‖ name; see schema/store.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -45,14 +45,6 @@ fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -124,18 +116,22 @@ fn status_timelines_and_errors() {
 
     // Gauges follow the connections.
     drop(p);
-    wait_for("the proposer gauge to drop", || {
-        get_json(sk.http_addr, "/v1/status").1["proposers"] == 0
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the proposer gauge to drop",
+        || (get_json(sk.http_addr, "/v1/status").1["proposers"] == 0).then_some(()),
+    );
     let mut c = RawClient::connect(sk.pg_addr, "");
     c.query_raw(&format!("START_REPLICATION PHYSICAL {}", Lsn(START)));
-    wait_for("the consumer gauge", || {
-        get_json(sk.http_addr, "/v1/status").1["consumers"] == 1
+    wait_for(Duration::from_secs(10), "the consumer gauge", || {
+        (get_json(sk.http_addr, "/v1/status").1["consumers"] == 1).then_some(())
     });
     drop(c);
-    wait_for("the consumer gauge to drop", || {
-        get_json(sk.http_addr, "/v1/status").1["consumers"] == 0
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the consumer gauge to drop",
+        || (get_json(sk.http_addr, "/v1/status").1["consumers"] == 0).then_some(()),
+    );
 
     // The HTTP server stops with the daemon.
     assert!(sk.terminate().success());

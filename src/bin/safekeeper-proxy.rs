@@ -99,7 +99,14 @@ fn main() -> ExitCode {
         create_timeline: args.create_timeline,
         proposer_id: proxy::new_proposer_id(),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: the proxy's work per commit is small, and its tasks (the
+    // primary's reader, the session, one writer and reader per safekeeper)
+    // hand every message to each other; on one thread a hand-over is a
+    // queue push instead of a cross-thread wake-up.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("safekeeper-proxy: cannot start the runtime: {e}");

@@ -57,6 +57,12 @@ impl Timeline {
         self.lock().state().clone()
     }
 
+    /// The acceptor's flush_lsn including writes not yet synced (cheaper
+    /// than `current_state` on the push path).
+    pub fn current_flush_lsn(&self) -> crate::lsn::Lsn {
+        self.lock().state().flush_lsn
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Acceptor> {
         self.acceptor.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -112,7 +112,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                                 ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),
                                 _ => None,
                             };
-                            shared.liveness.heard(t.ttid, told, t.current_state().flush_lsn);
+                            shared.liveness.heard(t.ttid, told, t.current_flush_lsn());
                         }
                         in_flight.push_back(pending)
                     }

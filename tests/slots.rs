@@ -678,6 +678,13 @@ fn a_safekeeper_down_past_max_wal_keep_is_reseeded_and_serves_again() {
         "safekeeper 3 to hold the table",
         || held(&c.sks[2]).filter(|h| h.flush >= lost_flush),
     );
+    // A durable slot on the node that will be left behind.
+    repl_sql(
+        &c.sks[2],
+        "CREATE_REPLICATION_SLOT \"behind\" PHYSICAL (RESERVE_WAL)",
+    )
+    .unwrap();
+    let reserved = slot_lsn(&c.sks[2], "behind").expect("a reserved slot");
     c.sks[2].kill9();
     let down_at = stored(&c.sks[2].datadir, Lsn(u64::MAX)).1;
     for _ in 0..4 {
@@ -726,6 +733,21 @@ fn a_safekeeper_down_past_max_wal_keep_is_reseeded_and_serves_again() {
         h.local_start
     );
     assert_eq!(h.local_start.segment_offset(SEG), 0, "{h:?}");
+    // Its slot's WAL is gone: the slot is invalidated and says so, instead
+    // of promising a restart LSN it cannot serve.
+    assert!(reserved < h.local_start, "{reserved} {h:?}");
+    wait_for(
+        Duration::from_secs(30),
+        "the slot to be invalidated",
+        || {
+            (repl_sql(&c.sks[2], "READ_REPLICATION_SLOT behind").ok()? == "physical||")
+                .then_some(())
+        },
+    );
+    assert!(
+        c.sks[2].log_text().contains("it was re-seeded"),
+        "the log says why the slot went"
+    );
     // It serves again: pg_receivewal from its first stored segment (a
     // zero-filled partial file makes pg_receivewal start there) through the
     // segment switch, against the primary's own files.

@@ -533,6 +533,14 @@ impl Acceptor {
     /// is needed by a future leader, and WAL below `start_lsn` is simply not
     /// held here any more, as after a trim.
     fn handle_reseed(&mut self, m: &Reseed) -> Result<Effects, Refusal> {
+        if m.term < self.state.term {
+            // A stale proposer, as for an append: the reply's term tells it
+            // to step down.
+            return Ok(Effects {
+                reply: Some(self.append_response()),
+                ..Effects::default()
+            });
+        }
         let s = &self.state;
         let last = s.term_history.last().map_or(0, |e| e.term);
         if m.term != s.term || last != m.term || m.start_lsn <= s.flush_lsn {

@@ -333,12 +333,25 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
             history.record(now, state.commit_lsn, age);
         }
         let floor = retention_floor(cfg.retention, state.commit_lsn, history, now);
-        let plan = plan(
-            &state,
-            &shared.slots.holders(t.ttid),
-            floor,
-            cfg.max_wal_keep,
-        );
+        // A slot whose WAL is no longer stored here (the proposer re-seeded
+        // this node past it) cannot be served: say so rather than report a
+        // restart LSN that fails, and stop it holding WAL on the peers.
+        let mut holders = shared.slots.holders(t.ttid);
+        for (name, at) in holders.iter().filter(|(_, at)| *at < state.local_start_lsn) {
+            let reason = format!(
+                "its restart LSN {at} is below {}, the first WAL this safekeeper still stores (it was re-seeded)",
+                state.local_start_lsn
+            );
+            tracing::warn!(timeline = %t.ttid, slot = %name, "invalidating replication slot: {reason}");
+            if let Some(synced) = shared.slots.invalidate(writer, t.ttid, name, reason) {
+                if !matches!(synced.await, Ok(Ok(()))) {
+                    tracing::error!(timeline = %t.ttid, slot = %name, "storing the invalidated slot failed; not trimming");
+                    continue 'timelines;
+                }
+            }
+        }
+        holders.retain(|(_, at)| *at >= state.local_start_lsn);
+        let plan = plan(&state, &holders, floor, cfg.max_wal_keep);
         for (name, at) in &plan.invalidate {
             let reason = format!(
                 "its restart LSN {at} is more than --max-wal-keep ({} bytes) behind commit LSN {}",

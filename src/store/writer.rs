@@ -23,9 +23,10 @@ const MAX_BATCH_REQUESTS: usize = 4096;
 
 /// Lazy writes (commit-only state changes, see `Effects::lazy`) staged
 /// without a sync are synced by the next batch that syncs anyway, or by a
-/// sync of their own once the writer has been idle this long: that bounds
-/// how long readers wait to see such a commit on an idle timeline, and is
-/// long enough that a busy timeline's next append nearly always comes first.
+/// sync of their own at most this long after the first of them was staged
+/// (also while requests that need no sync keep coming): that bounds how long
+/// readers wait to see such a commit, and is long enough that a busy
+/// timeline's next append nearly always comes first.
 const LAZY_SYNC_DELAY: Duration = Duration::from_millis(10);
 
 /// Per-batch figures, for metrics and the benchmark.
@@ -292,12 +293,15 @@ fn run<S: Storage>(
     // States of lazy writes staged but not synced yet, oldest first: they are
     // published after the sync that makes them durable.
     let mut deferred: Vec<(Ttid, Box<TimelineState>)> = Vec::new();
-    // Lazy writes are staged and not synced.
+    // Lazy writes are staged and not synced, since this time: they are
+    // synced at most LAZY_SYNC_DELAY later even while other requests keep
+    // arriving (many timelines' heartbeats need no sync either).
     let mut unsynced = false;
+    let mut unsynced_since = Instant::now();
     let mut stopping = false;
     while !stopping {
         let first = if unsynced {
-            match rx.recv_timeout(LAZY_SYNC_DELAY) {
+            match rx.recv_timeout(LAZY_SYNC_DELAY.saturating_sub(unsynced_since.elapsed())) {
                 Ok(Msg::Write(r)) => Some(r),
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     stopping = true;
@@ -325,8 +329,9 @@ fn run<S: Storage>(
             if let Err(e) = &staged {
                 tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
             }
-            if req.lazy && !req.writes.is_empty() && staged.is_ok() {
+            if req.lazy && !req.writes.is_empty() && staged.is_ok() && !unsynced {
                 unsynced = true;
+                unsynced_since = Instant::now();
             }
             // Drop the WAL payloads now; only the state is still needed.
             req.writes.retain(|w| matches!(w, Write::PutState(_)));
@@ -341,11 +346,14 @@ fn run<S: Storage>(
             }
         }
         // Sync when a request needs it, when staged lazy writes waited long
-        // enough (an empty batch: the idle timeout), and before stopping.
+        // enough (the idle timeout, or LAZY_SYNC_DELAY under a stream of
+        // requests that need no sync), and before stopping.
         // Every earlier batch was synced before its callers were answered,
         // except for lazy writes: a batch of only lazy requests (or of
         // requests that staged nothing) is answered at once.
-        let do_sync = must_sync || (unsynced && (batch.is_empty() || stopping));
+        let do_sync = must_sync
+            || (unsynced
+                && (batch.is_empty() || stopping || unsynced_since.elapsed() >= LAZY_SYNC_DELAY));
         let started = Instant::now();
         let synced = if do_sync {
             storage.sync().map_err(Arc::new)
@@ -525,6 +533,40 @@ mod tests {
         assert_eq!(stats.append_seconds.count, 50);
         assert_eq!(stats.batch_requests.count, stats.batches);
         assert_eq!(stats.sync_seconds.count, stats.batches);
+        writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_lazy_write_is_synced_in_time_while_requests_needing_none_keep_coming() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = GroupCommitWriter::start(Recording {
+            inner: MemStorage::new(),
+            log: log.clone(),
+            fail_sync: false,
+        });
+        let h = writer.handle();
+        let mut durable = h.durable_state(Ttid::default());
+        let mut s = state();
+        h.write(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
+            .await
+            .unwrap();
+        durable.changed().await.unwrap();
+        s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
+        h.submit_lazy(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
+            .await
+            .unwrap()
+            .unwrap();
+        // Empty requests (heartbeats of other timelines with nothing new)
+        // every 2 ms never leave the writer idle for LAZY_SYNC_DELAY.
+        let started = std::time::Instant::now();
+        while durable.borrow().as_ref().unwrap().commit_lsn < s.commit_lsn {
+            assert!(
+                started.elapsed() < LAZY_SYNC_DELAY * 50,
+                "the lazy commit was not synced while other requests kept coming"
+            );
+            h.submit(Ttid::default(), vec![]).await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         writer.shutdown();
     }
 

@@ -336,29 +336,29 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
         // A slot whose WAL is no longer stored here (the proposer re-seeded
         // this node past it) cannot be served: say so rather than report a
         // restart LSN that fails, and stop it holding WAL on the peers.
-        let mut holders = shared.slots.holders(t.ttid);
-        for (name, at) in holders.iter().filter(|(_, at)| *at < state.local_start_lsn) {
+        let (gone, holders): (Vec<_>, Vec<_>) = shared
+            .slots
+            .holders(t.ttid)
+            .into_iter()
+            .partition(|(_, at)| *at < state.local_start_lsn);
+        let plan = plan(&state, &holders, floor, cfg.max_wal_keep);
+        let gone = gone.into_iter().map(|(name, at)| {
             let reason = format!(
                 "its restart LSN {at} is below {}, the first WAL this safekeeper still stores (it was re-seeded)",
                 state.local_start_lsn
             );
-            tracing::warn!(timeline = %t.ttid, slot = %name, "invalidating replication slot: {reason}");
-            if let Some(synced) = shared.slots.invalidate(writer, t.ttid, name, reason) {
-                if !matches!(synced.await, Ok(Ok(()))) {
-                    tracing::error!(timeline = %t.ttid, slot = %name, "storing the invalidated slot failed; not trimming");
-                    continue 'timelines;
-                }
-            }
-        }
-        holders.retain(|(_, at)| *at >= state.local_start_lsn);
-        let plan = plan(&state, &holders, floor, cfg.max_wal_keep);
-        for (name, at) in &plan.invalidate {
+            (name, reason)
+        });
+        let too_far = plan.invalidate.iter().map(|(name, at)| {
             let reason = format!(
                 "its restart LSN {at} is more than --max-wal-keep ({} bytes) behind commit LSN {}",
                 cfg.max_wal_keep, state.commit_lsn
             );
+            (name.clone(), reason)
+        });
+        for (name, reason) in gone.chain(too_far) {
             tracing::warn!(timeline = %t.ttid, slot = %name, "invalidating replication slot: {reason}");
-            if let Some(synced) = shared.slots.invalidate(writer, t.ttid, name, reason) {
+            if let Some(synced) = shared.slots.invalidate(writer, t.ttid, &name, reason) {
                 if !matches!(synced.await, Ok(Ok(()))) {
                     // Not trimming: the slot may still be valid on disk.
                     tracing::error!(timeline = %t.ttid, slot = %name, "storing the invalidated slot failed; not trimming");

@@ -128,6 +128,16 @@ fn start_sk(dir: &std::path::Path, n: u64, extra: &[&str]) -> Safekeeper {
     }
 }
 
+/// A primary (`extra_conf` added to its synchronous_standby_names), three
+/// safekeepers started with `flags`, and the proxy as its synchronous
+/// standby.
+fn cluster_with(extra_conf: &str, flags: &[&str]) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_primary(dir.path(), &format!("{SYNC_CONF}{extra_conf}"));
+    let sks: Vec<Safekeeper> = (1..=3).map(|n| start_sk(dir.path(), n, flags)).collect();
+    Cluster::around(dir, pg, sks)
+}
+
 #[test]
 fn pg_receivewal_with_a_slot_gets_identical_segments_and_the_slot_survives_a_restart() {
     let Some(mut c) = Cluster::start() else {
@@ -260,25 +270,7 @@ fn retention_trims_and_max_wal_keep_invalidates_a_silent_slot() {
     if !pg::available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
-    let sks: Vec<Safekeeper> = (1..=3)
-        .map(|n| {
-            start_sk(
-                dir.path(),
-                n,
-                &["--wal-retention", "0", "--max-wal-keep", "48MB"],
-            )
-        })
-        .collect();
-    let mut c = Cluster {
-        dir,
-        pg,
-        sks,
-        proxy: None,
-    };
-    c.start_proxy("proxy1", &["--create-timeline"]);
-    c.wait_sync();
+    let c = cluster_with("", &["--wal-retention", "0", "--max-wal-keep", "48MB"]);
     repl_sql(
         &c.sks[0],
         "CREATE_REPLICATION_SLOT \"silent\" PHYSICAL (RESERVE_WAL)",
@@ -506,19 +498,7 @@ fn a_lagging_slot_holds_wal_on_every_safekeeper_until_it_confirms() {
     if !pg::available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
-    let sks: Vec<Safekeeper> = (1..=3)
-        .map(|n| start_sk(dir.path(), n, &["--wal-retention", "0"]))
-        .collect();
-    let mut c = Cluster {
-        dir,
-        pg,
-        sks,
-        proxy: None,
-    };
-    c.start_proxy("proxy1", &["--create-timeline"]);
-    c.wait_sync();
+    let c = cluster_with("", &["--wal-retention", "0"]);
     let seg = held(&c.sks[0]).expect("the timeline").seg;
     assert_eq!(
         c.pg.sql("SHOW wal_segment_size"),
@@ -650,27 +630,11 @@ fn a_safekeeper_down_past_max_wal_keep_is_reseeded_and_serves_again() {
         eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     // No checkpoint may recycle the primary's segments the test compares.
-    let conf = format!("{SYNC_CONF}max_wal_size = 4GB\ncheckpoint_timeout = 1h\n");
-    let pg = Postgres::start_primary(dir.path(), &conf);
-    let sks: Vec<Safekeeper> = (1..=3)
-        .map(|n| {
-            start_sk(
-                dir.path(),
-                n,
-                &["--wal-retention", "0", "--max-wal-keep", "32MB"],
-            )
-        })
-        .collect();
-    let mut c = Cluster {
-        dir,
-        pg,
-        sks,
-        proxy: None,
-    };
-    c.start_proxy("proxy1", &["--create-timeline"]);
-    c.wait_sync();
+    let mut c = cluster_with(
+        "max_wal_size = 4GB\ncheckpoint_timeout = 1h\n",
+        &["--wal-retention", "0", "--max-wal-keep", "32MB"],
+    );
     c.pg.sql("CREATE TABLE big (i int, pad text)");
     let lost_flush = c.flush_lsn();
     wait_for(
@@ -756,39 +720,7 @@ fn a_safekeeper_down_past_max_wal_keep_is_reseeded_and_serves_again() {
     let last_full = end.segment_number(SEG) - 1;
     assert!(last_full >= first, "{h:?} end {end}");
     let out = pg::postgres_dir(c.dir.path(), "receivewal");
-    std::fs::write(
-        out.join(format!(
-            "{}.partial",
-            walkeeper::lsn::segment_file_name(1, first, SEG)
-        )),
-        vec![0u8; SEG as usize],
-    )
-    .unwrap();
-    let (ok, stdout, stderr) = run(Command::new(pg::pg_bin("pg_receivewal"))
-        .arg("-D")
-        .arg(&out)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--no-loop",
-            "--no-sync",
-        ])
-        .arg("-p")
-        .arg(c.sks[2].pg_addr.port().to_string())
-        .arg("-E")
-        .arg(Lsn((last_full + 1) * SEG as u64 - 1).to_string()));
-    assert!(
-        ok,
-        "pg_receivewal from the re-seeded node failed: {stdout}{stderr}"
-    );
-    for segno in first..=last_full {
-        let name = walkeeper::lsn::segment_file_name(1, segno, SEG);
-        let got = std::fs::read(out.join(&name))
-            .or_else(|_| std::fs::read(out.join(format!("{name}.partial"))))
-            .unwrap_or_else(|e| panic!("{name} missing: {e}"));
-        let want = std::fs::read(c.pg.pg_wal().join(&name)).unwrap();
-        assert!(got == want, "segment {name} differs from the primary's");
-    }
+    let endpos = Lsn((last_full + 1) * SEG as u64 - 1);
+    pg::receive_wal(&out, c.sks[2].pg_addr.port(), first, endpos);
+    pg::assert_same_segments(&out, &c.pg.pg_wal(), first..=last_full);
 }

@@ -471,6 +471,17 @@ mod tests {
         }
     }
 
+    /// A writer over a `Recording` storage, and the log of what it did.
+    fn recording_writer(fail_sync: bool) -> (GroupCommitWriter, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = GroupCommitWriter::start(Recording {
+            inner: MemStorage::new(),
+            log: log.clone(),
+            fail_sync,
+        });
+        (writer, log)
+    }
+
     fn state() -> TimelineState {
         let g = Greeting {
             protocol_version: crate::codec::PROTOCOL_VERSION,
@@ -491,12 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_and_published_state_follow_the_sync() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = GroupCommitWriter::start(Recording {
-            inner: MemStorage::new(),
-            log: log.clone(),
-            fail_sync: false,
-        });
+        let (writer, log) = recording_writer(false);
         let h = writer.handle();
         let mut durable = h.durable_state(Ttid::default());
         assert!(durable.borrow().is_none());
@@ -538,12 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lazy_write_is_synced_in_time_while_requests_needing_none_keep_coming() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = GroupCommitWriter::start(Recording {
-            inner: MemStorage::new(),
-            log: log.clone(),
-            fail_sync: false,
-        });
+        let (writer, _) = recording_writer(false);
         let h = writer.handle();
         let mut durable = h.durable_state(Ttid::default());
         let mut s = state();
@@ -572,12 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn lazy_writes_are_answered_without_a_sync_and_published_after_one() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = GroupCommitWriter::start(Recording {
-            inner: MemStorage::new(),
-            log: log.clone(),
-            fail_sync: false,
-        });
+        let (writer, log) = recording_writer(false);
         let h = writer.handle();
         let mut durable = h.durable_state(Ttid::default());
         let mut s = state();
@@ -631,11 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_fails_every_request_in_the_batch() {
-        let writer = GroupCommitWriter::start(Recording {
-            inner: MemStorage::new(),
-            log: Arc::default(),
-            fail_sync: true,
-        });
+        let (writer, _) = recording_writer(true);
         let h = writer.handle();
         let durable = h.durable_state(Ttid::default());
         let r = h

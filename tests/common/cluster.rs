@@ -48,6 +48,13 @@ impl Cluster {
         let sks: Vec<Safekeeper> = (1..=3)
             .map(|n| Safekeeper::start(&dir.path().join(format!("sk{n}")), n, true))
             .collect();
+        Some(Cluster::around(dir, pg, sks))
+    }
+
+    /// A cluster of this primary and these safekeepers (living in `dir`):
+    /// starts the proxy with `--create-timeline` and waits until it is the
+    /// primary's synchronous standby.
+    pub fn around(dir: tempfile::TempDir, pg: Postgres, sks: Vec<Safekeeper>) -> Cluster {
         let mut c = Cluster {
             dir,
             pg,
@@ -56,7 +63,7 @@ impl Cluster {
         };
         c.start_proxy("proxy1", &["--create-timeline"]);
         c.wait_sync();
-        Some(c)
+        c
     }
 
     pub fn start_proxy(&mut self, name: &str, extra: &[&str]) {

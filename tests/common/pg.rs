@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{free_port, run};
+use super::{free_port, run, SEG};
+use walkeeper::lsn::{segment_file_name, Lsn};
 
 pub fn pg_bin(name: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
@@ -241,5 +242,49 @@ impl Drop for Postgres {
             );
         }
         self.stop();
+    }
+}
+
+/// pg_receivewal into `out` from the server on `port`, from the start of
+/// segment `first` until it has received past `endpos`. It resumes from the
+/// newest segment it finds: a zero-filled partial `first` makes it start
+/// there instead of at the server's current position.
+pub fn receive_wal(out: &Path, port: u16, first: u64, endpos: Lsn) {
+    std::fs::write(
+        out.join(format!("{}.partial", segment_file_name(1, first, SEG))),
+        vec![0u8; SEG as usize],
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run(Command::new(pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(out)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--no-loop",
+            "--no-sync",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-E")
+        .arg(endpos.to_string()));
+    assert!(
+        ok,
+        "pg_receivewal from port {port} failed: {stdout}{stderr}"
+    );
+}
+
+/// Every segment in `segnos` that pg_receivewal wrote to `got` (complete or
+/// `.partial`) is byte-identical to the primary's in `pg_wal`.
+pub fn assert_same_segments(got: &Path, pg_wal: &Path, segnos: std::ops::RangeInclusive<u64>) {
+    for segno in segnos {
+        let name = segment_file_name(1, segno, SEG);
+        let ours = std::fs::read(got.join(&name))
+            .or_else(|_| std::fs::read(got.join(format!("{name}.partial"))))
+            .unwrap_or_else(|e| panic!("{name} missing: {e}"));
+        let want = std::fs::read(pg_wal.join(&name)).unwrap();
+        assert!(ours == want, "segment {name} differs from the primary's");
     }
 }

@@ -90,12 +90,25 @@ impl Timeline {
         writer: &WriterHandle,
         msg: &ProposerMessage,
     ) -> Result<PendingReply, HandleError> {
+        let pending = self.handle_queued(writer, msg)?;
+        writer.lead();
+        Ok(pending)
+    }
+
+    /// As [`Timeline::handle`], but the writes are only queued: the caller
+    /// must follow with `writer.lead()` (once for several messages, so they
+    /// share a sync).
+    pub fn handle_queued(
+        &self,
+        writer: &WriterHandle,
+        msg: &ProposerMessage,
+    ) -> Result<PendingReply, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
         let before = acceptor.state().term;
         let effects = acceptor.handle(msg)?;
         log_events(self.ttid, before, &effects);
-        let synced = writer.submit_with(self.ttid, effects.writes, effects.lazy);
+        let synced = writer.enqueue(self.ttid, effects.writes, effects.lazy);
         Ok(PendingReply {
             synced,
             reply: effects.reply,

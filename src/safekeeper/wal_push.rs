@@ -1,7 +1,9 @@
 //! `START_WAL_PUSH`: a proposer's CopyBoth stream of codec messages driving
 //! the timeline's acceptor. Messages are handled as they arrive (the proxy
 //! pipelines) and replies go out in order, each only after the sync that
-//! covers its writes.
+//! covers its writes. Everything already received is handled before the
+//! connection writes it (`WriterHandle::lead`), so the messages of one read
+//! share one sync, written on this task's thread when the storage is free.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -81,46 +83,33 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 stopping = true;
             }
             msg = conn.read_message(), if !stopping && in_flight.len() < MAX_IN_FLIGHT => {
-                let bytes = match msg? {
-                    Some(FeMessage::CopyData(bytes)) => bytes,
-                    Some(FeMessage::CopyDone) | Some(FeMessage::Terminate) | None => break End::Closed,
-                    Some(FeMessage::CopyFail(reason)) => {
-                        tracing::info!(%peer, %reason, "proposer aborted the push stream");
-                        break End::Closed;
-                    }
-                    Some(other) => {
-                        refuse(conn, sqlstate::PROTOCOL_VIOLATION, format!("unexpected message during START_WAL_PUSH: {}", describe(&other))).await?;
-                        break End::Refused;
-                    }
-                };
-                let msg = match decode_proposer_message(&bytes) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_else(|| "(not greeted)".into());
-                        tracing::warn!(timeline = %ttid, %peer, error = %e, "malformed proposer message");
-                        refuse(conn, sqlstate::PROTOCOL_VIOLATION, format!("timeline {ttid}: malformed proposer message: {e}")).await?;
-                        break End::Refused;
-                    }
-                };
-                match handle(shared, &mut timeline, &msg) {
-                    Ok(pending) => {
-                        if let Some(t) = &timeline {
-                            if _live.is_none() {
-                                _live = Some(shared.liveness.stream(t.ttid));
-                            }
-                            let told = match &msg {
-                                ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),
-                                _ => None,
-                            };
-                            shared.liveness.heard(t.ttid, told, t.current_flush_lsn());
+                // Take every message already here before writing, so they
+                // share one sync, then write them on this thread when the
+                // storage is free (`WriterHandle::lead`).
+                let mut msg = msg;
+                let mut queued = false;
+                let ended = loop {
+                    match on_message(shared, conn, peer, &mut timeline, &mut _live, msg?).await? {
+                        Step::Queued(pending) => {
+                            in_flight.push_back(pending);
+                            queued = true;
                         }
-                        in_flight.push_back(pending)
+                        Step::End(end) => break Some(end),
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, "refused: {e}");
-                        refuse(conn, refusal_sqlstate(&e), e.to_string()).await?;
-                        break End::Refused;
+                    if in_flight.len() >= MAX_IN_FLIGHT {
+                        break None;
                     }
+                    msg = tokio::select! {
+                        biased;
+                        m = conn.read_message() => m,
+                        _ = std::future::ready(()) => break None,
+                    };
+                };
+                if queued {
+                    shared.timelines.writer().lead();
+                }
+                if let Some(end) = ended {
+                    break end;
                 }
             }
         }
@@ -151,6 +140,83 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// What one proposer message led to.
+enum Step {
+    /// Its writes are queued (not yet written: the caller leads); the
+    /// reply waits for them.
+    Queued(PendingReply),
+    End(End),
+}
+
+async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    peer: std::net::SocketAddr,
+    timeline: &mut Option<Arc<Timeline>>,
+    live: &mut Option<super::failover::Stream>,
+    msg: Option<FeMessage>,
+) -> Result<Step, PqError> {
+    let bytes = match msg {
+        Some(FeMessage::CopyData(bytes)) => bytes,
+        Some(FeMessage::CopyDone) | Some(FeMessage::Terminate) | None => {
+            return Ok(Step::End(End::Closed))
+        }
+        Some(FeMessage::CopyFail(reason)) => {
+            tracing::info!(%peer, %reason, "proposer aborted the push stream");
+            return Ok(Step::End(End::Closed));
+        }
+        Some(other) => {
+            refuse(
+                conn,
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "unexpected message during START_WAL_PUSH: {}",
+                    describe(&other)
+                ),
+            )
+            .await?;
+            return Ok(Step::End(End::Refused));
+        }
+    };
+    let msg = match decode_proposer_message(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            let ttid = timeline
+                .as_ref()
+                .map(|t| t.ttid.to_string())
+                .unwrap_or_else(|| "(not greeted)".into());
+            tracing::warn!(timeline = %ttid, %peer, error = %e, "malformed proposer message");
+            refuse(
+                conn,
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("timeline {ttid}: malformed proposer message: {e}"),
+            )
+            .await?;
+            return Ok(Step::End(End::Refused));
+        }
+    };
+    match handle(shared, timeline, &msg) {
+        Ok(pending) => {
+            if let Some(t) = timeline.as_ref() {
+                if live.is_none() {
+                    *live = Some(shared.liveness.stream(t.ttid));
+                }
+                let told = match &msg {
+                    ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),
+                    _ => None,
+                };
+                shared.liveness.heard(t.ttid, told, t.current_flush_lsn());
+            }
+            Ok(Step::Queued(pending))
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "refused: {e}");
+            refuse(conn, refusal_sqlstate(&e), e.to_string()).await?;
+            Ok(Step::End(End::Refused))
+        }
+    }
+}
+
 fn handle(
     shared: &Shared,
     timeline: &mut Option<Arc<Timeline>>,
@@ -178,7 +244,7 @@ fn handle(
                 proposed: g.ttid.to_string(),
             }))
         }
-        (Some(t), msg) => t.handle(writer, msg),
+        (Some(t), msg) => t.handle_queued(writer, msg),
     }
 }
 

@@ -1,12 +1,21 @@
-//! The group-commit writer: one thread owns the storage's write side; every
-//! connection and timeline hands it writes, and it makes all that arrived
-//! together durable with one sync. Each caller is answered only after the sync
-//! that covers its writes, and in the order the writes were submitted, so a
-//! reply computed after a write is never released before it is on disk.
+//! The group-commit writer: one owner of the storage's write side at a time;
+//! every connection and timeline hands it writes, and it makes all that
+//! queued up together durable with one sync. Each caller is answered only
+//! after the sync that covers its writes, and in the order the writes were
+//! submitted, so a reply computed after a write is never released before it
+//! is on disk.
+//!
+//! Writes go into one queue. Whoever holds the storage drains it in order:
+//! usually the writer's own thread, woken by `submit`; but a caller that
+//! queued with `enqueue` may then `lead` and run the batch itself when the
+//! storage is free. A WAL push connection does that, so a safekeeper with
+//! one busy proposer stages, syncs and answers on the connection's own
+//! thread, the way `pg_receivewal` writes, syncs and replies: no hand-over
+//! to another thread and back for every append, which on a small machine
+//! costs more than the staging itself.
 
-use std::collections::HashMap;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -124,12 +133,6 @@ impl Histogram {
     }
 }
 
-enum Msg {
-    Write(Request),
-    /// Finish what was queued before, then exit.
-    Stop,
-}
-
 struct Request {
     ttid: Ttid,
     writes: Vec<Write>,
@@ -146,11 +149,49 @@ type Published = Arc<Mutex<HashMap<Ttid, watch::Sender<Option<Arc<TimelineState>
 /// whose writes are synced.
 pub type DurableState = watch::Receiver<Option<Arc<TimelineState>>>;
 
+/// What is waiting to be written, and what the writer thread must look at.
+struct Queue {
+    requests: VecDeque<Request>,
+    /// Shutting down: nothing more is taken, and the thread exits once what
+    /// was queued is synced.
+    closed: bool,
+    /// Set while lazy writes may sit staged without a sync: the writer
+    /// thread wakes by then and syncs them if nobody else did.
+    lazy_deadline: Option<Instant>,
+}
+
+/// The storage and what belongs to its owner of the moment.
+struct Core {
+    /// None once the writer has stopped (the storage is closed with it).
+    storage: Option<Box<dyn Storage + Send>>,
+    /// States of lazy writes staged but not synced yet, oldest first: they
+    /// are published after the sync that makes them durable.
+    deferred: Vec<(Ttid, Box<TimelineState>)>,
+    /// Lazy writes are staged and not synced, since `unsynced_since`: they
+    /// are synced at most LAZY_SYNC_DELAY later even while other requests
+    /// keep arriving (many timelines' heartbeats need no sync either).
+    unsynced: bool,
+    unsynced_since: Instant,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    /// The writer thread waits on it for requests or its lazy deadline.
+    wake: Condvar,
+    core: Mutex<Core>,
+    published: Published,
+    stats: Mutex<BatchStats>,
+}
+
+/// A panic elsewhere while holding one of these locks leaves data that is
+/// still consistent between whole steps; keep using it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Msg>,
-    published: Published,
-    stats: Arc<Mutex<BatchStats>>,
+    inner: Arc<Inner>,
 }
 
 pub struct GroupCommitWriter {
@@ -160,20 +201,29 @@ pub struct GroupCommitWriter {
 
 impl GroupCommitWriter {
     pub fn start<S: Storage + Send + 'static>(storage: S) -> GroupCommitWriter {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let published: Published = Arc::default();
-        let stats: Arc<Mutex<BatchStats>> = Arc::default();
-        let handle = WriterHandle {
-            tx,
-            published: published.clone(),
-            stats: stats.clone(),
-        };
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue {
+                requests: VecDeque::new(),
+                closed: false,
+                lazy_deadline: None,
+            }),
+            wake: Condvar::new(),
+            core: Mutex::new(Core {
+                storage: Some(Box::new(storage)),
+                deferred: Vec::new(),
+                unsynced: false,
+                unsynced_since: Instant::now(),
+            }),
+            published: Arc::default(),
+            stats: Mutex::default(),
+        });
+        let thread_inner = inner.clone();
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(storage, rx, published, stats))
+            .spawn(move || run(&thread_inner))
             .expect("spawning the group-commit thread");
         GroupCommitWriter {
-            handle,
+            handle: WriterHandle { inner },
             thread: Some(thread),
         }
     }
@@ -189,7 +239,8 @@ impl GroupCommitWriter {
     }
 
     fn stop(&mut self) {
-        let _ = self.handle.tx.send(Msg::Stop);
+        lock(&self.handle.inner.queue).closed = true;
+        self.handle.inner.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -200,6 +251,10 @@ impl Drop for GroupCommitWriter {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn stopped() -> Arc<StoreError> {
+    Arc::new(StoreError::Io("the group-commit writer has stopped".into()))
 }
 
 impl WriterHandle {
@@ -225,28 +280,69 @@ impl WriterHandle {
         self.submit_with(ttid, writes, true)
     }
 
+    /// Queue writes and wake the writer thread for them.
     pub fn submit_with(
         &self,
         ttid: Ttid,
         writes: Vec<Write>,
         lazy: bool,
     ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+        let rx = self.enqueue(ttid, writes, lazy);
+        self.inner.wake.notify_one();
+        rx
+    }
+
+    /// Queue writes without waking anyone: the caller must follow with
+    /// [`WriterHandle::lead`] (after more `enqueue`s, if it likes, so they
+    /// share one sync). Otherwise as [`WriterHandle::submit_with`].
+    pub fn enqueue(
+        &self,
+        ttid: Ttid,
+        writes: Vec<Write>,
+        lazy: bool,
+    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
         let (done, rx) = oneshot::channel();
-        let req = Request {
-            ttid,
-            writes,
-            lazy,
-            done: Some(done),
-            submitted: Instant::now(),
-        };
-        if let Err(mpsc::SendError(Msg::Write(mut req))) = self.tx.send(Msg::Write(req)) {
-            if let Some(done) = req.done.take() {
-                let _ = done.send(Err(Arc::new(StoreError::Io(
-                    "the group-commit writer has stopped".into(),
-                ))));
-            }
+        let mut q = lock(&self.inner.queue);
+        if q.closed {
+            let _ = done.send(Err(stopped()));
+        } else {
+            q.requests.push_back(Request {
+                ttid,
+                writes,
+                lazy,
+                done: Some(done),
+                submitted: Instant::now(),
+            });
         }
         rx
+    }
+
+    /// Write what is queued on this thread when the storage is free (staging,
+    /// the sync, and answering every request in the batch), else leave it to
+    /// the writer thread. Blocks for the sync: call it where blocking for
+    /// one fsync is acceptable, and not while holding locks others need.
+    pub fn lead(&self) {
+        let inner = &*self.inner;
+        let mut core = match inner.core.try_lock() {
+            Ok(core) => core,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Its owner may have drained the queue before our requests
+                // arrived; the thread takes them once the owner is done.
+                inner.wake.notify_one();
+                return;
+            }
+        };
+        // Bounded, so one connection does not write for everyone forever.
+        for _ in 0..4 {
+            if !inner.write_batch(&mut core, false) {
+                return;
+            }
+        }
+        drop(core);
+        if !lock(&inner.queue).requests.is_empty() {
+            inner.wake.notify_one();
+        }
     }
 
     /// Queue writes and wait for them to be durable.
@@ -262,7 +358,7 @@ impl WriterHandle {
     /// The durable state of a timeline as it changes (None until its first
     /// synced state write passes through this writer, unless seeded).
     pub fn durable_state(&self, ttid: Ttid) -> DurableState {
-        let mut map = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.inner.published);
         map.entry(ttid)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
@@ -270,7 +366,7 @@ impl WriterHandle {
 
     /// Seed the published state from what was loaded at start-up.
     pub fn publish_loaded(&self, state: TimelineState) {
-        let mut map = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.inner.published);
         let tx = map
             .entry(state.ttid)
             .or_insert_with(|| watch::channel(None).0);
@@ -278,119 +374,155 @@ impl WriterHandle {
     }
 
     pub fn stats(&self) -> BatchStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.inner.stats)
     }
 }
 
-fn run<S: Storage>(
-    mut storage: S,
-    rx: mpsc::Receiver<Msg>,
-    published: Published,
-    stats: Arc<Mutex<BatchStats>>,
-) {
-    // Per request: whether it carried WAL (for the append latency).
-    let mut batch: Vec<(Request, Result<(), Arc<StoreError>>, bool)> = Vec::new();
-    // States of lazy writes staged but not synced yet, oldest first: they are
-    // published after the sync that makes them durable.
-    let mut deferred: Vec<(Ttid, Box<TimelineState>)> = Vec::new();
-    // Lazy writes are staged and not synced, since this time: they are
-    // synced at most LAZY_SYNC_DELAY later even while other requests keep
-    // arriving (many timelines' heartbeats need no sync either).
-    let mut unsynced = false;
-    let mut unsynced_since = Instant::now();
-    let mut stopping = false;
-    while !stopping {
-        let first = if unsynced {
-            match rx.recv_timeout(LAZY_SYNC_DELAY.saturating_sub(unsynced_since.elapsed())) {
-                Ok(Msg::Write(r)) => Some(r),
-                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    stopping = true;
-                    None
+/// The writer thread: takes the queue whenever nobody leads, syncs lazy
+/// writes left unsynced past their deadline, and at shutdown writes and
+/// syncs what is left before closing the storage.
+fn run(inner: &Inner) {
+    loop {
+        let closing = {
+            let mut q = lock(&inner.queue);
+            loop {
+                if !q.requests.is_empty() || q.closed {
+                    break;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                match q.lazy_deadline {
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            break;
+                        }
+                        q = inner
+                            .wake
+                            .wait_timeout(q, d - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    None => q = inner.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
+                }
             }
-        } else {
-            match rx.recv() {
-                Ok(Msg::Write(r)) => Some(r),
-                _ => break,
-            }
+            q.closed
         };
+        let mut core = lock(&inner.core);
+        while inner.write_batch(&mut core, closing) {}
+        if closing {
+            // Nothing is taken any more; close the storage with the thread.
+            let rest: Vec<Request> = lock(&inner.queue).requests.drain(..).collect();
+            for mut req in rest {
+                if let Some(done) = req.done.take() {
+                    let _ = done.send(Err(stopped()));
+                }
+            }
+            core.storage = None;
+            return;
+        }
+    }
+}
+
+impl Inner {
+    /// Take the next batch from the queue, stage it, sync it when something
+    /// in it needs that (or lazy writes waited long enough, or `closing`),
+    /// publish what became durable and answer every request in it. Returns
+    /// whether there was anything to take.
+    fn write_batch(&self, core: &mut Core, closing: bool) -> bool {
+        let mut batch: Vec<(Request, Result<(), Arc<StoreError>>, bool)> = Vec::new();
         let mut bytes = 0usize;
         // Writes staged by requests that must be synced before their reply.
         let mut must_sync = false;
-        let mut next = first;
-        while let Some(mut req) = next.take() {
+        loop {
+            let next = {
+                let mut q = lock(&self.queue);
+                if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_BATCH_REQUESTS {
+                    None
+                } else {
+                    q.requests.pop_front()
+                }
+            };
+            let Some(mut req) = next else { break };
             if !req.lazy && !req.writes.is_empty() {
                 must_sync = true;
             }
             let req_bytes = wal_bytes(&req.writes);
             bytes += req_bytes;
-            let staged = storage.write(req.ttid, &req.writes).map_err(Arc::new);
+            let staged = match core.storage.as_mut() {
+                Some(storage) => storage.write(req.ttid, &req.writes).map_err(Arc::new),
+                None => Err(stopped()),
+            };
             if let Err(e) = &staged {
                 tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
             }
-            if req.lazy && !req.writes.is_empty() && staged.is_ok() && !unsynced {
-                unsynced = true;
-                unsynced_since = Instant::now();
+            if req.lazy && !req.writes.is_empty() && staged.is_ok() && !core.unsynced {
+                core.unsynced = true;
+                core.unsynced_since = Instant::now();
             }
             // Drop the WAL payloads now; only the state is still needed.
             req.writes.retain(|w| matches!(w, Write::PutState(_)));
             batch.push((req, staged, req_bytes > 0));
-            if bytes >= MAX_BATCH_BYTES || batch.len() >= MAX_BATCH_REQUESTS {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(Msg::Write(r)) => next = Some(r),
-                Ok(Msg::Stop) => stopping = true,
-                Err(_) => {}
-            }
         }
         // Sync when a request needs it, when staged lazy writes waited long
-        // enough (the idle timeout, or LAZY_SYNC_DELAY under a stream of
-        // requests that need no sync), and before stopping.
-        // Every earlier batch was synced before its callers were answered,
-        // except for lazy writes: a batch of only lazy requests (or of
-        // requests that staged nothing) is answered at once.
-        let do_sync = must_sync
-            || (unsynced
-                && (batch.is_empty() || stopping || unsynced_since.elapsed() >= LAZY_SYNC_DELAY));
+        // enough (also under a stream of requests that need no sync), and
+        // before stopping. Every earlier batch was synced before its callers
+        // were answered, except for lazy writes: a batch of only lazy
+        // requests (or of requests that staged nothing) is answered at once.
+        let lazy_due = core.unsynced && core.unsynced_since.elapsed() >= LAZY_SYNC_DELAY;
+        let do_sync = must_sync || (core.unsynced && (closing || lazy_due));
+        if batch.is_empty() && !do_sync {
+            // Nothing to take; tell the thread when to look again.
+            let mut q = lock(&self.queue);
+            q.lazy_deadline = core.unsynced.then(|| core.unsynced_since + LAZY_SYNC_DELAY);
+            return false;
+        }
         let started = Instant::now();
-        let synced = if do_sync {
-            storage.sync().map_err(Arc::new)
-        } else {
-            Ok(())
+        let synced = match (do_sync, core.storage.as_mut()) {
+            (false, _) => Ok(()),
+            (true, Some(storage)) => storage.sync().map_err(Arc::new),
+            (true, None) => Err(stopped()),
         };
         let took = started.elapsed();
         if let Err(e) = &synced {
             tracing::error!(error = %e, requests = batch.len(), "sync failed; nothing in this batch is acknowledged");
         }
         if do_sync {
-            unsynced = false;
-            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-            s.batches += 1;
+            core.unsynced = false;
+        } else if core.unsynced {
+            // Lazy writes wait unsynced: make sure the thread comes back for
+            // them. Waking it only when not already armed keeps a stream of
+            // heartbeats from waking it for each one.
+            let mut q = lock(&self.queue);
+            if q.lazy_deadline.is_none() {
+                q.lazy_deadline = Some(core.unsynced_since + LAZY_SYNC_DELAY);
+                drop(q);
+                self.wake.notify_one();
+            }
+        }
+        {
+            let mut s = lock(&self.stats);
             s.requests += batch.len() as u64;
-            s.wal_bytes += bytes as u64;
-            s.last_batch_requests = batch.len() as u64;
-            s.last_sync = took;
-            s.sync_time_total += took;
-            s.sync_seconds.observe(took.as_secs_f64());
-            s.batch_requests.observe(batch.len() as f64);
-            if synced.is_ok() {
-                for (req, staged, appended) in &batch {
-                    if *appended && staged.is_ok() {
-                        s.append_seconds
-                            .observe(req.submitted.elapsed().as_secs_f64());
+            if do_sync {
+                s.batches += 1;
+                s.wal_bytes += bytes as u64;
+                s.last_batch_requests = batch.len() as u64;
+                s.last_sync = took;
+                s.sync_time_total += took;
+                s.sync_seconds.observe(took.as_secs_f64());
+                s.batch_requests.observe(batch.len() as f64);
+                if synced.is_ok() {
+                    for (req, staged, appended) in &batch {
+                        if *appended && staged.is_ok() {
+                            s.append_seconds
+                                .observe(req.submitted.elapsed().as_secs_f64());
+                        }
                     }
                 }
             }
-        } else {
-            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-            s.requests += batch.len() as u64;
         }
-        let map = published.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.published);
         if do_sync {
             // Staged lazy states are durable now (or lost with this batch).
-            for (ttid, state) in deferred.drain(..) {
+            for (ttid, state) in core.deferred.drain(..) {
                 if synced.is_ok() {
                     if let Some(tx) = map.get(&ttid) {
                         tx.send_replace(Some(Arc::new(*state)));
@@ -398,7 +530,7 @@ fn run<S: Storage>(
                 }
             }
         }
-        for (mut req, staged, _) in batch.drain(..) {
+        for (mut req, staged, _) in batch {
             let result = match (&staged, &synced) {
                 (Err(e), _) | (Ok(()), Err(e)) => Err(e.clone()),
                 (Ok(()), Ok(())) => Ok(()),
@@ -410,7 +542,7 @@ fn run<S: Storage>(
                             tx.send_replace(Some(Arc::new(*s)));
                         }
                     } else {
-                        deferred.push((req.ttid, s));
+                        core.deferred.push((req.ttid, s));
                     }
                 }
             }
@@ -418,6 +550,7 @@ fn run<S: Storage>(
                 let _ = done.send(result);
             }
         }
+        true
     }
 }
 
@@ -461,6 +594,8 @@ mod tests {
         }
         fn sync(&mut self) -> Result<(), StoreError> {
             self.log.lock().unwrap().push("sync".into());
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            self.log.lock().unwrap().push(format!("synced on {thread}"));
             if self.fail_sync {
                 return Err(StoreError::Io("disk full".into()));
             }
@@ -530,7 +665,8 @@ mod tests {
         let log = log.lock().unwrap().clone();
         // Every write is followed by a sync before anyone is answered, and
         // requests that queued up together share one sync.
-        assert_eq!(log.last().map(String::as_str), Some("sync"));
+        let last = log.iter().rev().find(|l| !l.starts_with("synced on"));
+        assert_eq!(last.map(String::as_str), Some("sync"));
         assert_eq!(log.iter().filter(|l| l.starts_with("write")).count(), 50);
         let syncs = log.iter().filter(|l| *l == "sync").count();
         assert!((1..=50).contains(&syncs));
@@ -611,6 +747,113 @@ mod tests {
         assert!((3..=4).contains(&syncs(&log)));
         assert_eq!(durable.borrow().as_ref().unwrap().flush_lsn, s.flush_lsn);
         writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_leader_writes_on_its_own_thread_after_what_was_queued_before() {
+        let (writer, log) = recording_writer(false);
+        let h = writer.handle();
+        let mut durable = h.durable_state(Ttid::default());
+        let me = std::thread::current().name().unwrap_or("").to_string();
+        assert_ne!(me, "group-commit");
+        let put = |s: &TimelineState| Write::PutState(Box::new(s.clone()));
+        let mut s = state();
+        // Queued for the writer thread first (one write), then by a leader
+        // (two writes): whoever writes them, they reach the storage in
+        // submission order.
+        let first = h.submit(Ttid::default(), vec![put(&s)]);
+        s.flush_lsn = Lsn(s.flush_lsn.0 + 1);
+        let mut second = h.enqueue(
+            Ttid::default(),
+            vec![
+                Write::AppendWal {
+                    begin: s.flush_lsn,
+                    bytes: Bytes::from_static(b"x"),
+                },
+                put(&s),
+            ],
+            false,
+        );
+        h.lead();
+        first.await.unwrap().unwrap();
+        let second = match second.try_recv() {
+            Ok(r) => r,
+            // The writer thread held the storage; it answers soon.
+            Err(_) => second.await.unwrap(),
+        };
+        second.unwrap();
+        durable.changed().await.unwrap();
+        assert_eq!(durable.borrow().as_ref().unwrap().flush_lsn, s.flush_lsn);
+        let order: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("write"))
+            .cloned()
+            .collect();
+        assert_eq!(order, ["write 1", "write 2"]);
+
+        // With the storage free, a leader stages, syncs and answers on its
+        // own thread: the reply is there when `lead` returns. (The writer
+        // thread may hold the storage for a moment after a spurious wake;
+        // then the request is its, and the leader tries again.)
+        async fn led_here(
+            h: &WriterHandle,
+            log: &Arc<Mutex<Vec<String>>>,
+            s: &TimelineState,
+            lazy: bool,
+        ) {
+            for _ in 0..100 {
+                log.lock().unwrap().clear();
+                let mut rx = h.enqueue(
+                    Ttid::default(),
+                    vec![Write::PutState(Box::new(s.clone()))],
+                    lazy,
+                );
+                h.lead();
+                match rx.try_recv() {
+                    Ok(r) => return r.unwrap(),
+                    Err(_) => rx.await.unwrap().unwrap(),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the storage was never free for a leader");
+        }
+        s.flush_lsn = Lsn(s.flush_lsn.0 + 1);
+        led_here(&h, &log, &s, false).await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "write 1".to_string(),
+                "sync".into(),
+                format!("synced on {me}")
+            ]
+        );
+        assert_eq!(
+            durable.borrow_and_update().as_ref().unwrap().flush_lsn,
+            s.flush_lsn
+        );
+
+        // A lazy write led here is answered without a sync; the writer
+        // thread syncs it by its deadline, and only then do readers see it.
+        s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
+        led_here(&h, &log, &s, true).await;
+        assert_eq!(*log.lock().unwrap(), ["write 1"]);
+        assert!(durable.borrow().as_ref().unwrap().commit_lsn < s.commit_lsn);
+        tokio::time::timeout(Duration::from_secs(5), durable.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(durable.borrow().as_ref().unwrap().commit_lsn, s.commit_lsn);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["write 1", "sync", "synced on group-commit"]
+        );
+        writer.shutdown();
+        // After shutdown a leader's requests fail instead of hanging.
+        let mut rx = h.enqueue(Ttid::default(), vec![put(&s)], false);
+        h.lead();
+        assert!(rx.try_recv().unwrap().is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 #   BENCH_QUICK=1  one round of 5 s runs      BENCH_ORDER    configurations per round (default ABCDDCBA)
 #   BENCH_DIR      working directory (default: a new temp dir, removed on exit unless BENCH_KEEP=1)
 #   BENCH_SCALE    pgbench -i scale (default 10)
+#   BENCH_WARMUP   seconds of unmeasured pgbench before the first round (default 30; 0: none)
 #   BENCH_OUT      also write the results table to this file
 #   BENCH_NO_BUILD=1  do not run cargo build --bins first
 #   BENCH_BIN      directory of the safekeeper and safekeeper-proxy binaries (default: $CARGO_TARGET_DIR/debug)
@@ -40,6 +41,7 @@ else
     SECONDS_RUN="${BENCH_SECONDS:-10}"
 fi
 ORDER="${BENCH_ORDER:-ABCDDCBA}"
+WARMUP="${BENCH_WARMUP:-30}"
 SCALE="${BENCH_SCALE:-10}"
 if [ -n "${BENCH_DIR:-}" ]; then
     DIR="$BENCH_DIR"
@@ -244,6 +246,17 @@ lat_of() { sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$1/out"; }
 # pgbench -l: client_id transaction_no time(µs) script_no epoch epoch_us
 p99_of() { cat "$1"/tx.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99+0.999); if (i<1) i=1; printf "%.2f\n", a[i]/1000}'; }
 max_of() { cat "$1"/tx.* | awk 'BEGIN{m=0} $3>m {m=$3} END {printf "%.2f\n", m/1000}'; }
+
+# Warm-up, unmeasured: new stores and logs are slower than steady state
+# (a fresh RocksDB log file grows with every synced write until recycled
+# log files are in use; pg_receivewal zero-fills its first segments), and
+# whichever configuration ran first would pay for it.
+if [ "$WARMUP" -gt 0 ]; then
+    switch_to D
+    log "warm-up: pgbench -N -c 8 for $WARMUP s with no synchronous standby (every consumer streams)"
+    pgbench -h 127.0.0.1 -p "$PGPORT_B" -U postgres -N -c 8 -j 2 -T "$WARMUP" postgres >"$LOGS/warmup.log" 2>&1 || {
+        log "warm-up pgbench failed:"; cat "$LOGS/warmup.log" >&2; exit 1; }
+fi
 
 total=$((ROUNDS * ${#ORDER}))
 i=0

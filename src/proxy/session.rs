@@ -351,8 +351,16 @@ impl<'a> Session<'a> {
         self.dial_all();
         loop {
             let take_primary = self.wants_primary_wal();
+            let tell_commit_at = self
+                .proposer
+                .commit_tell_due()
+                .map(|ms| tokio::time::Instant::from_std(self.started) + Duration::from_millis(ms));
             tokio::select! {
                 _ = tick.tick() => self.on_tick().await?,
+                _ = tokio::time::sleep_until(tell_commit_at.unwrap_or_else(tokio::time::Instant::now)), if tell_commit_at.is_some() => {
+                    let actions = self.proposer.on_tick(self.now_ms());
+                    self.apply(actions).await?;
+                }
                 Some(ev) = events_rx.recv() => self.on_event(ev).await?,
                 Some(ev) = primary_rx.recv(), if take_primary => self.on_event(ev).await?,
             }

@@ -296,6 +296,9 @@ impl Sim {
             .collect();
         let mut cfg = ProposerConfig::new(ttid, server, start_lsn, members.clone());
         cfg.heartbeat_interval = 50;
+        // Commit advances told with the next WAL, after a delay, or at once
+        // (from the seed, so the random stream stays as it was).
+        cfg.commit_tell_delay = [5, 0, 30][(opts.seed % 3) as usize];
         cfg.response_timeout = 400;
         cfg.election_timeout = 400;
         cfg.max_append_bytes = 256;

@@ -338,12 +338,11 @@ fn error_of(msgs: &[BeMsg]) -> Option<(String, String)> {
     Some((e.error_field(b'C')?, e.error_field(b'M')?))
 }
 
-#[test]
-fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
-    // A one-member timeline with committed WAL; the proposer stays
-    // connected so consumers are served.
+/// A one-member timeline with committed WAL, a durable slot "s" on it, and
+/// a consumer streaming from that slot; the proposer stays connected so
+/// consumers are served. Returns (safekeeper, proposer, streamer).
+fn slot_in_use(dir: &std::path::Path) -> (Safekeeper, RawClient, RawClient) {
+    let sk = Safekeeper::start(&dir.join("sk1"), 1, true);
     let mut p = RawClient::proposer(sk.pg_addr);
     elect_single(&mut p, greeting(&[1], true), 1);
     let wal = wal_bytes(1, START, 100_000);
@@ -358,14 +357,23 @@ fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_rele
     ));
     let m = streamer.read().expect("a reply to START_REPLICATION");
     assert_eq!(m.tag, b'W', "expected CopyBothResponse, got {m:?}");
+    (sk, p, streamer)
+}
 
-    // Without WAIT: PostgreSQL's 55006.
+#[test]
+fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, p, streamer) = slot_in_use(dir.path());
+
+    // Without WAIT: PostgreSQL's 55006, naming the connection that streams
+    // by the process id it was told.
     let mut other = RawClient::connect(sk.pg_addr, "");
     let (code, msg) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\"")).expect("an error");
     assert_eq!(code, "55006");
-    assert!(
-        msg.starts_with("replication slot \"s\" is active for PID "),
-        "{msg}"
+    let pid = streamer.key.expect("BackendKeyData").0;
+    assert_eq!(
+        msg,
+        format!("replication slot \"s\" is active for PID {pid}")
     );
     // With WAIT: no answer while the stream holds the slot ...
     other.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
@@ -377,15 +385,7 @@ fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_rele
     assert_eq!(row, format!("physical|{}|1", Lsn(START)));
     // ... and the drop once the streaming connection is gone.
     drop(streamer);
-    let mut reply = Vec::new();
-    loop {
-        let m = other.read().expect("the reply to DROP … WAIT");
-        let done = m.tag == b'Z';
-        reply.push(m);
-        if done {
-            break;
-        }
-    }
+    let reply = other.reply();
     assert_eq!(error_of(&reply), None);
     assert!(reply
         .iter()
@@ -403,6 +403,45 @@ fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_rele
         error_of(&other.query("DROP_REPLICATION_SLOT \"t\" WAIT")),
         None
     );
+    drop(p);
+}
+
+/// A DROP … WAIT the client gave up on, by a cancel request (psql's
+/// Ctrl-C) or by going away, must not drop the slot when it is released
+/// later.
+#[test]
+fn an_abandoned_drop_replication_slot_wait_leaves_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, p, streamer) = slot_in_use(dir.path());
+
+    let mut cancelled = RawClient::connect(sk.pg_addr, "");
+    cancelled.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
+    assert!(cancelled.try_read(Duration::from_secs(1)).is_none());
+    cancelled.cancel();
+    let (code, msg) = error_of(&cancelled.reply()).expect("the wait ends with an error");
+    assert_eq!(code, "57014", "{msg}");
+    assert_eq!(msg, "canceling statement due to user request");
+    // The connection is usable afterwards.
+    assert_eq!(error_of(&cancelled.query("READ_REPLICATION_SLOT s")), None);
+
+    let mut left = RawClient::connect(sk.pg_addr, "");
+    left.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
+    assert!(left.try_read(Duration::from_secs(1)).is_none());
+    drop(left);
+    // Give the safekeeper a moment to see the client close.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The stream ends: nobody waits any more, so the slot stays.
+    drop(streamer);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            repl_sql(&sk, "READ_REPLICATION_SLOT s").unwrap(),
+            format!("physical|{}|1", Lsn(START)),
+            "an abandoned DROP … WAIT dropped the slot"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(p);
 }
 

@@ -16,6 +16,9 @@ use super::replication::parse_pg_bool;
 use super::{sqlstate, PqError};
 
 const READ_CHUNK: usize = 8 * 1024;
+/// What `until_closed` buffers at most of a client that keeps sending
+/// while it should be waiting for an answer.
+const MAX_BUFFERED_WHILE_WAITING: usize = 1 << 20;
 
 /// What the server reports as `server_version`: clients check the major
 /// version (pg_receivewal accepts 9.3 to 15), so it must look like 15.x.
@@ -330,6 +333,20 @@ impl<S: AsyncRead + Unpin> PqConnection<S> {
             return Err(PqError::UnexpectedEof { context });
         }
         Ok(true)
+    }
+
+    /// Resolves once the client has closed its end (or the connection
+    /// failed), for a server that waits long before answering. Whatever the
+    /// client sends meanwhile stays buffered for `read_message` (up to a
+    /// bound; beyond it this just waits). Cancel-safe.
+    pub async fn until_closed(&mut self) {
+        while self.read_buf.len() < MAX_BUFFERED_WHILE_WAITING {
+            match self.fill(message_frame_len, "waiting for the client").await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            }
+        }
+        std::future::pending::<()>().await
     }
 
     /// The next startup-phase packet; `None` if the client closed first.

@@ -21,13 +21,15 @@ pub(crate) const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub(crate) const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 
 /// Who is on the other end, from the startup packet.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Client {
     pub peer: SocketAddr,
     pub params: StartupParams,
     pub is_proposer: bool,
     /// This connection's id for slot ownership ([`super::slots::Session`]).
     pub session: u64,
+    /// Its cancel key, and a cancel request for it.
+    pub cancel: super::cancel::Registration,
 }
 
 impl Client {
@@ -66,16 +68,29 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) -> Result<(), PqError> {
     let params = match conn.handshake().await? {
-        None | Some(Handshake::Cancel { .. }) => return Ok(()),
+        None => return Ok(()),
+        Some(Handshake::Cancel {
+            process_id,
+            secret_key,
+        }) => {
+            if shared.cancels.cancel(process_id, secret_key) {
+                tracing::info!(%peer, pid = process_id, "cancel request for connection {process_id}");
+            } else {
+                tracing::info!(%peer, pid = process_id, "cancel request with an unknown process id or key; ignored");
+            }
+            return Ok(());
+        }
         Some(Handshake::Startup(p)) => p,
     };
     let is_proposer = params.option("walkeeper.role") == Some("proposer");
     let session = shared.slots.session();
+    let cancel = shared.cancels.register(session.id);
     let client = Client {
         peer,
         params,
         is_proposer,
         session: session.id,
+        cancel,
     };
     // Before authentication: only then does libpq try the next host.
     if !is_proposer {
@@ -89,8 +104,12 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     tracing::debug!(%peer, proposer = is_proposer, application_name = ?client.params.application_name, "client connected");
-    conn.accept_trust(&client.params, &ServerParams::default())
-        .await?;
+    let server = ServerParams {
+        process_id: client.cancel.process_id(),
+        secret_key: client.cancel.secret_key(),
+        ..ServerParams::default()
+    };
+    conn.accept_trust(&client.params, &server).await?;
     loop {
         let Some(msg) = conn.read_message().await? else {
             return Ok(());

@@ -1,6 +1,7 @@
 //! The safekeeper daemon: one RocksDB store, one PostgreSQL-protocol port for
 //! proposers and consumers, one HTTP port.
 
+pub mod cancel;
 pub mod connection;
 pub mod failover;
 pub mod http;
@@ -141,6 +142,8 @@ pub struct Shared {
     /// Open START_REPLICATION streams, recovery reads excepted.
     pub consumers: AtomicU64,
     pub slots: Arc<slots::Slots>,
+    /// Connections' cancel keys (BackendKeyData).
+    pub cancels: Arc<cancel::Cancels>,
     pub liveness: Arc<failover::ProposerLiveness>,
     /// The mark of the checkpoint this store is, while it is not cleared.
     pub restored: std::sync::Mutex<Option<crate::store::checkpoint::CheckpointMark>>,
@@ -294,6 +297,7 @@ pub async fn run(
         proposers: AtomicU64::new(0),
         consumers: AtomicU64::new(0),
         slots: slots::Slots::new(stored_slots),
+        cancels: Arc::default(),
         liveness: Arc::default(),
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,

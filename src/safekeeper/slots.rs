@@ -517,16 +517,25 @@ pub async fn run_command<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin
             // Without WAIT a slot another session uses is refused (55006);
             // with it, dropped once that session lets go, as PostgreSQL does.
             let dropped = if wait {
-                shared
-                    .slots
-                    .drop_slot_wait(
+                // Also ends when the client cancels (psql's Ctrl-C) or goes
+                // away: an abandoned wait must not drop the slot later.
+                tokio::select! {
+                    dropped = shared.slots.drop_slot_wait(
                         writer,
                         t.ttid,
                         &slot,
                         client.session,
                         shared.shutdown.clone(),
-                    )
-                    .await
+                    ) => dropped,
+                    _ = client.cancel.requested() => {
+                        tracing::info!(timeline = %t.ttid, slot = %slot, "DROP_REPLICATION_SLOT WAIT cancelled by the client; the slot stays");
+                        Err(err(sqlstate::QUERY_CANCELED, "canceling statement due to user request".into()))
+                    }
+                    _ = conn.until_closed() => {
+                        tracing::info!(timeline = %t.ttid, slot = %slot, "the client of DROP_REPLICATION_SLOT WAIT went away; the slot stays");
+                        return Ok(());
+                    }
+                }
             } else {
                 shared
                     .slots

@@ -193,6 +193,8 @@ pub fn greeting(node_ids: &[u64], create: bool) -> Greeting {
 pub struct RawClient {
     pub stream: TcpStream,
     buf: BytesMut,
+    /// BackendKeyData: (process id, secret key).
+    pub key: Option<(i32, i32)>,
 }
 
 /// A backend message: tag and body.
@@ -229,6 +231,7 @@ impl RawClient {
         let mut c = RawClient {
             stream,
             buf: BytesMut::new(),
+            key: None,
         };
         let mut params = vec![
             ("user", "walkeeper"),
@@ -246,6 +249,10 @@ impl RawClient {
             match m.tag {
                 b'Z' => break,
                 b'E' => panic!("startup refused: {:?}", m.error_field(b'M')),
+                b'K' if m.body.len() == 8 => {
+                    let at = |i: usize| i32::from_be_bytes(m.body[i..i + 4].try_into().unwrap());
+                    c.key = Some((at(0), at(4)));
+                }
                 _ => {}
             }
         }
@@ -325,6 +332,11 @@ impl RawClient {
     /// Run a query; the messages up to ReadyForQuery.
     pub fn query(&mut self, q: &str) -> Vec<BeMsg> {
         self.query_raw(q);
+        self.reply()
+    }
+
+    /// The messages up to the next ReadyForQuery.
+    pub fn reply(&mut self) -> Vec<BeMsg> {
         let mut v = Vec::new();
         loop {
             let m = self.read().expect("query reply");
@@ -334,6 +346,18 @@ impl RawClient {
                 return v;
             }
         }
+    }
+
+    /// Send a CancelRequest for this connection on a new one, as psql
+    /// does on Ctrl-C.
+    pub fn cancel(&self) {
+        let (pid, key) = self.key.expect("the server sent BackendKeyData");
+        let mut c = TcpStream::connect(self.stream.peer_addr().unwrap()).expect("connecting");
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(pid, key, &mut out);
+        c.write_all(&out).unwrap();
+        // The server closes it without a word.
+        let _ = c.read(&mut [0u8; 1]);
     }
 
     pub fn send_copy_data(&mut self, data: &[u8]) {

@@ -406,6 +406,24 @@ fn drop_replication_slot_refuses_an_active_slot_and_with_wait_waits_for_its_rele
     drop(p);
 }
 
+/// A slot is free for others once the stream from it ends, while its
+/// connection stays open, as PostgreSQL releases it at the end of
+/// START_REPLICATION.
+#[test]
+fn a_slot_is_released_when_its_stream_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, p, mut streamer) = slot_in_use(dir.path());
+    let mut other = RawClient::connect(sk.pg_addr, "");
+    let (code, _) = error_of(&other.query("DROP_REPLICATION_SLOT \"s\"")).expect("an error");
+    assert_eq!(code, "55006");
+    streamer.copy_done();
+    while streamer.read().expect("the end of the stream").tag != b'Z' {}
+    assert_eq!(error_of(&other.query("DROP_REPLICATION_SLOT \"s\"")), None);
+    // The streamer's connection is still usable.
+    assert_eq!(error_of(&streamer.query("IDENTIFY_SYSTEM")), None);
+    drop(p);
+}
+
 /// A DROP … WAIT the client gave up on, by a cancel request (psql's
 /// Ctrl-C) or by going away, must not drop the slot when it is released
 /// later.

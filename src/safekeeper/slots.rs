@@ -334,6 +334,21 @@ impl Slots {
         }
     }
 
+    /// The end of a stream from a slot: the slot is free for others
+    /// (a temporary one stays its creator's until that session ends).
+    pub fn release(&self, ttid: Ttid, name: &str, session: u64) {
+        let released = match self.lock().get_mut(&ttid).and_then(|s| s.get_mut(name)) {
+            Some(slot) if slot.active == Some(session) => {
+                slot.active = None;
+                true
+            }
+            _ => false,
+        };
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+
     fn end_session(&self, session: u64) {
         let mut released = false;
         {
@@ -617,9 +632,18 @@ mod tests {
         assert_eq!(slots.durable_horizon(t), Lsn(100));
         slots.stored(t, "d", Lsn(200));
         assert_eq!(slots.durable_horizon(t), Lsn(200));
-        drop(a);
+        // Only the streaming session's release (its stream ended) frees it.
+        slots.release(t, "d", b.id);
+        assert_eq!(
+            slots.acquire(t, "d", b.id, Lsn(5)).unwrap_err().code,
+            OBJECT_IN_USE
+        );
+        slots.release(t, "d", a.id);
         assert_eq!(slots.acquire(t, "d", b.id, Lsn(5)), Ok(Lsn(200)));
-        assert!(slots.acquire(t, "nope", b.id, Lsn(5)).is_err());
+        // So does the end of the session.
+        drop(b);
+        assert_eq!(slots.acquire(t, "d", a.id, Lsn(5)), Ok(Lsn(200)));
+        assert!(slots.acquire(t, "nope", a.id, Lsn(5)).is_err());
     }
 
     #[tokio::test]

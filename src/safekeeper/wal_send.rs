@@ -34,10 +34,20 @@ pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE;
 /// at half of it).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The slot a stream reports into.
+/// The slot a stream reports into; released when the stream ends (the
+/// connection may go on with other commands), as a walsender releases its
+/// slot at the end of START_REPLICATION.
 struct SlotUse {
     slots: Arc<super::slots::Slots>,
+    ttid: crate::id::Ttid,
     name: String,
+    session: u64,
+}
+
+impl Drop for SlotUse {
+    fn drop(&mut self) {
+        self.slots.release(self.ttid, &self.name, self.session);
+    }
 }
 
 pub struct StartRequest {
@@ -156,7 +166,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(true);
     }
     if let Some(name) = &req.slot {
-        // Released when the connection's slot session ends.
         if let Err(e) = shared
             .slots
             .acquire(timeline.ttid, name, client.session, req.start_lsn)
@@ -167,7 +176,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let slot = req.slot.clone().map(|name| SlotUse {
         slots: shared.slots.clone(),
+        ttid: timeline.ttid,
         name,
+        session: client.session,
     });
     let recovery = req.recovery_term.is_some();
     let _counted = (!recovery).then(|| super::Connected::new(&shared.consumers));
@@ -245,8 +256,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             {
                 state = s;
             }
-            if !drain_client(conn, &timeline, slot.as_ref(), pos, limit).await? {
-                return Ok(false);
+            if let Ended(keep_open) =
+                drain_client(conn, &timeline, slot.as_ref(), pos, limit).await?
+            {
+                return Ok(keep_open);
             }
             continue;
         }
@@ -260,8 +273,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             msg = conn.read_message() => {
-                if !on_client_message(conn, &timeline, slot.as_ref(), msg?, pos, limit).await? {
-                    return Ok(false);
+                if let Ended(keep_open) = on_client_message(conn, &timeline, slot.as_ref(), msg?, pos, limit).await? {
+                    return Ok(keep_open);
                 }
             }
             _ = keepalive.tick() => {
@@ -313,15 +326,15 @@ async fn drain_client<S: AsyncRead + AsyncWrite + Unpin>(
     slot: Option<&SlotUse>,
     pos: Lsn,
     limit: Lsn,
-) -> Result<bool, PqError> {
+) -> Result<Stream, PqError> {
     loop {
         let msg = tokio::select! {
             biased;
             m = conn.read_message() => m,
-            _ = std::future::ready(()) => return Ok(true),
+            _ = std::future::ready(()) => return Ok(Streaming),
         };
-        if !on_client_message(conn, timeline, slot, msg?, pos, limit).await? {
-            return Ok(false);
+        if let ended @ Ended(_) = on_client_message(conn, timeline, slot, msg?, pos, limit).await? {
+            return Ok(ended);
         }
     }
 }
@@ -339,7 +352,14 @@ async fn send_keepalive<S: AsyncWrite + Unpin>(
     .await
 }
 
-/// Returns false when the stream is over.
+/// Whether a stream goes on after a client message.
+enum Stream {
+    Streaming,
+    /// It is over; whether the connection stays open for more commands.
+    Ended(bool),
+}
+use Stream::{Ended, Streaming};
+
 async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     timeline: &Timeline,
@@ -347,9 +367,9 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
     msg: Option<FeMessage>,
     pos: Lsn,
     limit: Lsn,
-) -> Result<bool, PqError> {
+) -> Result<Stream, PqError> {
     match msg {
-        None | Some(FeMessage::Terminate) => Ok(false),
+        None | Some(FeMessage::Terminate) => Ok(Ended(false)),
         Some(FeMessage::CopyData(body)) => {
             match StandbyReplMessage::decode(&body) {
                 Ok(StandbyReplMessage::StatusUpdate(s)) => {
@@ -368,18 +388,19 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
                         &format!("invalid standby message: {e}"),
                     )
                     .await?;
-                    return Ok(false);
+                    return Ok(Ended(false));
                 }
             }
-            Ok(true)
+            Ok(Streaming)
         }
         Some(FeMessage::CopyDone) => {
-            // The client ends streaming: finish the COPY and the command.
+            // The client ends streaming: finish the COPY and the command;
+            // the connection takes further commands, as a walsender does.
             tracing::debug!(timeline = %timeline.ttid, at = %pos, "client ended streaming");
             conn.write_message(&BeMessage::CopyDone)?;
             conn.write_message(&BeMessage::CommandComplete("COPY 0"))?;
             conn.send_ready_for_query().await?;
-            Ok(false)
+            Ok(Ended(true))
         }
         Some(other) => {
             conn.send_fatal(
@@ -387,7 +408,7 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
                 &format!("unexpected message during streaming: {other:?}"),
             )
             .await?;
-            Ok(false)
+            Ok(Ended(false))
         }
     }
 }

@@ -360,6 +360,11 @@ impl RawClient {
         let _ = c.read(&mut [0u8; 1]);
     }
 
+    /// End a COPY from this side (CopyDone).
+    pub fn copy_done(&mut self) {
+        self.stream.write_all(&[b'c', 0, 0, 0, 4]).unwrap();
+    }
+
     pub fn send_copy_data(&mut self, data: &[u8]) {
         let mut out = BytesMut::new();
         out.put_u8(b'd');

@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::lsn::Lsn;
 use crate::pq::sqlstate;
 use crate::store::writer::WriterHandle;
-use crate::store::{SlotRecord, StoreError};
+use crate::store::SlotRecord;
 
 pub use sqlstate::{DUPLICATE_OBJECT, OBJECT_IN_USE};
 pub const INVALID_NAME: &str = "42602";
@@ -77,7 +77,7 @@ impl Slot {
     }
 }
 
-type Synced = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+use crate::store::writer::Synced;
 
 pub struct Slots {
     map: Mutex<HashMap<Ttid, BTreeMap<String, Slot>>>,

@@ -5,12 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
-
 use crate::consensus::acceptor::{Acceptor, Effects, Event, Refusal, TimelineState, Write};
 use crate::consensus::messages::{AcceptorMessage, Greeting, ProposerMessage};
 use crate::id::{NodeId, Ttid};
-use crate::store::writer::{DurableState, WriterHandle};
+use crate::store::writer::{DurableState, Synced, WriterHandle};
 use crate::store::StoreError;
 
 pub struct Timeline {
@@ -25,7 +23,7 @@ pub struct Timeline {
 
 /// A reply that may be sent once `synced` resolves Ok.
 pub struct PendingReply {
-    pub synced: oneshot::Receiver<Result<(), Arc<StoreError>>>,
+    pub synced: Synced,
     pub reply: Option<AcceptorMessage>,
 }
 
@@ -123,7 +121,7 @@ impl Timeline {
         writer: &WriterHandle,
         term: crate::consensus::term_history::Term,
         lsn: crate::lsn::Lsn,
-    ) -> Result<oneshot::Receiver<Result<(), Arc<StoreError>>>, HandleError> {
+    ) -> Result<Synced, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
         let write = acceptor
@@ -133,11 +131,7 @@ impl Timeline {
     }
 
     /// Trim whole segments below `horizon` (bounded by commit_lsn).
-    pub fn trim(
-        &self,
-        writer: &WriterHandle,
-        horizon: crate::lsn::Lsn,
-    ) -> Option<oneshot::Receiver<Result<(), Arc<StoreError>>>> {
+    pub fn trim(&self, writer: &WriterHandle, horizon: crate::lsn::Lsn) -> Option<Synced> {
         let mut acceptor = self.lock();
         let below = crate::consensus::acceptor::trim_point(acceptor.state(), horizon);
         let writes: Vec<Write> = acceptor.trim(below);

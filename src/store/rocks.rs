@@ -379,21 +379,12 @@ impl RocksStore {
             )
         })?;
         let node_id = check_layout(&db, path, &cfs)?;
-        let db = Arc::new(db);
-        Ok(RocksStore {
-            compactor: Compactor {
-                tx: None,
-                thread: None,
-            },
-            db,
-            path: path.to_path_buf(),
-            node_id,
-            pending: Mutex::new(Pending {
-                batch: WriteBatch::default(),
-                written_unsynced: false,
-            }),
-            trimmed: Vec::new(),
-        })
+        // A secondary never trims, so it needs no compactor.
+        let compactor = Compactor {
+            tx: None,
+            thread: None,
+        };
+        Ok(Self::assemble(Arc::new(db), path, node_id, compactor))
     }
 
     /// Bring a secondary instance up to what the primary has written since
@@ -410,17 +401,10 @@ impl RocksStore {
     /// Every timeline with a state record, whether or not the record
     /// decodes (so `skctl verify` can name a damaged one and go on).
     pub fn timeline_ids(&self) -> Result<Vec<Ttid>, StoreError> {
-        self.flush_pending()?;
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_TIMELINE)?);
-        it.seek_to_first();
         let mut out = Vec::new();
-        while it.valid() {
-            let Some(key) = it.key() else { break };
+        self.scan(CF_TIMELINE, |key, _| {
             out.push(ttid_of_key(key, CF_TIMELINE)?);
-            it.next();
-        }
-        it.status().map_err(|e| {
-            StoreError::CorruptStore(format!("timeline column family: {}", e.into_string()))
+            Ok(None)
         })?;
         Ok(out)
     }
@@ -428,20 +412,39 @@ impl RocksStore {
     /// Every timeline that has WAL chunks stored, with or without a state
     /// record (a timeline without one is orphaned WAL).
     pub fn wal_timeline_ids(&self) -> Result<Vec<Ttid>, StoreError> {
-        self.flush_pending()?;
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_WAL)?);
-        it.seek_to_first();
         let mut out = Vec::new();
-        while it.valid() {
-            let Some(key) = it.key() else { break };
+        self.scan(CF_WAL, |key, _| {
             let ttid = ttid_of_key(key.get(..32).unwrap_or(key), CF_WAL)?;
             out.push(ttid);
-            it.seek(wal_key_end(ttid));
-        }
-        it.status().map_err(|e| {
-            StoreError::CorruptStore(format!("wal column family: {}", e.into_string()))
+            // On to the next timeline's chunks.
+            Ok(Some(wal_key_end(ttid).to_vec()))
         })?;
         Ok(out)
+    }
+
+    /// Visit every entry of a column family in key order (staged writes
+    /// included); `visit` may return a key to seek to instead of the next
+    /// entry. A damaged column family is `CorruptStore`.
+    fn scan(
+        &self,
+        name: &'static str,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.flush_pending()?;
+        let mut it = self.db.raw_iterator_cf(self.cf(name)?);
+        it.seek_to_first();
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            match visit(key, value)? {
+                Some(to) => it.seek(to),
+                None => it.next(),
+            }
+        }
+        it.status().map_err(|e| {
+            StoreError::CorruptStore(format!("{name} column family: {}", e.into_string()))
+        })
     }
 
     /// The stored state of one timeline, if it exists.
@@ -452,8 +455,13 @@ impl RocksStore {
 
     fn from_db(db: DB, path: &Path, node_id: NodeId) -> Self {
         let db = Arc::new(db);
+        let compactor = Compactor::start(db.clone());
+        Self::assemble(db, path, node_id, compactor)
+    }
+
+    fn assemble(db: Arc<DB>, path: &Path, node_id: NodeId, compactor: Compactor) -> Self {
         RocksStore {
-            compactor: Compactor::start(db.clone()),
+            compactor,
             db,
             path: path.to_path_buf(),
             node_id,
@@ -872,20 +880,11 @@ impl Iterator for ChunkIter<'_> {
 
 impl Storage for RocksStore {
     fn timelines(&self) -> Result<Vec<TimelineState>, StoreError> {
-        self.flush_pending()?;
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_TIMELINE)?);
-        it.seek_to_first();
         let mut out = Vec::new();
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else {
-                break;
-            };
+        self.scan(CF_TIMELINE, |key, value| {
             let ttid = ttid_of_key(key, CF_TIMELINE)?;
             out.push(decode_state(ttid, value)?);
-            it.next();
-        }
-        it.status().map_err(|e| {
-            StoreError::CorruptStore(format!("timeline column family: {}", e.into_string()))
+            Ok(None)
         })?;
         Ok(out)
     }
@@ -1029,14 +1028,8 @@ impl Storage for RocksStore {
     }
 
     fn slots(&self) -> Result<Vec<(Ttid, crate::store::SlotRecord)>, StoreError> {
-        self.flush_pending()?;
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_SLOT)?);
-        it.seek_to_first();
         let mut out = Vec::new();
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else {
-                break;
-            };
+        self.scan(CF_SLOT, |key, value| {
             let ttid = ttid_of_key(key.get(..32).unwrap_or(key), CF_SLOT)?;
             let name = String::from_utf8_lossy(key.get(32..).unwrap_or_default()).into_owned();
             let record: crate::store::SlotRecord =
@@ -1054,10 +1047,7 @@ impl Storage for RocksStore {
                 });
             }
             out.push((ttid, record));
-            it.next();
-        }
-        it.status().map_err(|e| {
-            StoreError::CorruptStore(format!("slot column family: {}", e.into_string()))
+            Ok(None)
         })?;
         Ok(out)
     }

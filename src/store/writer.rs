@@ -149,6 +149,9 @@ type Published = Arc<Mutex<HashMap<Ttid, watch::Sender<Option<Arc<TimelineState>
 /// whose writes are synced.
 pub type DurableState = watch::Receiver<Option<Arc<TimelineState>>>;
 
+/// Resolves with the outcome of queued writes (see each way to queue them).
+pub type Synced = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
 /// What is waiting to be written, and what the writer thread must look at.
 struct Queue {
     requests: VecDeque<Request>,
@@ -260,11 +263,7 @@ fn stopped() -> Arc<StoreError> {
 impl WriterHandle {
     /// Queue writes for one timeline; the receiver resolves once they are
     /// synced. Submission order is the order they reach the disk.
-    pub fn submit(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+    pub fn submit(&self, ttid: Ttid, writes: Vec<Write>) -> Synced {
         self.submit_with(ttid, writes, false)
     }
 
@@ -272,21 +271,12 @@ impl WriterHandle {
     /// receiver resolves once they are staged and everything submitted
     /// before them is synced. They reach the disk with the next sync, in
     /// submission order; readers see their state only after that sync.
-    pub fn submit_lazy(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+    pub fn submit_lazy(&self, ttid: Ttid, writes: Vec<Write>) -> Synced {
         self.submit_with(ttid, writes, true)
     }
 
     /// Queue writes and wake the writer thread for them.
-    pub fn submit_with(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-        lazy: bool,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+    fn submit_with(&self, ttid: Ttid, writes: Vec<Write>, lazy: bool) -> Synced {
         let rx = self.enqueue(ttid, writes, lazy);
         self.inner.wake.notify_one();
         rx
@@ -294,13 +284,9 @@ impl WriterHandle {
 
     /// Queue writes without waking anyone: the caller must follow with
     /// [`WriterHandle::lead`] (after more `enqueue`s, if it likes, so they
-    /// share one sync). Otherwise as [`WriterHandle::submit_with`].
-    pub fn enqueue(
-        &self,
-        ttid: Ttid,
-        writes: Vec<Write>,
-        lazy: bool,
-    ) -> oneshot::Receiver<Result<(), Arc<StoreError>>> {
+    /// share one sync). Otherwise as [`WriterHandle::submit`] or, with `lazy`,
+    /// [`WriterHandle::submit_lazy`].
+    pub fn enqueue(&self, ttid: Ttid, writes: Vec<Write>, lazy: bool) -> Synced {
         let (done, rx) = oneshot::channel();
         let mut q = lock(&self.inner.queue);
         if q.closed {

@@ -267,17 +267,26 @@ impl RawClient {
         c
     }
 
+    /// A whole message already read, if any.
+    fn buffered(&mut self) -> Option<BeMsg> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+        if self.buf.len() <= len {
+            return None;
+        }
+        let tag = self.buf[0];
+        self.buf.advance(5);
+        let body = self.buf.split_to(len - 4).freeze();
+        Some(BeMsg { tag, body })
+    }
+
     /// The next backend message; None on EOF.
     pub fn read(&mut self) -> Option<BeMsg> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let tag = self.buf[0];
-                    self.buf.advance(5);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    return Some(BeMsg { tag, body });
-                }
+            if let Some(m) = self.buffered() {
+                return Some(m);
             }
             let mut tmp = [0u8; 65536];
             match self.stream.read(&mut tmp) {
@@ -293,14 +302,8 @@ impl RawClient {
     pub fn try_read(&mut self, timeout: Duration) -> Option<BeMsg> {
         self.stream.set_read_timeout(Some(timeout)).unwrap();
         let r = loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let tag = self.buf[0];
-                    self.buf.advance(5);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    break Some(BeMsg { tag, body });
-                }
+            if let Some(m) = self.buffered() {
+                break Some(m);
             }
             let mut tmp = [0u8; 65536];
             match self.stream.read(&mut tmp) {

@@ -87,12 +87,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // share one sync, then write them on this thread when the
                 // storage is free (`WriterHandle::lead`).
                 let mut msg = msg;
-                let mut queued = false;
+                // Leads when dropped, also when an error ends the loop: what
+                // was queued must not wait for someone else to write it.
+                let mut lead = Lead { writer: shared.timelines.writer(), queued: false };
                 let ended = loop {
                     match on_message(shared, conn, peer, &mut timeline, &mut _live, msg?).await? {
                         Step::Queued(pending) => {
                             in_flight.push_back(pending);
-                            queued = true;
+                            lead.queued = true;
                         }
                         Step::End(end) => break Some(end),
                     }
@@ -105,9 +107,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         _ = std::future::ready(()) => break None,
                     };
                 };
-                if queued {
-                    shared.timelines.writer().lead();
-                }
+                drop(lead);
                 if let Some(end) = ended {
                     break end;
                 }
@@ -138,6 +138,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         End::Refused => {}
     }
     Ok(())
+}
+
+/// Writes what a read queued (`WriterHandle::lead`) when it goes out of
+/// scope.
+struct Lead<'a> {
+    writer: &'a crate::store::writer::WriterHandle,
+    queued: bool,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if self.queued {
+            self.writer.lead();
+        }
+    }
 }
 
 /// What one proposer message led to.

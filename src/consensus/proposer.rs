@@ -231,6 +231,8 @@ impl Conn {
         self.vote = None;
         self.elected = false;
         self.read = None;
+        // A commit told in an older term says nothing about this one's.
+        self.told_commit = Lsn::INVALID;
     }
 }
 
@@ -373,6 +375,13 @@ impl Proposer {
 
     pub fn on_disconnected(&mut self, node: NodeId) {
         self.conns.remove(&node);
+    }
+
+    /// Move the clock without the periodic work of `on_tick`: for events
+    /// between ticks, so what they start (a commit waiting to be told) is
+    /// timed from when it happened.
+    pub fn advance_clock(&mut self, now: u64) {
+        self.now = self.now.max(now);
     }
 
     pub fn on_tick(&mut self, now: u64) -> Vec<Action> {
@@ -1233,16 +1242,20 @@ mod tests {
         assert!((1..=3).all(|n| commit_of(&out, n).is_empty()), "{out:?}");
         assert_eq!(p.commit_tell_due(), None);
 
-        // The next advance with no WAL after it: told by an empty append
+        // The next advance with no WAL after it, timed from when it
+        // happened (the clock moved between ticks): told by an empty append
         // once the delay has passed, not before.
+        let t = 1000 + 10 * delay;
+        p.advance_clock(t);
         p.on_message(NodeId(1), ack(1, START + 150));
         let out = p.on_message(NodeId(2), ack(1, START + 150));
         assert!(out.contains(&Action::CommitAdvanced(Lsn(START + 150))));
+        assert_eq!(p.commit_tell_due(), Some(t + delay));
         assert!(p
-            .on_tick(1000 + 2 * delay - 1)
+            .on_tick(t + delay - 1)
             .iter()
             .all(|a| !matches!(a, Action::Send(..))));
-        let out = p.on_tick(1000 + 2 * delay);
+        let out = p.on_tick(t + delay);
         for n in 1..=3 {
             assert_eq!(commit_of(&out, n), [(Lsn(START + 150), 0)], "node {n}");
         }

@@ -468,6 +468,8 @@ impl<'a> Session<'a> {
     }
 
     async fn on_event(&mut self, ev: Event) -> Result<(), ProxyError> {
+        let now = self.now_ms();
+        self.proposer.advance_clock(now);
         match ev {
             Event::Connected { node, sender } => {
                 tracing::debug!(node = node.0, "connected to safekeeper");

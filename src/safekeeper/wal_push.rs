@@ -74,6 +74,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         break End::Refused;
                     }
                     Err(_) => {
+                        // Its writes may be staged or lost: the acceptor's
+                        // state may be ahead of the disk.
+                        if let Some(t) = &timeline { t.poison("the group-commit writer stopped"); }
                         refuse(conn, sqlstate::INTERNAL_ERROR, "the group-commit writer stopped".into()).await?;
                         break End::Refused;
                     }

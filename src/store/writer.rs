@@ -223,7 +223,10 @@ impl GroupCommitWriter {
         let thread_inner = inner.clone();
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(&thread_inner))
+            .spawn(move || {
+                let _closes = CloseOnExit(&thread_inner);
+                run(&thread_inner)
+            })
             .expect("spawning the group-commit thread");
         GroupCommitWriter {
             handle: WriterHandle { inner },
@@ -364,6 +367,32 @@ impl WriterHandle {
     }
 }
 
+/// Closes the queue when the writer thread ends, also by a panic: later
+/// requests then fail at once instead of waiting for a thread that is
+/// gone, and what is still queued fails too.
+struct CloseOnExit<'a>(&'a Inner);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        let rest: Vec<Request> = {
+            let mut q = lock(&self.0.queue);
+            q.closed = true;
+            q.requests.drain(..).collect()
+        };
+        if std::thread::panicking() {
+            tracing::error!(
+                queued = rest.len(),
+                "the group-commit writer thread panicked; nothing more is written"
+            );
+        }
+        for mut req in rest {
+            if let Some(done) = req.done.take() {
+                let _ = done.send(Err(stopped()));
+            }
+        }
+    }
+}
+
 /// The writer thread: takes the queue whenever nobody leads, syncs lazy
 /// writes left unsynced past their deadline, and at shutdown writes and
 /// syncs what is left before closing the storage.
@@ -395,13 +424,8 @@ fn run(inner: &Inner) {
         let mut core = lock(&inner.core);
         while inner.write_batch(&mut core, closing) {}
         if closing {
-            // Nothing is taken any more; close the storage with the thread.
-            let rest: Vec<Request> = lock(&inner.queue).requests.drain(..).collect();
-            for mut req in rest {
-                if let Some(done) = req.done.take() {
-                    let _ = done.send(Err(stopped()));
-                }
-            }
+            // Nothing is taken any more (CloseOnExit fails anything left);
+            // close the storage with the thread.
             core.storage = None;
             return;
         }
@@ -840,6 +864,42 @@ mod tests {
         let mut rx = h.enqueue(Ttid::default(), vec![put(&s)], false);
         h.lead();
         assert!(rx.try_recv().unwrap().is_err());
+    }
+
+    /// Storage whose sync panics.
+    struct Panicking;
+
+    impl Storage for Panicking {
+        fn timelines(&self) -> Result<Vec<TimelineState>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn write(&mut self, _: Ttid, _: &[Write]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), StoreError> {
+            panic!("a storage bug (deliberate, in a test)");
+        }
+        fn read_wal(&self, _: Ttid, _: Lsn, _: Lsn) -> Result<Vec<u8>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn after_the_writer_thread_dies_requests_fail_instead_of_hanging() {
+        let writer = GroupCommitWriter::start(Panicking);
+        let h = writer.handle();
+        let put = || vec![Write::PutState(Box::new(state()))];
+        // The request in the batch that panicked is never answered Ok.
+        let first = tokio::time::timeout(Duration::from_secs(5), h.submit(Ttid::default(), put()))
+            .await
+            .expect("an answer, not a hang");
+        assert!(!matches!(first, Ok(Ok(()))));
+        // Later ones fail at once.
+        let later = tokio::time::timeout(Duration::from_secs(5), h.write(Ttid::default(), put()))
+            .await
+            .expect("an answer, not a hang");
+        assert!(later.is_err());
+        drop(writer);
     }
 
     #[test]

@@ -645,6 +645,16 @@ mod tests {
         Acceptor::create(NodeId(1), &g).unwrap().0.state().clone()
     }
 
+    /// Readers do not see `commit_lsn` yet, and do once the writer syncs.
+    async fn published_only_later(durable: &mut DurableState, commit_lsn: Lsn) {
+        assert!(durable.borrow().as_ref().unwrap().commit_lsn < commit_lsn);
+        tokio::time::timeout(Duration::from_secs(5), durable.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(durable.borrow().as_ref().unwrap().commit_lsn, commit_lsn);
+    }
+
     #[tokio::test]
     async fn replies_and_published_state_follow_the_sync() {
         let (writer, log) = recording_writer(false);
@@ -738,13 +748,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(syncs(&log), 1);
-        assert!(durable.borrow().as_ref().unwrap().commit_lsn < s.commit_lsn);
         // Once the writer is idle for LAZY_SYNC_DELAY it syncs and publishes.
-        tokio::time::timeout(Duration::from_secs(5), durable.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(durable.borrow().as_ref().unwrap().commit_lsn, s.commit_lsn);
+        published_only_later(&mut durable, s.commit_lsn).await;
         assert_eq!(syncs(&log), 2);
         // A lazy write staged beside a synced one shares its sync.
         s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
@@ -849,12 +854,7 @@ mod tests {
         s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
         led_here(&h, &log, &s, true).await;
         assert_eq!(*log.lock().unwrap(), ["write 1"]);
-        assert!(durable.borrow().as_ref().unwrap().commit_lsn < s.commit_lsn);
-        tokio::time::timeout(Duration::from_secs(5), durable.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(durable.borrow().as_ref().unwrap().commit_lsn, s.commit_lsn);
+        published_only_later(&mut durable, s.commit_lsn).await;
         assert_eq!(
             *log.lock().unwrap(),
             ["write 1", "sync", "synced on group-commit"]

@@ -825,31 +825,28 @@ impl Proposer {
 
     /// An empty append to every elected acceptor not yet sent commit_lsn.
     fn tell_commit(&mut self, out: &mut Vec<Action>) {
-        let Phase::Leading(l) = &mut self.phase else {
-            return;
-        };
-        l.commit_untold_since = None;
-        let msgs: Vec<(NodeId, ProposerMessage)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.elected && c.told_commit < l.commit_lsn)
-            .map(|(n, c)| (*n, append(l, c.next_lsn, c.next_lsn, Bytes::new())))
-            .collect();
-        for (node, msg) in msgs {
-            self.send(node, msg, out);
-        }
+        self.send_empty_appends(true, out);
     }
 
     fn broadcast_heartbeat(&mut self, out: &mut Vec<Action>) {
+        if let Phase::Leading(l) = &mut self.phase {
+            l.last_heartbeat = self.now;
+        }
+        self.send_empty_appends(false, out);
+    }
+
+    /// An empty append (commit_lsn and horizons, no WAL) to every elected
+    /// acceptor, or with `only_untold` to those not yet sent commit_lsn.
+    /// Either way every elected acceptor has been told commit_lsn after it.
+    fn send_empty_appends(&mut self, only_untold: bool, out: &mut Vec<Action>) {
         let Phase::Leading(l) = &mut self.phase else {
             return;
         };
-        l.last_heartbeat = self.now;
         l.commit_untold_since = None;
         let msgs: Vec<(NodeId, ProposerMessage)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.elected)
+            .filter(|(_, c)| c.elected && (!only_untold || c.told_commit < l.commit_lsn))
             .map(|(n, c)| (*n, append(l, c.next_lsn, c.next_lsn, Bytes::new())))
             .collect();
         for (node, msg) in msgs {

@@ -177,6 +177,13 @@ struct Core {
     unsynced_since: Instant,
 }
 
+impl Core {
+    /// When staged lazy writes must be synced, if any are staged.
+    fn lazy_deadline(&self) -> Option<Instant> {
+        self.unsynced.then(|| self.unsynced_since + LAZY_SYNC_DELAY)
+    }
+}
+
 struct Inner {
     queue: Mutex<Queue>,
     /// The writer thread waits on it for requests or its lazy deadline.
@@ -482,7 +489,7 @@ impl Inner {
         if batch.is_empty() && !do_sync {
             // Nothing to take; tell the thread when to look again.
             let mut q = lock(&self.queue);
-            q.lazy_deadline = core.unsynced.then(|| core.unsynced_since + LAZY_SYNC_DELAY);
+            q.lazy_deadline = core.lazy_deadline();
             return false;
         }
         let started = Instant::now();
@@ -503,7 +510,7 @@ impl Inner {
             // heartbeats from waking it for each one.
             let mut q = lock(&self.queue);
             if q.lazy_deadline.is_none() {
-                q.lazy_deadline = Some(core.unsynced_since + LAZY_SYNC_DELAY);
+                q.lazy_deadline = core.lazy_deadline();
                 drop(q);
                 self.wake.notify_one();
             }
@@ -645,6 +652,27 @@ mod tests {
         Acceptor::create(NodeId(1), &g).unwrap().0.state().clone()
     }
 
+    /// A recording writer (with its handle and log) through which a
+    /// timeline's state was written, synced and published: readers' view
+    /// of it, and that state.
+    async fn writer_with_synced_state() -> (
+        GroupCommitWriter,
+        WriterHandle,
+        Arc<Mutex<Vec<String>>>,
+        DurableState,
+        TimelineState,
+    ) {
+        let (writer, log) = recording_writer(false);
+        let h = writer.handle();
+        let mut durable = h.durable_state(Ttid::default());
+        let s = state();
+        h.write(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
+            .await
+            .unwrap();
+        durable.changed().await.unwrap();
+        (writer, h, log, durable, s)
+    }
+
     /// Readers do not see `commit_lsn` yet, and do once the writer syncs.
     async fn published_only_later(durable: &mut DurableState, commit_lsn: Lsn) {
         assert!(durable.borrow().as_ref().unwrap().commit_lsn < commit_lsn);
@@ -700,14 +728,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lazy_write_is_synced_in_time_while_requests_needing_none_keep_coming() {
-        let (writer, _) = recording_writer(false);
-        let h = writer.handle();
-        let mut durable = h.durable_state(Ttid::default());
-        let mut s = state();
-        h.write(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
-            .await
-            .unwrap();
-        durable.changed().await.unwrap();
+        let (writer, h, _, durable, mut s) = writer_with_synced_state().await;
         s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
         h.submit_lazy(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
             .await
@@ -729,14 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn lazy_writes_are_answered_without_a_sync_and_published_after_one() {
-        let (writer, log) = recording_writer(false);
-        let h = writer.handle();
-        let mut durable = h.durable_state(Ttid::default());
-        let mut s = state();
-        h.write(Ttid::default(), vec![Write::PutState(Box::new(s.clone()))])
-            .await
-            .unwrap();
-        durable.changed().await.unwrap();
+        let (writer, h, log, mut durable, mut s) = writer_with_synced_state().await;
         let syncs = |log: &Arc<Mutex<Vec<String>>>| {
             log.lock().unwrap().iter().filter(|l| *l == "sync").count()
         };

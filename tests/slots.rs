@@ -441,6 +441,18 @@ fn an_abandoned_drop_replication_slot_wait_leaves_the_slot() {
     assert_eq!(msg, "canceling statement due to user request");
     // The connection is usable afterwards.
     assert_eq!(error_of(&cancelled.query("READ_REPLICATION_SLOT s")), None);
+    // A cancel between commands has nothing to interrupt, as in PostgreSQL:
+    // the next wait waits until cancelled again.
+    cancelled.cancel();
+    std::thread::sleep(Duration::from_millis(300));
+    cancelled.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");
+    assert!(
+        cancelled.try_read(Duration::from_secs(1)).is_none(),
+        "a cancel sent between commands ended the next one"
+    );
+    cancelled.cancel();
+    let (code, msg) = error_of(&cancelled.reply()).expect("the wait ends with an error");
+    assert_eq!(code, "57014", "{msg}");
 
     let mut left = RawClient::connect(sk.pg_addr, "");
     left.query_raw("DROP_REPLICATION_SLOT \"s\" WAIT");

@@ -116,6 +116,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match msg {
             FeMessage::Query(text) => {
+                let _running = client.cancel.command();
                 if !run_command(shared, conn, &client, &text).await? {
                     return Ok(());
                 }

@@ -493,6 +493,27 @@ fn a_bad_wal_retention_is_a_clear_error() {
 }
 
 #[test]
+fn a_background_write_limit_is_logged_and_reaches_rocksdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = start_sk(dir.path(), 1, &["--background-write-limit", "32MB"]);
+    assert!(
+        sk.log_text().contains("bytes_per_second=33554432"),
+        "{}",
+        sk.log_text()
+    );
+    let rocks_log = std::fs::read_to_string(sk.datadir.join("LOG")).unwrap();
+    let limiter = rocks_log
+        .lines()
+        .find_map(|l| l.split_once("Options.rate_limiter: "))
+        .map(|(_, v)| v.trim())
+        .expect("RocksDB logs its rate limiter");
+    assert_ne!(limiter, "(nil)", "no rate limiter in RocksDB");
+    // It still serves: a greeting creates the timeline.
+    let mut p = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut p, greeting(&[1], true), 1);
+}
+
+#[test]
 fn retention_by_age_keeps_wal_committed_less_than_that_long_ago() {
     let dir = tempfile::tempdir().unwrap();
     let sk = start_sk(dir.path(), 1, &["--wal-retention", "3s"]);

@@ -508,3 +508,34 @@ proptest! {
         run(&ops);
     }
 }
+
+/// What RocksDB says it was opened with, from the info log it writes at
+/// every open (the last open's lines come last).
+fn rocksdb_option(datadir: &std::path::Path, name: &str) -> String {
+    let log = std::fs::read_to_string(datadir.join("LOG")).expect("RocksDB's info log");
+    let key = format!("Options.{name}: ");
+    log.lines()
+        .filter_map(|l| l.split_once(&key).map(|(_, v)| v.trim().to_string()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no {key} in RocksDB's LOG"))
+}
+
+#[test]
+fn a_background_write_limit_reaches_rocksdb_on_init_and_open() {
+    use walkeeper::store::rocks::StoreTuning;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let limited = StoreTuning {
+        background_write_limit: Some(32 << 20),
+    };
+    drop(RocksStore::init_tuned(&path, NodeId(1), &limited).unwrap());
+    assert_ne!(rocksdb_option(&path, "rate_limiter"), "(nil)");
+    assert_eq!(rocksdb_option(&path, "bytes_per_sync"), "1048576");
+
+    drop(RocksStore::open(&path).unwrap());
+    assert_eq!(rocksdb_option(&path, "rate_limiter"), "(nil)");
+    assert_eq!(rocksdb_option(&path, "bytes_per_sync"), "0");
+
+    drop(RocksStore::open_tuned(&path, &limited).unwrap());
+    assert_ne!(rocksdb_option(&path, "rate_limiter"), "(nil)");
+}

@@ -61,6 +61,16 @@ struct Args {
     /// max_slot_wal_keep_size).
     #[arg(long, value_name = "SIZE", default_value = "4GB", value_parser = safekeeper::retention::parse_size)]
     max_wal_keep: u64,
+
+    /// Bytes per second that RocksDB's background work (memtable flushes,
+    /// compactions) may write, e.g. 32MB; 0 means no limit. For a disk
+    /// shared with other fsyncing processes (a primary, other
+    /// safekeepers): an unlimited flush writes 64 MiB at once and stalls
+    /// their fsyncs, and the commits waiting on them, for its duration.
+    /// Set it well above the peak WAL rate: if flushes fall behind the WAL,
+    /// RocksDB stalls the safekeeper's writes instead.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = safekeeper::parse_background_write_limit)]
+    background_write_limit: u64,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +83,10 @@ fn main() -> ExitCode {
         listen_pg: args.listen_pg,
         listen_http: args.listen_http,
         restore_cluster: args.restore_cluster,
+        store_tuning: walkeeper::store::rocks::StoreTuning {
+            background_write_limit: (args.background_write_limit > 0)
+                .then_some(args.background_write_limit),
+        },
         retention: safekeeper::retention::RetentionConfig {
             retention: args.wal_retention,
             max_wal_keep: args.max_wal_keep,

@@ -41,6 +41,8 @@ pub struct Config {
     /// from a checkpoint (every proposer stopped, every node restored); the
     /// restore mark is cleared once `--sync-only` settles this node.
     pub restore_cluster: bool,
+    /// `--background-write-limit`.
+    pub store_tuning: crate::store::rocks::StoreTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,19 +221,37 @@ impl Drop for Connected<'_> {
     }
 }
 
+/// `--background-write-limit`: a size per second, 0 for none. Below
+/// 1MB a 64 MiB memtable would take over a minute to flush, and the
+/// safekeeper's writes would stall behind it.
+pub fn parse_background_write_limit(s: &str) -> Result<u64, String> {
+    match retention::parse_size(s)? {
+        n if n > 0 && n < 1 << 20 => Err(format!(
+            "{s:?} per second is too slow for RocksDB's flushes: use 1MB or more, or 0 for no limit"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// Open (or with `init`, create) the store, checking the node id.
 pub fn open_store(config: &Config) -> Result<RocksStore, DaemonError> {
+    if let Some(limit) = config.store_tuning.background_write_limit {
+        tracing::info!(
+            bytes_per_second = limit,
+            "RocksDB flushes and compactions are limited (--background-write-limit)"
+        );
+    }
     if config.init {
         let node_id = config.node_id.ok_or_else(|| {
             DaemonError::Config(
                 "--init needs --node-id: a new store must know which node it is".into(),
             )
         })?;
-        let store = RocksStore::init(&config.datadir, node_id)?;
+        let store = RocksStore::init_tuned(&config.datadir, node_id, &config.store_tuning)?;
         tracing::info!(datadir = %config.datadir.display(), node_id = node_id.0, "initialised a new store");
         return Ok(store);
     }
-    let store = RocksStore::open(&config.datadir)?;
+    let store = RocksStore::open_tuned(&config.datadir, &config.store_tuning)?;
     if let Some(n) = config.node_id {
         if n != store.node_id() {
             return Err(DaemonError::Config(format!(
@@ -378,4 +398,18 @@ pub async fn run(
         .map_err(|e| DaemonError::Config(format!("group-commit writer panicked: {e}")))?;
     tracing::info!("safekeeper stopped cleanly");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_background_write_limit as parse;
+
+    #[test]
+    fn background_write_limit_is_a_size_per_second_or_zero() {
+        assert_eq!(parse("0"), Ok(0));
+        assert_eq!(parse("32MB"), Ok(32 << 20));
+        assert_eq!(parse("1MB"), Ok(1 << 20));
+        assert!(parse("1023kB").unwrap_err().contains("1MB or more"));
+        assert!(parse("fast").is_err());
+    }
 }

@@ -153,6 +153,29 @@ fn open_err(path: &Path, detail: impl Into<String>) -> StoreError {
     }
 }
 
+/// How the daemon tunes its store; the default is what every other opener
+/// (skctl, tests, checkpoints) uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTuning {
+    /// Bytes per second for RocksDB's memtable flushes and compactions
+    /// (never the synced WAL writes). On a disk shared with other fsyncing
+    /// processes, an unlimited 64 MiB flush stalls everyone's fsync for its
+    /// duration; limited, it is spread out. None: unlimited.
+    pub background_write_limit: Option<u64>,
+}
+
+fn tuned_options(tuning: &StoreTuning) -> Options {
+    let mut o = db_options();
+    if let Some(limit) = tuning.background_write_limit {
+        // RocksDB's defaults: refill every 100 ms, fairness 10.
+        o.set_ratelimiter(limit.min(i64::MAX as u64) as i64, 100_000, 10);
+        // Without it the kernel writes a flushed file back in one burst at
+        // its end, which the limiter cannot spread.
+        o.set_bytes_per_sync(1 << 20);
+    }
+    o
+}
+
 fn db_options() -> Options {
     let mut o = Options::default();
     o.set_recycle_log_file_num(RECYCLE_LOG_FILES);
@@ -278,6 +301,15 @@ impl RocksStore {
     /// Create a new store for node `node_id` at `path`, which must not exist
     /// or be an empty directory.
     pub fn init(path: impl AsRef<Path>, node_id: NodeId) -> Result<Self, StoreError> {
+        Self::init_tuned(path, node_id, &StoreTuning::default())
+    }
+
+    /// [`RocksStore::init`] with the daemon's tuning.
+    pub fn init_tuned(
+        path: impl AsRef<Path>,
+        node_id: NodeId,
+        tuning: &StoreTuning,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref();
         if path.exists() {
             let mut entries = std::fs::read_dir(path)
@@ -297,7 +329,7 @@ impl RocksStore {
         }
         std::fs::create_dir_all(path)
             .map_err(|e| open_err(path, format!("cannot create the directory: {e}")))?;
-        let mut opts = db_options();
+        let mut opts = tuned_options(tuning);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_error_if_exists(true);
@@ -318,6 +350,11 @@ impl RocksStore {
     /// Open an existing store. A missing store, one whose init did not finish
     /// and one of an unknown format version are refused.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_tuned(path, &StoreTuning::default())
+    }
+
+    /// [`RocksStore::open`] with the daemon's tuning.
+    pub fn open_tuned(path: impl AsRef<Path>, tuning: &StoreTuning) -> Result<Self, StoreError> {
         let path = path.as_ref();
         if !path.exists() {
             return Err(open_err(
@@ -328,7 +365,7 @@ impl RocksStore {
         if !path.join("CURRENT").exists() {
             return Err(open_err(path, "holds no store; create one with init first"));
         }
-        let opts = db_options();
+        let opts = tuned_options(tuning);
         let cfs = DB::list_cf(&opts, path)
             .map_err(|e| open_err(path, format!("cannot read the store: {}", e.into_string())))?;
         // Open with whatever column families exist so the version check below

@@ -258,24 +258,3 @@ fn sigterm_during_a_stream_exits_0_and_keeps_every_acknowledged_byte() {
     );
     assert!(sk.log_text().contains("stopped cleanly"));
 }
-
-#[test]
-fn a_too_small_background_write_limit_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper"))
-        .arg("--datadir")
-        .arg(dir.path().join("sk"))
-        .args([
-            "--init",
-            "--node-id",
-            "1",
-            "--background-write-limit",
-            "100kB",
-        ]));
-    assert!(!ok);
-    assert!(
-        err.contains("--background-write-limit") && err.contains("use 1MB or more"),
-        "{err}"
-    );
-    assert!(!dir.path().join("sk").exists(), "nothing is created");
-}

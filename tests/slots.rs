@@ -475,21 +475,38 @@ fn an_abandoned_drop_replication_slot_wait_leaves_the_slot() {
     drop(p);
 }
 
-#[test]
-fn a_bad_wal_retention_is_a_clear_error() {
+/// `safekeeper --init` with `flags` must refuse to start and create
+/// nothing; what it printed.
+fn refused_at_init(flags: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper"))
         .arg("--datadir")
         .arg(dir.path().join("sk"))
-        .args(["--init", "--node-id", "1", "--wal-retention", "1 fortnight"]));
-    assert!(!ok);
+        .args(["--init", "--node-id", "1"])
+        .args(flags));
+    assert!(!ok, "started with {flags:?}");
+    assert!(!dir.path().join("sk").exists(), "nothing is created");
+    err
+}
+
+#[test]
+fn a_bad_wal_retention_is_a_clear_error() {
+    let err = refused_at_init(&["--wal-retention", "1 fortnight"]);
     assert!(
         err.contains("--wal-retention")
             && err.contains("unknown unit \"fortnight\"")
             && err.contains("10min"),
         "{err}"
     );
-    assert!(!dir.path().join("sk").exists(), "nothing is created");
+}
+
+#[test]
+fn a_too_small_background_write_limit_is_a_clear_error() {
+    let err = refused_at_init(&["--background-write-limit", "100kB"]);
+    assert!(
+        err.contains("--background-write-limit") && err.contains("use 1MB or more"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@
 #   BENCH_OUT      also write the results table to this file
 #   BENCH_NO_BUILD=1  do not run cargo build --bins first
 #   BENCH_BIN      directory of the safekeeper and safekeeper-proxy binaries (default: $CARGO_TARGET_DIR/debug)
+#   BENCH_SK_ARGS  extra safekeeper flags, e.g. "--background-write-limit 32MB"
 #
 # Everything started here (postgres as the postgres user, safekeepers,
 # proxy, pg_receivewal) is stopped on exit. Ports are free loopback ports.
@@ -137,7 +138,7 @@ psql_p -c "CREATE TABLE bench_probe (x int)"
 for n in 1 2 3; do
     RUST_LOG="${RUST_LOG:-info}" "$BIN/safekeeper" --datadir "$DIR/sk$n" --node-id "$n" --init \
         --listen-pg "127.0.0.1:${SK_PG[$n]}" --listen-http "127.0.0.1:${SK_HTTP[$n]}" \
-        2>"$LOGS/sk$n.log" &
+        ${BENCH_SK_ARGS:-} 2>"$LOGS/sk$n.log" &
     PIDS[sk$n]=$!
 done
 sleep 0.5

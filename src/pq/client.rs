@@ -2011,15 +2011,25 @@ mod tests {
             let len = s.read_i32().await.unwrap();
             let mut startup = vec![0; len as usize - 4];
             s.read_exact(&mut startup).await.unwrap();
-            let mut out = be(b'R', &0i32.to_be_bytes());
-            out.extend(be(b'S', b"server_version\x0015.18\x00"));
-            out.extend(be(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-            out.extend(be(b'Z', b"I"));
+            let out = [
+                be(b'R', &0i32.to_be_bytes()),
+                be(b'S', b"server_version\x0015.18\x00"),
+                be(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]),
+                be(b'Z', b"I"),
+            ]
+            .concat();
             s.write_all(&out).await.unwrap();
             s
         });
         let cfg = parse(&format!("host=127.0.0.1 port={port}"));
         (cfg, h)
+    }
+
+    /// A client past its startup, and the scripted server's end of it.
+    async fn connected(replication: bool) -> (PgClient, TcpStream) {
+        let (cfg, h) = scripted().await;
+        let c = PgClient::connect(&cfg, replication, "").await.unwrap();
+        (c, h.await.unwrap())
     }
 
     async fn read_fe(s: &mut TcpStream) -> (u8, Vec<u8>) {
@@ -2030,22 +2040,41 @@ mod tests {
         (tag, body)
     }
 
+    /// The scripted server's side of a conversation: each message the client
+    /// sends gets the next reply; the stream comes back once all are sent.
+    fn serve(mut s: TcpStream, replies: Vec<Vec<u8>>) -> tokio::task::JoinHandle<TcpStream> {
+        tokio::spawn(async move {
+            for reply in replies {
+                read_fe(&mut s).await;
+                s.write_all(&reply).await.unwrap();
+            }
+            s
+        })
+    }
+
+    /// An ErrorResponse with `sqlstate` and `message`, then ReadyForQuery.
+    fn error_then_ready(sqlstate: &str, message: &str) -> Vec<u8> {
+        let fields = format!("SERROR\0VERROR\0C{sqlstate}\0M{message}\0\0");
+        [be(b'E', fields.as_bytes()), be(b'Z', b"I")].concat()
+    }
+
     #[tokio::test]
     async fn recv_copy_is_cancel_safe() {
-        let (cfg, h) = scripted().await;
-        let mut c = PgClient::connect(&cfg, true, "").await.unwrap();
+        let (mut c, mut s) = connected(true).await;
         assert_eq!(c.parameter("server_version"), Some("15.18"));
         assert_eq!(c.backend_key(), Some((7, 9)));
-        let mut s = h.await.unwrap();
         let q = tokio::spawn(async move {
             let (tag, _) = read_fe(&mut s).await;
             assert_eq!(tag, b'Q');
             s.write_all(&be(b'W', b"\0\0\0")).await.unwrap();
             // One message, dribbled out a byte at a time.
-            let mut msg = be(b'd', b"hello");
-            msg.extend(be(b'c', b""));
-            msg.extend(be(b'C', b"START_STREAMING\0"));
-            msg.extend(be(b'Z', b"I"));
+            let msg = [
+                be(b'd', b"hello"),
+                be(b'c', b""),
+                be(b'C', b"START_STREAMING\0"),
+                be(b'Z', b"I"),
+            ]
+            .concat();
             for b in msg {
                 s.write_all(&[b]).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -2080,42 +2109,37 @@ mod tests {
 
     #[tokio::test]
     async fn errors_leave_the_connection_usable() {
-        let (cfg, h) = scripted().await;
-        let mut c = PgClient::connect(&cfg, false, "").await.unwrap();
-        let mut s = h.await.unwrap();
-        let server = tokio::spawn(async move {
-            // error in the middle of a result set
-            read_fe(&mut s).await;
-            let mut out = be(
-                b'T',
-                b"\0\x01x\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
-            );
-            out.extend(be(b'D', b"\0\x01\0\0\0\x011"));
-            out.extend(be(b'E', b"SERROR\0VERROR\0C22012\0Mdivision by zero\0\0"));
-            out.extend(be(b'Z', b"I"));
-            s.write_all(&out).await.unwrap();
-            // error instead of CopyBothResponse
-            read_fe(&mut s).await;
-            let mut out = be(b'E', b"SERROR\0VERROR\0C55006\0Mslot is active\0\0");
-            out.extend(be(b'Z', b"I"));
-            s.write_all(&out).await.unwrap();
-            // error after CopyBothResponse, ReadyForQuery read by the next query
-            read_fe(&mut s).await;
-            let mut out = be(b'W', b"\0\0\0");
-            out.extend(be(
-                b'E',
-                b"SERROR\0VERROR\0CXX000\0Mahead of the WAL flush position\0\0",
-            ));
-            out.extend(be(b'Z', b"I"));
-            s.write_all(&out).await.unwrap();
-            // a good query
-            read_fe(&mut s).await;
-            let mut out = be(b'D', b"\0\x02\0\0\0\x02ok\xff\xff\xff\xff");
-            out.extend(be(b'C', b"SELECT 1\0"));
-            out.extend(be(b'Z', b"I"));
-            s.write_all(&out).await.unwrap();
-            s
-        });
+        let (mut c, s) = connected(false).await;
+        let server = serve(
+            s,
+            vec![
+                // error in the middle of a result set
+                [
+                    be(
+                        b'T',
+                        b"\0\x01x\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+                    ),
+                    be(b'D', b"\0\x01\0\0\0\x011"),
+                    error_then_ready("22012", "division by zero"),
+                ]
+                .concat(),
+                // error instead of CopyBothResponse
+                error_then_ready("55006", "slot is active"),
+                // error after CopyBothResponse, ReadyForQuery read by the next query
+                [
+                    be(b'W', b"\0\0\0"),
+                    error_then_ready("XX000", "ahead of the WAL flush position"),
+                ]
+                .concat(),
+                // a good query
+                [
+                    be(b'D', b"\0\x02\0\0\0\x02ok\xff\xff\xff\xff"),
+                    be(b'C', b"SELECT 1\0"),
+                    be(b'Z', b"I"),
+                ]
+                .concat(),
+            ],
+        );
         let e = c.simple_query("SELECT 1/0").await.unwrap_err();
         assert_eq!(e.sqlstate(), Some("22012"));
         let e = c
@@ -2133,14 +2157,8 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_from_the_server_is_an_error() {
-        let (cfg, h) = scripted().await;
-        let mut c = PgClient::connect(&cfg, false, "").await.unwrap();
-        let mut s = h.await.unwrap();
-        let server = tokio::spawn(async move {
-            read_fe(&mut s).await;
-            s.write_all(&be(b'D', b"\0\x01\0\0\0\x09ab")).await.unwrap();
-            s
-        });
+        let (mut c, s) = connected(false).await;
+        let server = serve(s, vec![be(b'D', b"\0\x01\0\0\0\x09ab")]);
         let e = c.simple_query("SELECT").await.unwrap_err();
         assert!(matches!(e, ClientError::Protocol { .. }), "{e}");
         let s = server.await.unwrap();

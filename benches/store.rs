@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use walkeeper::consensus::acceptor::{TimelineState, Write};
-use walkeeper::consensus::messages::ServerInfo;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
 use walkeeper::lsn::Lsn;
 use walkeeper::store::rocks::RocksStore;
 use walkeeper::store::Storage;
 
+#[path = "../tests/common/store.rs"]
+mod fixtures;
+
 const BASE: Lsn = Lsn(0x100_0000);
 
+#[derive(Default)]
 struct Rate {
     appends: u64,
     bytes: u64,
@@ -41,44 +43,20 @@ impl Rate {
     fn syncs_s(&self) -> f64 {
         self.syncs as f64 / self.secs
     }
-}
-
-fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
-    TimelineState {
-        ttid,
-        server: ServerInfo {
-            system_id: 1,
-            pg_version: 150000,
-            wal_seg_size: 16 << 20,
-            tli: 1,
-        },
-        members: [(NodeId(1), "127.0.0.1:5454".to_string())]
-            .into_iter()
-            .collect(),
-        timeline_start_lsn: BASE,
-        local_start_lsn: BASE,
-        term: 1,
-        term_history: TermHistory::default(),
-        flush_lsn: flush,
-        commit_lsn: BASE,
-        peer_horizon_lsn: Lsn::INVALID,
-        slot_horizon_lsn: Lsn::INVALID,
-        settled_term: 0,
-        settled_lsn: Lsn::INVALID,
+    /// Count one sync that made `per_sync` appends of `len` bytes durable.
+    fn synced(&mut self, per_sync: usize, len: usize) {
+        self.appends += per_sync as u64;
+        self.bytes += (per_sync * len) as u64;
+        self.syncs += 1;
     }
 }
 
+fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
+    fixtures::store_state(ttid, BASE, flush)
+}
+
 fn payload(len: usize) -> Bytes {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    fixtures::incompressible(0x2545_F491_4F6C_DD1D, len)
 }
 
 /// `per_sync` appends of `len` bytes, spread round-robin over `timelines`
@@ -101,12 +79,7 @@ fn store_run(base: &Path, len: usize, per_sync: usize, timelines: usize, secs: D
     }
     store.sync().expect("sync");
     let bytes = payload(len);
-    let mut r = Rate {
-        appends: 0,
-        bytes: 0,
-        syncs: 0,
-        secs: 0.0,
-    };
+    let mut r = Rate::default();
     let mut next = 0;
     let start = Instant::now();
     while start.elapsed() < secs {
@@ -129,9 +102,7 @@ fn store_run(base: &Path, len: usize, per_sync: usize, timelines: usize, secs: D
                 .expect("write");
         }
         store.sync().expect("sync");
-        r.appends += per_sync as u64;
-        r.bytes += (per_sync * len) as u64;
-        r.syncs += 1;
+        r.synced(per_sync, len);
     }
     r.secs = start.elapsed().as_secs_f64();
     r
@@ -144,12 +115,7 @@ fn raw_run(base: &Path, len: usize, per_sync: usize, secs: Duration) -> Rate {
     let mut file = File::create(&path).expect("create");
     let mut written = 0u64;
     let bytes = payload(len);
-    let mut r = Rate {
-        appends: 0,
-        bytes: 0,
-        syncs: 0,
-        secs: 0.0,
-    };
+    let mut r = Rate::default();
     let start = Instant::now();
     while start.elapsed() < secs {
         if written > 512 << 20 {
@@ -162,9 +128,7 @@ fn raw_run(base: &Path, len: usize, per_sync: usize, secs: Duration) -> Rate {
         }
         file.sync_data().expect("fdatasync");
         written += (per_sync * len) as u64;
-        r.appends += per_sync as u64;
-        r.bytes += (per_sync * len) as u64;
-        r.syncs += 1;
+        r.synced(per_sync, len);
     }
     r.secs = start.elapsed().as_secs_f64();
     r
@@ -180,6 +144,27 @@ fn row(name: &str, r: &Rate, raw: Option<&Rate>) {
         r.mb_s(),
         r.syncs_s(),
         vs
+    );
+}
+
+/// One case: the raw loop sets the bar the store is rated against, on the
+/// same disk just before it.
+fn raw_then_store(base: &Path, secs: Duration, kib: usize, per_sync: usize, timelines: usize) {
+    let len = kib << 10;
+    let raw = raw_run(base, len, per_sync, secs);
+    row(
+        &format!("raw  {kib} KiB, {per_sync} per fdatasync"),
+        &raw,
+        None,
+    );
+    let spread = match timelines {
+        1 => "1 timeline".to_string(),
+        n => format!("{n} timelines x {}", per_sync / n),
+    };
+    row(
+        &format!("store {kib} KiB, {spread}, {per_sync} per sync"),
+        &store_run(base, len, per_sync, timelines, secs),
+        Some(&raw),
     );
 }
 
@@ -207,34 +192,8 @@ fn main() {
         "{:<44} {:>10} {:>10} {:>9} {:>8}",
         "case", "appends/s", "MB/s", "syncs/s", "vs raw"
     );
-    let k128 = 128 << 10;
-    let raw1 = raw_run(&base, k128, 1, secs);
-    row("raw  128 KiB, 1 per fdatasync", &raw1, None);
-    row(
-        "store 128 KiB, 1 timeline, 1 per sync",
-        &store_run(&base, k128, 1, 1, secs),
-        Some(&raw1),
-    );
-    let raw16 = raw_run(&base, k128, 16, secs);
-    row("raw  128 KiB, 16 per fdatasync", &raw16, None);
-    row(
-        "store 128 KiB, 1 timeline, 16 per sync",
-        &store_run(&base, k128, 16, 1, secs),
-        Some(&raw16),
-    );
-    let k8 = 8 << 10;
-    let raw8 = raw_run(&base, k8, 1, secs);
-    row("raw  8 KiB, 1 per fdatasync", &raw8, None);
-    row(
-        "store 8 KiB, 1 timeline, 1 per sync",
-        &store_run(&base, k8, 1, 1, secs),
-        Some(&raw8),
-    );
-    let raw64 = raw_run(&base, k8, 64, secs);
-    row("raw  8 KiB, 64 per fdatasync", &raw64, None);
-    row(
-        "store 8 KiB, 64 timelines x 1, 64 per sync",
-        &store_run(&base, k8, 64, 64, secs),
-        Some(&raw64),
-    );
+    // (KiB per append, appends per sync, timelines they go round)
+    for (kib, per_sync, timelines) in [(128, 1, 1), (128, 16, 1), (8, 1, 1), (8, 64, 64)] {
+        raw_then_store(&base, secs, kib, per_sync, timelines);
+    }
 }

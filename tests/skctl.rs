@@ -274,12 +274,7 @@ fn stopped_store(dir: &Path, total: usize) -> (PathBuf, u64) {
 /// Flip a byte in the chunk stored at `at`, with the rocksdb crate, in a
 /// copy of the store.
 fn corrupt_chunk(store: &Path, at: u64) {
-    let db = rocksdb::DB::open_cf(
-        &rocksdb::Options::default(),
-        store,
-        ["timeline", "wal", "slot"],
-    )
-    .unwrap();
+    let db = common::store::raw_db(store);
     let wal = db.cf_handle("wal").unwrap();
     let key = wal_key(ttid(), Lsn(at));
     let mut v = db.get_cf(wal, key).unwrap().expect("a chunk at that LSN");
@@ -391,12 +386,7 @@ fn verify_finds_a_gap_and_a_state_contradiction() {
     let copy = dir.path().join("gap");
     copy_dir(&datadir, &copy);
     {
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            &copy,
-            ["timeline", "wal", "slot"],
-        )
-        .unwrap();
+        let db = common::store::raw_db(&copy);
         let wal = db.cf_handle("wal").unwrap();
         db.delete_cf(wal, wal_key(ttid(), Lsn(START + 2 * 64 * 1024)))
             .unwrap();

@@ -13,6 +13,8 @@ use walkeeper::lsn::Lsn;
 use walkeeper::store::rocks::{wal_key, RocksStore};
 use walkeeper::store::{Storage, StoreError};
 
+use common::store::{incompressible, raw_db, store_state};
+
 const BASE: Lsn = Lsn(0x200_0000);
 
 fn ttid(n: u8) -> Ttid {
@@ -20,21 +22,12 @@ fn ttid(n: u8) -> Ttid {
 }
 
 fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
-    common::store_state(ttid, BASE, flush)
+    store_state(ttid, BASE, flush)
 }
 
 /// Incompressible bytes, so they land in an SST as they are.
 fn noise(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    incompressible(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, len)
 }
 
 /// A store with `n` chunks of `len` bytes for timeline `t`, synced and closed.
@@ -59,13 +52,14 @@ fn store_with_chunks(path: &Path, t: Ttid, n: usize, len: usize) -> Vec<u8> {
     all
 }
 
-fn raw_db(path: &Path) -> rocksdb::DB {
-    rocksdb::DB::open_cf(
-        &rocksdb::Options::default(),
-        path,
-        ["timeline", "wal", "slot"],
-    )
-    .unwrap()
+/// Rewrite the record under `key` in column family `cf` with `edit`,
+/// behind the store's back.
+fn tamper(path: &Path, cf: &str, key: impl AsRef<[u8]>, edit: impl FnOnce(&mut Vec<u8>)) {
+    let db = raw_db(path);
+    let cf = db.cf_handle(cf).unwrap();
+    let mut v = db.get_cf(cf, &key).unwrap().unwrap();
+    edit(&mut v);
+    db.put_cf(cf, key, v).unwrap();
 }
 
 fn assert_corrupt_wal(r: Result<Vec<u8>, StoreError>, t: Ttid, from: Lsn, to: Lsn) {
@@ -83,19 +77,21 @@ fn assert_corrupt_wal(r: Result<Vec<u8>, StoreError>, t: Ttid, from: Lsn, to: Ls
     }
 }
 
+fn assert_corrupt_state(err: StoreError, t: Ttid) {
+    assert!(
+        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_chunk_with_a_bad_crc_is_corrupt_wal() {
     let dir = tempfile::tempdir().unwrap();
     let t = ttid(1);
     let all = store_with_chunks(dir.path(), t, 4, 1000);
-    {
-        let db = raw_db(dir.path());
-        let wal = db.cf_handle("wal").unwrap();
-        let key = wal_key(t, Lsn(BASE.0 + 2000));
-        let mut v = db.get_cf(wal, key).unwrap().unwrap();
-        v[500] ^= 0x01;
-        db.put_cf(wal, key, v).unwrap();
-    }
+    tamper(dir.path(), "wal", wal_key(t, Lsn(BASE.0 + 2000)), |v| {
+        v[500] ^= 0x01
+    });
     let mut store = RocksStore::open(dir.path()).unwrap();
     let (c2, c3) = (Lsn(BASE.0 + 2000), Lsn(BASE.0 + 3000));
     assert_corrupt_wal(store.read_wal(t, BASE, Lsn(BASE.0 + 4000)), t, c2, c3);
@@ -238,24 +234,12 @@ fn a_damaged_state_record_is_corrupt_state() {
     let dir = tempfile::tempdir().unwrap();
     let t = ttid(6);
     store_with_chunks(dir.path(), t, 1, 100);
-    {
-        let db = raw_db(dir.path());
-        let timeline = db.cf_handle("timeline").unwrap();
-        let mut v = db.get_cf(timeline, t.key_prefix()).unwrap().unwrap();
-        v.truncate(v.len() / 2);
-        db.put_cf(timeline, t.key_prefix(), v).unwrap();
-    }
+    tamper(dir.path(), "timeline", t.key_prefix(), |v| {
+        v.truncate(v.len() / 2)
+    });
     let store = RocksStore::open(dir.path()).unwrap();
-    let err = store.timelines().unwrap_err();
-    assert!(
-        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
-        "{err}"
-    );
-    let err = store.read_wal(t, BASE, Lsn(BASE.0 + 100)).unwrap_err();
-    assert!(
-        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
-        "{err}"
-    );
+    assert_corrupt_state(store.timelines().unwrap_err(), t);
+    assert_corrupt_state(store.read_wal(t, BASE, Lsn(BASE.0 + 100)).unwrap_err(), t);
 }
 
 #[test]
@@ -263,17 +247,9 @@ fn a_state_record_of_another_version_is_corrupt_state() {
     let dir = tempfile::tempdir().unwrap();
     let t = ttid(7);
     store_with_chunks(dir.path(), t, 1, 100);
-    {
-        let db = raw_db(dir.path());
-        let timeline = db.cf_handle("timeline").unwrap();
-        let mut v = db.get_cf(timeline, t.key_prefix()).unwrap().unwrap();
-        v[..2].copy_from_slice(&7u16.to_be_bytes());
-        db.put_cf(timeline, t.key_prefix(), v).unwrap();
-    }
+    tamper(dir.path(), "timeline", t.key_prefix(), |v| {
+        v[..2].copy_from_slice(&7u16.to_be_bytes())
+    });
     let store = RocksStore::open(dir.path()).unwrap();
-    let err = store.timelines().unwrap_err();
-    assert!(
-        matches!(err, StoreError::CorruptState { ttid, .. } if ttid == t),
-        "{err}"
-    );
+    assert_corrupt_state(store.timelines().unwrap_err(), t);
 }

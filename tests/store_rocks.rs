@@ -3,44 +3,29 @@
 //! reopens on it and on `MemStorage` and demands the same answers.
 #![cfg(feature = "rocksdb")]
 
+mod common;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use walkeeper::consensus::acceptor::{TimelineState, Write};
-use walkeeper::consensus::messages::ServerInfo;
-use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
 use walkeeper::lsn::Lsn;
 use walkeeper::store::memory::MemStorage;
 use walkeeper::store::rocks::{ChunkInfo, RocksStore};
 use walkeeper::store::{Storage, StoreError};
 
+use common::store::{incompressible, raw_db, store_state};
+
 fn ttid(n: u8) -> Ttid {
     Ttid::new(TenantId([n; 16]), TimelineId([n.wrapping_add(100); 16]))
 }
 
+/// Trims move `local_start` on; where the timeline started stays put.
 fn state(ttid: Ttid, local_start: Lsn, flush: Lsn) -> TimelineState {
-    TimelineState {
-        ttid,
-        server: ServerInfo {
-            system_id: 7,
-            pg_version: 150000,
-            wal_seg_size: 16 << 20,
-            tli: 1,
-        },
-        members: [(NodeId(1), "127.0.0.1:1".to_string())]
-            .into_iter()
-            .collect(),
-        timeline_start_lsn: Lsn(0x100_0000),
-        local_start_lsn: local_start,
-        term: 1,
-        term_history: TermHistory::default(),
-        flush_lsn: flush,
-        commit_lsn: local_start,
-        peer_horizon_lsn: Lsn::INVALID,
-        slot_horizon_lsn: Lsn::INVALID,
-        settled_term: 0,
-        settled_lsn: Lsn::INVALID,
-    }
+    let mut s = store_state(ttid, local_start, flush);
+    s.server.system_id = 7;
+    s.timeline_start_lsn = Lsn(0x100_0000);
+    s
 }
 
 fn put_state(ttid: Ttid, local_start: Lsn, flush: Lsn) -> Write {
@@ -48,16 +33,7 @@ fn put_state(ttid: Ttid, local_start: Lsn, flush: Lsn) -> Write {
 }
 
 fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    incompressible(seed | 1, len)
 }
 
 fn chunks(store: &RocksStore, ttid: Ttid) -> Vec<ChunkInfo> {
@@ -102,22 +78,21 @@ fn init_records_the_node_and_refuses_to_run_twice() {
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 }
 
-#[test]
-fn open_refuses_an_unknown_format_version() {
+/// Why a fresh store, its RocksDB then changed by `tamper`, will not open.
+fn open_after(tamper: impl FnOnce(&rocksdb::DB)) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     drop(RocksStore::init(dir.path(), NodeId(1)).unwrap());
-    {
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            dir.path(),
-            ["timeline", "wal", "slot"],
-        )
-        .unwrap();
+    tamper(&raw_db(dir.path()));
+    RocksStore::open(dir.path()).unwrap_err()
+}
+
+#[test]
+fn open_refuses_an_unknown_format_version() {
+    let err = open_after(|db| {
         let mut meta = db.get(b"meta").unwrap().unwrap();
         meta[..2].copy_from_slice(&99u16.to_be_bytes());
         db.put(b"meta", meta).unwrap();
-    }
-    let err = RocksStore::open(dir.path()).unwrap_err();
+    });
     let text = err.to_string();
     assert!(matches!(err, StoreError::Open { .. }), "{text}");
     assert!(text.contains("version 99"), "{text}");
@@ -125,18 +100,7 @@ fn open_refuses_an_unknown_format_version() {
 
 #[test]
 fn open_refuses_a_store_whose_init_did_not_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(RocksStore::init(dir.path(), NodeId(1)).unwrap());
-    {
-        let db = rocksdb::DB::open_cf(
-            &rocksdb::Options::default(),
-            dir.path(),
-            ["timeline", "wal", "slot"],
-        )
-        .unwrap();
-        db.delete(b"meta").unwrap();
-    }
-    let err = RocksStore::open(dir.path()).unwrap_err();
+    let err = open_after(|db| db.delete(b"meta").unwrap());
     assert!(err.to_string().contains("init did not finish"), "{err}");
 }
 

@@ -30,7 +30,7 @@ fn ttids() -> [Ttid; 2] {
 }
 
 fn state(ttid: Ttid, flush: Lsn) -> TimelineState {
-    common::store_state(ttid, BASE, flush)
+    common::store::store_state(ttid, BASE, flush)
 }
 
 /// The byte every writer puts at `lsn` of timeline `i`, so the parent can

@@ -6,6 +6,7 @@
 #[cfg(feature = "rocksdb")]
 pub mod cluster;
 pub mod pg;
+pub mod store;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -388,37 +389,6 @@ impl RawClient {
             b'E' => panic!("acceptor refused: {:?}", m.error_field(b'M')),
             other => panic!("unexpected message {:?}", other as char),
         }
-    }
-}
-
-/// A timeline state for store tests: node 1 its only member, term 1, WAL
-/// held from `start` (where the timeline starts and is committed) to `flush`.
-pub fn store_state(
-    ttid: Ttid,
-    start: Lsn,
-    flush: Lsn,
-) -> walkeeper::consensus::acceptor::TimelineState {
-    walkeeper::consensus::acceptor::TimelineState {
-        ttid,
-        server: ServerInfo {
-            system_id: 1,
-            pg_version: 150000,
-            wal_seg_size: 16 << 20,
-            tli: 1,
-        },
-        members: [(NodeId(1), "127.0.0.1:1".to_string())]
-            .into_iter()
-            .collect(),
-        timeline_start_lsn: start,
-        local_start_lsn: start,
-        term: 1,
-        term_history: walkeeper::consensus::term_history::TermHistory::default(),
-        flush_lsn: flush,
-        commit_lsn: start,
-        peer_horizon_lsn: Lsn::INVALID,
-        slot_horizon_lsn: Lsn::INVALID,
-        settled_term: 0,
-        settled_lsn: Lsn::INVALID,
     }
 }
 

@@ -81,20 +81,7 @@ fn start_sk(datadir: &Path, node_id: u64, old: &Safekeeper, extra: &[&str]) -> S
 }
 
 fn psql_ok(pg: &Postgres, sql: &str, within: Duration) -> bool {
-    let mut child = Command::new(pg::pg_bin("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-        ])
-        .arg("-p")
-        .arg(pg.port.to_string())
-        .arg("-c")
-        .arg(sql)
+    let mut child = pg::psql(pg.port, sql)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -255,18 +242,7 @@ fn whole_cluster_recovery_from_checkpoints() {
         .collect();
     drop(old);
 
-    let members: Vec<String> = c
-        .sks
-        .iter()
-        .map(|s| format!("{}@{}", s.node_id, s.pg_addr))
-        .collect();
-    let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
-        .arg("--sync-only")
-        .arg("--safekeepers")
-        .arg(members.join(","))
-        .args(["--sync-timeout", "60"]));
-    assert!(ok, "--sync-only failed: {err}");
-    let synced: Lsn = out.trim().parse().unwrap();
+    let synced = c.sync_only();
     let mut flushes: Vec<Lsn> = infos.iter().map(flush_of).collect();
     flushes.sort();
     assert!(

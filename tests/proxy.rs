@@ -59,20 +59,7 @@ fn a_commit_waits_for_a_majority() {
     c.pg.sql("CREATE TABLE t (i int)");
     c.sks[1].kill9();
     c.sks[2].kill9();
-    let mut insert = Command::new(pg::pg_bin("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-            "-c",
-            "INSERT INTO t VALUES (1)",
-        ])
-        .arg("-p")
-        .arg(c.pg.port.to_string())
+    let mut insert = pg::psql(c.pg.port, "INSERT INTO t VALUES (1)")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

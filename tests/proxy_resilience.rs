@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -56,12 +56,10 @@ fn proxy_memory_stays_bounded_while_a_safekeeper_is_down() {
     let port = c.pg.port;
     let load = std::thread::spawn(move || {
         for _ in 0..4 {
-            let (ok, _, err) = run(Command::new(pg::pg_bin("psql"))
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-XAtq"])
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-c")
-                .arg("INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 70000) g"));
+            let (ok, _, err) = run(&mut pg::psql(
+                port,
+                "INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 70000) g",
+            ));
             assert!(ok, "{err}");
         }
     });
@@ -139,20 +137,7 @@ fn competing_proxies_are_fenced() {
     let stop = Instant::now() + Duration::from_secs(6);
     let load = std::thread::spawn(move || {
         while Instant::now() < stop {
-            let _ = Command::new(pg::pg_bin("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-XAtq",
-                ])
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-c")
-                .arg("INSERT INTO t SELECT generate_series(1, 1000)")
+            let _ = pg::psql(port, "INSERT INTO t SELECT generate_series(1, 1000)")
                 .stdout(Stdio::null())
                 .status();
         }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -28,20 +27,7 @@ fn sync_only_after_primary_and_proxy_die_makes_every_acknowledged_commit_readabl
         let mut i = 0;
         while Instant::now() < until {
             i += 1;
-            let ok = Command::new(pg::pg_bin("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-XAtq",
-                ])
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-c")
-                .arg(format!("INSERT INTO ledger VALUES ({i})"))
+            let ok = pg::psql(port, &format!("INSERT INTO ledger VALUES ({i})"))
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -75,21 +61,7 @@ fn sync_only_after_primary_and_proxy_die_makes_every_acknowledged_commit_readabl
     assert!(!acked.is_empty(), "the ledger got commits");
     assert!(reported.is_valid());
 
-    let members: Vec<String> = c
-        .sks
-        .iter()
-        .map(|s| format!("{}@{}", s.node_id, s.pg_addr))
-        .collect();
-    let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
-        .arg("--sync-only")
-        .arg("--safekeepers")
-        .arg(members.join(","))
-        .args(["--sync-timeout", "60"]));
-    assert!(ok, "--sync-only failed: {err}");
-    let synced: Lsn = out
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not an LSN: {out:?}"));
+    let synced = c.sync_only();
     assert!(
         synced >= reported,
         "synced {synced} is below the reported flush {reported}"

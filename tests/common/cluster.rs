@@ -77,6 +77,20 @@ impl Cluster {
         ));
     }
 
+    /// `safekeeper-proxy --sync-only` over the cluster's safekeepers: the
+    /// LSN it settled them at.
+    pub fn sync_only(&self) -> Lsn {
+        let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--sync-only")
+            .arg("--safekeepers")
+            .arg(member_list(&self.sks))
+            .args(["--sync-timeout", "60"]));
+        assert!(ok, "--sync-only failed: {err}");
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not an LSN: {out:?}"))
+    }
+
     pub fn wait_sync(&self) {
         wait_for(
             Duration::from_secs(60),

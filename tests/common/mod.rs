@@ -482,6 +482,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The proxy's `--safekeepers` value: `id@address`, comma-separated.
+pub fn member_list<'a>(sks: impl IntoIterator<Item = &'a Safekeeper>) -> String {
+    let list: Vec<String> = sks
+        .into_iter()
+        .map(|s| format!("{}@{}", s.node_id, s.pg_addr))
+        .collect();
+    list.join(",")
+}
+
 /// A safekeeper-proxy process; SIGKILLed on drop.
 pub struct Proxy {
     pub child: Option<Child>,
@@ -502,15 +511,11 @@ impl Proxy {
             .append(true)
             .open(&log)
             .unwrap();
-        let list: Vec<String> = members
-            .iter()
-            .map(|s| format!("{}@{}", s.node_id, s.pg_addr))
-            .collect();
         let child = Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
             .arg("--primary")
             .arg(format!("host=127.0.0.1 port={primary_port} user=postgres"))
             .arg("--safekeepers")
-            .arg(list.join(","))
+            .arg(member_list(members.iter().copied()))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -192,22 +192,7 @@ impl Postgres {
 
     /// Run SQL through psql; stdout, unaligned and tuples only.
     pub fn sql(&self, sql: &str) -> String {
-        let (ok, out, err) = run(Command::new(pg_bin("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql));
+        let (ok, out, err) = run(psql(self.port, sql).args(["-v", "ON_ERROR_STOP=1"]));
         assert!(ok, "psql {sql:?} failed: {err}");
         out.trim().to_string()
     }
@@ -221,6 +206,26 @@ impl Postgres {
     pub fn pg_wal(&self) -> PathBuf {
         self.datadir.join("pg_wal")
     }
+}
+
+/// psql running `sql` as postgres on the loopback server at `port`, unaligned
+/// tuples only, no psqlrc: what a test client or a load thread needs.
+pub fn psql(port: u16, sql: &str) -> Command {
+    let mut cmd = Command::new(pg_bin("psql"));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-XAtq",
+    ])
+    .arg("-p")
+    .arg(port.to_string())
+    .arg("-c")
+    .arg(sql);
+    cmd
 }
 
 pub fn append_conf(datadir: &Path, text: &str) {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -44,6 +45,29 @@ fn elect(
     vote
 }
 
+/// Node 1 on a fresh store in `datadir`, and a proposer it elected in term 1
+/// at START (creating the timeline); the vote it got.
+fn elected_node(datadir: &Path) -> (Safekeeper, RawClient, VoteResponse) {
+    let sk = Safekeeper::start(datadir, 1, true);
+    let mut c = RawClient::proposer(sk.pg_addr);
+    let vote = elect(&mut c, 1, START, &[(1, START)], true);
+    (sk, c, vote)
+}
+
+/// Appends of `lens` bytes from START in term 1, sent without waiting for
+/// any reply; the end LSN and the WAL sent.
+fn send_pipelined(c: &mut RawClient, lens: impl IntoIterator<Item = usize>) -> (u64, Vec<u8>) {
+    let mut pos = START;
+    let mut written = Vec::new();
+    for len in lens {
+        let wal = wal_bytes(1, pos, len);
+        c.send(&append(1, pos, &wal, START));
+        pos += wal.len() as u64;
+        written.extend_from_slice(&wal);
+    }
+    (pos, written)
+}
+
 fn append_response(c: &mut RawClient) -> AppendResponse {
     match c.recv() {
         AcceptorMessage::Append(r) => r,
@@ -54,19 +78,12 @@ fn append_response(c: &mut RawClient) -> AppendResponse {
 #[test]
 fn greeting_vote_elected_pipelined_appends_and_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
-    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
-    let mut c = RawClient::proposer(sk.pg_addr);
-    let vote = elect(&mut c, 1, START, &[(1, START)], true);
+    let (sk, mut c, vote) = elected_node(&dir.path().join("sk1"));
     assert_eq!(vote.flush_lsn, Lsn(START));
     assert_eq!(vote.term_history, TermHistory::empty());
 
     // Ten appends sent without waiting; the answers come in order.
-    let mut pos = START;
-    for i in 0..10 {
-        let wal = wal_bytes(1, pos, 8192 + i);
-        c.send(&append(1, pos, &wal, START));
-        pos += wal.len() as u64;
-    }
+    let (pos, _) = send_pipelined(&mut c, (0..10).map(|i| 8192 + i));
     let mut expected = START;
     for i in 0..10 {
         let r = append_response(&mut c);
@@ -98,18 +115,9 @@ fn greeting_vote_elected_pipelined_appends_and_heartbeats() {
 fn acknowledged_appends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let datadir = dir.path().join("sk1");
-    let mut sk = Safekeeper::start(&datadir, 1, true);
-    let mut c = RawClient::proposer(sk.pg_addr);
-    elect(&mut c, 1, START, &[(1, START)], true);
-    let mut pos = START;
+    let (mut sk, mut c, _) = elected_node(&datadir);
     let mut acked = START;
-    let mut written = Vec::new();
-    for _ in 0..40 {
-        let wal = wal_bytes(1, pos, 16 * 1024);
-        c.send(&append(1, pos, &wal, START));
-        pos += wal.len() as u64;
-        written.extend_from_slice(&wal);
-    }
+    let (_, written) = send_pipelined(&mut c, [16 * 1024; 40]);
     // Kill right after the 25th answer: 15 appends may be in flight.
     for _ in 0..25 {
         acked = append_response(&mut c).flush_lsn.0;
@@ -149,9 +157,7 @@ fn acknowledged_appends_survive_sigkill() {
 #[test]
 fn malformed_message_gets_an_error_and_the_store_is_unharmed() {
     let dir = tempfile::tempdir().unwrap();
-    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
-    let mut good = RawClient::proposer(sk.pg_addr);
-    elect(&mut good, 1, START, &[(1, START)], true);
+    let (sk, mut good, _) = elected_node(&dir.path().join("sk1"));
     let wal = wal_bytes(1, START, 1000);
     good.send(&append(1, START, &wal, START));
     assert_eq!(append_response(&mut good).flush_lsn, Lsn(START + 1000));
@@ -222,17 +228,8 @@ fn psql_identify_system_gets_a_result_or_a_clean_error() {
 fn sigterm_during_a_stream_exits_0_and_keeps_every_acknowledged_byte() {
     let dir = tempfile::tempdir().unwrap();
     let datadir = dir.path().join("sk1");
-    let mut sk = Safekeeper::start(&datadir, 1, true);
-    let mut c = RawClient::proposer(sk.pg_addr);
-    elect(&mut c, 1, START, &[(1, START)], true);
-    let mut pos = START;
-    let mut written = Vec::new();
-    for _ in 0..200 {
-        let wal = wal_bytes(1, pos, 8192);
-        c.send(&append(1, pos, &wal, START));
-        pos += wal.len() as u64;
-        written.extend_from_slice(&wal);
-    }
+    let (mut sk, mut c, _) = elected_node(&datadir);
+    let (_, written) = send_pipelined(&mut c, [8192; 200]);
     for _ in 0..5 {
         append_response(&mut c);
     }

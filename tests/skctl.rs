@@ -78,6 +78,15 @@ fn tl() -> String {
     ttid().to_string()
 }
 
+/// `skctl export` of the test timeline from `store` into `out`, within any
+/// `--from`/`--to` bounds given.
+fn export(store: &Path, out: &Path, bounds: &[&str]) -> Out {
+    let tl = tl();
+    let mut args = vec!["export", &tl, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(bounds);
+    skctl(store, &args)
+}
+
 #[test]
 fn skctl_reads_a_store_while_the_daemon_runs_and_after_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,7 +338,7 @@ fn verify_names_the_timeline_and_range_of_a_corrupted_chunk_and_export_refuses_i
     // Export over the damaged range is refused, leaving no file behind:
     // neither a segment under its name nor a temporary one.
     let out = dir.path().join("export-damaged");
-    let e = skctl(&copy, &["export", &tl(), "--out", out.to_str().unwrap()]);
+    let e = export(&copy, &out, &[]);
     assert_eq!(e.code, 1, "export of damaged WAL succeeded: {}", e.stdout);
     assert!(
         e.stderr.contains(&tl()) && e.stderr.contains(&Lsn(bad_start).to_string()),
@@ -344,29 +353,13 @@ fn verify_names_the_timeline_and_range_of_a_corrupted_chunk_and_export_refuses_i
 
     // The first segment is intact and exports; the damaged one does not.
     let out1 = dir.path().join("export-first");
-    let ok = skctl(
-        &copy,
-        &[
-            "export",
-            &tl(),
-            "--out",
-            out1.to_str().unwrap(),
-            "--to",
-            &Lsn(START + seg).to_string(),
-        ],
-    );
+    let ok = export(&copy, &out1, &["--to", &Lsn(START + seg).to_string()]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert_eq!(files_in(&out1), [segment_file_name(1, 1, SEG)]);
-    let from_third = skctl(
+    let from_third = export(
         &copy,
-        &[
-            "export",
-            &tl(),
-            "--out",
-            dir.path().join("export-third").to_str().unwrap(),
-            "--from",
-            &Lsn(START + 2 * seg + 12345).to_string(),
-        ],
+        &dir.path().join("export-third"),
+        &["--from", &Lsn(START + 2 * seg + 12345).to_string()],
     );
     assert_eq!(from_third.code, 0, "{}", from_third.stderr);
     assert_eq!(
@@ -416,34 +409,14 @@ fn verify_finds_a_gap_and_a_state_contradiction() {
     assert!(v.stdout.contains(&want), "{}", v.stdout);
     // Exporting across the gap is refused too.
     let out = dir.path().join("out");
-    let e = skctl(&copy, &["export", &tl(), "--out", out.to_str().unwrap()]);
+    let e = export(&copy, &out, &[]);
     assert_eq!(e.code, 1, "{}", e.stdout);
     assert!(files_in(&out).is_empty());
     // Exporting beyond flush_lsn, or from trimmed WAL, is a clear refusal.
-    let e = skctl(
-        &datadir,
-        &[
-            "export",
-            &tl(),
-            "--out",
-            out.to_str().unwrap(),
-            "--to",
-            &Lsn(end + 1).to_string(),
-        ],
-    );
+    let e = export(&datadir, &out, &["--to", &Lsn(end + 1).to_string()]);
     assert_eq!(e.code, 2);
     assert!(e.stderr.contains("beyond"), "{}", e.stderr);
-    let e = skctl(
-        &datadir,
-        &[
-            "export",
-            &tl(),
-            "--out",
-            out.to_str().unwrap(),
-            "--from",
-            "0/10",
-        ],
-    );
+    let e = export(&datadir, &out, &["--from", "0/10"]);
     assert_eq!(e.code, 2);
     assert!(e.stderr.contains("trimmed"), "{}", e.stderr);
 }
@@ -486,7 +459,7 @@ fn export_of_real_wal_is_byte_identical_to_the_primarys_and_pg_waldump_reads_it(
 
     // Exported while the daemon runs: every segment byte-identical.
     let out = pg::postgres_dir(dir.path(), "export");
-    let e = skctl(&datadir, &["export", &tl(), "--out", out.to_str().unwrap()]);
+    let e = export(&datadir, &out, &[]);
     assert_eq!(e.code, 0, "export failed: {}{}", e.stdout, e.stderr);
     let names: Vec<String> = (1..=last_full)
         .map(|s| segment_file_name(1, s, SEG))
@@ -553,7 +526,7 @@ fn export_of_real_wal_is_byte_identical_to_the_primarys_and_pg_waldump_reads_it(
 
     // An export into a directory that already holds those segments is
     // refused rather than overwriting them.
-    let again = skctl(&datadir, &["export", &tl(), "--out", out.to_str().unwrap()]);
+    let again = export(&datadir, &out, &[]);
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -128,6 +129,20 @@ fn start_sk(dir: &std::path::Path, n: u64, extra: &[&str]) -> Safekeeper {
     }
 }
 
+/// `pg_receivewal` (run as `program` says) streaming from `sk` through
+/// `slot` into `out`, confirming each flush, and ending with the connection.
+fn receive_on_slot(mut program: Command, out: &Path, sk: &Safekeeper, slot: &str) -> Command {
+    program
+        .arg("-D")
+        .arg(out)
+        .args(["-h", "127.0.0.1", "-U", "postgres", "--synchronous"])
+        .arg(format!("--slot={slot}"))
+        .arg("--no-loop")
+        .arg("-p")
+        .arg(sk.pg_addr.port().to_string());
+    program
+}
+
 /// A primary (`extra_conf` added to its synchronous_standby_names), three
 /// safekeepers started with `flags`, and the proxy as its synchronous
 /// standby.
@@ -153,24 +168,16 @@ fn pg_receivewal_with_a_slot_gets_identical_segments_and_the_slot_survives_a_res
     c.init_pgbench();
     let bench = c.spawn_pgbench(8);
     let out = pg::postgres_dir(c.dir.path(), "receivewal");
-    let mut recv = pg::as_postgres(&pg::pg_bin("pg_receivewal"))
-        .arg("-D")
-        .arg(&out)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--synchronous",
-            "--slot=s1",
-            "--no-loop",
-        ])
-        .arg("-p")
-        .arg(sk.pg_addr.port().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut recv = receive_on_slot(
+        pg::as_postgres(&pg::pg_bin("pg_receivewal")),
+        &out,
+        sk,
+        "s1",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     // A second consumer of the same slot is refused while it streams.
     std::thread::sleep(Duration::from_secs(2));
     let err = repl_sql(
@@ -669,25 +676,17 @@ fn a_lagging_slot_holds_wal_on_every_safekeeper_until_it_confirms() {
     let out = c.dir.path().join("receivewal");
     std::fs::create_dir(&out).unwrap();
     let _recv = KillOnDrop(
-        Command::new(pg::pg_bin("pg_receivewal"))
-            .arg("-D")
-            .arg(&out)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "--synchronous",
-                "--slot=lag",
-                "--no-loop",
-            ])
-            .arg("-p")
-            .arg(c.sks[0].pg_addr.port().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting pg_receivewal"),
+        receive_on_slot(
+            Command::new(pg::pg_bin("pg_receivewal")),
+            &out,
+            &c.sks[0],
+            "lag",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting pg_receivewal"),
     );
     let confirmed = wait_for(
         Duration::from_secs(120),

@@ -31,8 +31,7 @@ fn first_row(reply: &[BeMsg]) -> Vec<Option<Vec<u8>>> {
 
 #[test]
 fn safekeepers_serve_the_history_file_of_a_promoted_primary() {
-    if !pg::available() {
-        eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
+    if pg::absent() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

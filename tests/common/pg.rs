@@ -21,6 +21,16 @@ pub fn available() -> bool {
     pg_bin("postgres").exists()
 }
 
+/// Whether PostgreSQL 15 is absent, so the calling test is to return at once;
+/// it says SKIPPED, so a green run does not hide that nothing was tested.
+pub fn absent() -> bool {
+    if available() {
+        return false;
+    }
+    eprintln!("SKIPPED: PostgreSQL 15 binaries not found (run tools/setup.sh)");
+    true
+}
+
 fn postgres_ids() -> (u32, u32) {
     let out = Command::new("id")
         .arg("-u")

@@ -14,7 +14,7 @@ use walkeeper::store::memory::MemStorage;
 use walkeeper::store::rocks::{ChunkInfo, RocksStore};
 use walkeeper::store::{Storage, StoreError};
 
-use common::store::{incompressible, raw_db, store_state};
+use common::store::{incompressible, raw_db, rocksdb_option, store_state};
 
 fn ttid(n: u8) -> Ttid {
     Ttid::new(TenantId([n; 16]), TimelineId([n.wrapping_add(100); 16]))
@@ -471,17 +471,6 @@ proptest! {
     fn rocks_store_matches_memory(ops in prop::collection::vec(op(), 1..60)) {
         run(&ops);
     }
-}
-
-/// What RocksDB says it was opened with, from the info log it writes at
-/// every open (the last open's lines come last).
-fn rocksdb_option(datadir: &std::path::Path, name: &str) -> String {
-    let log = std::fs::read_to_string(datadir.join("LOG")).expect("RocksDB's info log");
-    let key = format!("Options.{name}: ");
-    log.lines()
-        .filter_map(|l| l.split_once(&key).map(|(_, v)| v.trim().to_string()))
-        .next_back()
-        .unwrap_or_else(|| panic!("no {key} in RocksDB's LOG"))
 }
 
 #[test]

@@ -63,3 +63,14 @@ pub fn raw_db(path: &std::path::Path) -> rocksdb::DB {
     )
     .unwrap()
 }
+
+/// What RocksDB says it was opened with, from the info log it writes at
+/// every open (the last open's lines come last).
+pub fn rocksdb_option(datadir: &std::path::Path, name: &str) -> String {
+    let log = std::fs::read_to_string(datadir.join("LOG")).expect("RocksDB's info log");
+    let key = format!("Options.{name}: ");
+    log.lines()
+        .filter_map(|l| l.split_once(&key).map(|(_, v)| v.trim().to_string()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no {key} in RocksDB's LOG"))
+}

@@ -11,14 +11,6 @@ use walkeeper::lsn::Lsn;
 use walkeeper::pq::client::{ClientError, ConnConfig, CopyMessage, PgClient, PgReader};
 use walkeeper::pq::replication::ServerReplMessage;
 
-fn have_postgres() -> bool {
-    if !pg::available() {
-        eprintln!("skipping: PostgreSQL 15 is not installed (see tools/setup.sh)");
-        return false;
-    }
-    true
-}
-
 fn conf(pg: &Postgres, extra: &str) -> ConnConfig {
     ConnConfig::parse_with_env(&format!("host=127.0.0.1 port={} {extra}", pg.port), |_| {
         None
@@ -55,7 +47,7 @@ async fn prepend_hba(pg: &Postgres, lines: &str, probe_user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_and_simple_queries() {
-    if !have_postgres() {
+    if pg::absent() {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -192,7 +184,7 @@ async fn first_xlogdata(r: &mut PgReader) -> walkeeper::pq::replication::XLogDat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_commands_and_streaming() {
-    if !have_postgres() {
+    if pg::absent() {
         return;
     }
     let base = tempfile::tempdir().unwrap();

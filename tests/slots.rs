@@ -274,7 +274,7 @@ fn a_standby_fails_over_to_another_safekeeper() {
 
 #[test]
 fn retention_trims_and_max_wal_keep_invalidates_a_silent_slot() {
-    if !pg::available() {
+    if pg::absent() {
         return;
     }
     let c = cluster_with("", &["--wal-retention", "0", "--max-wal-keep", "48MB"]);
@@ -607,7 +607,7 @@ fn with_horizon(
 
 #[test]
 fn a_lagging_slot_holds_wal_on_every_safekeeper_until_it_confirms() {
-    if !pg::available() {
+    if pg::absent() {
         return;
     }
     let c = cluster_with("", &["--wal-retention", "0"]);

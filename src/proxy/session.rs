@@ -357,10 +357,8 @@ impl<'a> Session<'a> {
                 .map(|ms| tokio::time::Instant::from_std(self.started) + Duration::from_millis(ms));
             tokio::select! {
                 _ = tick.tick() => self.on_tick().await?,
-                _ = tokio::time::sleep_until(tell_commit_at.unwrap_or_else(tokio::time::Instant::now)), if tell_commit_at.is_some() => {
-                    let actions = self.proposer.on_tick(self.now_ms());
-                    self.apply(actions).await?;
-                }
+                // A tick early: everything else in it is timed or done once.
+                _ = tokio::time::sleep_until(tell_commit_at.unwrap_or_else(tokio::time::Instant::now)), if tell_commit_at.is_some() => self.on_tick().await?,
                 Some(ev) = events_rx.recv() => self.on_event(ev).await?,
                 Some(ev) = primary_rx.recv(), if take_primary => self.on_event(ev).await?,
             }

@@ -19,7 +19,7 @@ use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::lsn::Lsn;
 use crate::pq::sqlstate;
-use crate::store::writer::WriterHandle;
+use crate::store::writer::{Synced, WriterHandle};
 use crate::store::SlotRecord;
 
 pub use sqlstate::{DUPLICATE_OBJECT, OBJECT_IN_USE};
@@ -76,8 +76,6 @@ impl Slot {
         }
     }
 }
-
-use crate::store::writer::Synced;
 
 pub struct Slots {
     map: Mutex<HashMap<Ttid, BTreeMap<String, Slot>>>,

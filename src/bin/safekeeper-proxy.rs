@@ -52,16 +52,26 @@ struct Args {
     #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
     application_name: String,
 
-    /// Create the timeline on every safekeeper (all must be reachable); it
-    /// starts at the segment holding the slot's restart LSN.
+    /// Create the timeline on every safekeeper (all must be reachable and
+    /// answer that they lack it); it starts at the segment holding the
+    /// slot's restart LSN. Done once: when any safekeeper holds the
+    /// timeline, nothing is created.
     #[arg(long)]
     create_timeline: bool,
+
+    /// Re-create the timeline on safekeeper ID, whose store was lost and
+    /// re-initialised (`safekeeper --init`): once this proxy has committed
+    /// WAL in its term without that node, the node gets the timeline anew
+    /// and catches up from its peers. Once per node and proxy process;
+    /// repeat the flag for several nodes (fewer than half the members).
+    #[arg(long, value_name = "ID")]
+    recreate_timeline_on: Vec<u64>,
 
     /// Without a primary: elect, bring a majority of safekeepers to the end
     /// of the WAL they hold, commit it, wait until that majority persisted
     /// the commit, print the LSN and exit 0. Run it when primary and proxy
     /// are both gone, so consumers can read every acknowledged commit.
-    #[arg(long, conflicts_with_all = ["primary", "create_timeline"])]
+    #[arg(long, conflicts_with_all = ["primary", "create_timeline", "recreate_timeline_on"])]
     sync_only: bool,
 
     /// How long --sync-only keeps trying (e.g. while safekeepers restart).
@@ -90,6 +100,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(id) = args
+        .recreate_timeline_on
+        .iter()
+        .find(|id| !members.contains_key(&walkeeper::id::NodeId(**id)))
+    {
+        eprintln!("safekeeper-proxy: --recreate-timeline-on {id}: not among --safekeepers");
+        return ExitCode::from(2);
+    }
     let config = Config {
         primary,
         sync_only: args.sync_only,
@@ -97,6 +115,11 @@ fn main() -> ExitCode {
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,
         create_timeline: args.create_timeline,
+        recreate_timeline_on: args
+            .recreate_timeline_on
+            .iter()
+            .map(|id| walkeeper::id::NodeId(*id))
+            .collect(),
         proposer_id: proxy::new_proposer_id(),
     };
     // One thread: the proxy's work per commit is small, and its tasks (the

@@ -15,7 +15,7 @@
 //! the oldest unanswered request: that is how an AppendResponse is known to
 //! come after this term's Elected on that connection.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -35,6 +35,10 @@ pub struct ProposerFaults {
     /// Re-seed a node at its source's flush_lsn (which may be uncommitted)
     /// instead of the lowest LSN a source still holds.
     pub reseed_at_source_flush: bool,
+    /// Every greeting asks to create the timeline when `create` is set, and
+    /// the positions a node reported are kept over its reconnects: a wiped
+    /// node is re-created at term 0, votes again and is counted.
+    pub create_on_every_greeting: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -45,8 +49,14 @@ pub struct ProposerConfig {
     /// The timeline's members (node id → `HOST:PORT`), from `--safekeepers`.
     pub members: Members,
     pub proposer_id: [u8; 16],
-    /// Ask acceptors to create the timeline (`--create-timeline`).
+    /// The operator asked to create the timeline (`--create-timeline`). It
+    /// is created only when every member answered that it lacks it, and
+    /// only on those members; once any member holds it, never again.
     pub create: bool,
+    /// Members whose copy of the timeline the operator declared lost
+    /// (`--recreate-timeline-on`): each is re-created once, while this
+    /// proposer leads a term whose commit a majority without it holds.
+    pub recreate: BTreeSet<NodeId>,
     /// Milliseconds between heartbeats (empty appends) to every acceptor.
     pub heartbeat_interval: u64,
     /// With a delay, a commit advance reaches acceptors with the next WAL
@@ -89,6 +99,7 @@ impl ProposerConfig {
             members,
             proposer_id: [0; 16],
             create: false,
+            recreate: BTreeSet::new(),
             heartbeat_interval: 1000,
             commit_tell_delay: 0,
             response_timeout: 10_000,
@@ -176,6 +187,20 @@ pub enum Action {
         expected: NodeId,
         got: NodeId,
     },
+    /// A member answered that it does not hold the timeline, which other
+    /// members hold: its store was lost or replaced. It is not counted
+    /// until the operator re-creates it there (`recreate` says whether
+    /// this proposer was asked to, and will once it is safe).
+    LacksTimeline {
+        node: NodeId,
+        recreate: bool,
+    },
+    /// Every member answered that it does not hold the timeline, and this
+    /// proposer may not create it.
+    NoTimeline,
+    /// A member declared lost was re-created and greeted: it is counted
+    /// from now on.
+    Recreated(NodeId),
 }
 
 /// Why `push_wal` did not take the WAL.
@@ -286,6 +311,18 @@ pub struct Proposer {
     phase: Phase,
     conns: BTreeMap<NodeId, Conn>,
     next_read_id: u64,
+    /// Members that greeted (they held the timeline then).
+    holders: BTreeSet<NodeId>,
+    /// Members that answered that they lack the timeline (since their last
+    /// greeting).
+    lacking: BTreeSet<NodeId>,
+    /// Every member lacked the timeline and `create` is set: greetings to
+    /// members that never greeted ask to create it.
+    creating: bool,
+    /// Greetings that asked to create or re-create, per node, unanswered.
+    creates_sent: BTreeSet<NodeId>,
+    /// Members of `cfg.recreate` re-created by this proposer.
+    recreated: BTreeSet<NodeId>,
 }
 
 impl Proposer {
@@ -297,7 +334,23 @@ impl Proposer {
             phase: Phase::Idle,
             conns: BTreeMap::new(),
             next_read_id: 1,
+            holders: BTreeSet::new(),
+            lacking: BTreeSet::new(),
+            creating: false,
+            creates_sent: BTreeSet::new(),
+            recreated: BTreeSet::new(),
         }
+    }
+
+    /// Some member greeted: the timeline exists, so no later proposer of
+    /// this proxy may create it.
+    pub fn timeline_exists(&self) -> bool {
+        !self.holders.is_empty()
+    }
+
+    /// Members of `recreate` this proposer re-created.
+    pub fn recreated(&self) -> &BTreeSet<NodeId> {
+        &self.recreated
     }
 
     pub fn config(&self) -> &ProposerConfig {
@@ -360,7 +413,14 @@ impl Proposer {
             out.push(Action::Disconnect(node));
             return out;
         }
+        self.forget(node);
         self.conns.insert(node, Conn::new());
+        let create = self.greeting_creates(node);
+        if create {
+            self.creates_sent.insert(node);
+        } else {
+            self.creates_sent.remove(&node);
+        }
         let greeting = ProposerMessage::Greeting(Greeting {
             protocol_version: PROTOCOL_VERSION,
             ttid: self.cfg.ttid,
@@ -368,14 +428,103 @@ impl Proposer {
             timeline_start_lsn: self.cfg.timeline_start_lsn,
             members: self.cfg.members.clone(),
             proposer_id: self.cfg.proposer_id,
-            create: self.cfg.create,
+            create,
         });
         self.send(node, greeting, &mut out);
         out
     }
 
+    /// Whether the greeting to `node` asks to create the timeline: only in
+    /// a creation this proposer started (every member lacked it) to a node
+    /// that never greeted, or to re-create a member the operator declared
+    /// lost once that is safe.
+    fn greeting_creates(&self, node: NodeId) -> bool {
+        if self.cfg.faults.create_on_every_greeting {
+            return self.cfg.create;
+        }
+        if self.creating && !self.holders.contains(&node) {
+            return true;
+        }
+        self.recreate_due(node)
+    }
+
+    /// A member declared lost may be re-created once this proposer leads
+    /// and a majority without it, on their current connections, has
+    /// acknowledged this term's commit: the leader's log holds every
+    /// acknowledged commit, those members hold it up to commit_lsn, and
+    /// any majority that later counts the re-created node also counts one
+    /// of them.
+    fn recreate_due(&self, node: NodeId) -> bool {
+        if !self.cfg.recreate.contains(&node)
+            || self.recreated.contains(&node)
+            || !self.lacking.contains(&node)
+        {
+            return false;
+        }
+        let Phase::Leading(l) = &self.phase else {
+            return false;
+        };
+        let others: Vec<Lsn> = l
+            .flush
+            .iter()
+            .filter(|(n, f)| **n != node && **f >= l.term_start_lsn)
+            .map(|(_, f)| *f)
+            .collect();
+        l.commit_lsn.is_valid()
+            && quorum::majority_lsn(&others, self.members()).is_some_and(|c| c >= l.commit_lsn)
+    }
+
     pub fn on_disconnected(&mut self, node: NodeId) {
+        self.forget(node);
+    }
+
+    /// The node refused the greeting because it does not hold the timeline
+    /// (and the greeting did not ask to create it); its connection is gone.
+    pub fn on_no_timeline(&mut self, node: NodeId) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.forget(node);
+        if !self.cfg.members.contains_key(&node) {
+            return out;
+        }
+        self.lacking.insert(node);
+        if self.creating {
+            // Created on its next greeting, unless it held the timeline
+            // already: then it was wiped since.
+            if self.holders.contains(&node) {
+                out.push(self.lacks(node));
+            }
+        } else if !self.holders.is_empty() {
+            out.push(self.lacks(node));
+        } else if self.lacking.len() == self.cfg.members.len() {
+            if self.cfg.create {
+                // A new timeline: the next greetings create it.
+                self.creating = true;
+            } else {
+                out.push(Action::NoTimeline);
+            }
+        }
+        // Otherwise wait: whether it exists elsewhere is not known yet.
+        out
+    }
+
+    fn lacks(&self, node: NodeId) -> Action {
+        Action::LacksTimeline {
+            node,
+            recreate: self.cfg.recreate.contains(&node) && !self.recreated.contains(&node),
+        }
+    }
+
+    /// Forget the connection and every position the node reported on it:
+    /// what it says on its next connection is all that counts.
+    fn forget(&mut self, node: NodeId) {
         self.conns.remove(&node);
+        if self.cfg.faults.create_on_every_greeting {
+            return;
+        }
+        if let Phase::Leading(l) = &mut self.phase {
+            l.flush.remove(&node);
+            l.local_start.remove(&node);
+        }
     }
 
     /// Move the clock without the periodic work of `on_tick`: for events
@@ -400,7 +549,7 @@ impl Proposer {
             .map(|(n, _)| *n)
             .collect();
         for node in stale {
-            self.conns.remove(&node);
+            self.forget(node);
             out.push(Action::Disconnect(node));
         }
         if self.commit_tell_due().is_some_and(|due| self.now >= due) {
@@ -533,7 +682,7 @@ impl Proposer {
     }
 
     fn drop_conn(&mut self, node: NodeId, out: &mut Vec<Action>) {
-        self.conns.remove(&node);
+        self.forget(node);
         out.push(Action::Disconnect(node));
     }
 
@@ -579,6 +728,18 @@ impl Proposer {
         }
         if let Some(c) = self.conns.get_mut(&node) {
             c.greeted = true;
+        }
+        let first_holder = self.holders.is_empty();
+        self.holders.insert(node);
+        self.lacking.remove(&node);
+        if self.creates_sent.remove(&node) && self.cfg.recreate.contains(&node) && !self.creating {
+            self.recreated.insert(node);
+            out.push(Action::Recreated(node));
+        }
+        if first_holder && !self.creating {
+            // It exists: members that said they lack it were wiped.
+            let lacking: Vec<NodeId> = self.lacking.iter().copied().collect();
+            out.extend(lacking.into_iter().map(|n| self.lacks(n)));
         }
         match self.term() {
             Some(term) => self.send(
@@ -1395,5 +1556,171 @@ mod tests {
                 if *target == NodeId(1) && *donor == NodeId(3) && *start == Lsn(START + 100))),
             "{out:?}"
         );
+    }
+
+    /// The `create` flag of the greeting `on_connected` sends.
+    fn connect_creates(p: &mut Proposer, node: u64) -> bool {
+        let out = p.on_connected(NodeId(node));
+        match out.as_slice() {
+            [Action::Send(n, ProposerMessage::Greeting(g))] if *n == NodeId(node) => g.create,
+            _ => panic!("no greeting: {out:?}"),
+        }
+    }
+
+    fn lacks(node: u64, recreate: bool) -> Action {
+        Action::LacksTimeline {
+            node: NodeId(node),
+            recreate,
+        }
+    }
+
+    /// `--create-timeline` creates only when every member answered that it
+    /// lacks the timeline, only on members that never held it, and a member
+    /// wiped after that is reported, never created again.
+    #[test]
+    fn creates_only_where_every_member_lacked_the_timeline() {
+        let mut p = proposer(3);
+        p.cfg.create = true;
+        p.start_election();
+        for n in 1..=3 {
+            assert!(!connect_creates(&mut p, n), "the first greeting only asks");
+        }
+        assert!(p.on_no_timeline(NodeId(1)).is_empty());
+        assert!(p.on_no_timeline(NodeId(2)).is_empty());
+        assert!(p.on_no_timeline(NodeId(3)).is_empty());
+        assert!(!p.timeline_exists());
+        for n in 1..=3 {
+            assert!(connect_creates(&mut p, n), "node {n}");
+        }
+        for n in 1..=2 {
+            p.on_message(
+                NodeId(n),
+                AcceptorMessage::Greeting(AcceptorGreeting {
+                    protocol_version: PROTOCOL_VERSION,
+                    node_id: NodeId(n),
+                    term: 0,
+                }),
+            );
+        }
+        assert!(p.timeline_exists());
+        // Node 3's connection broke before it answered: it never held the
+        // timeline, so this creation still covers it.
+        p.on_disconnected(NodeId(3));
+        assert!(connect_creates(&mut p, 3));
+        // Node 1 was wiped: it lacks what it held.
+        p.on_disconnected(NodeId(1));
+        assert!(!connect_creates(&mut p, 1));
+        assert_eq!(p.on_no_timeline(NodeId(1)), vec![lacks(1, false)]);
+        assert!(!connect_creates(&mut p, 1));
+    }
+
+    /// A restarted proxy with `--create-timeline` finds a member holding
+    /// the timeline: it creates nothing, and reports the members that lack
+    /// it, also those that answered before it knew.
+    #[test]
+    fn a_restarted_proxy_never_creates() {
+        let mut p = proposer(3);
+        p.cfg.create = true;
+        p.start_election();
+        assert!(!connect_creates(&mut p, 3));
+        assert!(p.on_no_timeline(NodeId(3)).is_empty());
+        let out = greet(&mut p, 1, 4);
+        assert!(out.contains(&lacks(3, false)), "{out:?}");
+        assert!(!connect_creates(&mut p, 3));
+        assert_eq!(p.on_no_timeline(NodeId(3)), vec![lacks(3, false)]);
+        assert!(!connect_creates(&mut p, 2));
+    }
+
+    #[test]
+    fn without_create_a_timeline_no_member_holds_is_an_error() {
+        let mut p = proposer(3);
+        p.start_election();
+        for n in 1..=3 {
+            assert!(!connect_creates(&mut p, n));
+        }
+        assert!(p.on_no_timeline(NodeId(1)).is_empty());
+        assert!(p.on_no_timeline(NodeId(2)).is_empty());
+        assert_eq!(p.on_no_timeline(NodeId(3)), vec![Action::NoTimeline]);
+    }
+
+    /// A node's acknowledged flush counts only while its connection lasts:
+    /// a wiped node that reconnects does not lend its old store's position
+    /// to a commit.
+    #[test]
+    fn forgets_a_nodes_positions_when_its_connection_ends() {
+        let mut p = proposer(3);
+        p.start_election();
+        for n in 1..=3 {
+            greet(&mut p, n, 0);
+        }
+        for n in 1..=3 {
+            p.on_message(NodeId(n), vote(1, START, &[]));
+        }
+        for n in 1..=3 {
+            p.on_message(NodeId(n), ack(1, START));
+        }
+        p.push_wal(&[1; 100]).unwrap();
+        let out = p.on_message(NodeId(1), ack(1, START + 100));
+        assert!(!out.iter().any(|a| matches!(a, Action::CommitAdvanced(_))));
+        p.on_disconnected(NodeId(1));
+        let out = greet(&mut p, 1, 0);
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Send(_, ProposerMessage::VoteRequest(_)))));
+        let out = p.on_message(NodeId(2), ack(1, START + 100));
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::CommitAdvanced(_))),
+            "counted node 1's old flush: {out:?}"
+        );
+        // What the node says on its new connection counts.
+        p.on_message(NodeId(1), vote(1, START + 100, &[(1, START)]));
+        let out = p.on_message(NodeId(1), ack(1, START + 100));
+        assert!(
+            out.contains(&Action::CommitAdvanced(Lsn(START + 100))),
+            "{out:?}"
+        );
+    }
+
+    /// A member the operator declared lost is re-created once, and only
+    /// after a majority without it acknowledged this term's commit.
+    #[test]
+    fn recreates_a_member_declared_lost_once_after_a_commit_without_it() {
+        let mut p = proposer(3);
+        p.cfg.recreate = [NodeId(3)].into_iter().collect();
+        p.start_election();
+        greet(&mut p, 1, 2);
+        greet(&mut p, 2, 2);
+        assert!(!connect_creates(&mut p, 3));
+        assert_eq!(p.on_no_timeline(NodeId(3)), vec![lacks(3, true)]);
+        p.on_message(NodeId(1), vote(3, START + 100, &[(2, START)]));
+        p.on_message(NodeId(2), vote(3, START + 100, &[(2, START)]));
+        assert!(p.is_leading());
+        // Not before a commit in this term.
+        assert!(!connect_creates(&mut p, 3));
+        p.on_no_timeline(NodeId(3));
+        p.on_message(NodeId(1), ack(3, START + 100));
+        // One acknowledgement is no majority.
+        assert!(!connect_creates(&mut p, 3));
+        p.on_no_timeline(NodeId(3));
+        let out = p.on_message(NodeId(2), ack(3, START + 100));
+        assert!(out.contains(&Action::CommitAdvanced(Lsn(START + 100))));
+        assert!(connect_creates(&mut p, 3));
+        let out = p.on_message(
+            NodeId(3),
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: NodeId(3),
+                term: 0,
+            }),
+        );
+        assert_eq!(out[0], Action::Recreated(NodeId(3)));
+        assert!(out.contains(&Action::Send(
+            NodeId(3),
+            ProposerMessage::VoteRequest(VoteRequest { term: 3 })
+        )));
+        assert!(p.recreated().contains(&NodeId(3)));
+        // Wiped again: not re-created by this proposer.
+        assert_eq!(p.on_no_timeline(NodeId(3)), vec![lacks(3, false)]);
+        assert!(!connect_creates(&mut p, 3));
     }
 }

@@ -8,10 +8,12 @@ pub mod primary;
 pub mod safekeepers;
 pub mod session;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::consensus::messages::Members;
-use crate::id::Ttid;
+use crate::consensus::proposer::Proposer;
+use crate::id::{NodeId, Ttid};
 use crate::pq::client::ConnConfig;
 
 #[derive(Debug, Clone)]
@@ -22,9 +24,41 @@ pub struct Config {
     pub ttid: Ttid,
     pub slot: String,
     pub create_timeline: bool,
+    /// Members whose copy of the timeline was lost (`--recreate-timeline-on`).
+    pub recreate_timeline_on: BTreeSet<NodeId>,
     pub proposer_id: [u8; 16],
     /// Elect without a primary, settle what the safekeepers hold, exit.
     pub sync_only: bool,
+}
+
+/// The operator's one-shot requests, carried from session to session: each
+/// is done at most once in the proxy's life.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorActs {
+    /// Create the timeline if no member holds it.
+    pub create: bool,
+    /// Re-create the timeline on these members, which lost it.
+    pub recreate: BTreeSet<NodeId>,
+}
+
+impl OperatorActs {
+    pub fn new(cfg: &Config) -> OperatorActs {
+        OperatorActs {
+            create: cfg.create_timeline,
+            recreate: cfg.recreate_timeline_on.clone(),
+        }
+    }
+
+    /// Drop what a session's proposer found done: once any member holds the
+    /// timeline it is never created again, and a member is re-created once.
+    pub fn carried_out(&mut self, proposer: &Proposer) {
+        if proposer.timeline_exists() {
+            self.create = false;
+        }
+        for node in proposer.recreated() {
+            self.recreate.remove(node);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +110,7 @@ pub async fn run(
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
     let mut rewind = None;
+    let mut acts = OperatorActs::new(&cfg);
     loop {
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
@@ -83,7 +118,7 @@ pub async fn run(
                 tracing::info!("stopping");
                 return Ok(());
             }
-            r = session::run(&cfg, &mut rewind) => r,
+            r = session::run(&cfg, &mut rewind, &mut acts) => r,
         };
         match outcome {
             Ok(()) => return Ok(()),

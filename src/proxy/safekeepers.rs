@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::session::Event;
+use super::session::{Event, Refused};
 use crate::codec::{decode_acceptor_message, encode_proposer_message};
 use crate::consensus::messages::{ProposerMessage, ServerInfo};
 use crate::consensus::term_history::Term;
@@ -44,7 +44,7 @@ pub async fn run_push_connection(
     events: mpsc::Sender<Event>,
 ) {
     let (reason, refused) = match push_connection(node, &addr, ttid, history, &events).await {
-        Ok(()) => ("closed".to_string(), false),
+        Ok(()) => ("closed".to_string(), None),
         Err(e) => e,
     };
     let _ = events
@@ -59,9 +59,17 @@ pub async fn run_push_connection(
 /// SQLSTATEs with which a safekeeper refuses the timeline itself (another
 /// system_id, member set or segment size; no such timeline): retrying the
 /// same greeting cannot succeed.
-fn is_refusal(e: &ClientError) -> bool {
-    matches!(e.sqlstate(), Some("22023") | Some("42704"))
+fn refusal(e: &ClientError) -> Option<Refused> {
+    match e.sqlstate() {
+        Some("42704") => Some(Refused::NoTimeline),
+        Some("22023") => Some(Refused::Mismatch),
+        _ => None,
+    }
 }
+
+/// Why a push connection ended, and whether the safekeeper refused the
+/// timeline.
+type Ended = (String, Option<Refused>);
 
 async fn push_connection(
     node: NodeId,
@@ -69,14 +77,14 @@ async fn push_connection(
     ttid: Ttid,
     history: Option<(u32, Bytes)>,
     events: &mpsc::Sender<Event>,
-) -> Result<(), (String, bool)> {
-    let cfg = conn_config(addr).map_err(|e| (e, true))?;
+) -> Result<(), Ended> {
+    let cfg = conn_config(addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| {
             (
                 format!("connecting to safekeeper {node} at {addr}: {e}"),
-                false,
+                None,
             )
         })?;
     if let Some((tli, content)) = history {
@@ -84,7 +92,7 @@ async fn push_connection(
         client.simple_query(&sql).await.map_err(|e| {
             (
                 format!("storing history {tli} on safekeeper {node} at {addr}: {e}"),
-                false,
+                None,
             )
         })?;
     }
@@ -94,7 +102,7 @@ async fn push_connection(
         .map_err(|e| {
             (
                 format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"),
-                false,
+                None,
             )
         })?;
     let (mut reader, mut writer) = client.into_split();
@@ -110,22 +118,22 @@ async fn push_connection(
         while let Some(msg) = rx.recv().await {
             writer
                 .send_copy_data(&encode_proposer_message(&msg))
-                .map_err(|e| (e.to_string(), false))?;
+                .map_err(|e| (e.to_string(), None))?;
             // Coalesce what is already queued into one flush.
             while let Ok(more) = rx.try_recv() {
                 writer
                     .send_copy_data(&encode_proposer_message(&more))
-                    .map_err(|e| (e.to_string(), false))?;
+                    .map_err(|e| (e.to_string(), None))?;
             }
             writer
                 .flush()
                 .await
-                .map_err(|e| (format!("sending to safekeeper {node}: {e}"), false))?;
+                .map_err(|e| (format!("sending to safekeeper {node}: {e}"), None))?;
         }
         // The session dropped our sender: it wants this connection closed.
         writer.send_copy_done();
         let _ = writer.flush().await;
-        Ok::<(), (String, bool)>(())
+        Ok::<(), Ended>(())
     };
     let read = async {
         loop {
@@ -134,7 +142,7 @@ async fn push_connection(
                     let msg = decode_acceptor_message(&body).map_err(|e| {
                         (
                             format!("safekeeper {node} sent a malformed reply: {e}"),
-                            false,
+                            None,
                         )
                     })?;
                     if events.send(Event::Reply { node, msg }).await.is_err() {
@@ -144,10 +152,10 @@ async fn push_connection(
                 Ok(other) => {
                     return Err((
                         format!("safekeeper {node} ended the push stream ({other:?})"),
-                        false,
+                        None,
                     ))
                 }
-                Err(e) => return Err((format!("safekeeper {node}: {e}"), is_refusal(&e))),
+                Err(e) => return Err((format!("safekeeper {node}: {e}"), refusal(&e))),
             }
         }
     };

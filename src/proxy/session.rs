@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::primary::{self, PrimaryStream};
 use super::safekeepers;
-use super::{Config, ProxyError};
+use super::{Config, OperatorActs, ProxyError};
 use crate::consensus::messages::{AcceptorMessage, ProposerMessage, ServerInfo};
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
 use crate::id::NodeId;
@@ -26,6 +26,21 @@ const MAX_UNCOMMITTED: u64 = 64 << 20;
 const CHECK_BYTES: u64 = 64 * 1024;
 const TICK: Duration = Duration::from_millis(50);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon a safekeeper is dialled again after its connection ended.
+const REDIAL: Duration = Duration::from_millis(500);
+/// … after it answered that it lacks the timeline others hold, and the
+/// operator has not asked to re-create it there.
+const REDIAL_LACKING: Duration = Duration::from_secs(5);
+
+/// How a safekeeper refused the timeline: retrying the same greeting
+/// cannot succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It does not hold the timeline (SQLSTATE 42704).
+    NoTimeline,
+    /// Another cluster, member set or segment size (22023).
+    Mismatch,
+}
 
 pub enum Event {
     Connected {
@@ -35,9 +50,8 @@ pub enum Event {
     Disconnected {
         node: NodeId,
         reason: String,
-        /// The safekeeper refused this timeline (another cluster, members,
-        /// or no such timeline): not worth retrying.
-        refused: bool,
+        /// The safekeeper refused this timeline.
+        refused: Option<Refused>,
     },
     Reply {
         node: NodeId,
@@ -107,6 +121,8 @@ struct Session<'a> {
     /// term_start_lsn persisted.
     settled: BTreeSet<NodeId>,
     acks: AckLatency,
+    /// Members reported as lacking the timeline in this session.
+    lacking: BTreeSet<NodeId>,
 }
 
 /// How long WAL from the primary waits for a majority of safekeepers (from
@@ -183,7 +199,13 @@ impl AckLatency {
 /// WAL ends at below the slot's restart LSN (after whole-cluster recovery
 /// from checkpoints): streaming then starts there, from WAL the primary
 /// kept by `wal_keep_size`.
-pub async fn run(cfg: &Config, rewind: &mut Option<Lsn>) -> Result<(), ProxyError> {
+/// `acts` are the operator's one-shot requests (create the timeline,
+/// re-create it on lost members): what a session carried out is removed.
+pub async fn run(
+    cfg: &Config,
+    rewind: &mut Option<Lsn>,
+    acts: &mut OperatorActs,
+) -> Result<(), ProxyError> {
     let primary_cfg = cfg
         .primary
         .clone()
@@ -212,10 +234,11 @@ pub async fn run(cfg: &Config, rewind: &mut Option<Lsn>) -> Result<(), ProxyErro
         history,
     } = primary;
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
-    let mut s = Session::new(cfg, server, start_lsn, flush_lsn, Some(writer));
+    let mut s = Session::new(cfg, acts, server, start_lsn, flush_lsn, Some(writer));
     s.history = history;
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
+    acts.carried_out(&s.proposer);
     let rewound = rewind.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
     match result {
         Err(ProxyError::Retry(e)) if rewound && e.contains("has already been removed") => {
@@ -264,7 +287,14 @@ pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
     })?;
     // Keep the sender alive so the primary branch of the loop just waits.
     let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
-    let mut s = Session::new(cfg, server, timeline_start, Lsn::MAX, None);
+    let mut s = Session::new(
+        cfg,
+        &OperatorActs::default(),
+        server,
+        timeline_start,
+        Lsn::MAX,
+        None,
+    );
     let lsn = match s.main_loop(&mut primary_rx).await? {
         Some(lsn) => lsn,
         None => return Err(ProxyError::Retry("sync ended without a result".into())),
@@ -295,13 +325,15 @@ pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
 impl<'a> Session<'a> {
     fn new(
         cfg: &'a Config,
+        acts: &OperatorActs,
         server: ServerInfo,
         start_lsn: Lsn,
         primary_flush: Lsn,
         primary_writer: Option<PgWriter>,
     ) -> Session<'a> {
         let mut pcfg = ProposerConfig::new(cfg.ttid, server, start_lsn, cfg.members.clone());
-        pcfg.create = cfg.create_timeline;
+        pcfg.create = acts.create;
+        pcfg.recreate = acts.recreate.clone();
         pcfg.proposer_id = cfg.proposer_id;
         if cfg.sync_only {
             // Acceptors record a commit-only heartbeat lazily and their
@@ -332,6 +364,7 @@ impl<'a> Session<'a> {
             term_start: None,
             settled: BTreeSet::new(),
             acks: AckLatency::new(),
+            lacking: BTreeSet::new(),
         }
     }
 
@@ -445,12 +478,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// With --create-timeline every member must be there before anyone
-    /// votes; otherwise the proposer waits for a majority itself.
+    /// The proposer waits for a majority of greetings itself (and creates a
+    /// timeline only once every member said it lacks it).
     fn maybe_start_election(&mut self) -> Vec<Action> {
-        if self.election_started
-            || (self.cfg.create_timeline && self.conns.len() < self.cfg.members.len())
-        {
+        if self.election_started {
             return Vec::new();
         }
         self.election_started = true;
@@ -483,23 +514,24 @@ impl<'a> Session<'a> {
                 reason,
                 refused,
             } => {
-                if refused {
-                    let hint = if reason.contains("42704") {
-                        " (start the proxy with --create-timeline to create it)"
-                    } else {
-                        ""
-                    };
-                    return Err(ProxyError::Fatal(format!("{reason}{hint}")));
+                if refused == Some(Refused::Mismatch) {
+                    return Err(ProxyError::Fatal(reason));
                 }
                 self.dialing.insert(node, false);
+                if refused == Some(Refused::NoTimeline) {
+                    tracing::debug!(node = node.0, "safekeeper lacks the timeline: {reason}");
+                    self.conns.remove(&node);
+                    self.redial_at.insert(node, Instant::now() + REDIAL);
+                    let actions = self.proposer.on_no_timeline(node);
+                    return self.apply(actions).await;
+                }
                 if self.conns.remove(&node).is_some() {
                     tracing::warn!(node = node.0, "safekeeper connection lost: {reason}");
                     self.proposer.on_disconnected(node);
                 } else {
                     tracing::debug!(node = node.0, "safekeeper unreachable: {reason}");
                 }
-                self.redial_at
-                    .insert(node, Instant::now() + Duration::from_millis(500));
+                self.redial_at.insert(node, Instant::now() + REDIAL);
             }
             Event::Reply { node, msg } => {
                 if let (Some((term, t)), AcceptorMessage::Append(r)) = (self.term_start, &msg) {
@@ -549,8 +581,7 @@ impl<'a> Session<'a> {
                 Action::Disconnect(node) => {
                     // Dropping the sender ends that connection's task.
                     self.conns.remove(&node);
-                    self.redial_at
-                        .insert(node, Instant::now() + Duration::from_millis(500));
+                    self.redial_at.insert(node, Instant::now() + REDIAL);
                 }
                 Action::RecoveryRead {
                     id,
@@ -610,9 +641,61 @@ impl<'a> Session<'a> {
                         expected.0
                     )));
                 }
+                Action::LacksTimeline { node, recreate } => self.report_lacking(node, recreate),
+                Action::NoTimeline => {
+                    return Err(ProxyError::Fatal(format!(
+                        "no safekeeper holds timeline {} (start the proxy with --create-timeline to create it)",
+                        self.cfg.ttid
+                    )));
+                }
+                Action::Recreated(node) => {
+                    self.lacking.remove(&node);
+                    tracing::warn!(
+                        node = node.0,
+                        "re-created timeline {} on safekeeper {node}, as --recreate-timeline-on asked: \
+                         it catches up from its peers and is counted again; remove the flag",
+                        self.cfg.ttid
+                    );
+                }
             }
         }
         Ok(())
+    }
+
+    /// A member lacks the timeline the others hold: say so once a session,
+    /// and what the operator does about it.
+    fn report_lacking(&mut self, node: NodeId, recreate: bool) {
+        if !recreate {
+            self.redial_at.insert(node, Instant::now() + REDIAL_LACKING);
+        }
+        if !self.lacking.insert(node) {
+            return;
+        }
+        let addr = self
+            .cfg
+            .members
+            .get(&node)
+            .map(String::as_str)
+            .unwrap_or("?");
+        if recreate {
+            tracing::warn!(
+                node = node.0,
+                "safekeeper {node} at {addr} does not hold timeline {}, which other members hold; \
+                 as --recreate-timeline-on asks, it is re-created there once this term has \
+                 committed without it",
+                self.cfg.ttid
+            );
+        } else {
+            tracing::error!(
+                node = node.0,
+                "safekeeper {node} at {addr} does not hold timeline {}, which other members hold: \
+                 its store was lost or re-initialised, and it has forgotten the WAL it acknowledged \
+                 and the votes it gave. It is not counted (the others must make a majority). \
+                 To bring it back, restart the proxy once with --recreate-timeline-on {node} \
+                 (README.md, \"When a safekeeper's disk is replaced\")",
+                self.cfg.ttid
+            );
+        }
     }
 
     /// After an election: the primary's bytes just below term_start_lsn must

@@ -313,8 +313,9 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
             sqlstate::DISK_FULL
         }
         HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
-        // Not 22023/42704: the proxy takes those as a refusal of the whole
-        // timeline and stops, while the rest of the cluster can go on.
+        // Not 22023 (the proxy takes it as a refusal of the whole timeline
+        // and stops) nor 42704 (a member without the timeline): the rest of
+        // the cluster can go on, and this node is counted again later.
         HandleError::Restored(_) | HandleError::NotSettled(_) => {
             super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
         }

@@ -4,8 +4,11 @@
 //! One thread, one seeded PRNG, simulated time. The scheduler delays,
 //! drops and reorders messages across connections (each connection stays
 //! FIFO, like TCP), breaks and re-opens connections, partitions nodes,
-//! crashes nodes (losing every unsynced write) and restarts them, and
-//! crashes, starts and stops proposers. Every proposer writes WAL bytes
+//! crashes nodes (losing every unsynced write) and restarts them (at most
+//! one with a wiped store, as after a disk replacement and `--init`: it
+//! lacks the timeline), and crashes, starts and stops proposers. Every
+//! proposer runs with `create` set, as a restarted proxy started with
+//! `--create-timeline`. Every proposer writes WAL bytes
 //! derived from (term, LSN), so WAL of one term never equals another's and a
 //! breach of log safety shows as different bytes.
 //!
@@ -20,7 +23,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::codec::PROTOCOL_VERSION;
-use crate::consensus::acceptor::{Acceptor, AcceptorFaults, Write};
+use crate::consensus::acceptor::{Acceptor, AcceptorFaults, Refusal, Write};
 use crate::consensus::messages::*;
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig, ProposerFaults};
 use crate::consensus::quorum;
@@ -82,6 +85,13 @@ impl SimOptions {
         }
     }
 
+    /// Whether one node may come back with a wiped store: in a quarter of
+    /// the seeds (a 3-node run is left with two nodes after it, which
+    /// exercises less of everything else).
+    pub fn wipes(&self) -> bool {
+        self.seed % 4 == 1
+    }
+
     /// The command that replays exactly this run.
     pub fn replay_command(&self) -> String {
         let mut cmd = format!(
@@ -96,6 +106,9 @@ impl SimOptions {
         }
         if self.proposer_faults.reseed_at_source_flush {
             cmd.push_str(" --fault reseed-at-source-flush");
+        }
+        if self.proposer_faults.create_on_every_greeting {
+            cmd.push_str(" --fault create-on-every-greeting");
         }
         cmd.push_str(" --trace");
         cmd
@@ -134,10 +147,15 @@ pub struct Outcome {
     pub refusals: u64,
     pub trims: u64,
     pub reseeds: u64,
+    /// Nodes restarted with a wiped store.
+    pub wipes: u64,
 }
 
 struct Node {
     up: bool,
+    /// Its store was wiped once: it may lack the timeline (acceptor None
+    /// while up).
+    wiped: bool,
     storage: MemStorage,
     acceptor: Option<Acceptor>,
     /// Replies waiting for the sync that covers their writes: (proposer,
@@ -280,6 +298,7 @@ impl Sim {
                 storage.sync().expect("memory store");
                 Node {
                     up: true,
+                    wiped: false,
                     storage,
                     acceptor: Some(acceptor),
                     held: Vec::new(),
@@ -295,6 +314,7 @@ impl Sim {
             })
             .collect();
         let mut cfg = ProposerConfig::new(ttid, server, start_lsn, members.clone());
+        cfg.create = true;
         cfg.heartbeat_interval = 50;
         // Commit advances told with the next WAL, after a delay, or at once
         // (from the seed, so the random stream stays as it was).
@@ -374,13 +394,15 @@ impl Sim {
                 self.restart_node(n).ok();
             }
         }
-        // Leave at most a minority down for the whole calm phase.
+        // Leave at most a minority down (a wiped node counts) for the whole
+        // calm phase.
+        let wiped = self.nodes.iter().filter(|n| n.wiped).count();
         let down = self
             .rng
-            .below((self.nodes.len() - self.majority()) as u64 + 1);
+            .below((self.nodes.len() - self.majority() - wiped) as u64 + 1);
         for _ in 0..down {
             let n = self.rng.below(self.nodes.len() as u64) as usize;
-            if self.nodes[n].up {
+            if self.nodes[n].up && !self.nodes[n].wiped {
                 self.crash_node(n);
             }
         }
@@ -601,14 +623,29 @@ impl Sim {
 
     fn restart_node(&mut self, n: usize) -> Check {
         let id = NodeId(n as u64 + 1);
+        // At most one node, in the chaos phase, comes back with a new empty
+        // store under its old id.
+        if self.opts.wipes()
+            && !self.calm
+            && !self.nodes.iter().any(|x| x.wiped)
+            && self.rng.chance(5)
+        {
+            self.wipe_node(n);
+            return Ok(());
+        }
         let states = self.nodes[n]
             .storage
             .timelines()
             .map_err(|e| e.to_string())?;
-        let state = states
-            .into_iter()
-            .find(|s| s.ttid == self.ttid)
-            .ok_or_else(|| format!("node {id}: timeline lost across a crash"))?;
+        let Some(state) = states.into_iter().find(|s| s.ttid == self.ttid) else {
+            if self.nodes[n].wiped {
+                // Still without the timeline.
+                self.nodes[n].up = true;
+                self.log(|| format!("node {id} restarts, without the timeline"));
+                return Ok(());
+            }
+            return Err(format!("node {id}: timeline lost across a crash"));
+        };
         let node = &mut self.nodes[n];
         if state.term < node.durable_term {
             return Err(format!(
@@ -631,6 +668,41 @@ impl Sim {
         node.up = true;
         self.log(|| format!("node {id} restarts"));
         Ok(())
+    }
+
+    /// The node's disk was replaced: it starts with an empty store under its
+    /// old id. What it durably held, votes included, is gone; only the
+    /// record of its votes (`votes`) remembers them, to catch a second one.
+    fn wipe_node(&mut self, n: usize) {
+        self.log(|| format!("node {} restarts with a wiped store", n + 1));
+        self.out.wipes += 1;
+        let start = self.start_lsn;
+        let node = &mut self.nodes[n];
+        node.storage = MemStorage::new();
+        node.acceptor = None;
+        node.wiped = true;
+        node.up = true;
+        node.held.clear();
+        node.trim_unsynced = false;
+        node.mem_term = 0;
+        node.mem_commit = start;
+        node.durable_term = 0;
+        node.durable_commit = start;
+        node.verified_to = start;
+    }
+
+    /// The node refused a greeting: it lacks the timeline.
+    fn refuse_no_timeline(&mut self, p: usize, n: usize) -> Check {
+        if self.conns.remove(&(p, n)).is_none() {
+            return Ok(());
+        }
+        let delay = self.rng.range(5, 60);
+        self.reconnect_at.insert((p, n), self.now + delay);
+        let Some(prop) = self.hosts[p].proposer.as_mut() else {
+            return Ok(());
+        };
+        let actions = prop.on_no_timeline(NodeId(n as u64 + 1));
+        self.apply(p, actions)
     }
 
     fn close_conn(&mut self, p: usize, n: usize) -> Check {
@@ -680,34 +752,51 @@ impl Sim {
         let cid = conn.id;
         let (_, msg) = conn.to_node.pop_front().expect("ready");
         let id = NodeId(n as u64 + 1);
+        let faults = self.opts.acceptor_faults;
         let node = &mut self.nodes[n];
-        let Some(acceptor) = node.acceptor.as_mut() else {
-            return Err(format!(
-                "message for node {id}, which is down, on an open connection"
-            ));
+        let (before_commit, result) = match node.acceptor.as_mut() {
+            Some(acceptor) => (acceptor.state().commit_lsn, acceptor.handle(&msg)),
+            // A wiped node: like the daemon, it creates the timeline when
+            // the greeting asks and refuses everything else.
+            None if node.up && node.wiped => match &msg {
+                ProposerMessage::Greeting(g) => match Acceptor::create(id, g) {
+                    Ok((mut acceptor, effects)) => {
+                        acceptor.faults = faults;
+                        node.acceptor = Some(acceptor);
+                        (Lsn::INVALID, Ok(effects))
+                    }
+                    Err(refusal) => (Lsn::INVALID, Err(refusal)),
+                },
+                _ => (Lsn::INVALID, Err(Refusal::UnknownTimeline(self.ttid))),
+            },
+            None => {
+                return Err(format!(
+                    "message for node {id}, which is down, on an open connection"
+                ))
+            }
         };
-        let before = acceptor.state().clone();
-        let result = acceptor.handle(&msg);
         let what = kind_p(&msg);
         match result {
             Err(refusal) => {
                 self.out.refusals += 1;
                 self.log(|| format!("n{} refuses {what} from p{p}: {refusal}", n + 1));
-                self.close_conn(p, n)
+                if matches!(refusal, Refusal::UnknownTimeline(_)) {
+                    self.refuse_no_timeline(p, n)
+                } else {
+                    self.close_conn(p, n)
+                }
             }
             Ok(effects) => {
                 for w in &effects.writes {
                     match w {
-                        Write::TruncateWal { from } if *from < before.commit_lsn => {
+                        Write::TruncateWal { from } if *from < before_commit => {
                             return Err(format!(
-                                "node {id} truncates WAL at {from}, below its commit_lsn {}",
-                                before.commit_lsn
+                                "node {id} truncates WAL at {from}, below its commit_lsn {before_commit}"
                             ));
                         }
-                        Write::AppendWal { begin, .. } if *begin < before.commit_lsn => {
+                        Write::AppendWal { begin, .. } if *begin < before_commit => {
                             return Err(format!(
-                                "node {id} overwrites WAL at {begin}, below its commit_lsn {}",
-                                before.commit_lsn
+                                "node {id} overwrites WAL at {begin}, below its commit_lsn {before_commit}"
                             ));
                         }
                         _ => {}
@@ -1023,6 +1112,15 @@ impl Sim {
                 Action::CommitAdvanced(c) => self.check_proposer_commit(p, c)?,
                 Action::WrongNode { expected, got } => {
                     return Err(format!("p{p}: {expected:?} greeted as {got:?}"));
+                }
+                Action::LacksTimeline { node, .. } => {
+                    self.log(|| format!("p{p}: {node:?} lacks the timeline; not counted"));
+                }
+                Action::Recreated(node) => {
+                    self.log(|| format!("p{p}: {node:?} re-created"));
+                }
+                Action::NoTimeline => {
+                    return Err(format!("p{p}: no member holds the timeline"));
                 }
             }
         }

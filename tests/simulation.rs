@@ -81,7 +81,7 @@ fn first_violation(limit: u64, set: impl Fn(&mut SimOptions)) -> Option<sim::Vio
 /// committed WAL of a later term. That takes a long chaos phase (a stale
 /// leader feeding one node while a later term commits a shorter log, then
 /// an election without that later term's majority): with 12,000 chaos steps
-/// about 1 seed in 150 shows it, first at seed 812 (3 nodes, 3 proposers);
+/// about 1 seed in 250 shows it, first at seed 135 (3 nodes, 3 proposers);
 /// the test allows up to 2,000 seeds. (With the default 3,000 steps it is
 /// about 1 in 5,000.)
 #[test]
@@ -112,11 +112,38 @@ fn checker_catches_append_before_elected() {
 
 /// A node re-seeded at its source's flush_lsn instead of the lowest LSN a
 /// source still holds skips WAL that may not be committed. First caught at
-/// seed 14 (3 nodes, 3 proposers); the test allows up to 300 seeds.
+/// seed 10 (3 nodes, 3 proposers); the test allows up to 300 seeds.
 #[test]
 fn checker_catches_a_reseed_past_committed_wal() {
     let v = first_violation(300, |o| o.proposer_faults.reseed_at_source_flush = true)
         .expect("a re-seed past committed WAL must break an invariant within 300 seeds");
     eprintln!("caught: {v}");
     assert!(v.replay.contains("--fault reseed-at-source-flush"));
+}
+
+/// A node restarted with a wiped store (a replaced disk and `--init`) that
+/// the proposers' greetings re-create at term 0, whose old positions they
+/// keep counting: it votes again in terms it voted in, and commits and
+/// elections count WAL it no longer holds. First caught at seed 5 (3 nodes,
+/// 3 proposers); the test allows up to 300 seeds.
+#[test]
+fn checker_catches_a_wiped_node_recreated_and_counted() {
+    let v = first_violation(300, |o| o.proposer_faults.create_on_every_greeting = true)
+        .expect("a wiped node re-created and counted must break an invariant within 300 seeds");
+    eprintln!("caught: {v}");
+    assert!(v.replay.contains("--fault create-on-every-greeting"));
+}
+
+/// Without the fault, the wiped nodes of the same seeds stay out: nobody
+/// re-creates the timeline on them.
+#[test]
+fn wiped_nodes_happen_and_stay_out() {
+    let wipes: u64 = (0..100)
+        .map(|seed| {
+            sim::run(&SimOptions::new(seed, 3, 3))
+                .unwrap_or_else(|v| panic!("{v}"))
+                .wipes
+        })
+        .sum();
+    assert!(wipes > 3, "only {wipes} wiped nodes in 100 seeds");
 }

@@ -118,6 +118,14 @@ impl Safekeeper {
         self.spawn(false);
     }
 
+    /// A stopped safekeeper's disk is replaced: its store is deleted and
+    /// created anew (`--init`) under the same node id and addresses.
+    pub fn wipe_and_reinit(&mut self) {
+        assert!(self.child.is_none(), "wipe a stopped safekeeper only");
+        std::fs::remove_dir_all(&self.datadir).unwrap();
+        self.spawn(true);
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

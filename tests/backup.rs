@@ -330,3 +330,88 @@ fn whole_cluster_recovery_from_checkpoints() {
         },
     );
 }
+
+/// `skctl mark` of a store: whether the restore mark is still there.
+fn still_marked(datadir: &Path) -> bool {
+    let (ok, stdout, err) = skctl(&["--datadir", datadir.to_str().unwrap(), "--json", "mark"]);
+    assert!(ok, "skctl mark: {err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    !v["checkpoint"].is_null()
+}
+
+/// Whole-cluster recovery settles timelines one at a time: the restore
+/// mark of a store holding two stays until both are settled.
+#[test]
+fn the_restore_mark_stays_until_every_timeline_is_settled() {
+    use walkeeper::consensus::acceptor::term_lsn;
+    use walkeeper::consensus::messages::*;
+    use walkeeper::consensus::term_history::TermHistory;
+    use walkeeper::id::{TenantId, TimelineId, Ttid};
+
+    let dir = tempfile::tempdir().unwrap();
+    let datadir = dir.path().join("sk1");
+    let mut sk = Safekeeper::start(&datadir, 1, true);
+    let ttids = [
+        ttid(),
+        Ttid::new(TenantId([0x33; 16]), TimelineId([0x44; 16])),
+    ];
+    for t in ttids {
+        let mut p = RawClient::proposer(sk.pg_addr);
+        let mut g = greeting(&[1], true);
+        g.ttid = t;
+        elect_single(&mut p, g, 1);
+    }
+    let backup = dir.path().join("backup");
+    checkpoint(&sk, &backup);
+    sk.terminate();
+    std::fs::remove_dir_all(&datadir).unwrap();
+    std::fs::rename(&backup, &datadir).unwrap();
+    let old = sk;
+    let sk = start_sk(&datadir, 1, &old, &["--restore-cluster"]);
+    drop(old);
+
+    // What --sync-only does for one timeline: elect in a new term, then
+    // TIMELINE_SETTLED.
+    let settle = |t: Ttid| {
+        let mut p = RawClient::proposer(sk.pg_addr);
+        let mut g = greeting(&[1], false);
+        g.ttid = t;
+        p.send(&ProposerMessage::Greeting(g));
+        assert!(matches!(p.recv(), AcceptorMessage::Greeting(_)));
+        p.send(&ProposerMessage::VoteRequest(VoteRequest { term: 2 }));
+        assert!(matches!(p.recv(), AcceptorMessage::Vote(v) if v.granted));
+        p.send(&ProposerMessage::Elected(Elected {
+            term: 2,
+            start_streaming_at: Lsn(START),
+            term_history: TermHistory(vec![term_lsn(1, START), term_lsn(2, START)]),
+        }));
+        assert!(matches!(p.recv(), AcceptorMessage::Append(_)));
+        let mut q = RawClient::connect(
+            sk.pg_addr,
+            &format!(
+                "-c walkeeper.role=proposer -c tenant_id={} -c timeline_id={}",
+                t.tenant_id, t.timeline_id
+            ),
+        );
+        let reply = q.query(&format!(
+            "TIMELINE_SETTLED (term '2', lsn '{}')",
+            Lsn(START)
+        ));
+        assert!(
+            reply.iter().any(|m| m.tag == b'C'),
+            "TIMELINE_SETTLED of {t}: {:?}",
+            reply.iter().find_map(|m| m.error_field(b'M'))
+        );
+    };
+    settle(ttids[0]);
+    assert!(
+        still_marked(&datadir),
+        "the mark was cleared while timeline {} was not settled",
+        ttids[1]
+    );
+    settle(ttids[1]);
+    assert!(
+        !still_marked(&datadir),
+        "every timeline settled; the mark stays"
+    );
+}

@@ -170,3 +170,90 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     );
     assert_eq!(store.read_wal(ttid(), flush, Lsn(end)).unwrap(), more);
 }
+
+/// Fill what is left of the filesystem at `dir` with one file; removing
+/// it frees the space again.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0x55u8; 1 << 20];
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    // Partial pages: write bytes until nothing more fits.
+    while matches!(f.write(&[0x55]), Ok(1)) {}
+    path
+}
+
+/// A staged write that RocksDB refused (a WAL reader wrote it unsynced to
+/// make it readable, on a full disk) is never acknowledged by a later sync,
+/// even once there is space again: RocksDB dropped it, and syncing its log
+/// still works. The store accepts nothing more until it is reopened, and
+/// the reopened store holds what was durable.
+#[test]
+fn a_write_refused_by_a_full_disk_is_never_synced_into_success() {
+    use walkeeper::consensus::acceptor::Write;
+    use walkeeper::id::NodeId;
+    use walkeeper::store::StoreError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = match Tmpfs::mount(&dir.path().join("mnt"), 64) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs to fill (needs root): {e}");
+            return;
+        }
+    };
+    let path = mnt.path.join("store");
+    let t = ttid();
+    let state = |flush: u64| Box::new(common::store::store_state(t, Lsn(START), Lsn(flush)));
+    let mut store = RocksStore::init(&path, NodeId(1)).unwrap();
+    store.write(t, &[Write::PutState(state(START))]).unwrap();
+    store.sync().unwrap();
+
+    let filler = fill(&mnt.path);
+    let wal = wal_bytes(1, START, 1 << 20);
+    let end = START + wal.len() as u64;
+    store
+        .write(
+            t,
+            &[
+                Write::AppendWal {
+                    begin: Lsn(START),
+                    bytes: wal.into(),
+                },
+                Write::PutState(state(end)),
+            ],
+        )
+        .unwrap();
+    // A WAL sender reads: the staged batch goes to RocksDB first, unsynced,
+    // and the full disk refuses it.
+    let read = store.read_wal(t, Lsn(START), Lsn(START));
+    assert!(
+        matches!(&read, Err(e) if e.is_disk_full()),
+        "the read's write of the staged batch: {read:?}"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let synced = store.sync();
+    assert!(
+        synced.is_err(),
+        "a sync after a refused write claimed it durable"
+    );
+    let again = store.write(t, &[Write::PutState(state(START))]);
+    assert!(matches!(again, Err(StoreError::Failed(_))), "{again:?}");
+    drop(store);
+
+    let store = RocksStore::open(&path).unwrap();
+    let held = store.timeline_state(t).unwrap().unwrap();
+    assert_eq!(
+        held.flush_lsn,
+        Lsn(START),
+        "what is durable is the state before"
+    );
+}

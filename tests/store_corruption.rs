@@ -253,3 +253,87 @@ fn a_state_record_of_another_version_is_corrupt_state() {
     let store = RocksStore::open(dir.path()).unwrap();
     assert_corrupt_state(store.timelines().unwrap_err(), t);
 }
+
+/// A store whose every write (`n` appends of `len` bytes, each with its
+/// state) was synced on its own and lives only in RocksDB's log (nothing
+/// was flushed to an SST): the log's path, and the WAL written.
+fn store_in_its_log(path: &Path, t: Ttid, n: usize, len: usize) -> (PathBuf, Vec<u8>) {
+    let mut store = RocksStore::init(path, NodeId(1)).unwrap();
+    let mut all = Vec::new();
+    for i in 0..n {
+        let begin = Lsn(BASE.0 + (i * len) as u64);
+        let bytes = noise(i as u64 + 7, len);
+        all.extend_from_slice(&bytes);
+        let s = state(t, Lsn(begin.0 + len as u64));
+        store
+            .write(
+                t,
+                &[
+                    Write::AppendWal { begin, bytes },
+                    Write::PutState(Box::new(s)),
+                ],
+            )
+            .unwrap();
+        store.sync().unwrap();
+    }
+    drop(store);
+    let log = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a RocksDB log file");
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        size > (n * len) as u64,
+        "the writes are in the log ({size} bytes)"
+    );
+    (log, all)
+}
+
+#[test]
+fn a_damaged_record_inside_the_log_refuses_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let t = ttid(1);
+    let (log, _) = store_in_its_log(&path, t, 64, 1024);
+    // One flipped byte in the middle: every record after it was synced,
+    // so acknowledged; none of them may silently go.
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&log, &bytes).unwrap();
+    match RocksStore::open(&path) {
+        Err(StoreError::CorruptStore(text)) => {
+            assert!(text.contains("cannot replay its log"), "{text}");
+            assert!(
+                text.contains("disk is replaced"),
+                "names what to do: {text}"
+            );
+        }
+        Err(other) => panic!("expected a corrupt store, got {other}"),
+        Ok(store) => panic!(
+            "opened a store whose log is damaged in the middle; it holds WAL to {}",
+            store.timeline_state(t).unwrap().unwrap().flush_lsn
+        ),
+    }
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let t = ttid(1);
+    let (n, len) = (64, 1024);
+    let (log, all) = store_in_its_log(&path, t, n, len);
+    // A crash in the middle of the last write: it was never synced, so
+    // never acknowledged.
+    let size = std::fs::metadata(&log).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(size - 100).unwrap();
+    drop(f);
+    let store = RocksStore::open(&path).expect("a torn last record is a crash, not damage");
+    let kept = Lsn(BASE.0 + ((n - 1) * len) as u64);
+    assert_eq!(store.timeline_state(t).unwrap().unwrap().flush_lsn, kept);
+    assert_eq!(store.read_wal(t, BASE, kept).unwrap(), all[..(n - 1) * len]);
+}

@@ -186,11 +186,33 @@ impl Shared {
         crate::store::checkpoint::create_from_db(&db, &path, node_id, out)
     }
 
-    /// Clear the restore mark durably, once `--sync-only` settled this node
-    /// under `--restore-cluster`.
+    /// Clear the restore mark durably, once `--sync-only` settled every
+    /// timeline of the checkpoint on this node under `--restore-cluster`
+    /// (a durable settle in a term above the checkpoint's). Until then the
+    /// mark stays: a timeline not settled yet still holds only what the
+    /// checkpoint held.
     pub fn clear_restored(&self) -> Result<(), crate::store::StoreError> {
         let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
-        if restored.is_none() || !self.restore_cluster {
+        let Some(mark) = restored.as_ref().filter(|_| self.restore_cluster) else {
+            return Ok(());
+        };
+        let unsettled: Vec<String> = mark
+            .timelines
+            .iter()
+            .filter(|c| {
+                let durable = self
+                    .timelines
+                    .get(c.ttid)
+                    .and_then(|t| t.durable().borrow().clone());
+                durable.is_none_or(|s| s.settled_term <= c.term)
+            })
+            .map(|c| c.ttid.to_string())
+            .collect();
+        if !unsettled.is_empty() {
+            tracing::info!(
+                "whole-cluster recovery: the restore mark stays until every timeline of the checkpoint is settled; not yet: {}",
+                unsettled.join(", ")
+            );
             return Ok(());
         }
         crate::store::checkpoint::clear_mark(&self.store.lock())?;

@@ -23,6 +23,7 @@ use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, FeMessage};
 use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
 use crate::pq::{sqlstate, PqError};
+use crate::store::StoreError;
 
 /// How much WAL one store read fetches for a sender.
 const READ_AHEAD: u64 = 2 << 20;
@@ -222,9 +223,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let read_end = read.to;
                 match read.finish().await {
                     Ok(w) => read_ahead = (pos, Bytes::from(w)),
-                    Err(msg) => {
+                    Err(e) => {
+                        let (code, msg) = read_failure(&e, &state);
                         tracing::error!(timeline = %timeline.ttid, from = %pos, to = %read_end, "{msg}");
-                        conn.send_fatal(sqlstate::DATA_CORRUPTED, &msg).await?;
+                        conn.send_fatal(code, &msg).await?;
                         return Ok(false);
                     }
                 }
@@ -259,7 +261,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             if let Ended(keep_open) =
                 drain_client(conn, &timeline, slot.as_ref(), pos, limit).await?
             {
-                return Ok(keep_open);
+                return end_stream(conn, slot, keep_open).await;
             }
             continue;
         }
@@ -274,7 +276,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             msg = conn.read_message() => {
                 if let Ended(keep_open) = on_client_message(conn, &timeline, slot.as_ref(), msg?, pos, limit).await? {
-                    return Ok(keep_open);
+                    return end_stream(conn, slot, keep_open).await;
                 }
             }
             _ = keepalive.tick() => {
@@ -288,28 +290,60 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The stream is over: release its slot, and only then, when the connection
+/// goes on, tell the client it may send the next command (as a walsender
+/// does), so a command it sends next on any connection finds the slot free.
+async fn end_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    slot: Option<SlotUse>,
+    keep_open: bool,
+) -> Result<bool, PqError> {
+    drop(slot);
+    if keep_open {
+        conn.send_ready_for_query().await?;
+    }
+    Ok(keep_open)
+}
+
 /// Start reading WAL `[from, to)` on the blocking pool.
 fn spawn_read(shared: &Arc<Shared>, timeline: &Timeline, from: Lsn, to: Lsn) -> PendingRead {
     let store = shared.store.clone();
     let ttid = timeline.ttid;
-    let task = tokio::task::spawn_blocking(move || {
-        store.read_wal(ttid, from, to).map_err(|e| e.to_string())
-    });
+    let task = tokio::task::spawn_blocking(move || store.read_wal(ttid, from, to));
     PendingRead { from, to, task }
+}
+
+/// What a consumer is told when reading stored WAL failed: only damage is
+/// "data corrupted".
+fn read_failure(e: &StoreError, state: &TimelineState) -> (&'static str, String) {
+    match e {
+        StoreError::NotHeld { from, held_from, .. } if from < held_from => (
+            sqlstate::UNDEFINED_FILE,
+            format!(
+                "requested WAL segment {} has already been removed (this node now holds WAL from {held_from}: it was trimmed or re-seeded while the stream read)",
+                from.segment_file_name(state.server.tli, state.server.wal_seg_size)
+            ),
+        ),
+        StoreError::CorruptWal { .. }
+        | StoreError::CorruptState { .. }
+        | StoreError::CorruptStore(_) => (sqlstate::DATA_CORRUPTED, e.to_string()),
+        e if e.is_disk_full() => (sqlstate::DISK_FULL, format!("reading WAL failed: {e}")),
+        e => (sqlstate::INTERNAL_ERROR, format!("reading WAL failed: {e}")),
+    }
 }
 
 /// A store read in flight, so the disk works while the socket sends.
 struct PendingRead {
     from: Lsn,
     to: Lsn,
-    task: tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+    task: tokio::task::JoinHandle<Result<Vec<u8>, StoreError>>,
 }
 
 impl PendingRead {
-    async fn finish(mut self) -> Result<Vec<u8>, String> {
+    async fn finish(mut self) -> Result<Vec<u8>, StoreError> {
         (&mut self.task)
             .await
-            .map_err(|e| format!("reading WAL failed: {e}"))?
+            .map_err(|e| StoreError::Io(format!("the read task failed: {e}")))?
     }
 }
 
@@ -399,7 +433,7 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(timeline = %timeline.ttid, at = %pos, "client ended streaming");
             conn.write_message(&BeMessage::CopyDone)?;
             conn.write_message(&BeMessage::CommandComplete("COPY 0"))?;
-            conn.send_ready_for_query().await?;
+            // ReadyForQuery follows once the slot is released (end_stream).
             Ok(Ended(true))
         }
         Some(other) => {
@@ -430,5 +464,36 @@ mod tests {
             assert!(end.0 - start <= MAX_SEND_SIZE);
             assert_eq!(end.0 % p, 0);
         }
+    }
+
+    #[test]
+    fn only_damage_is_data_corrupted() {
+        let mut state = crate::store::memory::tests_state();
+        state.local_start_lsn = Lsn(2 << 24);
+        let ttid = state.ttid;
+        let removed = StoreError::NotHeld {
+            ttid,
+            from: Lsn(1 << 24),
+            to: Lsn((1 << 24) + 100),
+            held_from: Lsn(2 << 24),
+            held_to: Lsn(3 << 24),
+        };
+        let (code, msg) = read_failure(&removed, &state);
+        assert_eq!(code, sqlstate::UNDEFINED_FILE);
+        assert!(
+            msg.contains("000000010000000000000001 has already been removed"),
+            "{msg}"
+        );
+        let damaged = StoreError::CorruptWal {
+            ttid,
+            from: Lsn(1),
+            to: Lsn(2),
+            detail: "chunk checksum mismatch".into(),
+        };
+        assert_eq!(read_failure(&damaged, &state).0, sqlstate::DATA_CORRUPTED);
+        let failed = StoreError::Failed("No space left on device".into());
+        assert_eq!(read_failure(&failed, &state).0, sqlstate::DISK_FULL);
+        let failed = StoreError::Failed("EIO".into());
+        assert_eq!(read_failure(&failed, &state).0, sqlstate::INTERNAL_ERROR);
     }
 }

@@ -285,8 +285,5 @@ pub fn clear_mark(store: &RocksStore) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     batch.put(RESTORED_KEY, raw);
     batch.delete(CHECKPOINT_KEY);
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
-    db.write_opt(batch, &sync)
-        .map_err(|e| StoreError::Io(e.into_string()))
+    store.write_synced_beside(batch)
 }

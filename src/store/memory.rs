@@ -193,3 +193,31 @@ impl Storage for MemStorage {
         Ok(out)
     }
 }
+
+/// A freshly created timeline state for unit tests: node 1 its only
+/// member, starting at the second 16 MiB segment, default ids.
+#[cfg(test)]
+pub(crate) fn tests_state() -> TimelineState {
+    use crate::consensus::acceptor::Acceptor;
+    use crate::consensus::messages::{Greeting, ServerInfo};
+    use crate::id::NodeId;
+    let g = Greeting {
+        protocol_version: crate::codec::PROTOCOL_VERSION,
+        ttid: Ttid::default(),
+        server: ServerInfo {
+            system_id: 1,
+            pg_version: 150000,
+            wal_seg_size: 1 << 24,
+            tli: 1,
+        },
+        timeline_start_lsn: Lsn(1 << 24),
+        members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
+        proposer_id: [0; 16],
+        create: true,
+    };
+    Acceptor::create(NodeId(1), &g)
+        .expect("a valid greeting")
+        .0
+        .state()
+        .clone()
+}

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "rocksdb")]
 pub mod checkpoint;
+pub mod faulty;
 pub mod memory;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
@@ -45,6 +46,11 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// A write or sync failed earlier: what was staged since may be lost,
+    /// so nothing more is written or acknowledged until the daemon reopens
+    /// the store from what is durable. Carries the first failure.
+    #[error("an earlier write or sync failed ({0}); nothing staged since then is acknowledged: restart the safekeeper (after freeing space if the disk is full) to reopen the store from what is durable")]
+    Failed(String),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }

@@ -49,10 +49,6 @@ const OUR_CFS: [&str; 3] = [CF_TIMELINE, CF_WAL, CF_SLOT];
 /// Key of the store's meta record in the default column family.
 pub const META_KEY: &[u8] = b"meta";
 
-/// RocksDB log files kept for reuse: overwriting a preallocated file lets
-/// fdatasync skip the inode update (DESIGN.md measured +20% on synced puts).
-const RECYCLE_LOG_FILES: usize = 4;
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoreMeta {
     node_id: NodeId,
@@ -146,6 +142,22 @@ fn io(e: rocksdb::Error) -> StoreError {
     StoreError::Io(e.into_string())
 }
 
+/// Why RocksDB would not open a store; a log it cannot replay to its end
+/// gets the words an operator needs.
+fn refused_open(path: &Path, e: rocksdb::Error) -> StoreError {
+    if e.kind() == ErrorKind::Corruption {
+        return StoreError::CorruptStore(format!(
+            "{}: RocksDB cannot replay its log completely ({}); starting would drop acknowledged writes, \
+             votes included, so this node must not start from it. Replace the store: stop this node, \
+             move the directory aside, and bring the node back as a replaced disk (README, \
+             \"When a safekeeper's disk is replaced\")",
+            path.display(),
+            e.into_string()
+        ));
+    }
+    open_err(path, format!("cannot open RocksDB: {}", e.into_string()))
+}
+
 fn open_err(path: &Path, detail: impl Into<String>) -> StoreError {
     StoreError::Open {
         path: path.display().to_string(),
@@ -178,7 +190,6 @@ fn tuned_options(tuning: &StoreTuning) -> Options {
 
 fn db_options() -> Options {
     let mut o = Options::default();
-    o.set_recycle_log_file_num(RECYCLE_LOG_FILES);
     // WAL arrives in chunks of up to 1 MiB; a 64 MiB memtable holds a few
     // hundred of them before a flush, and four let ingest continue while one
     // flushes.
@@ -187,9 +198,13 @@ fn db_options() -> Options {
     // The timeline column family is written rarely; without a bound its
     // memtable would pin every RocksDB log file since its last flush.
     o.set_max_total_wal_size(256 << 20);
-    // A torn tail of the log is an unsynced (so unacknowledged) write: drop
-    // it and keep the consistent prefix.
-    o.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    // A torn last record of the log is an unsynced (so unacknowledged)
+    // write: RocksDB drops it. Anything else it cannot replay is refused at
+    // open: point-in-time recovery would stop at a damaged record in the
+    // middle and silently drop every later, acknowledged one (votes
+    // included). RocksDB turns log recycling off in this mode: a recycled
+    // file's stale tail looks like such damage.
+    o.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     o
 }
 
@@ -222,6 +237,31 @@ struct Pending {
     batch: WriteBatch,
     /// Writes went to RocksDB unsynced since the last sync.
     written_unsynced: bool,
+    /// The first write or sync that failed. RocksDB may have dropped what
+    /// it was given (a failed write loses its batch; after a background
+    /// error RocksDB refuses writes while syncing its log still succeeds),
+    /// so from then on every write, sync and read fails: nothing staged at
+    /// or after the failure can be acknowledged. Only a reopen clears it.
+    failed: Option<String>,
+}
+
+impl Pending {
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(first) => Err(StoreError::Failed(first.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Record a failed write or sync (the first one is kept) and return it.
+    fn fail(&mut self, e: rocksdb::Error) -> StoreError {
+        let text = e.into_string();
+        tracing::error!(error = %text, "a RocksDB write or sync failed; the store accepts nothing more until it is reopened");
+        self.failed.get_or_insert_with(|| text.clone());
+        // Whatever was staged with it is gone or unknown.
+        self.batch = WriteBatch::default();
+        StoreError::Io(text)
+    }
 }
 
 /// Compacts trimmed key ranges on its own thread, so range tombstones turn
@@ -372,7 +412,7 @@ impl RocksStore {
         // runs even on a store of another layout.
         let db =
             DB::open_cf_descriptors(&opts, path, cf_descriptors(cfs.iter().map(|s| s.as_str())))
-                .map_err(|e| open_err(path, format!("cannot open RocksDB: {}", e.into_string())))?;
+                .map_err(|e| refused_open(path, e))?;
         let node_id = check_layout(&db, path, &cfs)?;
         upgrade_meta(&db, path, node_id)?;
         Ok(Self::from_db(db, path, node_id))
@@ -505,6 +545,7 @@ impl RocksStore {
             pending: Mutex::new(Pending {
                 batch: WriteBatch::default(),
                 written_unsynced: false,
+                failed: None,
             }),
             trimmed: Vec::new(),
         }
@@ -534,11 +575,22 @@ impl RocksStore {
         tli: u32,
         content: &[u8],
     ) -> Result<(), StoreError> {
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
         let mut batch = rocksdb::WriteBatch::default();
         batch.put(history_key(ttid, tli), content);
-        self.db.write_opt(batch, &opts).map_err(io)
+        self.write_synced_beside(batch)
+    }
+
+    /// Write a batch of the store's own records (not a timeline's staged
+    /// writes) synced, at once. A failure counts as any other: the store
+    /// accepts nothing more until it is reopened.
+    pub(crate) fn write_synced_beside(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        // Not under the pending lock: readers must not wait for this fsync.
+        self.lock_pending().check()?;
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| self.lock_pending().fail(e))
     }
 
     /// A stored timeline history file, if any.
@@ -551,7 +603,9 @@ impl RocksStore {
     pub fn flush_memtables(&self) -> Result<(), StoreError> {
         self.flush_pending()?;
         for name in OUR_CFS {
-            self.db.flush_cf(self.cf(name)?).map_err(io)?;
+            self.db
+                .flush_cf(self.cf(name)?)
+                .map_err(|e| self.lock_pending().fail(e))?;
         }
         Ok(())
     }
@@ -594,8 +648,10 @@ impl RocksStore {
     }
 
     /// Make staged writes readable (unsynced; see the module comment).
+    /// After a failed write or sync this fails too (see `Pending::failed`).
     fn flush_pending(&self) -> Result<(), StoreError> {
         let mut p = self.lock_pending();
+        p.check()?;
         if p.batch.is_empty() {
             return Ok(());
         }
@@ -603,7 +659,7 @@ impl RocksStore {
         p.written_unsynced = true;
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(batch, &wo).map_err(io)
+        self.db.write_opt(batch, &wo).map_err(|e| p.fail(e))
     }
 
     fn state_of(&self, ttid: Ttid) -> Result<Option<TimelineState>, StoreError> {
@@ -927,6 +983,7 @@ impl Storage for RocksStore {
     }
 
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
+        self.lock_pending().check()?;
         let mut ops = Vec::with_capacity(writes.len());
         let mut view = CallView::default();
         let mut trimmed = Vec::new();
@@ -1035,6 +1092,8 @@ impl Storage for RocksStore {
             _ => timeline_cf,
         };
         let mut p = self.lock_pending();
+        // A failure since the check above (a reader's flush) ends this too.
+        p.check()?;
         for op in ops {
             match op {
                 Op::Put(name, k, v) => p.batch.put_cf(cf(name), k, v),
@@ -1049,13 +1108,14 @@ impl Storage for RocksStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         let p = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
+        p.check()?;
         if !p.batch.is_empty() {
             let batch = std::mem::take(&mut p.batch);
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            self.db.write_opt(batch, &wo).map_err(io)?;
+            self.db.write_opt(batch, &wo).map_err(|e| p.fail(e))?;
         } else if p.written_unsynced {
-            self.db.flush_wal(true).map_err(io)?;
+            self.db.flush_wal(true).map_err(|e| p.fail(e))?;
         }
         p.written_unsynced = false;
         for (from, to) in self.trimmed.drain(..) {

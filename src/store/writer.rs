@@ -175,9 +175,29 @@ struct Core {
     /// keep arriving (many timelines' heartbeats need no sync either).
     unsynced: bool,
     unsynced_since: Instant,
+    /// The first sync that failed. What it covered may be lost on disk
+    /// while acceptors already count it, so nothing is acknowledged any
+    /// more, on any timeline: every later request fails with it until the
+    /// daemon restarts and reopens the store from what is durable.
+    failed: Option<Arc<StoreError>>,
+    /// Timelines one of whose requests failed to stage. The acceptor
+    /// already applied that request in memory, so the requests it handled
+    /// after it build on writes that are not there: all of them fail.
+    failed_timelines: HashMap<Ttid, Arc<StoreError>>,
 }
 
 impl Core {
+    /// Why a request of `ttid` must fail without being staged, if it must.
+    fn refusal(&self, ttid: Ttid) -> Option<Arc<StoreError>> {
+        self.failed
+            .as_ref()
+            .or_else(|| self.failed_timelines.get(&ttid))
+            .map(|first| match &**first {
+                StoreError::Failed(_) => first.clone(),
+                other => Arc::new(StoreError::Failed(other.to_string())),
+            })
+    }
+
     /// When staged lazy writes must be synced, if any are staged.
     fn lazy_deadline(&self) -> Option<Instant> {
         self.unsynced.then(|| self.unsynced_since + LAZY_SYNC_DELAY)
@@ -223,6 +243,8 @@ impl GroupCommitWriter {
                 deferred: Vec::new(),
                 unsynced: false,
                 unsynced_since: Instant::now(),
+                failed: None,
+                failed_timelines: HashMap::new(),
             }),
             published: Arc::default(),
             stats: Mutex::default(),
@@ -464,13 +486,19 @@ impl Inner {
             }
             let req_bytes = wal_bytes(&req.writes);
             bytes += req_bytes;
-            let staged = match core.storage.as_mut() {
-                Some(storage) => storage.write(req.ttid, &req.writes).map_err(Arc::new),
-                None => Err(stopped()),
+            let staged = match (core.refusal(req.ttid), core.storage.as_mut()) {
+                (Some(refused), _) => Err(refused),
+                (None, Some(storage)) => match storage.write(req.ttid, &req.writes) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed; nothing more of this timeline is acknowledged until a restart");
+                        core.failed_timelines.insert(req.ttid, e.clone());
+                        Err(e)
+                    }
+                },
+                (None, None) => Err(stopped()),
             };
-            if let Err(e) = &staged {
-                tracing::error!(timeline = %req.ttid, error = %e, "staging a write failed");
-            }
             if req.lazy && !req.writes.is_empty() && staged.is_ok() && !core.unsynced {
                 core.unsynced = true;
                 core.unsynced_since = Instant::now();
@@ -500,7 +528,8 @@ impl Inner {
         };
         let took = started.elapsed();
         if let Err(e) = &synced {
-            tracing::error!(error = %e, requests = batch.len(), "sync failed; nothing in this batch is acknowledged");
+            tracing::error!(error = %e, requests = batch.len(), "sync failed; nothing in this batch or after it is acknowledged until a restart");
+            core.failed.get_or_insert_with(|| e.clone());
         }
         if do_sync {
             core.unsynced = false;
@@ -584,9 +613,6 @@ fn wal_bytes(writes: &[Write]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::acceptor::Acceptor;
-    use crate::consensus::messages::{Greeting, ServerInfo};
-    use crate::id::NodeId;
     use crate::lsn::Lsn;
     use crate::store::memory::MemStorage;
     use bytes::Bytes;
@@ -635,21 +661,7 @@ mod tests {
     }
 
     fn state() -> TimelineState {
-        let g = Greeting {
-            protocol_version: crate::codec::PROTOCOL_VERSION,
-            ttid: Ttid::default(),
-            server: ServerInfo {
-                system_id: 1,
-                pg_version: 150000,
-                wal_seg_size: 1 << 24,
-                tli: 1,
-            },
-            timeline_start_lsn: Lsn(1 << 24),
-            members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
-            proposer_id: [0; 16],
-            create: true,
-        };
-        Acceptor::create(NodeId(1), &g).unwrap().0.state().clone()
+        crate::store::memory::tests_state()
     }
 
     /// A recording writer (with its handle and log) through which a
@@ -926,6 +938,106 @@ mod tests {
         assert_eq!(c, [(1.0, 2), (2.0, 3), (4.0, 4)]);
         assert_eq!(h.count, 5);
         assert_eq!(h.sum, 15.0);
+    }
+
+    /// A writer over a storage whose writes and syncs fail when armed.
+    fn faulty_writer() -> (GroupCommitWriter, crate::store::faulty::SharedFaults) {
+        let (storage, faults) = crate::store::faulty::FaultyStorage::new(MemStorage::new());
+        (GroupCommitWriter::start(storage), faults)
+    }
+
+    fn state_of(ttid: Ttid) -> Box<TimelineState> {
+        let mut s = state();
+        s.ttid = ttid;
+        Box::new(s)
+    }
+
+    fn failed_with_failure<T: std::fmt::Debug>(r: Result<T, Arc<StoreError>>, what: &str) {
+        match r.as_ref().map_err(|e| &**e) {
+            Err(StoreError::Failed(first)) => {
+                assert!(first.contains("injected failure"), "{what}: {first}")
+            }
+            other => panic!("{what}: expected the earlier failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_more_is_acknowledged_on_any_timeline() {
+        let (writer, faults) = faulty_writer();
+        let h = writer.handle();
+        let (t1, t2) = (
+            Ttid::default(),
+            Ttid::new(crate::id::TenantId([7; 16]), crate::id::TimelineId([7; 16])),
+        );
+        h.write(t1, vec![Write::PutState(state_of(t1))])
+            .await
+            .unwrap();
+        faults.lock().unwrap().fail_next_sync();
+        let failed = h.write(t1, vec![Write::PutState(state_of(t1))]).await;
+        assert!(failed.is_err());
+        // Another connection of the same timeline: its acceptor's state
+        // counts the write that failed, so its replies (even one that
+        // writes nothing) must not go out; nor may any other timeline's,
+        // whose writes the failed sync covered too.
+        failed_with_failure(h.write(t1, vec![]).await, "an empty request");
+        failed_with_failure(
+            h.write(t1, vec![Write::PutState(state_of(t1))]).await,
+            "the same timeline",
+        );
+        failed_with_failure(
+            h.write(t2, vec![Write::PutState(state_of(t2))]).await,
+            "another timeline",
+        );
+        failed_with_failure(
+            h.submit_lazy(t1, vec![Write::PutState(state_of(t1))])
+                .await
+                .unwrap(),
+            "a lazy request",
+        );
+        writer.shutdown();
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_staging_the_rest_of_that_timeline_fails() {
+        let (writer, faults) = faulty_writer();
+        let h = writer.handle();
+        let (t1, t2) = (
+            Ttid::default(),
+            Ttid::new(crate::id::TenantId([7; 16]), crate::id::TimelineId([7; 16])),
+        );
+        h.write(t1, vec![Write::PutState(state_of(t1))])
+            .await
+            .unwrap();
+        faults.lock().unwrap().fail_next_write();
+        // A truncation (an Elected) whose staging fails, then the new
+        // term's first append of the same timeline, and another timeline's
+        // write, queued together.
+        let truncate = h.enqueue(t1, vec![Write::TruncateWal { from: Lsn(1 << 24) }], false);
+        let append = h.enqueue(
+            t1,
+            vec![
+                Write::AppendWal {
+                    begin: Lsn(1 << 24),
+                    bytes: Bytes::from_static(b"new term"),
+                },
+                Write::PutState(state_of(t1)),
+            ],
+            false,
+        );
+        let other = h.enqueue(t2, vec![Write::PutState(state_of(t2))], false);
+        h.lead();
+        assert!(truncate.await.unwrap().is_err());
+        failed_with_failure(append.await.unwrap(), "the append after it");
+        other.await.unwrap().unwrap();
+        // Later batches too, until a restart.
+        failed_with_failure(
+            h.write(t1, vec![Write::PutState(state_of(t1))]).await,
+            "a later request",
+        );
+        h.write(t2, vec![Write::PutState(state_of(t2))])
+            .await
+            .unwrap();
+        writer.shutdown();
     }
 
     #[tokio::test]

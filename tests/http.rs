@@ -114,18 +114,19 @@ fn status_timelines_and_errors() {
     let (code, _) = get_json(sk.http_addr, "/v1/nope");
     assert_eq!(code, 404);
 
-    // Gauges follow the connections.
+    // Gauges follow the connections. A consumer is served only while the
+    // proposer is there (a node without one refuses consumers).
+    let mut c = RawClient::connect(sk.pg_addr, "");
+    c.query_raw(&format!("START_REPLICATION PHYSICAL {}", Lsn(START)));
+    wait_for(Duration::from_secs(10), "the consumer gauge", || {
+        (get_json(sk.http_addr, "/v1/status").1["consumers"] == 1).then_some(())
+    });
     drop(p);
     wait_for(
         Duration::from_secs(10),
         "the proposer gauge to drop",
         || (get_json(sk.http_addr, "/v1/status").1["proposers"] == 0).then_some(()),
     );
-    let mut c = RawClient::connect(sk.pg_addr, "");
-    c.query_raw(&format!("START_REPLICATION PHYSICAL {}", Lsn(START)));
-    wait_for(Duration::from_secs(10), "the consumer gauge", || {
-        (get_json(sk.http_addr, "/v1/status").1["consumers"] == 1).then_some(())
-    });
     drop(c);
     wait_for(
         Duration::from_secs(10),

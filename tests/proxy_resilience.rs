@@ -217,3 +217,146 @@ fn competing_proxies_are_fenced() {
         "{log}"
     );
 }
+
+/// A TCP relay the test can cut: once cut it forwards nothing either way
+/// and keeps every socket open, as a link that silently drops packets
+/// does (no FIN, no RST reaches either end).
+struct Relay {
+    addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn to(target: SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        // The threads end with the test process; their sockets with them.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || pipe(from, to, &c));
+                }
+            }
+        });
+        Relay { addr, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, cut: &std::sync::atomic::AtomicBool) {
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                if !cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                }
+                return;
+            }
+            Ok(n) => n,
+        };
+        // Cut: the bytes are lost, the sockets stay.
+        if !cut.load(std::sync::atomic::Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// Issue 26: a standby streams from node 1; node 1's link to the proxy is
+/// cut while commits go on through nodes 2 and 3. Node 1 learns it has lost
+/// its proposer, ends the stream with 57P03 (README: within 4 s), and the
+/// standby moves to another node and keeps replaying.
+#[test]
+fn a_standby_leaves_a_safekeeper_cut_off_from_the_proxy() {
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| Safekeeper::start(&dir.path().join(format!("sk{n}")), n, true))
+        .collect();
+    // The proxy reaches node 1 through the relay; consumers directly.
+    let relay = Relay::to(sks[0].pg_addr);
+    let list = format!("1@{},{}", relay.addr, member_list(&sks[1..]));
+    let proxy = Proxy::start_listing(
+        dir.path(),
+        "proxy1",
+        primary.port,
+        &list,
+        &["--create-timeline"],
+    );
+    let c = Cluster {
+        proxy: Some(proxy),
+        sks,
+        pg: primary,
+        dir,
+    };
+    c.wait_sync();
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ports: Vec<String> = c.sks.iter().map(|s| s.pg_addr.port().to_string()).collect();
+    pg::append_conf(
+        &standby.datadir,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres'\nhot_standby = on\nsynchronous_standby_names = ''\nwal_retrieve_retry_interval = '1s'\n",
+            ports.join(",")
+        ),
+    );
+    standby.mark_standby();
+    standby.start();
+    let sender = |standby: &Postgres| -> Option<u16> {
+        standby
+            .sql("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+            .parse()
+            .ok()
+    };
+    let first = wait_for(Duration::from_secs(60), "the standby to stream", || {
+        sender(&standby)
+    });
+    assert_eq!(first, c.sks[0].pg_addr.port(), "node 1 is listed first");
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(20);
+
+    relay.cut();
+    let cut_at = Instant::now();
+    // Commits go on without node 1.
+    ledger.wait_more(20);
+    let acked = ledger.acked();
+    let last = *acked.last().unwrap();
+    // 4 s for node 1 to end the stream, 1 s for the walreceiver's retry,
+    // and room for a loaded machine.
+    let moved = wait_for(
+        Duration::from_secs(30),
+        "the standby to stream from another node and replay commits made after the cut",
+        || {
+            let port = sender(&standby).filter(|p| *p != first)?;
+            let n: i64 = standby
+                .sql(&format!("SELECT count(*) FROM ledger WHERE id = {last}"))
+                .parse()
+                .ok()?;
+            (n == 1).then_some(port)
+        },
+    );
+    let took = cut_at.elapsed();
+    assert_ne!(moved, first);
+    assert!(
+        c.sks[0].log_text().contains("consumer sent elsewhere"),
+        "node 1 ended the stream itself"
+    );
+    eprintln!("the standby moved {} ms after the cut", took.as_millis());
+    ledger.stop();
+}

@@ -123,3 +123,205 @@ fn sync_only_after_primary_and_proxy_die_makes_every_acknowledged_commit_readabl
         "acknowledged ledger rows missing on the standby"
     );
 }
+
+/// A process stopped with SIGSTOP, continued on drop (also on failure).
+struct Paused(u32);
+
+impl Paused {
+    fn new(sk: &Safekeeper) -> Paused {
+        let pid = sk.child.as_ref().expect("running").id();
+        unsafe {
+            libc::kill(pid as i32, libc::SIGSTOP);
+        }
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGCONT);
+        }
+    }
+}
+
+/// SIGKILL the primary and the proxy together.
+fn kill_primary_and_proxy(c: &mut Cluster) {
+    let pid = std::fs::read_to_string(c.pg.datadir.join("postmaster.pid")).unwrap();
+    let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    c.proxy.as_mut().unwrap().kill9();
+}
+
+/// The SQLSTATE a consumer's StartupMessage gets from `sk`, if refused.
+fn consumer_refusal(sk: &Safekeeper) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(sk.pg_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [
+            ("user", "walkeeper"),
+            ("database", "replication"),
+            ("replication", "true"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    s.write_all(&out).unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).unwrap();
+    if head[0] != b'E' {
+        return None;
+    }
+    let msg = BeMsg {
+        tag: head[0],
+        body: body.into(),
+    };
+    msg.error_field(b'C')
+}
+
+/// A standby from the base backup, fed only by the safekeepers, with
+/// `first` listed first in its multi-host conninfo.
+fn start_standby(standby: &mut Postgres, c: &Cluster, first: usize) {
+    let mut order: Vec<&Safekeeper> = vec![&c.sks[first]];
+    order.extend(
+        c.sks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, s)| s),
+    );
+    let ports: Vec<String> = order.iter().map(|s| s.pg_addr.port().to_string()).collect();
+    pg::append_conf(
+        &standby.datadir,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres connect_timeout=2'\nhot_standby = on\nsynchronous_standby_names = ''\n",
+            ports.join(",")
+        ),
+    );
+    standby.mark_standby();
+    standby.start();
+}
+
+/// The bound within which a standby started after `--sync-only` must have
+/// received the settled LSN (its own start and a refusal or two included).
+const STANDBY_BOUND: Duration = Duration::from_secs(30);
+
+/// The standby receives WAL up to `synced` within STANDBY_BOUND and then
+/// holds every acknowledged row.
+fn assert_standby_gets_every_commit(standby: &Postgres, synced: Lsn, acked: &[i32]) {
+    wait_for(
+        STANDBY_BOUND,
+        "the standby to receive the settled LSN",
+        || {
+            let got: Lsn = standby
+                .sql("SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
+                .parse()
+                .ok()?;
+            (got >= synced).then_some(())
+        },
+    );
+    let list = acked
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for(
+        Duration::from_secs(30),
+        "the standby to replay every acknowledged row",
+        || {
+            let missing = standby.sql(&format!(
+                "SELECT count(*) FROM unnest(ARRAY[{list}]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)"
+            ));
+            (missing == "0").then_some(())
+        },
+    );
+}
+
+/// Issue 26, the stale node reachable at the settle: a safekeeper stopped
+/// (SIGSTOP) while the others acknowledged the last commits, continued
+/// before `--sync-only`, is brought to the settled LSN by it, and a standby
+/// listing it first gets every acknowledged commit.
+#[test]
+fn sync_only_settles_a_stale_reachable_safekeeper_too() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(30);
+    let paused = Paused::new(&c.sks[0]);
+    // Commits go on without node 1, and enough WAL that its catch-up takes
+    // longer than settling the majority.
+    c.pg.sql(
+        "CREATE TABLE pad AS SELECT g, repeat('x', 1000) AS x FROM generate_series(1, 20000) g",
+    );
+    ledger.wait_more(30);
+    kill_primary_and_proxy(&mut c);
+    let acked = ledger.stop();
+    drop(paused);
+
+    let (synced, report) = c.sync_only_report();
+    assert!(
+        report.ends_with("nodes 1, 2, 3; not settled: none"),
+        "every reachable member is settled: {report:?}"
+    );
+    for sk in &c.sks {
+        let commit = sk_commit_lsn(sk).expect("node answers");
+        assert!(
+            commit >= synced,
+            "node {} has commit {commit} below the settled {synced}",
+            sk.node_id
+        );
+    }
+    start_standby(&mut standby, &c, 0);
+    assert_standby_gets_every_commit(&standby, synced, &acked);
+}
+
+/// Issue 26, the stale node unreachable at the settle: a safekeeper killed
+/// while the others acknowledged the last commits and restarted after
+/// `--sync-only` keeps its older commit; it answers consumers 57P03 from its
+/// first moment, so a standby listing it first moves on and gets every
+/// acknowledged commit.
+#[test]
+fn a_safekeeper_left_out_of_the_settle_sends_consumers_on() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(30);
+    c.sks[0].kill9();
+    ledger.wait_more(30);
+    kill_primary_and_proxy(&mut c);
+    let acked = ledger.stop();
+
+    let (synced, report) = c.sync_only_report();
+    assert!(
+        report.ends_with("nodes 2, 3; not settled: 1"),
+        "node 1 is reported not settled: {report:?}"
+    );
+    c.sks[0].restart();
+    let stale = sk_commit_lsn(&c.sks[0]).expect("node 1 answers proposers");
+    assert!(stale < synced, "node 1 missed the last commits");
+    assert_eq!(
+        consumer_refusal(&c.sks[0]).as_deref(),
+        Some("57P03"),
+        "node 1 holds commit {stale} < {synced} and was not settled"
+    );
+    start_standby(&mut standby, &c, 0);
+    assert_standby_gets_every_commit(&standby, synced, &acked);
+    let port: u16 = standby
+        .sql("SELECT sender_port FROM pg_stat_wal_receiver")
+        .parse()
+        .unwrap();
+    assert_ne!(port, c.sks[0].pg_addr.port(), "fed by a settled node");
+}

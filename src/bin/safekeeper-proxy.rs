@@ -139,9 +139,10 @@ fn main() -> ExitCode {
     if config.sync_only {
         let within = std::time::Duration::from_secs(args.sync_timeout);
         return match runtime.block_on(proxy::run_sync_only(config, within)) {
-            Ok(lsn) => {
-                tracing::info!(commit_lsn = %lsn, "synced: a majority holds and has committed the WAL up to this LSN");
-                println!("{lsn}");
+            Ok(settled) => {
+                tracing::info!(commit_lsn = %settled.lsn, "synced: a majority holds and has committed the WAL up to this LSN");
+                eprintln!("safekeeper-proxy: {settled}");
+                println!("{}", settled.lsn);
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -6,4 +6,5 @@ pub mod acceptor;
 pub mod messages;
 pub mod proposer;
 pub mod quorum;
+pub mod serving;
 pub mod term_history;

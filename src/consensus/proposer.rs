@@ -24,6 +24,10 @@ use super::quorum;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
 use crate::id::{NodeId, Ttid};
+
+/// Milliseconds between heartbeats unless configured otherwise; push
+/// connections promise it to the safekeepers (`serving::HEARTBEAT_OPTION`).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
 use crate::lsn::Lsn;
 
 /// Deliberate bugs, switched on only by tests that check the simulation's
@@ -100,7 +104,7 @@ impl ProposerConfig {
             proposer_id: [0; 16],
             create: false,
             recreate: BTreeSet::new(),
-            heartbeat_interval: 1000,
+            heartbeat_interval: DEFAULT_HEARTBEAT_MS,
             commit_tell_delay: 0,
             response_timeout: 10_000,
             election_timeout: 10_000,

@@ -7,6 +7,7 @@
 pub mod primary;
 pub mod safekeepers;
 pub mod session;
+pub mod settle;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,6 +16,10 @@ use crate::consensus::messages::Members;
 use crate::consensus::proposer::Proposer;
 use crate::id::{NodeId, Ttid};
 use crate::pq::client::ConnConfig;
+
+/// What `--sync-only` keeps of its timeout for recording the settle on
+/// each member once the others have had their time.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -74,12 +79,17 @@ pub enum ProxyError {
 
 /// `--sync-only`: make what the safekeepers hold committed and readable
 /// without a primary; retried (each try a new term) for up to `within`.
-pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<crate::lsn::Lsn, ProxyError> {
+/// Members beyond the settled majority are brought along until
+/// [`SETTLE_MARGIN`] before that.
+pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Settled, ProxyError> {
     let deadline = std::time::Instant::now() + within;
+    let others_until = deadline
+        .checked_sub(SETTLE_MARGIN.min(within / 2))
+        .unwrap_or(deadline);
     let mut backoff = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let attempt = tokio::time::timeout(left, session::sync_only(&cfg)).await;
+        let attempt = tokio::time::timeout(left, session::sync_only(&cfg, others_until)).await;
         let attempt = attempt.unwrap_or_else(|_| {
             Err(ProxyError::Retry(format!(
                 "no majority of safekeepers settled within {} s",

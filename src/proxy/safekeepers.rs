@@ -79,14 +79,20 @@ async fn push_connection(
     events: &mpsc::Sender<Event>,
 ) -> Result<(), Ended> {
     let cfg = conn_config(addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
-    let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
-        .await
-        .map_err(|e| {
-            (
-                format!("connecting to safekeeper {node} at {addr}: {e}"),
-                None,
-            )
-        })?;
+    // The push stream promises heartbeats, so a node cut off from this
+    // proxy knows it within seconds (safekeeper::failover).
+    let options = format!(
+        "{} -c {}={}",
+        proposer_options(ttid),
+        crate::consensus::serving::HEARTBEAT_OPTION,
+        crate::consensus::proposer::DEFAULT_HEARTBEAT_MS
+    );
+    let mut client = PgClient::connect(&cfg, true, &options).await.map_err(|e| {
+        (
+            format!("connecting to safekeeper {node} at {addr}: {e}"),
+            None,
+        )
+    })?;
     if let Some((tli, content)) = history {
         let sql = format!("PUT_TIMELINE_HISTORY {tli} '{}'", encode_hex(&content));
         client.simple_query(&sql).await.map_err(|e| {

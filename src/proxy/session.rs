@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::primary::{self, PrimaryStream};
 use super::safekeepers;
+use super::settle::{self, Reach, Settled};
 use super::{Config, OperatorActs, ProxyError};
 use crate::consensus::messages::{AcceptorMessage, ProposerMessage, ServerInfo};
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
@@ -120,6 +121,9 @@ struct Session<'a> {
     /// With --sync-only: members whose AppendResponse shows the commit of
     /// term_start_lsn persisted.
     settled: BTreeSet<NodeId>,
+    /// With --sync-only: until when members beyond the settled majority
+    /// are brought along.
+    others_until: Option<Instant>,
     acks: AckLatency,
     /// Members reported as lacking the timeline in this session.
     lacking: BTreeSet<NodeId>,
@@ -266,8 +270,9 @@ const REWIND: &str = "rewinding:";
 
 /// `--sync-only`: elect without a primary, bring a majority to
 /// term_start_lsn, commit it, and wait until that majority has persisted
-/// the commit LSN. Returns that LSN.
-pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
+/// the commit LSN; then keep bringing the other reachable members to it
+/// until `others_until`. Every member that got there records the settle.
+pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, ProxyError> {
     let mut last_err = String::new();
     let mut info = None;
     for (node, addr) in &cfg.members {
@@ -295,6 +300,7 @@ pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
         Lsn::MAX,
         None,
     );
+    s.others_until = Some(others_until);
     let lsn = match s.main_loop(&mut primary_rx).await? {
         Some(lsn) => lsn,
         None => return Err(ProxyError::Retry("sync ended without a result".into())),
@@ -302,24 +308,38 @@ pub async fn sync_only(cfg: &Config) -> Result<Lsn, ProxyError> {
     let Some((term, _)) = s.term_start else {
         return Err(ProxyError::Retry("sync ended without a term".into()));
     };
-    // Tell the settled majority, so each records it durably (consumer
+    // Tell every settled member, so each records it durably (consumer
     // fail-over and whole-cluster recovery ask for it).
-    let mut told = 0;
+    let mut nodes = BTreeSet::new();
     for node in &s.settled {
         let Some(addr) = cfg.members.get(node) else {
             continue;
         };
         match safekeepers::settle(addr, cfg.ttid, term, lsn).await {
-            Ok(()) => told += 1,
+            Ok(()) => {
+                nodes.insert(*node);
+            }
             Err(e) => tracing::warn!(node = node.0, "could not record the settle: {e}"),
         }
     }
-    if told <= cfg.members.len() / 2 {
+    if !crate::consensus::quorum::is_majority(nodes.len(), cfg.members.len()) {
         return Err(ProxyError::Retry(format!(
-            "only {told} safekeepers recorded the settle of {lsn} in term {term}; a majority must"
+            "only {} safekeepers recorded the settle of {lsn} in term {term}; a majority must",
+            nodes.len()
         )));
     }
-    Ok(lsn)
+    let not_settled = cfg
+        .members
+        .keys()
+        .filter(|n| !nodes.contains(n))
+        .copied()
+        .collect();
+    Ok(Settled {
+        lsn,
+        term,
+        nodes,
+        not_settled,
+    })
 }
 
 impl<'a> Session<'a> {
@@ -363,6 +383,7 @@ impl<'a> Session<'a> {
             election_started: false,
             term_start: None,
             settled: BTreeSet::new(),
+            others_until: None,
             acks: AckLatency::new(),
             lacking: BTreeSet::new(),
         }
@@ -397,11 +418,27 @@ impl<'a> Session<'a> {
             }
             if self.cfg.sync_only {
                 if let Some((_, t)) = self.term_start {
-                    if self.settled.len() > self.cfg.members.len() / 2 {
+                    let reach: Vec<Reach> =
+                        self.cfg.members.keys().map(|n| self.reach(*n)).collect();
+                    let others_due = self.others_until.is_some_and(|u| Instant::now() >= u);
+                    if settle::done(&reach, others_due) {
                         return Ok(Some(t));
                     }
                 }
             }
+        }
+    }
+
+    /// With --sync-only: whether `node` is settled, or may still be.
+    fn reach(&self, node: NodeId) -> Reach {
+        if self.settled.contains(&node) {
+            Reach::Settled
+        } else if self.conns.contains_key(&node)
+            || (self.dialing.get(&node) == Some(&true) && !self.redial_at.contains_key(&node))
+        {
+            Reach::Reachable
+        } else {
+            Reach::Unreachable
         }
     }
 

@@ -197,7 +197,8 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 .await?;
                 return Ok(true);
             }
-            wal_push::serve(shared, conn, client.peer).await?;
+            let heartbeats = super::failover::promises_heartbeats(&client.params);
+            wal_push::serve(shared, conn, client.peer, heartbeats).await?;
             return Ok(false);
         }
         ReplicationCommand::Show { name } => {

@@ -1,22 +1,38 @@
 //! When a consumer should be sent to another safekeeper (DESIGN.md,
 //! "Serving WAL", fail-over). libpq tries the next host of a multi-host
 //! conninfo only on a failed connection or SQLSTATE 57P03 before
-//! authentication, so a node that may be missing committed WAL says so then.
+//! authentication, so a node that may be missing committed WAL says so then,
+//! and ends a stream already open on it the same way.
 //!
-//! Refused: a node that knows it is behind (its flush LSN is below the commit
-//! LSN a proposer told it), and a node that has lost its proposer (no push
-//! stream open and no message for 3 s) unless the last `--sync-only` settled
-//! it (the durable `settled_term`/`settled_lsn` of the timeline state).
-//! Proposer liveness is kept in memory per timeline.
+//! The decision is `consensus::serving::may_serve`; this module keeps what
+//! it needs to know of the proposer, in memory per timeline: whether a push
+//! stream is open and still talking, and the commit it told along with WAL.
+//! A proposer that promises heartbeats (startup option
+//! `walkeeper.heartbeat_ms`, at most 1000: the proxy sends an append at
+//! least every second) is held to it: once its stream has been silent for
+//! [`PROPOSER_SILENCE`] the node no longer counts as following it, so a
+//! node cut off from the proxy stops serving within that bound even while
+//! the TCP connection looks open. A push stream without the promise (a test
+//! client, a tool) counts while it is open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::consensus::serving::{may_serve, Contact, HEARTBEAT_OPTION};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
 
 pub const PROPOSER_SILENCE: Duration = Duration::from_secs(3);
+
+/// Whether a push connection promised heartbeats often enough for
+/// [`PROPOSER_SILENCE`] to mean it is gone.
+pub fn promises_heartbeats(params: &crate::pq::connection::StartupParams) -> bool {
+    params
+        .option(HEARTBEAT_OPTION)
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|ms| ms > 0 && ms <= 1000)
+}
 
 #[derive(Debug, Clone)]
 struct Heard {
@@ -26,6 +42,8 @@ struct Heard {
     /// This node's flush LSN right after the last proposer message.
     flush: Lsn,
     open_streams: u32,
+    /// An open stream promised heartbeats ([`HEARTBEAT_OPTION`]).
+    heartbeats: bool,
 }
 
 #[derive(Default)]
@@ -46,6 +64,9 @@ impl Drop for Stream {
         if let Some(h) = map.get_mut(&self.ttid) {
             h.open_streams = h.open_streams.saturating_sub(1);
             h.at = Instant::now();
+            if h.open_streams == 0 {
+                h.heartbeats = false;
+            }
         }
     }
 }
@@ -55,16 +76,19 @@ impl ProposerLiveness {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn stream(self: &Arc<Self>, ttid: Ttid) -> Stream {
+    /// A push stream opened; `heartbeats`: it promised them.
+    pub fn stream(self: &Arc<Self>, ttid: Ttid, heartbeats: bool) -> Stream {
         let mut map = self.lock();
         let h = map.entry(ttid).or_insert_with(|| Heard {
             at: Instant::now(),
             told_commit: Lsn::INVALID,
             flush: Lsn::INVALID,
             open_streams: 0,
+            heartbeats: false,
         });
         h.open_streams += 1;
         h.at = Instant::now();
+        h.heartbeats |= heartbeats;
         Stream {
             liveness: self.clone(),
             ttid,
@@ -84,44 +108,39 @@ impl ProposerLiveness {
         }
     }
 
-    /// Why a consumer of `ttid` should go elsewhere, if it should.
-    /// `settled`: the last `--sync-only` left this node holding its commit.
-    pub fn refusal(&self, ttid: Ttid, settled: bool) -> Option<String> {
+    /// What this node knows of the proposer of `ttid` now. Nothing heard
+    /// since this daemon started: no live proposer.
+    pub fn contact(&self, ttid: Ttid) -> Contact {
         let map = self.lock();
-        // Nothing heard since this daemon started: nothing known to be
-        // missing, and a restarted node must serve a --sync-only'd cluster
-        // with no proposer left.
-        let h = map.get(&ttid)?;
-        if h.flush < h.told_commit {
-            return Some(format!(
-                "the database system is not yet accepting connections: this safekeeper is behind on timeline {ttid} (flush {} < commit {}); try another one",
-                h.flush, h.told_commit
-            ));
+        let Some(h) = map.get(&ttid) else {
+            return Contact::default();
+        };
+        Contact {
+            live: h.open_streams > 0 && !(h.heartbeats && h.at.elapsed() >= PROPOSER_SILENCE),
+            told_commit: h.told_commit,
+            flush: h.flush,
         }
-        if h.open_streams == 0 && h.at.elapsed() >= PROPOSER_SILENCE && !settled {
-            return Some(format!(
-                "the database system is not yet accepting connections: this safekeeper has heard no proposer for timeline {ttid} for {} s and may be missing committed WAL; try another one",
-                h.at.elapsed().as_secs()
-            ));
-        }
-        None
     }
 }
 
-/// Why a consumer of `t` should try another safekeeper, if it should.
+/// Why a consumer of `t` should try another safekeeper, if it should. A
+/// checkpoint served as such (restored, not in whole-cluster recovery) is
+/// no cluster member and serves what it holds.
 pub fn refusal(shared: &super::Shared, t: &super::timelines::Timeline) -> Option<String> {
-    let settled = t
-        .durable()
-        .borrow()
-        .as_ref()
-        .is_some_and(|s| settled_by_sync_only(s));
-    shared.liveness.refusal(t.ttid, settled)
-}
-
-/// The last proposer this node followed was a `--sync-only` that counted it
-/// in its settled majority (no later term since), and it holds that commit.
-fn settled_by_sync_only(s: &crate::consensus::acceptor::TimelineState) -> bool {
-    s.settled_lsn.is_valid() && s.settled_term == s.term && s.flush_lsn >= s.settled_lsn
+    if shared.acceptor_refusal().is_some() {
+        return None;
+    }
+    let durable = t.durable();
+    let state = durable.borrow();
+    let state = state.as_ref()?;
+    may_serve(state, &shared.liveness.contact(t.ttid))
+        .err()
+        .map(|why| {
+            format!(
+                "the database system is not yet accepting connections: timeline {}: {why}; try another safekeeper",
+                t.ttid
+            )
+        })
 }
 
 #[cfg(test)]
@@ -129,17 +148,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_that_knows_it_is_behind_is_refused() {
+    fn contact_follows_streams_and_their_heartbeats() {
         let l = Arc::new(ProposerLiveness::default());
         let t = Ttid::default();
-        assert!(l.refusal(t, false).is_none());
-        let s = l.stream(t);
+        assert_eq!(l.contact(t), Contact::default());
+        let s = l.stream(t, true);
         l.heard(t, Some(Lsn(100)), Lsn(50));
-        assert!(l.refusal(t, false).unwrap().contains("behind"));
-        l.heard(t, Some(Lsn(90)), Lsn(120));
-        assert!(l.refusal(t, false).is_none());
+        let c = l.contact(t);
+        assert!(c.live);
+        assert_eq!((c.told_commit, c.flush), (Lsn(100), Lsn(50)));
+        l.heard(t, None, Lsn(120));
+        assert!(l.contact(t).live, "heard just now");
+        // A stream that promised heartbeats, gone silent, no longer counts.
+        l.lock().get_mut(&t).unwrap().at = Instant::now() - PROPOSER_SILENCE;
+        assert!(!l.contact(t).live);
         drop(s);
-        // Lost its proposer, but only just.
-        assert!(l.refusal(t, false).is_none());
+        assert!(!l.contact(t).live, "no stream open");
+        // A stream without the promise counts while it is open.
+        let _s = l.stream(t, false);
+        l.lock().get_mut(&t).unwrap().at = Instant::now() - PROPOSER_SILENCE;
+        assert!(l.contact(t).live);
     }
 }

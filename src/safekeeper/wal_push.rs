@@ -38,6 +38,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     conn: &mut PqConnection<S>,
     peer: std::net::SocketAddr,
+    heartbeats: bool,
 ) -> Result<(), PqError> {
     let _counted = super::Connected::new(&shared.proposers);
     conn.write_message(&BeMessage::CopyBothResponse)?;
@@ -94,7 +95,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // was queued must not wait for someone else to write it.
                 let mut lead = Lead { writer: shared.timelines.writer(), queued: false };
                 let ended = loop {
-                    match on_message(shared, conn, peer, &mut timeline, &mut _live, msg?).await? {
+                    match on_message(shared, conn, peer, &mut timeline, &mut _live, heartbeats, msg?).await? {
                         Step::Queued(pending) => {
                             in_flight.push_back(pending);
                             lead.queued = true;
@@ -172,6 +173,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
     peer: std::net::SocketAddr,
     timeline: &mut Option<Arc<Timeline>>,
     live: &mut Option<super::failover::Stream>,
+    heartbeats: bool,
     msg: Option<FeMessage>,
 ) -> Result<Step, PqError> {
     let bytes = match msg {
@@ -217,7 +219,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(pending) => {
             if let Some(t) = timeline.as_ref() {
                 if live.is_none() {
-                    *live = Some(shared.liveness.stream(t.ttid));
+                    *live = Some(shared.liveness.stream(t.ttid, heartbeats));
                 }
                 let told = match &msg {
                     ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),

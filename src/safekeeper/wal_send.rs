@@ -35,6 +35,10 @@ pub const MAX_SEND_SIZE: u64 = 16 * WAL_PAGE_SIZE;
 /// at half of it).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often a waiting consumer's stream asks whether this node may still
+/// serve it (`failover::refusal`).
+const SERVING_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The slot a stream reports into; released when the stream ends (the
 /// connection may go on with other commands), as a walsender releases its
 /// slot at the end of START_REPLICATION.
@@ -197,6 +201,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.tick().await;
+    let mut serving_check = tokio::time::interval(SERVING_CHECK_INTERVAL);
     loop {
         if let Some(term) = req.recovery_term {
             if let Err((_, msg)) = check_recovery_term(&state, term) {
@@ -265,6 +270,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             continue;
         }
+        if !recovery {
+            if let Some(why) = super::failover::refusal(shared, &timeline) {
+                // Waiting here would hold the consumer on a commit this node
+                // is not known to hold: hand it to the next host.
+                tracing::info!(timeline = %timeline.ttid, peer = %client.peer, at = %pos, "consumer sent elsewhere: {why}");
+                conn.send_fatal(sqlstate::CANNOT_CONNECT_NOW, &why).await?;
+                return Ok(false);
+            }
+        }
         tokio::select! {
             changed = durable.changed() => {
                 if changed.is_err() {
@@ -282,6 +296,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             _ = keepalive.tick() => {
                 send_keepalive(conn, limit, false).await?;
             }
+            // Proposer silence is a matter of time: look again.
+            _ = serving_check.tick(), if !recovery => {}
             _ = shutdown.changed() => {
                 conn.send_fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection due to administrator command").await?;
                 return Ok(false);

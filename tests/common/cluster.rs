@@ -79,15 +79,28 @@ impl Cluster {
     /// `safekeeper-proxy --sync-only` over the cluster's safekeepers: the
     /// LSN it settled them at.
     pub fn sync_only(&self) -> Lsn {
+        self.sync_only_report().0
+    }
+
+    /// `--sync-only`: the LSN, and its report of which members it settled
+    /// (stderr, `settled at … : nodes …; not settled: …`).
+    pub fn sync_only_report(&self) -> (Lsn, String) {
         let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
             .arg("--sync-only")
             .arg("--safekeepers")
             .arg(member_list(&self.sks))
             .args(["--sync-timeout", "60"]));
         assert!(ok, "--sync-only failed: {err}");
-        out.trim()
+        let lsn = out
+            .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("not an LSN: {out:?}"))
+            .unwrap_or_else(|_| panic!("not an LSN: {out:?}"));
+        let report = err
+            .lines()
+            .find(|l| l.starts_with("safekeeper-proxy: settled at"))
+            .unwrap_or_default()
+            .to_string();
+        (lsn, report)
     }
 
     pub fn wait_sync(&self) {
@@ -182,4 +195,70 @@ pub fn pgbench_ok(child: Child) -> u64 {
         .and_then(|n| n.split('/').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no transaction count in: {text}"))
+}
+
+/// Ledger clients on the primary: each row the primary acknowledged is
+/// recorded, until `stop`.
+pub struct Ledger {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ledger {
+    pub fn start(port: u16) -> Ledger {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let ok = pg::psql(port, &format!("INSERT INTO ledger VALUES ({i})"))
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                if ok {
+                    a.lock().unwrap().push(i);
+                }
+            }
+        });
+        Ledger {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every row acknowledged so far.
+    pub fn acked(&self) -> Vec<i32> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Wait until `n` rows more than now are acknowledged.
+    pub fn wait_more(&self, n: usize) {
+        let want = self.count() + n;
+        wait_for(Duration::from_secs(60), "ledger commits", || {
+            (self.count() >= want).then_some(())
+        });
+    }
+
+    /// Stop the clients; every acknowledged row.
+    pub fn stop(mut self) -> Vec<i32> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

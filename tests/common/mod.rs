@@ -513,6 +513,18 @@ impl Proxy {
         members: &[&Safekeeper],
         extra: &[&str],
     ) -> Proxy {
+        let list = member_list(members.iter().copied());
+        Proxy::start_listing(log_dir, name, primary_port, &list, extra)
+    }
+
+    /// A proxy given `--safekeepers list` as is (`id@address,…`).
+    pub fn start_listing(
+        log_dir: &Path,
+        name: &str,
+        primary_port: u16,
+        list: &str,
+        extra: &[&str],
+    ) -> Proxy {
         let log = log_dir.join(format!("{name}.log"));
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -523,7 +535,7 @@ impl Proxy {
             .arg("--primary")
             .arg(format!("host=127.0.0.1 port={primary_port} user=postgres"))
             .arg("--safekeepers")
-            .arg(member_list(members.iter().copied()))
+            .arg(list)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

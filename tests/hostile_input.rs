@@ -86,9 +86,10 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     assert_eq!(refused(&mut c), "42704");
     serves(&sk, 0xc1, 1, 100_000);
 
-    // 2. An Elected whose term history fits the message but not, with the
-    // rest of the state, the store.
-    let n = 65_000u64;
+    // 2. An Elected whose term history fills the message body (a term and
+    // an LSN per entry, after term, start_streaming_at and the count): with
+    // the rest of the state it is more than the store can encode.
+    let n = (MAX_STRUCT_SIZE - 24) / 16;
     let mut c = RawClient::proposer(sk.pg_addr);
     assert_eq!(greet(&mut c, greeting_of(0xb1, true)).term, 0);
     c.send(&ProposerMessage::VoteRequest(VoteRequest { term: n }));

@@ -28,9 +28,9 @@ pub const MAX_APPEND_WAL: usize = 1 << 20;
 /// it is decoded.
 pub const MAX_MESSAGE_SIZE: usize = MAX_APPEND_WAL + 64 * 1024;
 
-/// Limit for the bincode part of a message or stored value (term histories
-/// and member maps are small).
-const MAX_STRUCT_SIZE: u64 = 1 << 20;
+/// Limit for the bincode part of a message or stored value. What the
+/// acceptor stores is kept within it by `consensus::limits`.
+pub const MAX_STRUCT_SIZE: u64 = 1 << 20;
 
 const TAG_GREETING: u8 = b'g';
 const TAG_VOTE_REQUEST: u8 = b'v';
@@ -51,6 +51,8 @@ pub enum CodecError {
     TooLarge(usize),
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+    #[error("{what} cannot be stored: {detail}")]
+    Unencodable { what: &'static str, detail: String },
     #[error("{what} has format version {found}, this build knows {known}")]
     UnknownVersion {
         what: &'static str,
@@ -66,15 +68,31 @@ fn opts() -> impl Options {
         .with_limit(MAX_STRUCT_SIZE)
 }
 
+/// A message body. Encoded without the size limit: a message too large for
+/// its peer is refused by the peer's decoder, never a panic here.
 fn body<T: Serialize>(out: &mut BytesMut, v: &T) {
-    // Serialising our own plain structs into memory cannot fail.
+    // Serialising our own plain structs (fixed-width integers, strings,
+    // vectors and maps, all of known length) into memory with no size limit
+    // cannot fail.
     let bytes = opts()
+        .with_no_limit()
         .serialize(v)
-        .expect("bincode serialises plain structs");
+        .expect("bincode serialises plain structs without a size limit");
     out.put_slice(&bytes);
 }
 
 fn parse<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+    // bincode ignores the size limit when it reads from a slice (the slice
+    // bounds what it can allocate): the limit on bodies is checked here.
+    if bytes.len() as u64 > MAX_STRUCT_SIZE {
+        return Err(CodecError::Malformed {
+            what,
+            detail: format!(
+                "{} bytes, above the limit of {MAX_STRUCT_SIZE}",
+                bytes.len()
+            ),
+        });
+    }
     opts()
         .reject_trailing_bytes()
         .deserialize(bytes)
@@ -235,11 +253,20 @@ pub trait Versioned: Serialize + DeserializeOwned {
     const FORMAT_VERSION: u16;
 }
 
-pub fn encode_stored<T: Versioned>(value: &T) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    out.put_u16(T::FORMAT_VERSION);
-    body(&mut out, value);
-    out.to_vec()
+/// A stored value, or an error when it exceeds [`MAX_STRUCT_SIZE`] (the
+/// limit `decode_stored` reads back with): an error of the write that
+/// carries it, never a panic of the thread that writes.
+pub fn encode_stored<T: Versioned>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = opts()
+        .serialize(value)
+        .map_err(|e| CodecError::Unencodable {
+            what: T::WHAT,
+            detail: e.to_string(),
+        })?;
+    let mut out = Vec::with_capacity(2 + bytes.len());
+    out.extend_from_slice(&T::FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(out)
 }
 
 pub fn decode_stored<T: Versioned>(bytes: &[u8]) -> Result<T, CodecError> {
@@ -472,7 +499,7 @@ mod tests {
             a: 1,
             b: "x".into(),
         };
-        let bytes = encode_stored(&v);
+        let bytes = encode_stored(&v).unwrap();
         assert_eq!(&bytes[..2], &[0, 3]);
         assert_eq!(decode_stored::<Sample>(&bytes).unwrap(), v);
         let mut other = bytes.clone();
@@ -487,5 +514,32 @@ mod tests {
         ));
         assert!(decode_stored::<Sample>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_stored::<Sample>(&[0]).is_err());
+    }
+
+    #[test]
+    fn a_value_above_the_store_limit_is_an_error_not_a_panic() {
+        let fits = Sample {
+            a: 1,
+            b: "x".repeat(MAX_STRUCT_SIZE as usize - 16),
+        };
+        let bytes = encode_stored(&fits).unwrap();
+        assert_eq!(decode_stored::<Sample>(&bytes).unwrap(), fits);
+        let big = Sample {
+            a: 1,
+            b: "x".repeat(MAX_STRUCT_SIZE as usize),
+        };
+        assert!(matches!(
+            encode_stored(&big),
+            Err(CodecError::Unencodable { what: "sample", .. })
+        ));
+    }
+
+    #[test]
+    fn a_message_above_the_limit_encodes_and_its_peer_refuses_it() {
+        let mut g = greeting();
+        g.members
+            .insert(NodeId(3), "h".repeat(MAX_STRUCT_SIZE as usize));
+        let bytes = encode_proposer_message(&ProposerMessage::Greeting(g));
+        assert!(decode_proposer_message(&bytes).is_err());
     }
 }

@@ -4,9 +4,12 @@
 //! synced.
 
 use bytes::Bytes;
-use walkeeper::codec::PROTOCOL_VERSION;
+use walkeeper::codec::{encode_stored, PROTOCOL_VERSION};
 use walkeeper::consensus::acceptor::{
-    term_lsn, trim_point, Acceptor, Effects, Event, Refusal, Write,
+    decode_timeline_state, term_lsn, trim_point, Acceptor, Effects, Event, Refusal, Write,
+};
+use walkeeper::consensus::limits::{
+    MAX_MEMBERS, MAX_MEMBER_ADDRESS_LEN, MAX_TERM_HISTORY, MAX_TERM_JUMP,
 };
 use walkeeper::consensus::messages::*;
 use walkeeper::consensus::term_history::TermHistory;
@@ -606,4 +609,102 @@ fn a_reseed_restarts_the_log_beyond_flush_after_elected() {
     let r = node.append(2, far, b"new", far).unwrap();
     assert_eq!(r.flush_lsn, Lsn(far + 3));
     assert_eq!(node.wal(far, far + 3), b"new");
+}
+
+/// A greeting for `n` members with addresses of `len` bytes.
+fn greeting_with_members(n: u64, len: usize, create: bool) -> Greeting {
+    let mut g = greeting(create);
+    g.members = (1..=n).map(|i| (NodeId(i), "h".repeat(len))).collect();
+    g
+}
+
+/// A history of `len` entries ending with `last`, all starting at START.
+fn long_history(len: u64, last: u64) -> Vec<(u64, u64)> {
+    (last + 1 - len..=last).map(|t| (t, START)).collect()
+}
+
+/// Every stored value enters through a message: a member map or a term
+/// history beyond `consensus::limits` is refused before anything is
+/// written, so no state the acceptor builds is too large for the store.
+/// One at every limit at once still encodes, and reads back.
+#[test]
+fn members_and_histories_beyond_the_limits_are_refused_before_anything_is_stored() {
+    let too_many = greeting_with_members(MAX_MEMBERS as u64 + 1, 8, true);
+    let too_long = greeting_with_members(3, MAX_MEMBER_ADDRESS_LEN + 1, true);
+    let near_the_message_limit = greeting_with_members(1, (1 << 20) - 200, true);
+    for g in [too_many, too_long, near_the_message_limit] {
+        assert!(matches!(
+            Acceptor::create(NodeId(1), &g),
+            Err(Refusal::TooLarge {
+                message: "Greeting",
+                ..
+            })
+        ));
+        // Nor does an existing timeline answer such a greeting.
+        let mut node = Node::new();
+        assert!(matches!(
+            node.send(ProposerMessage::Greeting(g)),
+            Err(Refusal::TooLarge { .. })
+        ));
+    }
+
+    let g = greeting_with_members(MAX_MEMBERS as u64, MAX_MEMBER_ADDRESS_LEN, true);
+    let mut storage = MemStorage::new();
+    let (acceptor, effects) = Acceptor::create(NodeId(1), &g).unwrap();
+    storage.write(ttid(), &effects.writes).unwrap();
+    storage.sync().unwrap();
+    let mut node = Node { acceptor, storage };
+    let max = MAX_TERM_HISTORY as u64;
+    let term = max + 1;
+    assert!(node.vote(term).granted);
+    assert!(matches!(
+        node.elect(term, START, &long_history(max + 1, term)),
+        Err(Refusal::TooLarge {
+            message: "Elected",
+            ..
+        })
+    ));
+    assert_eq!(node.acceptor.state().term_history, TermHistory::empty());
+    node.elect(term, START, &long_history(max, term)).unwrap();
+    let state = node.acceptor.state();
+    assert_eq!(state.term_history.entries().len(), MAX_TERM_HISTORY);
+    let stored = encode_stored(state).expect("a state at every limit encodes");
+    assert_eq!(&decode_timeline_state(&stored).unwrap(), state);
+}
+
+/// A term moves by at most MAX_TERM_JUMP per vote: an honest proposer asks
+/// for one above what a majority reported, so a larger jump (up to the last
+/// term there is, which no proposer could ever follow) is refused, stores
+/// nothing, and leaves the node voting as before.
+#[test]
+fn a_vote_may_move_the_term_by_at_most_the_jump_limit() {
+    let mut node = Node::new();
+    for term in [u64::MAX, MAX_TERM_JUMP + 1] {
+        let refusal = node
+            .acceptor
+            .handle(&ProposerMessage::VoteRequest(VoteRequest { term }))
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::TermJump {
+                ttid: ttid(),
+                own: 0,
+                proposed: term
+            }
+        );
+    }
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().term, 0);
+    assert!(node.vote(MAX_TERM_JUMP).granted);
+    assert!(node.vote(2 * MAX_TERM_JUMP).granted);
+    assert!(matches!(
+        node.send(ProposerMessage::VoteRequest(VoteRequest { term: u64::MAX })),
+        Err(Refusal::TermJump { .. })
+    ));
+    // A lower term is no jump: denied as ever, with the current term.
+    let v = node.vote(1);
+    assert!(!v.granted);
+    assert_eq!(v.term, 2 * MAX_TERM_JUMP);
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().term, 2 * MAX_TERM_JUMP);
 }

@@ -388,8 +388,12 @@ fn verify_finds_a_gap_and_a_state_contradiction() {
         let raw = db.get_cf(timeline, ttid().key_prefix()).unwrap().unwrap();
         let mut state: TimelineState = decode_stored(&raw).unwrap();
         state.commit_lsn = Lsn(end + 1);
-        db.put_cf(timeline, ttid().key_prefix(), encode_stored(&state))
-            .unwrap();
+        db.put_cf(
+            timeline,
+            ttid().key_prefix(),
+            encode_stored(&state).unwrap(),
+        )
+        .unwrap();
     }
     let v = skctl(&copy, &["verify"]);
     assert_eq!(v.code, 1);

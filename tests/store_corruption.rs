@@ -159,7 +159,7 @@ fn a_chunk_of_another_timeline_is_corrupt_wal() {
         let timeline = db.cf_handle("timeline").unwrap();
         let v = db.get_cf(wal, wal_key(t, BASE)).unwrap().unwrap();
         db.put_cf(wal, wal_key(u, BASE), v).unwrap();
-        let s = walkeeper::codec::encode_stored(&state(u, Lsn(BASE.0 + 500)));
+        let s = walkeeper::codec::encode_stored(&state(u, Lsn(BASE.0 + 500))).unwrap();
         db.put_cf(timeline, u.key_prefix(), s).unwrap();
     }
     let store = RocksStore::open(dir.path()).unwrap();

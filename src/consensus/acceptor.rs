@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{self, LimitExceeded};
 use super::messages::*;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{Versioned, PROTOCOL_VERSION};
@@ -241,6 +242,19 @@ pub enum Refusal {
     },
     #[error("timeline {ttid}: greeting expected first, got {got}")]
     NotGreeted { ttid: Ttid, got: &'static str },
+    /// A value this node could not store (see `consensus::limits`).
+    #[error("timeline {ttid}: {message} refused: {limit}")]
+    TooLarge {
+        ttid: Ttid,
+        message: &'static str,
+        limit: LimitExceeded,
+    },
+    #[error("timeline {ttid}: VoteRequest for term {proposed} refused: this node is in term {own}, and a vote may move it by at most {max} terms", max = limits::MAX_TERM_JUMP)]
+    TermJump {
+        ttid: Ttid,
+        own: Term,
+        proposed: Term,
+    },
 }
 
 /// Deliberate bugs, switched on only by tests that check the simulation's
@@ -280,6 +294,7 @@ impl Acceptor {
             return Err(Refusal::UnknownTimeline(g.ttid));
         }
         check_protocol(g)?;
+        check_greeting_limits(g)?;
         if !g.members.contains_key(&node_id) {
             return Err(Refusal::NotAMember {
                 ttid: g.ttid,
@@ -360,7 +375,7 @@ impl Acceptor {
     pub fn handle(&mut self, msg: &ProposerMessage) -> Result<Effects, Refusal> {
         match msg {
             ProposerMessage::Greeting(g) => self.handle_greeting(g),
-            ProposerMessage::VoteRequest(m) => Ok(self.handle_vote_request(m)),
+            ProposerMessage::VoteRequest(m) => self.handle_vote_request(m),
             ProposerMessage::Elected(m) => self.handle_elected(m),
             ProposerMessage::Append(m) => self.handle_append(m),
             ProposerMessage::Reseed(m) => self.handle_reseed(m),
@@ -372,6 +387,7 @@ impl Acceptor {
         let s = &self.state;
         let ttid = s.ttid;
         check_protocol(g)?;
+        check_greeting_limits(g)?;
         let mismatch = |field: &'static str, stored: String, proposed: String| Refusal::Mismatch {
             ttid,
             field,
@@ -427,7 +443,14 @@ impl Acceptor {
         })
     }
 
-    fn handle_vote_request(&mut self, m: &VoteRequest) -> Effects {
+    fn handle_vote_request(&mut self, m: &VoteRequest) -> Result<Effects, Refusal> {
+        if !limits::is_term_jump_allowed(self.state.term, m.term) {
+            return Err(Refusal::TermJump {
+                ttid: self.state.ttid,
+                own: self.state.term,
+                proposed: m.term,
+            });
+        }
         let mut effects = Effects::default();
         let granted = m.term > self.state.term;
         if granted {
@@ -448,7 +471,7 @@ impl Acceptor {
             term_history: self.state.term_history.up_to(self.state.flush_lsn),
             timeline_start_lsn: self.state.timeline_start_lsn,
         }));
-        effects
+        Ok(effects)
     }
 
     /// The point this node would truncate to for a proposer with `history`.
@@ -471,6 +494,11 @@ impl Acceptor {
                 proposed: m.term,
             });
         }
+        limits::check_history(&m.term_history).map_err(|limit| Refusal::TooLarge {
+            ttid,
+            message: "Elected",
+            limit,
+        })?;
         if !m.term_history.is_well_formed() || m.term_history.last().map(|e| e.term) != Some(m.term)
         {
             return Err(Refusal::BadHistory { ttid, term: m.term });
@@ -699,6 +727,15 @@ fn check_protocol(g: &Greeting) -> Result<(), Refusal> {
         });
     }
     Ok(())
+}
+
+/// A greeting's member map is stored with the timeline: it must fit.
+fn check_greeting_limits(g: &Greeting) -> Result<(), Refusal> {
+    limits::check_members(&g.members).map_err(|limit| Refusal::TooLarge {
+        ttid: g.ttid,
+        message: "Greeting",
+        limit,
+    })
 }
 
 fn members_text(members: &Members) -> String {

@@ -3,6 +3,7 @@
 //! persist and what to send.
 
 pub mod acceptor;
+pub mod limits;
 pub mod messages;
 pub mod proposer;
 pub mod quorum;

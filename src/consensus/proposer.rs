@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use super::limits;
 use super::messages::*;
 use super::quorum;
 use super::term_history::{Term, TermHistory, TermLsn};
@@ -124,6 +125,8 @@ pub enum MembersParseError {
     BadId(String),
     #[error("node id {0} is listed twice")]
     Duplicate(NodeId),
+    #[error("safekeepers: {0}")]
+    Limit(#[from] limits::LimitExceeded),
     #[error("no safekeepers given")]
     Empty,
 }
@@ -151,6 +154,7 @@ pub fn parse_members(spec: &str) -> Result<Members, MembersParseError> {
     if members.is_empty() {
         return Err(MembersParseError::Empty);
     }
+    limits::check_members(&members)?;
     Ok(members)
 }
 
@@ -209,8 +213,12 @@ pub enum Action {
 
 /// Why `push_wal` did not take the WAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("not elected: WAL is accepted only while leading a term")]
-pub struct NotElected;
+pub enum PushError {
+    #[error("not elected: WAL is accepted only while leading a term")]
+    NotElected,
+    #[error("{len} bytes of WAL at {end} would end beyond the last LSN")]
+    PastLastLsn { end: Lsn, len: usize },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
@@ -597,14 +605,22 @@ impl Proposer {
     }
 
     /// New WAL from the primary, continuing at the end of what was pushed.
-    pub fn push_wal(&mut self, wal: &[u8]) -> Result<Vec<Action>, NotElected> {
+    pub fn push_wal(&mut self, wal: &[u8]) -> Result<Vec<Action>, PushError> {
         let Phase::Leading(l) = &mut self.phase else {
-            return Err(NotElected);
+            return Err(PushError::NotElected);
         };
+        // The end comes from a vote (the donor's flush_lsn): checked.
+        let end = l
+            .end_lsn
+            .checked_add(wal.len() as u64)
+            .ok_or(PushError::PastLastLsn {
+                end: l.end_lsn,
+                len: wal.len(),
+            })?;
         if !wal.is_empty() {
             l.buf.push_back((l.end_lsn, Bytes::copy_from_slice(wal)));
         }
-        l.end_lsn = Lsn(l.end_lsn.0 + wal.len() as u64);
+        l.end_lsn = end;
         let mut out = Vec::new();
         let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
         for node in nodes {
@@ -660,6 +676,12 @@ impl Proposer {
             self.drop_conn(node, &mut out);
             return out;
         };
+        if msg.term() == Term::MAX {
+            // No term follows it: counting it would leave this proposer
+            // nothing to campaign for. The other members may elect.
+            self.drop_conn(node, &mut out);
+            return out;
+        }
         self.max_term_seen = self.max_term_seen.max(msg.term());
         if let Some(term) = self.term() {
             if msg.term() > term {
@@ -764,7 +786,9 @@ impl Proposer {
         if !quorum::is_majority(greeted, self.members()) {
             return;
         }
-        let term = self.max_term_seen + 1;
+        let Some(term) = self.max_term_seen.checked_add(1) else {
+            return;
+        };
         self.max_term_seen = term;
         self.phase = Phase::Campaigning {
             term,
@@ -791,6 +815,11 @@ impl Proposer {
             return;
         };
         if asked != term || v.term != term {
+            return;
+        }
+        if limits::check_history(&v.term_history).is_err() {
+            // No acceptor stores a history this long.
+            self.drop_conn(node, out);
             return;
         }
         if let Some(c) = self.conns.get_mut(&node) {
@@ -928,7 +957,7 @@ impl Proposer {
         let Some(conn) = self.conns.get_mut(&node) else {
             return;
         };
-        if !conn.elected || a.flush_lsn > conn.next_lsn {
+        if !conn.elected || a.flush_lsn > conn.next_lsn || a.local_start_lsn > a.flush_lsn {
             // Not an answer this term's stream can produce.
             self.drop_conn(node, out);
             return;
@@ -1081,7 +1110,9 @@ impl Proposer {
                     } else {
                         sources.iter().map(|(_, _, s)| *s).min()
                     };
-                    let Some(start) = start else {
+                    // Bounded by what this proposer can have (nothing a
+                    // source reports lies beyond it).
+                    let Some(start) = start.filter(|s| *s <= l.end_lsn) else {
                         return;
                     };
                     let term = l.term;
@@ -1098,7 +1129,11 @@ impl Proposer {
                     );
                     continue;
                 };
-                let end = Lsn(l.buf_start.min(donor_flush).0.min(next.0 + room));
+                let end = Lsn(l
+                    .buf_start
+                    .min(donor_flush)
+                    .0
+                    .min(next.0.saturating_add(room)));
                 let id = self.next_read_id;
                 self.next_read_id += 1;
                 let term = l.term;
@@ -1115,7 +1150,7 @@ impl Proposer {
                 });
                 return;
             }
-            let end = Lsn(l.end_lsn.0.min(next.0 + room));
+            let end = Lsn(l.end_lsn.0.min(next.0.saturating_add(room)));
             let msg = append(l, next, end, buffered(&l.buf, next, end));
             if let Some(c) = self.conns.get_mut(&node) {
                 c.next_lsn = end;
@@ -1488,7 +1523,7 @@ mod tests {
         assert_eq!(p.leader_view().unwrap().1, Lsn(START));
         let out = p.on_message(NodeId(1), ack(3, START));
         assert_eq!(out, vec![Action::SteppedDown { term: 1, seen: 3 }]);
-        assert_eq!(p.push_wal(b"x"), Err(NotElected));
+        assert_eq!(p.push_wal(b"x"), Err(PushError::NotElected));
         assert_eq!(p.max_term_seen(), 3);
     }
 
@@ -1726,5 +1761,54 @@ mod tests {
         // Wiped again: not re-created by this proposer.
         assert_eq!(p.on_no_timeline(NodeId(3)), vec![lacks(3, false)]);
         assert!(!connect_creates(&mut p, 3));
+    }
+
+    /// An acceptor reporting the last term there is would leave nothing to
+    /// campaign for: its connection is dropped and the others elect.
+    #[test]
+    fn an_acceptor_in_the_last_term_is_dropped_not_followed() {
+        let mut p = proposer(3);
+        p.start_election();
+        let out = greet(&mut p, 1, Term::MAX);
+        assert_eq!(out, vec![Action::Disconnect(NodeId(1))]);
+        greet(&mut p, 2, 5);
+        let out = greet(&mut p, 3, 5);
+        assert!(out.contains(&Action::Send(
+            NodeId(2),
+            ProposerMessage::VoteRequest(VoteRequest { term: 6 })
+        )));
+        assert_eq!(p.max_term_seen(), 6);
+    }
+
+    /// Values from acceptors are checked: a vote history no acceptor can
+    /// store, or a local_start above the flush, drops the connection; a
+    /// donor flush near the end of the LSN space makes pushed WAL an error
+    /// instead of an overflow.
+    #[test]
+    fn impossible_acceptor_values_are_refused() {
+        let mut p = proposer(3);
+        p.start_election();
+        greet(&mut p, 1, 0);
+        greet(&mut p, 2, 0);
+        greet(&mut p, 3, 0);
+        let long: Vec<(Term, u64)> = (1..=limits::MAX_TERM_HISTORY as u64 + 1)
+            .map(|t| (t, START))
+            .collect();
+        let out = p.on_message(NodeId(3), vote(1, START, &long));
+        assert_eq!(out, vec![Action::Disconnect(NodeId(3))]);
+        let last = u64::MAX - 10;
+        p.on_message(NodeId(1), vote(1, last, &[(1, START)]));
+        p.on_message(NodeId(2), vote(1, last, &[(1, START)]));
+        assert_eq!(p.leader_view().unwrap().1, Lsn(last));
+        assert_eq!(
+            p.push_wal(&[0; 20]),
+            Err(PushError::PastLastLsn {
+                end: Lsn(last),
+                len: 20
+            })
+        );
+        p.push_wal(&[0; 10]).unwrap();
+        let out = p.on_message(NodeId(1), ack_holding(1, last, last - 1));
+        assert_eq!(out, vec![Action::Disconnect(NodeId(1))]);
     }
 }

@@ -17,6 +17,7 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const DISK_FULL: &str = "53100";
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const UNDEFINED_FILE: &str = "58P01";
 pub const INTERNAL_ERROR: &str = "XX000";
 pub const DATA_CORRUPTED: &str = "XX001";

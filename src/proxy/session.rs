@@ -798,7 +798,12 @@ impl<'a> Session<'a> {
                 self.primary_pos
             )));
         }
-        let end = Lsn(start.0 + wal.len() as u64);
+        let end = start.checked_add(wal.len() as u64).ok_or_else(|| {
+            ProxyError::Retry(format!(
+                "primary sent {} bytes of WAL at {start}, beyond the last LSN",
+                wal.len()
+            ))
+        })?;
         self.primary_pos = end;
         match &mut self.check {
             Check::NotElected => {

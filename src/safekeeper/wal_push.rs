@@ -309,6 +309,7 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         | HandleError::Refused(Refusal::ProtocolVersion { .. }) => {
             sqlstate::INVALID_PARAMETER_VALUE
         }
+        HandleError::Refused(Refusal::TooLarge { .. }) => sqlstate::PROGRAM_LIMIT_EXCEEDED,
         HandleError::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
         HandleError::Store(e) if e.is_disk_full() => sqlstate::DISK_FULL,
         HandleError::Poisoned { reason, .. } if crate::store::is_disk_full(reason) => {

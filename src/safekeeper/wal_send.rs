@@ -65,15 +65,20 @@ pub struct StartRequest {
 }
 
 /// Where a chunk starting at `pos` ends: at most MAX_SEND_SIZE, cut at a page
-/// boundary unless `limit` (the end of what may be sent) comes first.
+/// boundary unless `limit` (the end of what may be sent) comes first. LSNs
+/// come from proposers: near `Lsn::MAX` the chunk ends there.
 pub fn chunk_end(pos: Lsn, limit: Lsn) -> Lsn {
-    let cap = Lsn(pos.0 + MAX_SEND_SIZE).page_start();
-    let cap = if cap <= pos {
-        Lsn(pos.0 + MAX_SEND_SIZE)
-    } else {
-        cap
+    let Some(far) = pos.checked_add(MAX_SEND_SIZE) else {
+        return limit;
     };
+    let cap = far.page_start();
+    let cap = if cap <= pos { far } else { cap };
     cap.min(limit)
+}
+
+/// The end of a store read from `from`: READ_AHEAD on, but not past `limit`.
+fn read_ahead_end(from: Lsn, limit: Lsn) -> Lsn {
+    limit.min(Lsn(from.0.saturating_add(READ_AHEAD)))
 }
 
 /// Why a request cannot be served, checked before streaming starts.
@@ -216,14 +221,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let limit = send_limit(&state, recovery);
         if pos < limit {
             let end = chunk_end(pos, limit);
-            let held_end = Lsn(read_ahead.0 .0 + read_ahead.1.len() as u64);
+            let held_end = Lsn(read_ahead.0 .0.saturating_add(read_ahead.1.len() as u64));
             if pos < read_ahead.0 || end > held_end {
                 // One store read serves many messages: each read checks the
                 // CRC of every stored chunk it touches (tools/BENCHMARKS.md,
                 // catch-up read).
                 let read = match next_read.take() {
                     Some(r) if r.from == pos && r.to >= end => r,
-                    _ => spawn_read(shared, &timeline, pos, limit.min(Lsn(pos.0 + READ_AHEAD))),
+                    _ => spawn_read(shared, &timeline, pos, read_ahead_end(pos, limit)),
                 };
                 let read_end = read.to;
                 match read.finish().await {
@@ -237,8 +242,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // The next block is read while this one goes out.
                 if read_end < limit {
-                    let next_end = limit.min(Lsn(read_end.0 + READ_AHEAD));
-                    next_read = Some(spawn_read(shared, &timeline, read_end, next_end));
+                    next_read = Some(spawn_read(
+                        shared,
+                        &timeline,
+                        read_end,
+                        read_ahead_end(read_end, limit),
+                    ));
                 }
             }
             let from = (pos.0 - read_ahead.0 .0) as usize;
@@ -511,5 +520,19 @@ mod tests {
         assert_eq!(read_failure(&failed, &state).0, sqlstate::DISK_FULL);
         let failed = StoreError::Failed("EIO".into());
         assert_eq!(read_failure(&failed, &state).0, sqlstate::INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn chunks_and_reads_near_the_end_of_the_lsn_space_do_not_overflow() {
+        for pos in [u64::MAX - MAX_SEND_SIZE, u64::MAX - 100, u64::MAX - 1] {
+            let end = chunk_end(Lsn(pos), Lsn::MAX);
+            assert!(
+                end > Lsn(pos) && end.0 - pos <= MAX_SEND_SIZE,
+                "{pos:x}: {end}"
+            );
+            assert_eq!(chunk_end(Lsn(pos), Lsn(pos + 1)), Lsn(pos + 1));
+            let r = read_ahead_end(Lsn(pos), Lsn::MAX);
+            assert!(r > Lsn(pos) && r.0 - pos <= READ_AHEAD);
+        }
     }
 }

@@ -242,7 +242,8 @@ fn mark_checkpoint(
     let db = store.db();
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    db.put_opt(CHECKPOINT_KEY, encode_stored(&mark), &sync)
+    let encoded = encode_stored(&mark).map_err(|e| failed(dir, e.to_string()))?;
+    db.put_opt(CHECKPOINT_KEY, encoded, &sync)
         .map_err(|e| failed(dir, format!("cannot write the mark: {}", e.into_string())))?;
     Ok(mark)
 }

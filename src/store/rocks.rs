@@ -377,7 +377,7 @@ impl RocksStore {
             .map_err(|e| open_err(path, format!("cannot create RocksDB: {}", e.into_string())))?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id }), &sync)
+        db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id })?, &sync)
             .map_err(|e| {
                 open_err(
                     path,
@@ -810,7 +810,7 @@ fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError>
     }
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id }), &sync)
+    db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id })?, &sync)
         .map_err(|e| {
             open_err(
                 path,
@@ -1070,14 +1070,14 @@ impl Storage for RocksStore {
                     ops.push(Op::Put(
                         CF_TIMELINE,
                         ttid.key_prefix().to_vec(),
-                        encode_stored(&**s),
+                        encode_stored(&**s)?,
                     ));
                 }
                 Write::PutSlot(r) => {
                     ops.push(Op::Put(
                         CF_SLOT,
                         slot_key(ttid, &r.name),
-                        encode_stored(&**r),
+                        encode_stored(&**r)?,
                     ));
                 }
                 Write::DeleteSlot { name } => ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name))),

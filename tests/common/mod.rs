@@ -22,11 +22,22 @@ use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
 use walkeeper::lsn::Lsn;
 
 /// A port nobody listens on right now (the OS picks it).
+/// A port nobody listens on now, and never handed out before by this test
+/// process: the kernel may give a port just released again, so two servers
+/// of one test could otherwise be told the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A safekeeper process; SIGKILLed on drop unless it was stopped.

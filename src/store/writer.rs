@@ -940,10 +940,25 @@ mod tests {
         assert_eq!(h.sum, 15.0);
     }
 
-    /// A writer over a storage whose writes and syncs fail when armed.
-    fn faulty_writer() -> (GroupCommitWriter, crate::store::faulty::SharedFaults) {
+    /// A writer over a storage whose writes and syncs fail when armed, its
+    /// handle, the switches, and two timelines (the first one's state
+    /// written and synced).
+    async fn faulty_writer() -> (
+        GroupCommitWriter,
+        WriterHandle,
+        crate::store::faulty::SharedFaults,
+        Ttid,
+        Ttid,
+    ) {
         let (storage, faults) = crate::store::faulty::FaultyStorage::new(MemStorage::new());
-        (GroupCommitWriter::start(storage), faults)
+        let writer = GroupCommitWriter::start(storage);
+        let h = writer.handle();
+        let t1 = Ttid::default();
+        let t2 = Ttid::new(crate::id::TenantId([7; 16]), crate::id::TimelineId([7; 16]));
+        h.write(t1, vec![Write::PutState(state_of(t1))])
+            .await
+            .unwrap();
+        (writer, h, faults, t1, t2)
     }
 
     fn state_of(ttid: Ttid) -> Box<TimelineState> {
@@ -963,15 +978,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_failed_sync_nothing_more_is_acknowledged_on_any_timeline() {
-        let (writer, faults) = faulty_writer();
-        let h = writer.handle();
-        let (t1, t2) = (
-            Ttid::default(),
-            Ttid::new(crate::id::TenantId([7; 16]), crate::id::TimelineId([7; 16])),
-        );
-        h.write(t1, vec![Write::PutState(state_of(t1))])
-            .await
-            .unwrap();
+        let (writer, h, faults, t1, t2) = faulty_writer().await;
         faults.lock().unwrap().fail_next_sync();
         let failed = h.write(t1, vec![Write::PutState(state_of(t1))]).await;
         assert!(failed.is_err());
@@ -999,15 +1006,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_failed_staging_the_rest_of_that_timeline_fails() {
-        let (writer, faults) = faulty_writer();
-        let h = writer.handle();
-        let (t1, t2) = (
-            Ttid::default(),
-            Ttid::new(crate::id::TenantId([7; 16]), crate::id::TimelineId([7; 16])),
-        );
-        h.write(t1, vec![Write::PutState(state_of(t1))])
-            .await
-            .unwrap();
+        let (writer, h, faults, t1, t2) = faulty_writer().await;
         faults.lock().unwrap().fail_next_write();
         // A truncation (an Elected) whose staging fails, then the new
         // term's first append of the same timeline, and another timeline's

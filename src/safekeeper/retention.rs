@@ -394,28 +394,9 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::acceptor::Acceptor;
-    use crate::consensus::messages::{Greeting, ServerInfo};
-    use crate::id::NodeId;
-
-    const SEG: u32 = 1 << 24;
 
     fn state(commit: u64, peer: u64, slot: u64) -> TimelineState {
-        let g = Greeting {
-            protocol_version: crate::codec::PROTOCOL_VERSION,
-            ttid: Ttid::default(),
-            server: ServerInfo {
-                system_id: 1,
-                pg_version: 150000,
-                wal_seg_size: SEG,
-                tli: 1,
-            },
-            timeline_start_lsn: Lsn(SEG as u64),
-            members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
-            proposer_id: [0; 16],
-            create: true,
-        };
-        let mut s = Acceptor::create(NodeId(1), &g).unwrap().0.state().clone();
+        let mut s = crate::store::memory::tests_state();
         s.commit_lsn = Lsn(commit);
         s.flush_lsn = Lsn(commit);
         s.peer_horizon_lsn = Lsn(peer);

@@ -28,7 +28,8 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     calm_steps: usize,
     /// Switch on a deliberate bug: accept-append-before-elected,
-    /// donor-ignores-last-log-term, reseed-at-source-flush.
+    /// donor-ignores-last-log-term, reseed-at-source-flush,
+    /// store-unknown-slot-horizon, recovery-read-checks-stale-state.
     #[arg(long)]
     fault: Vec<String>,
     /// Print the last steps before a violation.
@@ -54,6 +55,10 @@ fn main() -> ExitCode {
                 base.proposer_faults.donor_ignores_last_log_term = true
             }
             "reseed-at-source-flush" => base.proposer_faults.reseed_at_source_flush = true,
+            "store-unknown-slot-horizon" => base.acceptor_faults.store_unknown_slot_horizon = true,
+            "recovery-read-checks-stale-state" => {
+                base.acceptor_faults.recovery_read_checks_stale_state = true
+            }
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);

@@ -81,7 +81,7 @@ fn first_violation(limit: u64, set: impl Fn(&mut SimOptions)) -> Option<sim::Vio
 /// committed WAL of a later term. That takes a long chaos phase (a stale
 /// leader feeding one node while a later term commits a shorter log, then
 /// an election without that later term's majority): with 12,000 chaos steps
-/// about 1 seed in 150 shows it, first at seed 812 (3 nodes, 3 proposers);
+/// about 1 seed in 150 shows it, first at seed 344 (3 nodes, 3 proposers);
 /// the test allows up to 2,000 seeds. (With the default 3,000 steps it is
 /// about 1 in 5,000.)
 #[test]
@@ -112,7 +112,7 @@ fn checker_catches_append_before_elected() {
 
 /// A node re-seeded at its source's flush_lsn instead of the lowest LSN a
 /// source still holds skips WAL that may not be committed. First caught at
-/// seed 14 (3 nodes, 3 proposers); the test allows up to 300 seeds.
+/// seed 67 (3 nodes, 3 proposers); the test allows up to 300 seeds.
 #[test]
 fn checker_catches_a_reseed_past_committed_wal() {
     let v = first_violation(300, |o| o.proposer_faults.reseed_at_source_flush = true)
@@ -124,9 +124,8 @@ fn checker_catches_a_reseed_past_committed_wal() {
 /// The slot horizon of every append stored, also an unknown one (a new
 /// term's first appends, before every member answered): nodes forget a
 /// slot on another node and trim past it by the peer horizon. First caught
-/// at seed 13 (3 nodes, 3 proposers), when the proxy is replaced halfway
-/// through the calm phase while the slot's node is down; the test allows
-/// up to 300 seeds.
+/// at seed 1 (3 nodes, 3 proposers), when the proxy restarts in the calm
+/// phase while the slot's node is down; the test allows up to 300 seeds.
 #[test]
 fn checker_catches_a_slot_horizon_forgotten_in_a_new_term() {
     let v = first_violation(300, |o| o.acceptor_faults.store_unknown_slot_horizon = true)

@@ -10,8 +10,8 @@
 //! breach of log safety shows as different bytes.
 //!
 //! A run has a chaos phase and then a calm phase (partitions healed, a
-//! majority up, one proposer, no faults but one replacement of the proxy
-//! while a minority goes down, halfway) in which commits must advance.
+//! majority up, one proposer, no faults but one restart of the proxy while
+//! a minority goes down, a third of the way in) in which commits must advance.
 
 pub mod rng;
 
@@ -222,11 +222,10 @@ struct Sim {
     /// Highest commit a proposer reported in each term.
     committed_in_term: BTreeMap<Term, Lsn>,
     leaders: BTreeMap<Term, (usize, u64)>,
-    /// Nodes that go down halfway through the calm phase.
+    /// Nodes that go down during the calm phase (see `mid_calm`).
     calm_down: Vec<usize>,
-    /// The proposer host of the calm phase, and the one it replaces.
+    /// The proposer host of the calm phase.
     calm_keep: usize,
-    calm_retire: Option<usize>,
     trace: VecDeque<String>,
     out: Outcome,
 }
@@ -362,7 +361,6 @@ impl Sim {
             leaders: BTreeMap::new(),
             calm_down: Vec::new(),
             calm_keep: 0,
-            calm_retire: None,
             trace: VecDeque::new(),
             out: Outcome::default(),
         }
@@ -402,7 +400,8 @@ impl Sim {
                 self.restart_node(n).ok();
             }
         }
-        // At most a minority goes down, halfway through the calm phase.
+        // At most a minority goes down, a third of the way into the calm
+        // phase (see `mid_calm`).
         let down = self
             .rng
             .below((self.nodes.len() - self.majority()) as u64 + 1);
@@ -430,36 +429,21 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    /// Halfway through the calm phase the nodes chosen at its start go
-    /// down, and the operator replaces the proxy: a new one starts (on
-    /// another host if there is one) and the old one is stopped a little
-    /// later. Its term begins with a member it cannot hear from, after
-    /// terms that heard every member: slots there must still hold.
+    /// A third of the way through the calm phase the nodes chosen at its
+    /// start go down and the operator restarts the proxy: its new term begins with
+    /// members it cannot hear from, after terms that heard every member,
+    /// so slots there must still hold.
     fn mid_calm(&mut self, steps_in: usize) {
-        let half = self.opts.calm_steps / 2;
-        let old = self.calm_keep;
-        if steps_in == half {
-            for n in std::mem::take(&mut self.calm_down) {
-                if self.nodes[n].up {
-                    self.crash_node(n);
-                }
-            }
-            self.log(|| "the operator replaces the proxy".into());
-            if self.hosts.len() == 1 {
-                self.stop_proposer(old);
-                return;
-            }
-            let new = (old + 1) % self.hosts.len();
-            self.hosts[new].active = true;
-            self.hosts[new].backoff_until = self.now;
-            self.calm_keep = new;
-            self.calm_retire = Some(old);
-        } else if steps_in == half + half / 5 {
-            if let Some(old) = self.calm_retire.take() {
-                self.stop_proposer(old);
-                self.hosts[old].active = false;
+        if steps_in != self.opts.calm_steps / 3 {
+            return;
+        }
+        for n in std::mem::take(&mut self.calm_down) {
+            if self.nodes[n].up {
+                self.crash_node(n);
             }
         }
+        self.log(|| "the operator restarts the proxy".into());
+        self.stop_proposer(self.calm_keep);
     }
 
     fn step_once(&mut self) -> Check {

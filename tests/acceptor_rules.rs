@@ -538,6 +538,91 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
     );
 }
 
+/// An append carrying horizons (`append_msg` sends none).
+fn with_horizons(m: ProposerMessage, peer: Lsn, slot: Lsn) -> ProposerMessage {
+    match m {
+        ProposerMessage::Append(mut a) => {
+            a.peer_horizon_lsn = peer;
+            a.slot_horizon_lsn = slot;
+            ProposerMessage::Append(a)
+        }
+        other => other,
+    }
+}
+
+/// Horizons are taken only from an append whose peer horizon is valid (the
+/// proposer heard every member in this term, so the slot horizon beside it
+/// covers every member's slots). A new term's first appends know nobody's
+/// slots: the stored horizons stay, and so does the WAL a slot on another,
+/// possibly down, safekeeper needs.
+#[test]
+fn an_unknown_slot_horizon_keeps_the_stored_one() {
+    let mut node = Node::new();
+    node.vote(1);
+    node.elect(1, START, &[(1, START)]).unwrap();
+    let seg = SEG as u64;
+    let wal = vec![7u8; 2 * seg as usize];
+    let mut pos = START;
+    for piece in wal.chunks(64 << 10) {
+        node.append(1, pos, piece, pos).unwrap();
+        pos += piece.len() as u64;
+    }
+    let end = pos;
+    let slot = Lsn(START + 10);
+    node.send(with_horizons(append_msg(1, end, b"", end), Lsn(end), slot))
+        .unwrap();
+    let s = node.acceptor.state();
+    assert_eq!((s.peer_horizon_lsn, s.slot_horizon_lsn), (Lsn(end), slot));
+    assert_eq!(s.members_horizon(), slot);
+
+    // A new term: its first appends carry unknown horizons.
+    node.vote(2);
+    node.elect(2, end, &[(1, START), (2, end)]).unwrap();
+    node.append(2, end, b"new term", end + 8).unwrap();
+    // A slot horizon without a peer horizon is a partial report: ignored.
+    node.send(with_horizons(
+        append_msg(2, end + 8, b"", end + 8),
+        Lsn::INVALID,
+        Lsn(end),
+    ))
+    .unwrap();
+    let s = node.acceptor.state();
+    assert_eq!((s.peer_horizon_lsn, s.slot_horizon_lsn), (Lsn(end), slot));
+    assert_eq!(s.members_horizon(), slot);
+    // Retention keeps the slot's segment.
+    assert_eq!(trim_point(s, s.members_horizon()), Lsn(START));
+
+    // A complete report with no slot anywhere lets the WAL go.
+    node.send(with_horizons(
+        append_msg(2, end + 8, b"", end + 8),
+        Lsn(end + 8),
+        Lsn::INVALID,
+    ))
+    .unwrap();
+    let s = node.acceptor.state();
+    assert_eq!(s.slot_horizon_lsn, Lsn::INVALID);
+    assert_eq!(s.members_horizon(), Lsn(end + 8));
+    assert_eq!(trim_point(s, s.members_horizon()), Lsn(START + 2 * seg));
+}
+
+/// A recovery read in term N is served only while both the node's term and
+/// its last log term are N.
+#[test]
+fn recovery_reads_are_served_only_in_the_term_of_the_last_log_entry() {
+    let mut node = Node::new();
+    node.vote(1);
+    assert!(!node.acceptor.state().serves_recovery_read(1));
+    node.elect(1, START, &[(1, START)]).unwrap();
+    node.append(1, START, b"abcd", START).unwrap();
+    assert!(node.acceptor.state().serves_recovery_read(1));
+    node.vote(2);
+    let s = node.acceptor.state();
+    assert!(!s.serves_recovery_read(1) && !s.serves_recovery_read(2));
+    node.elect(2, START + 2, &[(1, START), (2, START + 2)])
+        .unwrap();
+    assert!(node.acceptor.state().serves_recovery_read(2));
+}
+
 fn reseed(node: &mut Node, term: u64, at: u64) -> Result<AppendResponse, Refusal> {
     let m = Reseed {
         term,

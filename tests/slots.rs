@@ -827,3 +827,92 @@ fn a_safekeeper_down_past_max_wal_keep_is_reseeded_and_serves_again() {
     pg::receive_wal(&out, c.sks[2].pg_addr.port(), first, endpos);
     pg::assert_same_segments(&out, &c.pg.pg_wal(), first..=last_full);
 }
+
+/// A slot on a safekeeper that is down holds its WAL on the others across
+/// new terms. Each new proxy knows nobody's slots until every member has
+/// answered it, so until then the others keep the slot horizon they stored
+/// (rather than trimming to the peer horizon), and a consumer of that slot
+/// that fails over to another safekeeper finds its WAL there.
+#[test]
+fn a_slot_on_a_down_safekeeper_holds_wal_on_the_others_across_new_terms() {
+    if pg::absent() {
+        return;
+    }
+    // No checkpoint may recycle the primary's segments the test compares.
+    let mut c = cluster_with(
+        "max_wal_size = 4GB\ncheckpoint_timeout = 1h\n",
+        &["--wal-retention", "0"],
+    );
+    let seg_of = |l: Lsn| l.segment_number(SEG);
+    c.pg.sql("CREATE TABLE big (i int, pad text)");
+    let fill = |c: &Cluster| {
+        c.pg.sql("INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 20000) g");
+        c.flush_lsn()
+    };
+    repl_sql(
+        &c.sks[2],
+        "CREATE_REPLICATION_SLOT \"away\" PHYSICAL (RESERVE_WAL)",
+    )
+    .unwrap();
+    let reserved = slot_lsn(&c.sks[2], "away").expect("a reserved slot");
+    // WAL well past the slot's segment, held by every member: the peer
+    // horizon passes that segment, and only the slot keeps it.
+    fill(&c);
+    let end = fill(&c);
+    assert!(seg_of(end) > seg_of(reserved) + 1, "{reserved} {end}");
+    for sk in &c.sks {
+        wait_for(
+            Duration::from_secs(60),
+            "the slot horizon, and the peer horizon past the slot's segment",
+            || {
+                held(sk).filter(|h| {
+                    h.slot_horizon == reserved && seg_of(h.peer_horizon) > seg_of(reserved)
+                })
+            },
+        );
+    }
+    c.sks[2].kill9();
+
+    // Two new terms while its safekeeper is down.
+    for proxy in ["proxy2", "proxy3"] {
+        c.proxy = None;
+        c.start_proxy(proxy, &[]);
+        c.wait_sync();
+        let end = fill(&c);
+        for sk in &c.sks[..2] {
+            wait_for(
+                Duration::from_secs(60),
+                "the new term's WAL to be committed",
+                || held(sk).filter(|h| h.commit >= end),
+            );
+        }
+        // The retention task runs every second: watch several passes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            for sk in &c.sks[..2] {
+                let h = held(sk).unwrap();
+                assert!(
+                    h.local_start <= reserved && h.slot_horizon == reserved,
+                    "node {} under {proxy}: trimmed or forgot the slot at {reserved} on the down node: {h:?}",
+                    sk.node_id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // The slot's consumer fails over to safekeeper 1: from the slot's
+    // segment through a segment switch, byte-identical to the primary's.
+    c.pg.sql("SELECT pg_switch_wal()");
+    c.pg.sql("INSERT INTO big VALUES (0, 'end')");
+    let end = c.flush_lsn();
+    wait_for(Duration::from_secs(60), "safekeeper 1 to commit", || {
+        held(&c.sks[0]).filter(|h| h.commit >= end)
+    });
+    let first = seg_of(reserved);
+    let last_full = seg_of(end) - 1;
+    let out = pg::postgres_dir(c.dir.path(), "receivewal");
+    let endpos = Lsn((last_full + 1) * SEG as u64 - 1);
+    pg::receive_wal(&out, c.sks[0].pg_addr.port(), first, endpos);
+    pg::assert_same_segments(&out, &c.pg.pg_wal(), first..=last_full);
+}

@@ -107,6 +107,29 @@ impl TimelineState {
     pub fn last_log_term(&self) -> Term {
         self.term_history.last_log_term(self.flush_lsn)
     }
+
+    /// Whether this node may serve a proposer's recovery read in `term`:
+    /// only then is the WAL it holds exactly that term's leader's log. The
+    /// check must see every write the read can see: a store read includes
+    /// staged writes, so the daemon checks again, on the acceptor's current
+    /// state (every write issued so far), after each read.
+    pub fn serves_recovery_read(&self, term: Term) -> bool {
+        self.term == term && self.last_log_term() == term
+    }
+
+    /// The lowest LSN another member may still need from this node, by the
+    /// proposer's last report that covered every member: min(peer horizon,
+    /// slot horizon). Before any such report, everything held here.
+    pub fn members_horizon(&self) -> Lsn {
+        if !self.peer_horizon_lsn.is_valid() {
+            return self.local_start_lsn;
+        }
+        if self.slot_horizon_lsn.is_valid() {
+            self.peer_horizon_lsn.min(self.slot_horizon_lsn)
+        } else {
+            self.peer_horizon_lsn
+        }
+    }
 }
 
 /// A change the acceptor needs made durable, in order.
@@ -263,6 +286,13 @@ pub enum Refusal {
 pub struct AcceptorFaults {
     /// Accept appends in the current term before Elected was processed.
     pub accept_append_before_elected: bool,
+    /// Store the slot horizon of every append, also an unknown one (a new
+    /// term, a member not heard from): the horizon then forgets slots on
+    /// other nodes.
+    pub store_unknown_slot_horizon: bool,
+    /// For the simulation's donors: check a recovery read's term only on the
+    /// durable state before the read, not on the state the read saw.
+    pub recovery_read_checks_stale_state: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -646,11 +676,19 @@ impl Acceptor {
             self.state.commit_lsn = commit;
             changed = true;
         }
-        if m.peer_horizon_lsn.is_valid() && m.peer_horizon_lsn != self.state.peer_horizon_lsn {
+        // The proposer sends a peer horizon only once every member has
+        // answered in this term, and the slot horizon beside it then covers
+        // every member's slots (INVALID: no slot anywhere). Without one the
+        // horizons are unknown and keep their last durable values: a member
+        // not heard from may hold a slot or lag anywhere above them.
+        let covers_every_member = m.peer_horizon_lsn.is_valid();
+        if covers_every_member && m.peer_horizon_lsn != self.state.peer_horizon_lsn {
             self.state.peer_horizon_lsn = m.peer_horizon_lsn;
             changed = true;
         }
-        if m.slot_horizon_lsn != self.state.slot_horizon_lsn {
+        if (covers_every_member || self.faults.store_unknown_slot_horizon)
+            && m.slot_horizon_lsn != self.state.slot_horizon_lsn
+        {
             self.state.slot_horizon_lsn = m.slot_horizon_lsn;
             changed = true;
         }

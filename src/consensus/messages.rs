@@ -74,8 +74,11 @@ pub struct AppendRequest {
     /// Lowest flush LSN among all members, once every member has reported in
     /// this term; `Lsn::INVALID` until then. WAL below it is held by everyone.
     pub peer_horizon_lsn: Lsn,
-    /// Lowest durable consumer slot position across all safekeepers;
-    /// `Lsn::INVALID` when no safekeeper has a slot.
+    /// Lowest durable consumer slot position across all safekeepers, sent
+    /// together with the peer horizon: only with a valid peer horizon does
+    /// it cover every member's slots, and then `Lsn::INVALID` means no
+    /// safekeeper has a slot. With an INVALID peer horizon both are unknown
+    /// and the acceptor keeps the ones it stored last.
     pub slot_horizon_lsn: Lsn,
     /// WAL `[begin_lsn, end_lsn)`; empty for a heartbeat.
     pub wal: Bytes,

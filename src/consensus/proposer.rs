@@ -298,6 +298,8 @@ struct Leader {
     /// First LSN each member still stores, as of its last AppendResponse
     /// (it only grows, so this is never above the truth).
     local_start: BTreeMap<NodeId, Lsn>,
+    /// Each member's lowest durable slot (INVALID: it has none), as of its
+    /// last AppendResponse in this term.
     slot: BTreeMap<NodeId, Lsn>,
     members: Vec<NodeId>,
 }
@@ -1189,32 +1191,39 @@ fn buffered(buf: &VecDeque<(Lsn, Bytes)>, from: Lsn, to: Lsn) -> Bytes {
     out.map(|m| m.freeze()).unwrap_or_default()
 }
 
-/// The peer horizon goes out only once every member acknowledged in this
-/// term: a member not heard from may still need anything.
-fn peer_horizon(l: &Leader) -> Lsn {
-    if !l.members.iter().all(|n| l.flush.contains_key(n)) {
-        return Lsn::INVALID;
+/// The peer and slot horizons, sent together and only once every member
+/// has answered in this term: a member not heard from may still need
+/// anything, and may hold a slot anywhere. Until then both are INVALID
+/// (unknown: acceptors keep the ones they stored last); after, an INVALID
+/// slot horizon beside a valid peer horizon means no member has a slot.
+fn horizons(l: &Leader) -> (Lsn, Lsn) {
+    let heard_all = l
+        .members
+        .iter()
+        .all(|n| l.flush.contains_key(n) && l.slot.contains_key(n));
+    if !heard_all {
+        return (Lsn::INVALID, Lsn::INVALID);
     }
-    l.flush.values().copied().min().unwrap_or(Lsn::INVALID)
-}
-
-fn slot_horizon(l: &Leader) -> Lsn {
-    l.slot
+    let peer = l.flush.values().copied().min().unwrap_or(Lsn::INVALID);
+    let slot = l
+        .slot
         .values()
         .copied()
         .filter(|s| s.is_valid())
         .min()
-        .unwrap_or(Lsn::INVALID)
+        .unwrap_or(Lsn::INVALID);
+    (peer, slot)
 }
 
 fn append(l: &Leader, begin: Lsn, end: Lsn, wal: Bytes) -> ProposerMessage {
+    let (peer_horizon_lsn, slot_horizon_lsn) = horizons(l);
     ProposerMessage::Append(AppendRequest {
         term: l.term,
         begin_lsn: begin,
         end_lsn: end,
         commit_lsn: l.commit_lsn,
-        peer_horizon_lsn: peer_horizon(l),
-        slot_horizon_lsn: slot_horizon(l),
+        peer_horizon_lsn,
+        slot_horizon_lsn,
         wal,
     })
 }
@@ -1280,6 +1289,74 @@ mod tests {
             slot_horizon_lsn: Lsn::INVALID,
             local_start_lsn: Lsn(local_start),
         })
+    }
+
+    /// An AppendResponse from a node whose lowest durable slot is `slot`.
+    fn ack_slot(term: Term, flush: u64, slot: Lsn) -> AcceptorMessage {
+        AcceptorMessage::Append(AppendResponse {
+            term,
+            flush_lsn: Lsn(flush),
+            commit_lsn: Lsn(START),
+            slot_horizon_lsn: slot,
+            local_start_lsn: Lsn(START),
+        })
+    }
+
+    /// (peer horizon, slot horizon) of every append in `out`.
+    fn horizons_sent(out: &[Action]) -> Vec<(Lsn, Lsn)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send(_, ProposerMessage::Append(r)) => {
+                    Some((r.peer_horizon_lsn, r.slot_horizon_lsn))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A new term knows nobody's slots: both horizons stay unknown until
+    /// every member has answered in it, however many answered before; then
+    /// the slot horizon is the lowest slot of any member (one without slots
+    /// does not lower it), and INVALID beside a valid peer horizon once no
+    /// member has one.
+    #[test]
+    fn horizons_go_out_only_once_every_member_reported_its_slots() {
+        let mut p = proposer(3);
+        p.start_election();
+        greet(&mut p, 1, 0);
+        greet(&mut p, 2, 0);
+        p.on_message(NodeId(1), vote(1, START, &[]));
+        p.on_message(NodeId(2), vote(1, START, &[]));
+        assert!(p.is_leading());
+        p.on_message(NodeId(1), ack_slot(1, START, Lsn(START + 10)));
+        p.on_message(NodeId(2), ack_slot(1, START, Lsn::INVALID));
+        let unknown = (Lsn::INVALID, Lsn::INVALID);
+        let out = p.push_wal(&[1; 100]).unwrap();
+        assert_eq!(horizons_sent(&out), [unknown, unknown]);
+        p.on_message(NodeId(1), ack_slot(1, START + 100, Lsn(START + 10)));
+        let out = p.on_message(NodeId(2), ack_slot(1, START + 100, Lsn::INVALID));
+        assert!(out.contains(&Action::CommitAdvanced(Lsn(START + 100))));
+        let sent = horizons_sent(&out);
+        assert!(
+            !sent.is_empty() && sent.iter().all(|h| *h == unknown),
+            "{sent:?}"
+        );
+        // Node 3 answers: now every member's slots are known.
+        let out = greet(&mut p, 3, 0);
+        assert!(out.iter().any(|a| matches!(a,
+            Action::Send(n, ProposerMessage::VoteRequest(_)) if *n == NodeId(3))));
+        p.on_message(NodeId(3), vote(1, START, &[]));
+        p.on_message(NodeId(3), ack_slot(1, START, Lsn(START + 20)));
+        let out = p.push_wal(&[2; 10]).unwrap();
+        let sent = horizons_sent(&out);
+        assert!(sent.contains(&(Lsn(START), Lsn(START + 10))), "{sent:?}");
+        // Node 1's slot goes: node 3's holds; then none is left anywhere.
+        p.on_message(NodeId(1), ack_slot(1, START + 110, Lsn::INVALID));
+        let out = p.push_wal(&[3; 10]).unwrap();
+        assert!(horizons_sent(&out).contains(&(Lsn(START), Lsn(START + 20))));
+        p.on_message(NodeId(3), ack_slot(1, START + 100, Lsn::INVALID));
+        let out = p.push_wal(&[4; 10]).unwrap();
+        assert!(horizons_sent(&out).contains(&(Lsn(START + 100), Lsn::INVALID)));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub enum DaemonError {
 pub struct SharedStore(Arc<std::sync::Mutex<RocksStore>>);
 
 impl SharedStore {
+    pub fn new(store: RocksStore) -> SharedStore {
+        SharedStore(Arc::new(std::sync::Mutex::new(store)))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, RocksStore> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -315,7 +319,7 @@ pub async fn run(
         ),
         (None, false) => {}
     }
-    let store = SharedStore(Arc::new(std::sync::Mutex::new(store)));
+    let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // HTTP first: once the PostgreSQL port answers, status and metrics do.

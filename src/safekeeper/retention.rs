@@ -230,25 +230,17 @@ pub fn plan(
     for (name, at) in holders {
         hold(*at, format!("slot \"{name}\" at {at}"));
     }
-    if state.peer_horizon_lsn.is_valid() {
-        hold(
-            state.peer_horizon_lsn,
-            format!("the peer horizon {}", state.peer_horizon_lsn),
-        );
+    // What the other members need, by the proposer's last report that
+    // covered them all (see `TimelineState::members_horizon`).
+    let members = state.members_horizon();
+    let what = if !state.peer_horizon_lsn.is_valid() {
+        "a member not yet heard from".to_string()
+    } else if members == state.slot_horizon_lsn {
+        format!("a slot on another safekeeper at {members}")
     } else {
-        // Not every member has reported in this term: any of them may still
-        // need anything held here.
-        hold(
-            state.local_start_lsn,
-            "a member not yet heard from in this term".into(),
-        );
-    }
-    if state.slot_horizon_lsn.is_valid() {
-        hold(
-            state.slot_horizon_lsn,
-            format!("a slot on another safekeeper at {}", state.slot_horizon_lsn),
-        );
-    }
+        format!("the peer horizon {members}")
+    };
+    hold(members, what);
     let floor = Lsn(commit.0.saturating_sub(max_wal_keep));
     if horizon >= floor {
         return Plan {

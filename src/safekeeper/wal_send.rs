@@ -5,7 +5,10 @@
 //!
 //! Only durable state is served: the sender follows the timeline's
 //! published durable state, which the group-commit writer updates after each
-//! sync, so a consumer never sees WAL beyond a synced commit_lsn.
+//! sync, so a consumer never sees WAL beyond a synced commit_lsn. A store
+//! read returns staged writes as well, so a recovery read's term, checked on
+//! the durable state, is checked again after every read on the acceptor's
+//! current state: the bytes are sent only if that still holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +126,7 @@ pub fn check_start(
 }
 
 fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), (&'static str, String)> {
-    if state.term != term || state.last_log_term() != term {
+    if !state.serves_recovery_read(term) {
         return Err((
             OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
@@ -232,7 +235,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let read_end = read.to;
                 match read.finish().await {
-                    Ok(w) => read_ahead = (pos, Bytes::from(w)),
+                    Ok(w) => {
+                        if let Some(term) = req.recovery_term {
+                            // The read saw staged writes too, which the
+                            // durable state checked above does not show (a
+                            // later term's truncation and appends): it is
+                            // this term's log only if the acceptor, with
+                            // every write issued so far, still says so.
+                            if let Err((code, msg)) =
+                                check_recovery_term(&timeline.current_state(), term)
+                            {
+                                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {msg}");
+                                conn.send_fatal(code, &msg).await?;
+                                return Ok(false);
+                            }
+                        }
+                        read_ahead = (pos, Bytes::from(w));
+                    }
                     Err(e) => {
                         let (code, msg) = read_failure(&e, &state);
                         tracing::error!(timeline = %timeline.ttid, from = %pos, to = %read_end, "{msg}");

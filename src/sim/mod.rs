@@ -13,7 +13,8 @@
 //! breach of log safety shows as different bytes.
 //!
 //! A run has a chaos phase and then a calm phase (partitions healed, a
-//! majority up, one proposer, no faults) in which commits must advance.
+//! majority up, one proposer, no faults but one restart of the proxy while
+//! a minority goes down, a third of the way in) in which commits must advance.
 
 pub mod rng;
 
@@ -110,6 +111,12 @@ impl SimOptions {
         if self.proposer_faults.create_on_every_greeting {
             cmd.push_str(" --fault create-on-every-greeting");
         }
+        if self.acceptor_faults.store_unknown_slot_horizon {
+            cmd.push_str(" --fault store-unknown-slot-horizon");
+        }
+        if self.acceptor_faults.recovery_read_checks_stale_state {
+            cmd.push_str(" --fault recovery-read-checks-stale-state");
+        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -176,6 +183,10 @@ struct Node {
     durable_commit: Lsn,
     /// Committed WAL below this was compared with the reference.
     verified_to: Lsn,
+    /// A consumer's durable slot on this node: the position it has
+    /// confirmed (stored at once). None: no slot, or invalidated because
+    /// this node no longer holds its WAL.
+    slot: Option<Lsn>,
 }
 
 struct Host {
@@ -208,6 +219,9 @@ struct Read {
 struct Sim {
     opts: SimOptions,
     rng: Rng,
+    /// Consumers' slots draw from their own stream, so the scheduler's
+    /// choices stay those of the seed.
+    slot_rng: Rng,
     now: u64,
     step: usize,
     calm: bool,
@@ -226,6 +240,10 @@ struct Sim {
     /// Highest commit a proposer reported in each term.
     committed_in_term: BTreeMap<Term, Lsn>,
     leaders: BTreeMap<Term, (usize, u64)>,
+    /// Nodes that go down during the calm phase (see `mid_calm`).
+    calm_down: Vec<usize>,
+    /// The proposer host of the calm phase.
+    calm_keep: usize,
     trace: VecDeque<String>,
     out: Outcome,
 }
@@ -241,6 +259,9 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
         sim.step = step;
         if step == opts.chaos_steps {
             calm_base = sim.begin_calm();
+        }
+        if step > opts.chaos_steps {
+            sim.mid_calm(step - opts.chaos_steps);
         }
         if let Err(what) = sim.step_once().and_then(|_| sim.check_nodes()) {
             return Err(sim.violation(what));
@@ -266,6 +287,7 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
 impl Sim {
     fn new(opts: SimOptions) -> Sim {
         let mut rng = Rng::new(opts.seed);
+        let mut slot_rng = Rng::new(opts.seed ^ 0x510F_510F_510F_510F);
         let ttid = Ttid::new(TenantId([0x11; 16]), TimelineId([0x22; 16]));
         let server = ServerInfo {
             system_id: 7_000_000_000_000_000_001,
@@ -310,6 +332,7 @@ impl Sim {
                     durable_term: 0,
                     durable_commit: start_lsn,
                     verified_to: start_lsn,
+                    slot: slot_rng.chance(50).then_some(start_lsn),
                 }
             })
             .collect();
@@ -339,6 +362,7 @@ impl Sim {
         Sim {
             opts,
             rng,
+            slot_rng,
             now: 0,
             step: 0,
             calm: false,
@@ -355,6 +379,8 @@ impl Sim {
             votes: BTreeMap::new(),
             committed_in_term: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            calm_down: Vec::new(),
+            calm_keep: 0,
             trace: VecDeque::new(),
             out: Outcome::default(),
         }
@@ -394,19 +420,17 @@ impl Sim {
                 self.restart_node(n).ok();
             }
         }
-        // Leave at most a minority down (a wiped node counts) for the whole
-        // calm phase.
+        // At most a minority goes down (a wiped node counts), a third of the
+        // way into the calm phase (see `mid_calm`).
         let wiped = self.nodes.iter().filter(|n| n.wiped).count();
         let down = self
             .rng
             .below((self.nodes.len() - self.majority() - wiped) as u64 + 1);
-        for _ in 0..down {
-            let n = self.rng.below(self.nodes.len() as u64) as usize;
-            if self.nodes[n].up && !self.nodes[n].wiped {
-                self.crash_node(n);
-            }
-        }
+        self.calm_down = (0..down)
+            .map(|_| self.rng.below(self.nodes.len() as u64) as usize)
+            .collect();
         let keep = self.rng.below(self.hosts.len() as u64) as usize;
+        self.calm_keep = keep;
         for p in 0..self.hosts.len() {
             self.hosts[p].side = 0;
             if p != keep {
@@ -424,6 +448,23 @@ impl Sim {
             .map(|h| h.commit)
             .max()
             .unwrap_or_default()
+    }
+
+    /// A third of the way through the calm phase the nodes chosen at its
+    /// start go down and the operator restarts the proxy: its new term begins with
+    /// members it cannot hear from, after terms that heard every member,
+    /// so slots there must still hold.
+    fn mid_calm(&mut self, steps_in: usize) {
+        if steps_in != self.opts.calm_steps / 3 {
+            return;
+        }
+        for n in std::mem::take(&mut self.calm_down) {
+            if self.nodes[n].up && !self.nodes[n].wiped {
+                self.crash_node(n);
+            }
+        }
+        self.log(|| "the operator restarts the proxy".into());
+        self.stop_proposer(self.calm_keep);
     }
 
     fn step_once(&mut self) -> Check {
@@ -505,10 +546,11 @@ impl Sim {
         }
     }
 
-    /// Retention on one node: either below the peer horizon the proposer
-    /// reported (nobody needs that WAL), or, as `--max-wal-keep` does, at
-    /// any point up to its commit_lsn, so a lagging peer may need WAL no
-    /// node holds any more and must be re-seeded.
+    /// Retention on one node: either below what the members and its own
+    /// slot need (the peer and slot horizons the proposer reported), or,
+    /// as `--max-wal-keep` does, at any point up to its commit_lsn, so a
+    /// lagging peer may need WAL no node holds any more and must be
+    /// re-seeded, and a slot may lose its WAL.
     fn trim_node(&mut self, n: usize) -> Check {
         let peer_horizon = self.rng.chance(50);
         let back = self.rng.range(0, 4096);
@@ -519,7 +561,8 @@ impl Sim {
         };
         let s = acceptor.state();
         let below = if peer_horizon {
-            s.peer_horizon_lsn
+            let own = node.slot.unwrap_or(Lsn(u64::MAX));
+            s.members_horizon().min(own)
         } else {
             Lsn(s.commit_lsn.0.saturating_sub(back))
         };
@@ -535,6 +578,44 @@ impl Sim {
             node.trim_unsynced = true;
             self.out.trims += 1;
             self.log(|| format!("n{} trims below {to}", n + 1));
+            if peer_horizon {
+                self.check_slots_held(n, to)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sometimes a consumer confirms WAL on node `n` (after its sync): its
+    /// slot moves up to some point of that node's durable commit.
+    fn move_slot(&mut self, n: usize) {
+        if !self.slot_rng.chance(50) {
+            return;
+        }
+        let pick = self.slot_rng.next_u64();
+        let node = &mut self.nodes[n];
+        let (Some(at), true) = (node.slot, node.up) else {
+            return;
+        };
+        let commit = node.durable_commit;
+        if commit > at {
+            let to = Lsn(at.0 + pick % (commit.0 - at.0 + 1));
+            node.slot = Some(to);
+            self.log(|| format!("slot on n{} confirms {to}", n + 1));
+        }
+    }
+
+    /// A trim by the horizons (not `--max-wal-keep`) keeps what every
+    /// member's slot needs: a consumer that fails over from its node to
+    /// this one must find its WAL.
+    fn check_slots_held(&self, n: usize, local_start: Lsn) -> Check {
+        for (m, node) in self.nodes.iter().enumerate() {
+            if let Some(at) = node.slot.filter(|at| *at < local_start) {
+                return Err(format!(
+                    "node {} trimmed below {local_start} by its horizons, past node {}'s slot at {at}",
+                    n + 1,
+                    m + 1
+                ));
+            }
         }
         Ok(())
     }
@@ -682,6 +763,8 @@ impl Sim {
         node.acceptor = None;
         node.wiped = true;
         node.up = true;
+        // Its consumer's slot went with the store.
+        node.slot = None;
         node.held.clear();
         node.trim_unsynced = false;
         node.mem_term = 0;
@@ -826,7 +909,8 @@ impl Sim {
                 let after = node.acceptor.as_ref().expect("up").state();
                 let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
                 self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
-                if let Some(reply) = release {
+                if let Some(mut reply) = release {
+                    report_slot(&mut reply, self.nodes[n].slot);
                     // Unsynced, so it may claim only what is durable.
                     let durable = self.nodes[n]
                         .storage
@@ -881,9 +965,13 @@ impl Sim {
         }
         node.durable_term = durable.term;
         node.durable_commit = durable.commit_lsn;
+        self.move_slot(n);
+        let node = &mut self.nodes[n];
         let held = std::mem::take(&mut node.held);
         let truncations = node.truncations;
-        for (p, cid, truncations_then, reply) in held {
+        let slot = node.slot;
+        for (p, cid, truncations_then, mut reply) in held {
+            report_slot(&mut reply, slot);
             // No ack before sync: what a reply claims must be durable now.
             match &reply {
                 AcceptorMessage::Append(a)
@@ -1005,23 +1093,39 @@ impl Sim {
             return Ok(());
         }
         let donor = &self.nodes[r.donor];
-        // Served only while the donor's term and last_log_term are the
-        // reader's term, over a path the partition allows.
-        let data = match donor.acceptor.as_ref() {
-            _ if !donor.up || donor.side != self.hosts[r.p].side => Err("unreachable".to_string()),
-            None => Err("down".to_string()),
-            Some(a) if a.state().term != r.term || a.state().last_log_term() != r.term => {
-                Err(format!(
-                    "donor in term {}, last_log_term {}",
-                    a.state().term,
-                    a.state().last_log_term()
-                ))
-            }
-            Some(_) => donor
-                .storage
-                .read_wal(self.ttid, r.start, r.end)
-                .map_err(|e| e.to_string()),
+        let refused = |s: &crate::consensus::acceptor::TimelineState| {
+            format!(
+                "donor in term {}, last_log_term {}",
+                s.term,
+                s.last_log_term()
+            )
         };
+        // Served only while the donor's term and last_log_term are the
+        // reader's term, over a path the partition allows. As in the
+        // daemon: checked on the durable state, read from the store (which
+        // shows unsynced writes too), then checked again on the state with
+        // every write issued, which the read may have seen.
+        let data = match (
+            donor.acceptor.as_ref(),
+            donor.storage.durable_state(self.ttid),
+        ) {
+            _ if !donor.up || donor.side != self.hosts[r.p].side => Err("unreachable".to_string()),
+            (None, _) | (_, None) => Err("down".to_string()),
+            (_, Some(d)) if !d.serves_recovery_read(r.term) => Err(refused(d)),
+            (Some(a), _) => {
+                let read = donor.storage.read_wal(self.ttid, r.start, r.end);
+                if a.state().serves_recovery_read(r.term)
+                    || self.opts.acceptor_faults.recovery_read_checks_stale_state
+                {
+                    read.map_err(|e| e.to_string())
+                } else {
+                    Err(refused(a.state()))
+                }
+            }
+        };
+        if let Ok(bytes) = &data {
+            self.check_recovery_data(&r, bytes)?;
+        }
         let result = match &data {
             Ok(_) => "ok".to_string(),
             Err(e) => e.clone(),
@@ -1043,6 +1147,28 @@ impl Sim {
             Err(_) => prop.on_recovery_failed(r.id),
         };
         self.apply(r.p, actions)
+    }
+
+    /// What a recovery read hands the proposer is its own log: the donor
+    /// was in the reader's term with that term's history.
+    fn check_recovery_data(&self, r: &Read, bytes: &[u8]) -> Check {
+        let Some((term, _, history, _, _)) = self.hosts[r.p]
+            .proposer
+            .as_ref()
+            .and_then(|p| p.leader_view())
+        else {
+            return Ok(());
+        };
+        if term != r.term || expected_wal(history, r.start, r.end) == bytes {
+            return Ok(());
+        }
+        Err(format!(
+            "p{} recovery read {}..{} from node {} in term {term} returned WAL that is not its log",
+            r.p,
+            r.start,
+            r.end,
+            r.donor + 1
+        ))
     }
 
     fn apply(&mut self, p: usize, actions: Vec<Action>) -> Check {
@@ -1288,6 +1414,11 @@ impl Sim {
             }
             node.mem_term = s.term;
             node.mem_commit = s.commit_lsn;
+            if node.slot.is_some_and(|at| at < s.local_start_lsn) {
+                // Trimmed past it (`--max-wal-keep`) or re-seeded: the
+                // daemon invalidates such a slot.
+                node.slot = None;
+            }
             if s.commit_lsn > node.verified_to {
                 let from = node.verified_to.max(s.local_start_lsn);
                 let to = s.commit_lsn;
@@ -1303,6 +1434,14 @@ impl Sim {
     }
 }
 
+/// As the daemon does where a reply goes out: an AppendResponse carries
+/// the node's lowest durable slot (the acceptor leaves it INVALID).
+fn report_slot(reply: &mut AcceptorMessage, slot: Option<Lsn>) {
+    if let AcceptorMessage::Append(a) = reply {
+        a.slot_horizon_lsn = slot.unwrap_or(Lsn::INVALID);
+    }
+}
+
 fn kind_p(m: &ProposerMessage) -> String {
     match m {
         ProposerMessage::Greeting(_) => "Greeting".into(),
@@ -1314,8 +1453,8 @@ fn kind_p(m: &ProposerMessage) -> String {
             e.term_history.entries()
         ),
         ProposerMessage::Append(a) => format!(
-            "Append(t{} {}..{} commit {} ph {})",
-            a.term, a.begin_lsn, a.end_lsn, a.commit_lsn, a.peer_horizon_lsn
+            "Append(t{} {}..{} commit {} ph {} sh {})",
+            a.term, a.begin_lsn, a.end_lsn, a.commit_lsn, a.peer_horizon_lsn, a.slot_horizon_lsn
         ),
         ProposerMessage::Reseed(r) => format!("Reseed(t{} at {})", r.term, r.start_lsn),
     }

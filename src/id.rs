@@ -14,11 +14,14 @@ pub struct IdParseError {
 }
 
 fn parse_hex16(what: &'static str, s: &str) -> Result<[u8; 16], IdParseError> {
+    // The text is echoed in errors (and so in logs): a few dozen
+    // characters of it say enough.
     let err = || IdParseError {
         what,
-        text: s.to_string(),
+        text: crate::logging::clip(s, 40).into_owned(),
     };
-    if s.len() != 32 || !s.is_ascii() {
+    // Hex digits only: `u8::from_str_radix` alone would take a sign ("+f").
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(err());
     }
     let mut out = [0u8; 16];
@@ -168,9 +171,17 @@ mod tests {
             &"0".repeat(33),
             &"g".repeat(32),
             "é".repeat(16).as_str(),
+            // a sign is not a hex digit
+            &format!("+f{}", "0".repeat(30)),
+            &format!("{}+0", "0".repeat(30)),
+            &format!("{}-0", "0".repeat(30)),
         ] {
             assert!(bad.parse::<TimelineId>().is_err(), "{bad:?}");
+            assert!(bad.parse::<TenantId>().is_err(), "{bad:?}");
         }
+        // What an error echoes of the text is short.
+        let e = "x".repeat(10_000).parse::<TenantId>().unwrap_err();
+        assert!(e.to_string().len() < 120, "{e}");
         assert!("x".parse::<Ttid>().is_err());
     }
 }

@@ -56,6 +56,7 @@ fn start_sk(datadir: &Path, node_id: u64, old: &Safekeeper, extra: &[&str]) -> S
         .arg(old.pg_addr.to_string())
         .arg("--listen-http")
         .arg(old.http_addr.to_string())
+        .args(&old.args)
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -70,6 +71,7 @@ fn start_sk(datadir: &Path, node_id: u64, old: &Safekeeper, extra: &[&str]) -> S
         pg_addr: old.pg_addr,
         http_addr: old.http_addr,
         log,
+        args: old.args.clone(),
     };
     wait_for(Duration::from_secs(30), "the safekeeper to listen", || {
         if let Some(s) = sk.child.as_mut().unwrap().try_wait().unwrap() {

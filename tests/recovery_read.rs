@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{append, greeting, wal_bytes, START};
 use walkeeper::consensus::acceptor::{term_lsn, TimelineState, Write};
@@ -17,8 +16,8 @@ use walkeeper::consensus::messages::*;
 use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, Ttid};
 use walkeeper::lsn::Lsn;
-use walkeeper::safekeeper::timelines::{Timeline, Timelines};
-use walkeeper::safekeeper::{connection, slots::Slots, Shared, SharedStore};
+use walkeeper::safekeeper::timelines::Timeline;
+use walkeeper::safekeeper::{connection, limits::Limits, Shared, SharedStore};
 use walkeeper::store::rocks::RocksStore;
 use walkeeper::store::writer::{GroupCommitWriter, WriterHandle};
 use walkeeper::store::{SlotRecord, Storage, StoreError};
@@ -122,19 +121,15 @@ fn a_recovery_read_never_serves_staged_wal_of_a_later_term() {
     });
     let _open = OpenOnDrop(gate.clone());
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared {
-        timelines: Timelines::new(NodeId(1), writer.handle(), vec![]),
+    let shared = Arc::new(Shared::new(
+        NodeId(1),
         store,
+        writer.handle(),
+        vec![],
+        vec![],
         shutdown,
-        started: Instant::now(),
-        proposers: AtomicU64::new(0),
-        consumers: AtomicU64::new(0),
-        slots: Slots::new(vec![]),
-        cancels: Arc::default(),
-        liveness: Arc::default(),
-        restored: Mutex::new(None),
-        restore_cluster: false,
-    });
+        Limits::default(),
+    ));
     let w = shared.timelines.writer().clone();
 
     // Term 1 holds [START, START + len) on this node, durably.
@@ -190,7 +185,7 @@ fn a_recovery_read_never_serves_staged_wal_of_a_later_term() {
         let shared = shared.clone();
         rt.spawn(async move {
             while let Ok((socket, peer)) = listener.accept().await {
-                tokio::spawn(connection::serve(shared.clone(), socket, peer));
+                tokio::spawn(connection::serve(shared.clone(), socket, peer, true));
             }
         })
     };

@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use walkeeper::id::NodeId;
+use walkeeper::safekeeper::limits::{self, Limits};
 use walkeeper::safekeeper::{self, Config};
 
 /// A WAL safekeeper for PostgreSQL: stores WAL pushed by safekeeper-proxy
@@ -71,6 +73,54 @@ struct Args {
     /// RocksDB stalls the safekeeper's writes instead.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = safekeeper::parse_background_write_limit)]
     background_write_limit: u64,
+
+    /// Most connections on the PostgreSQL-protocol port at once: proposers,
+    /// consumers and clients still starting up alike (PostgreSQL's
+    /// max_connections). One more is answered FATAL 53300 "sorry, too many
+    /// clients already". A proxy holds one per timeline and node.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections, value_parser = at_least_one())]
+    max_connections: usize,
+
+    /// Most consumers streaming WAL at once (START_REPLICATION; proposers'
+    /// recovery reads are not counted). One more is answered 53300.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_wal_senders)]
+    max_wal_senders: usize,
+
+    /// Most replication slots, every timeline's together, temporary ones
+    /// included. Creating one more is answered 53400.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_replication_slots)]
+    max_replication_slots: usize,
+
+    /// Most timelines this node holds; a greeting creating one more is
+    /// answered 53400.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_timelines)]
+    max_timelines: usize,
+
+    /// A connection on the PostgreSQL-protocol port that has not finished
+    /// its start-up in this time is closed (PostgreSQL's
+    /// authentication_timeout): 1s to 600s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_timeout)]
+    authentication_timeout: Duration,
+
+    /// Most connections on the HTTP port at once; one more is answered 503.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_http_connections, value_parser = at_least_one())]
+    max_http_connections: usize,
+
+    /// An HTTP connection that has not sent a request's headers (or a
+    /// request's body) in this time is closed, idle ones between requests
+    /// too: 1s to 600s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limits::parse_timeout)]
+    http_header_timeout: Duration,
+
+    /// Directory under which POST /v1/checkpoint may create checkpoints
+    /// (created if missing; on the store's filesystem, as checkpoints are
+    /// hard links). Without it, checkpoints over HTTP are refused.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn main() -> ExitCode {
@@ -91,6 +141,16 @@ fn main() -> ExitCode {
             retention: args.wal_retention,
             max_wal_keep: args.max_wal_keep,
         },
+        limits: Limits {
+            max_connections: args.max_connections,
+            max_wal_senders: args.max_wal_senders,
+            max_replication_slots: args.max_replication_slots,
+            max_timelines: args.max_timelines,
+            authentication_timeout: args.authentication_timeout,
+            max_http_connections: args.max_http_connections,
+            http_header_timeout: args.http_header_timeout,
+        },
+        checkpoint_dir: args.checkpoint_dir,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -25,8 +25,13 @@ pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// CopyData carries WAL pushes (1 MiB of WAL plus headers) and XLogData; twice
 /// that leaves room without letting a peer make us buffer much.
 pub const MAX_COPY_DATA_LEN: usize = 2 << 20;
-/// Every other frontend message: queries, passwords, CopyFail, unknown tags.
+/// Every other frontend message: passwords, CopyFail, unknown tags.
 pub const MAX_MESSAGE_LEN: usize = 64 << 10;
+/// A simple query: room for a proposer's `PUT_TIMELINE_HISTORY` of a history
+/// file as large as the daemon stores, in hex, so the two limits agree. No
+/// larger than a CopyData, so no connection can buffer more than it could.
+pub const MAX_QUERY_LEN: usize = 2 * super::replication::MAX_HISTORY_FILE_LEN + 1024;
+const _: () = assert!(MAX_QUERY_LEN <= MAX_COPY_DATA_LEN + 4096);
 
 /// A packet of the startup phase, which has no type byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +128,10 @@ pub(crate) fn message_frame_len(buf: &[u8]) -> Result<Option<usize>, PqError> {
         });
     }
     let len = len as usize;
-    let max = if tag == b'd' {
-        MAX_COPY_DATA_LEN
-    } else {
-        MAX_MESSAGE_LEN
+    let max = match tag {
+        b'd' => MAX_COPY_DATA_LEN,
+        b'Q' => MAX_QUERY_LEN,
+        _ => MAX_MESSAGE_LEN,
     };
     if len > max {
         return Err(PqError::TooLarge { what, len, max });
@@ -876,12 +881,27 @@ pub(crate) mod tests {
             Err(PqError::TooLarge { .. })
         ));
         let over_msg = MAX_MESSAGE_LEN as i32 + 1;
-        for tag in [b'Q', b'p', b'f', b'P', 0] {
+        for tag in [b'p', b'f', b'P', 0] {
             assert!(matches!(
                 FeMessage::parse(&mut frame(tag, over_msg, b"")),
                 Err(PqError::TooLarge { .. })
             ));
         }
+        let over_query = MAX_QUERY_LEN as i32 + 1;
+        assert!(matches!(
+            FeMessage::parse(&mut frame(b'Q', over_query, b"")),
+            Err(PqError::TooLarge { .. })
+        ));
+        // a query as long as the largest history file needs is fine
+        let q = format!(
+            "PUT_TIMELINE_HISTORY 4294967295 '{}'\0",
+            "ab".repeat(crate::pq::replication::MAX_HISTORY_FILE_LEN)
+        );
+        let mut b = frame(b'Q', 4 + q.len() as i32, q.as_bytes());
+        assert!(matches!(
+            FeMessage::parse(&mut b),
+            Ok(Some(FeMessage::Query(_)))
+        ));
         // a CopyData at the cap is fine
         let body = vec![7u8; MAX_COPY_DATA_LEN - 4];
         let mut b = frame(b'd', MAX_COPY_DATA_LEN as i32, &body);

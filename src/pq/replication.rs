@@ -59,7 +59,8 @@ pub enum ReplicationCommand {
     },
     /// A proxy hands a safekeeper the primary's history file of a timeline
     /// above 1 (ours: `PUT_TIMELINE_HISTORY n 'hex of the file'`), so
-    /// consumers can ask TIMELINE_HISTORY for it.
+    /// consumers can ask TIMELINE_HISTORY for it. At most
+    /// [`MAX_HISTORY_FILE_LEN`] bytes are stored.
     PutTimelineHistory {
         timeline: u32,
         content: Vec<u8>,
@@ -823,7 +824,8 @@ fn unexpected_tag(what: &'static str, tag: Option<&u8>) -> PqError {
 }
 
 fn decode_hex(h: &str) -> Option<Vec<u8>> {
-    if !h.len().is_multiple_of(2) || !h.is_ascii() {
+    // Hex digits only: `u8::from_str_radix` alone would take a sign ("+f").
+    if !h.len().is_multiple_of(2) || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..h.len())
@@ -831,6 +833,10 @@ fn decode_hex(h: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
         .collect()
 }
+
+/// The largest history file a safekeeper stores. PostgreSQL writes one line
+/// of about 50 bytes per timeline switch, so this is some 20,000 promotions.
+pub const MAX_HISTORY_FILE_LEN: usize = 1 << 20;
 
 /// The file's bytes as PUT_TIMELINE_HISTORY carries them.
 pub fn encode_hex(bytes: &[u8]) -> String {
@@ -855,6 +861,7 @@ mod tests {
         for bad in [
             "PUT_TIMELINE_HISTORY 2 'zz'",
             "PUT_TIMELINE_HISTORY 2 'abc'",
+            "PUT_TIMELINE_HISTORY 2 '+f'",
             "PUT_TIMELINE_HISTORY 2",
             "PUT_TIMELINE_HISTORY 0 ''",
         ] {

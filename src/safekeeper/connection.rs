@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use super::timelines::Timeline;
 use super::{wal_push, wal_send, Shared};
 use crate::id::Ttid;
+use crate::logging::{clip, MAX_LOGGED_CLIENT_TEXT};
 use crate::pq::connection::{Handshake, PqConnection, ServerParams, StartupParams};
 use crate::pq::frame::{BeMessage, Column, FeMessage};
 use crate::pq::replication::{find_option, ReplicationCommand};
@@ -30,6 +31,9 @@ pub struct Client {
     pub session: u64,
     /// Its cancel key, and a cancel request for it.
     pub cancel: super::cancel::Registration,
+    /// A history file put before the greeting of a timeline that does not
+    /// exist yet ([`super::history`]).
+    pub pending_history: std::sync::Mutex<super::history::Pending>,
 }
 
 impl Client {
@@ -49,39 +53,74 @@ impl Client {
     }
 }
 
-pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+/// Serve one connection. `admitted`: it is within `--max-connections`;
+/// otherwise it is told so (53300) once it sent its start-up packet, and
+/// closed. The start-up must end within `--authentication-timeout`.
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, admitted: bool) {
     let mut conn = PqConnection::new(socket);
-    match serve_conn(&shared, &mut conn, peer).await {
+    let timeout = shared.limits.authentication_timeout;
+    let started = match tokio::time::timeout(timeout, start(&shared, &mut conn, peer, admitted))
+        .await
+    {
+        Ok(started) => started,
+        Err(_) => {
+            // As PostgreSQL's authentication_timeout: closed without a word.
+            tracing::debug!(%peer, ?timeout, "start-up not finished in time (--authentication-timeout); closing");
+            return;
+        }
+    };
+    let result = match started {
+        Ok(Some((client, _session))) => serve_commands(&shared, &mut conn, &client).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),
         Err(e) if e.is_disconnect() => tracing::debug!(%peer, "client went away: {e}"),
         Err(e) => {
-            tracing::warn!(%peer, "connection failed: {e}");
+            // The text may be the client's own (a bad start-up parameter):
+            // the log gets a bounded part of it, the client all of it.
+            let text = e.to_string();
+            tracing::warn!(%peer, "connection failed: {}", clip(&text, MAX_LOGGED_CLIENT_TEXT));
             // Tell the client why, if it can still hear us.
-            let _ = conn.send_fatal(e.sqlstate(), &e.to_string()).await;
+            let _ = conn.send_fatal(e.sqlstate(), &text).await;
         }
     }
 }
 
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
+/// The start-up phase: the handshake up to and including "authentication".
+/// `None` when the connection ends there (a cancel request, a refusal).
+async fn start<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     conn: &mut PqConnection<S>,
     peer: SocketAddr,
-) -> Result<(), PqError> {
+    admitted: bool,
+) -> Result<Option<(Client, super::slots::Session)>, PqError> {
     let params = match conn.handshake().await? {
-        None => return Ok(()),
+        None => return Ok(None),
         Some(Handshake::Cancel {
             process_id,
             secret_key,
         }) => {
+            // Served also beyond --max-connections, as PostgreSQL does.
             if shared.cancels.cancel(process_id, secret_key) {
                 tracing::info!(%peer, pid = process_id, "cancel request for connection {process_id}");
             } else {
                 tracing::info!(%peer, pid = process_id, "cancel request with an unknown process id or key; ignored");
             }
-            return Ok(());
+            return Ok(None);
         }
         Some(Handshake::Startup(p)) => p,
     };
+    if !admitted {
+        tracing::debug!(%peer, "refused: --max-connections reached");
+        conn.send_fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        )
+        .await?;
+        return Ok(None);
+    }
     let is_proposer = params.option("walkeeper.role") == Some("proposer");
     let session = shared.slots.session();
     let cancel = shared.cancels.register(session.id);
@@ -91,6 +130,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         is_proposer,
         session: session.id,
         cancel,
+        pending_history: Default::default(),
     };
     // Before authentication: only then does libpq try the next host.
     if !is_proposer {
@@ -100,7 +140,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         {
             tracing::info!(%peer, "consumer sent elsewhere: {why}");
             conn.send_fatal(sqlstate::CANNOT_CONNECT_NOW, &why).await?;
-            return Ok(());
+            return Ok(None);
         }
     }
     tracing::debug!(%peer, proposer = is_proposer, application_name = ?client.params.application_name, "client connected");
@@ -110,6 +150,15 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         ..ServerParams::default()
     };
     conn.accept_trust(&client.params, &server).await?;
+    Ok(Some((client, session)))
+}
+
+/// Simple queries until the client leaves.
+async fn serve_commands<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    client: &Client,
+) -> Result<(), PqError> {
     loop {
         let Some(msg) = conn.read_message().await? else {
             return Ok(());
@@ -117,7 +166,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         match msg {
             FeMessage::Query(text) => {
                 let _running = client.cancel.command();
-                if !run_command(shared, conn, &client, &text).await? {
+                if !run_command(shared, conn, client, &text).await? {
                     return Ok(());
                 }
             }
@@ -198,7 +247,12 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(true);
             }
             let heartbeats = super::failover::promises_heartbeats(&client.params);
-            wal_push::serve(shared, conn, client.peer, heartbeats).await?;
+            let history = client
+                .pending_history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            wal_push::serve(shared, conn, client.peer, heartbeats, history).await?;
             return Ok(false);
         }
         ReplicationCommand::Show { name } => {
@@ -288,18 +342,25 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(true);
                 }
             };
-            match shared.store.put_timeline_history(ttid, timeline, &content) {
+            let stored = match shared.timelines.get(ttid) {
+                Some(t) => super::history::store(shared, &t, timeline, &content),
+                // The greeting on this connection is to create it.
+                None => super::history::check_size(timeline, &content).map(|()| {
+                    tracing::debug!(timeline = %ttid, tli = timeline, "history file kept until this connection's greeting creates the timeline");
+                    *client
+                        .pending_history
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some((timeline, content));
+                }),
+            };
+            match stored {
                 Ok(()) => {
-                    tracing::info!(timeline = %ttid, tli = timeline, bytes = content.len(), "stored the timeline history file");
                     conn.write_message(&BeMessage::CommandComplete("PUT_TIMELINE_HISTORY"))?;
                     conn.send_ready_for_query().await?;
                 }
-                Err(e) => {
-                    conn.send_error(
-                        sqlstate::INTERNAL_ERROR,
-                        &format!("timeline {ttid}: storing history {timeline}: {e}"),
-                    )
-                    .await?
+                Err((code, msg)) => {
+                    tracing::warn!(peer = %client.peer, "PUT_TIMELINE_HISTORY refused: {msg}");
+                    conn.send_error(code, &msg).await?
                 }
             }
         }

@@ -1,13 +1,19 @@
 //! The daemon's HTTP API: status, timelines, and Prometheus metrics.
 //!
 //! Everything here reads, except `POST /v1/checkpoint`, which writes a
-//! RocksDB checkpoint of the store into a new directory (the store itself is
-//! not changed). Timelines are shown as their durable (synced) state, the
-//! same state WAL senders act on.
+//! RocksDB checkpoint of the store into a new directory under
+//! `--checkpoint-dir` (the store itself is not changed). Timelines are shown
+//! as their durable (synced) state, the same state WAL senders act on.
+//!
+//! The port takes at most `--max-http-connections` sockets (one more is
+//! answered 503 and closed), and a connection that has not sent a request's
+//! headers within `--http-header-timeout`, or a request body, is closed.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::path::{Component, Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -16,9 +22,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
+use super::limits::{LogThrottle, Place};
 use super::timelines::Timeline;
-use super::Shared;
+use super::{DaemonError, Shared};
 use crate::consensus::acceptor::TimelineState;
 use crate::id::{TenantId, TimelineId, Ttid};
 use crate::inspect::TimelineInfo;
@@ -35,14 +43,78 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// What a connection over `--max-http-connections` is told before it is
+/// closed (without reading its request).
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\ncontent-length: 62\r\nconnection: close\r\n\r\n\
+{\"error\":\"too many HTTP connections (--max-http-connections)\"}";
+
 /// Serve until the daemon's shutdown flag flips.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let mut shutdown = shared.shutdown.clone();
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let limits = shared.limits.clone();
+    let app = router(shared.clone());
+    let open: Arc<AtomicU64> = Arc::default();
+    let shutdown = stopped(shared.shutdown.clone());
+    tokio::pin!(shutdown);
+    let mut connections = JoinSet::new();
+    let mut accept_failures = LogThrottle::new(Duration::from_secs(10));
+    let mut too_many = LogThrottle::new(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let Some(place) = Place::take(open.clone(), limits.max_http_connections) else {
+                        if let Some(more) = too_many.allow(Instant::now()) {
+                            tracing::warn!(%peer, max = limits.max_http_connections, also_since_last_report = more, "too many HTTP connections; refusing new ones");
+                        }
+                        let _ = socket.try_write(TOO_MANY);
+                        continue;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                    let stop = stopped(shared.shutdown.clone());
+                    let header_timeout = limits.http_header_timeout;
+                    connections.spawn(async move {
+                        let _place = place;
+                        let mut http = hyper::server::conn::http1::Builder::new();
+                        http.timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(header_timeout);
+                        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+                        tokio::pin!(conn);
+                        let served = tokio::select! {
+                            r = conn.as_mut() => Some(r),
+                            () = stop => None,
+                        };
+                        let result = match served {
+                            Some(r) => r,
+                            None => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, "HTTP connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    if let Some(more) = accept_failures.allow(Instant::now()) {
+                        tracing::warn!(error = %e, also_since_last_report = more, "HTTP accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Resolves once the daemon's shutdown flag is set.
+async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 #[derive(Serialize)]
@@ -127,13 +199,107 @@ async fn timeline(
 
 #[derive(serde::Deserialize)]
 struct CheckpointRequest {
-    /// A new directory on the daemon's machine.
+    /// A new directory on the daemon's machine, under `--checkpoint-dir`.
     path: std::path::PathBuf,
 }
 
+/// `--checkpoint-dir`, resolved at start: the one directory under which
+/// `POST /v1/checkpoint` writes, and the store's own directory, which is
+/// never written into.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+    store: PathBuf,
+}
+
+/// Resolve `--checkpoint-dir` (created if missing) beside the store at
+/// `datadir`.
+pub fn checkpoint_dir(dir: &FsPath, datadir: &FsPath) -> Result<CheckpointDir, DaemonError> {
+    let resolve = |p: &FsPath| {
+        std::fs::create_dir_all(p)
+            .and_then(|()| std::fs::canonicalize(p))
+            .map_err(|source| DaemonError::CheckpointDir {
+                path: p.to_path_buf(),
+                source,
+            })
+    };
+    Ok(CheckpointDir {
+        dir: resolve(dir)?,
+        store: resolve(datadir)?,
+    })
+}
+
+impl CheckpointDir {
+    /// Where a checkpoint asked for at `requested` goes (symbolic links in
+    /// it resolved), if that is under the directory and outside the store.
+    pub fn resolve(&self, requested: &FsPath) -> Result<PathBuf, String> {
+        if requested.components().any(|c| c == Component::ParentDir) {
+            return Err(format!(
+                "path {} contains \"..\"; name the new directory plainly",
+                requested.display()
+            ));
+        }
+        // The deepest part that exists, resolved; the rest is to be made.
+        let mut existing = requested;
+        let mut missing = Vec::new();
+        let resolved = loop {
+            match std::fs::canonicalize(existing) {
+                Ok(r) => break r,
+                Err(_) => match (existing.file_name(), existing.parent()) {
+                    (Some(name), Some(parent)) => {
+                        missing.push(name);
+                        existing = parent;
+                    }
+                    _ => return Err(format!("path {} cannot be resolved", requested.display())),
+                },
+            }
+        };
+        let target = missing.iter().rev().fold(resolved, |p, name| p.join(name));
+        if target == self.dir || !target.starts_with(&self.dir) {
+            return Err(format!(
+                "path {} is not under --checkpoint-dir {}: checkpoints go into a new directory there",
+                requested.display(),
+                self.dir.display()
+            ));
+        }
+        if target.starts_with(&self.store) {
+            return Err(format!(
+                "path {} is inside the store's own directory {}",
+                requested.display(),
+                self.store.display()
+            ));
+        }
+        Ok(target)
+    }
+}
+
+/// Most bytes a checkpoint request body may have: it names one path.
+const MAX_CHECKPOINT_BODY: usize = 64 << 10;
+
 /// `POST /v1/checkpoint {"path": DIR}`: 200 with what the checkpoint holds,
-/// 409 when DIR exists, 400 for a bad body, 500 when RocksDB fails.
-async fn checkpoint(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+/// 403 when checkpoints are off (no `--checkpoint-dir`) or DIR is not under
+/// that directory, 409 when DIR exists, 400 for a bad body, 408 for a body
+/// not sent within `--http-header-timeout`, 500 when RocksDB fails.
+async fn checkpoint(State(shared): State<Arc<Shared>>, body: axum::body::Body) -> Response {
+    let Some(dir) = shared.checkpoint_dir.clone() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "checkpoints over HTTP are off: start the safekeeper with --checkpoint-dir DIR to allow them under DIR (or use skctl checkpoint --datadir on a stopped store)",
+        );
+    };
+    let timeout = shared.limits.http_header_timeout;
+    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_CHECKPOINT_BODY))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {timeout:?} (--http-header-timeout)"),
+            )
+        }
+    };
     let req: CheckpointRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -152,7 +318,13 @@ async fn checkpoint(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) 
             ),
         );
     }
-    let out = req.path.clone();
+    let out = match dir.resolve(&req.path) {
+        Ok(out) => out,
+        Err(why) => {
+            tracing::warn!(path = %crate::logging::clip(&req.path.display().to_string(), crate::logging::MAX_LOGGED_CLIENT_TEXT), "checkpoint refused: {}", crate::logging::clip(&why, 2 * crate::logging::MAX_LOGGED_CLIENT_TEXT));
+            return error(StatusCode::FORBIDDEN, why);
+        }
+    };
     let task = {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || shared.checkpoint(&out))
@@ -233,6 +405,11 @@ pub fn render_metrics(shared: &Shared) -> String {
     }
     let gauges = [
         (
+            "walkeeper_connections",
+            "Open connections on the PostgreSQL-protocol port (at most --max-connections).",
+            shared.connections.load(Ordering::Relaxed),
+        ),
+        (
             "walkeeper_timelines",
             "Timelines held by this safekeeper.",
             all.len() as u64,
@@ -310,4 +487,16 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
     let _ = writeln!(out, "{name}_sum {}", h.sum);
     let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_503_answer_says_its_length_right() {
+        let text = std::str::from_utf8(super::TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
 }

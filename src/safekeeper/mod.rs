@@ -4,7 +4,9 @@
 pub mod cancel;
 pub mod connection;
 pub mod failover;
+pub mod history;
 pub mod http;
+pub mod limits;
 pub mod retention;
 pub mod slots;
 pub mod timelines;
@@ -13,7 +15,7 @@ pub mod wal_send;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,11 @@ pub struct Config {
     pub restore_cluster: bool,
     /// `--background-write-limit`.
     pub store_tuning: crate::store::rocks::StoreTuning,
+    /// Caps and timeouts (`--max-connections` and the like).
+    pub limits: limits::Limits,
+    /// `--checkpoint-dir`: where `POST /v1/checkpoint` may write; without
+    /// it checkpoints over HTTP are refused.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,11 @@ pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--checkpoint-dir {}: {source}", path.display())]
+    CheckpointDir {
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("cannot listen for HTTP (--listen-http) on {addr}: {source}")]
@@ -143,6 +155,9 @@ pub struct Shared {
     /// Flips to true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
+    /// Open sockets on the PostgreSQL-protocol port within
+    /// `--max-connections`.
+    pub connections: Arc<AtomicU64>,
     /// Open START_WAL_PUSH streams.
     pub proposers: AtomicU64,
     /// Open START_REPLICATION streams, recovery reads excepted.
@@ -154,9 +169,42 @@ pub struct Shared {
     /// The mark of the checkpoint this store is, while it is not cleared.
     pub restored: std::sync::Mutex<Option<crate::store::checkpoint::CheckpointMark>>,
     pub restore_cluster: bool,
+    pub limits: limits::Limits,
+    /// `--checkpoint-dir`, resolved (symbolic links followed) at start.
+    pub checkpoint_dir: Option<http::CheckpointDir>,
 }
 
 impl Shared {
+    /// The state of a node that serves `loaded` timelines and `stored_slots`
+    /// through `writer`, within `limits`; not restored from a checkpoint,
+    /// and without `--checkpoint-dir`.
+    pub fn new(
+        node_id: NodeId,
+        store: SharedStore,
+        writer: crate::store::writer::WriterHandle,
+        loaded: Vec<crate::consensus::acceptor::TimelineState>,
+        stored_slots: Vec<(crate::id::Ttid, crate::store::SlotRecord)>,
+        shutdown: watch::Receiver<bool>,
+        limits: limits::Limits,
+    ) -> Shared {
+        Shared {
+            timelines: Timelines::new(node_id, writer, loaded, limits.max_timelines),
+            store,
+            shutdown,
+            started: Instant::now(),
+            connections: Arc::default(),
+            proposers: AtomicU64::new(0),
+            consumers: AtomicU64::new(0),
+            slots: slots::Slots::new(stored_slots, limits.max_replication_slots),
+            cancels: Arc::default(),
+            liveness: Arc::default(),
+            restored: std::sync::Mutex::new(None),
+            restore_cluster: false,
+            limits,
+            checkpoint_dir: None,
+        }
+    }
+
     /// Why this node must not act as an acceptor of its old membership, if
     /// it must not.
     pub fn acceptor_refusal(&self) -> Option<String> {
@@ -230,22 +278,7 @@ impl Shared {
     }
 }
 
-/// Counts a connection in one of [`Shared`]'s gauges for as long as it
-/// lives, so every way out of a handler (errors included) uncounts it.
-pub struct Connected<'a>(&'a AtomicU64);
-
-impl<'a> Connected<'a> {
-    pub fn new(gauge: &'a AtomicU64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Connected(gauge)
-    }
-}
-
-impl Drop for Connected<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub use limits::Place;
 
 /// `--background-write-limit`: a size per second, 0 for none. Below
 /// 1MB a 64 MiB memtable would take over a minute to flush, and the
@@ -319,6 +352,11 @@ pub async fn run(
         ),
         (None, false) => {}
     }
+    let checkpoint_dir = config
+        .checkpoint_dir
+        .as_deref()
+        .map(|dir| http::checkpoint_dir(dir, &config.datadir))
+        .transpose()?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -336,17 +374,18 @@ pub async fn run(
             source,
         })?;
     let shared = Arc::new(Shared {
-        timelines: Timelines::new(node_id, writer.handle(), loaded),
-        store,
-        shutdown: shutdown_rx,
-        started: Instant::now(),
-        proposers: AtomicU64::new(0),
-        consumers: AtomicU64::new(0),
-        slots: slots::Slots::new(stored_slots),
-        cancels: Arc::default(),
-        liveness: Arc::default(),
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,
+        checkpoint_dir,
+        ..Shared::new(
+            node_id,
+            store,
+            writer.handle(),
+            loaded,
+            stored_slots,
+            shutdown_rx,
+            config.limits.clone(),
+        )
     });
     let retention_task = tokio::spawn(retention::run(shared.clone(), config.retention));
     let listen_http = http_listener
@@ -356,6 +395,9 @@ pub async fn run(
             source,
         })?;
     let http_server = tokio::spawn(http::serve(http_listener, shared.clone()));
+    if shared.checkpoint_dir.is_none() {
+        tracing::info!("no --checkpoint-dir: POST /v1/checkpoint is refused (skctl checkpoint --datadir works on a stopped store)");
+    }
     tracing::info!(
         node_id = node_id.0,
         listen_pg = %listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.listen_pg, source })?,
@@ -365,21 +407,45 @@ pub async fn run(
     );
 
     let mut connections = JoinSet::new();
+    // Connections over --max-connections being told so.
+    let refusing: Arc<AtomicU64> = Arc::default();
+    let mut accept_failures = limits::LogThrottle::new(Duration::from_secs(10));
+    let mut closed_at_once = limits::LogThrottle::new(Duration::from_secs(10));
+    let max_connections = config.limits.max_connections;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let admitted = Place::take(shared.connections.clone(), max_connections);
+                    let refused = match admitted {
+                        Some(_) => None,
+                        None => match Place::take(refusing.clone(), limits::MAX_REFUSING) {
+                            Some(place) => Some(place),
+                            None => {
+                                if let Some(more) = closed_at_once.allow(Instant::now()) {
+                                    tracing::warn!(%peer, max_connections, also_since_last_report = more, "too many connections, and too many being refused: closing new ones without a word");
+                                }
+                                continue;
+                            }
+                        },
+                    };
                     let _ = socket.set_nodelay(true);
                     let shared = shared.clone();
                     connections.spawn(async move {
-                        connection::serve(shared, socket, peer).await;
+                        // Both places are held until the connection ends.
+                        connection::serve(shared, socket, peer, admitted.is_some()).await;
+                        drop((admitted, refused));
                     });
                 }
                 Err(e) => {
-                    // EMFILE and the like: keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like: keep serving the connections we
+                    // have, and say so now and then rather than ten times a
+                    // second.
+                    if let Some(more) = accept_failures.allow(Instant::now()) {
+                        tracing::warn!(error = %e, also_since_last_report = more, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -83,6 +83,8 @@ pub struct Slots {
     /// Woken whenever a session ends and releases what it held
     /// (`DROP_REPLICATION_SLOT … WAIT` waits on it).
     released: Notify,
+    /// `--max-replication-slots`: slots of every timeline together.
+    max: usize,
 }
 
 /// A client connection's claim on slots: dropping it releases the slots it
@@ -141,7 +143,10 @@ fn no_such_slot(name: &str) -> SlotError {
 }
 
 impl Slots {
-    pub fn new(stored: Vec<(Ttid, SlotRecord)>) -> Arc<Slots> {
+    /// The stored slots, and at most `max` slots in all: a slot beyond it
+    /// is refused (stored ones beyond it, after a restart with a lower
+    /// limit, stay).
+    pub fn new(stored: Vec<(Ttid, SlotRecord)>, max: usize) -> Arc<Slots> {
         let mut map: HashMap<Ttid, BTreeMap<String, Slot>> = HashMap::new();
         for (ttid, r) in stored {
             map.entry(ttid).or_default().insert(
@@ -160,6 +165,7 @@ impl Slots {
             map: Mutex::new(map),
             next_session: AtomicU64::new(1),
             released: Notify::new(),
+            max,
         })
     }
 
@@ -187,13 +193,22 @@ impl Slots {
     ) -> Result<Option<Synced>, SlotError> {
         validate_name(name)?;
         let mut map = self.lock();
-        let slots = map.entry(ttid).or_default();
-        if slots.contains_key(name) {
+        if map.get(&ttid).is_some_and(|s| s.contains_key(name)) {
             return Err(err(
                 DUPLICATE_OBJECT,
                 format!("replication slot \"{name}\" already exists"),
             ));
         }
+        if map.values().map(BTreeMap::len).sum::<usize>() >= self.max {
+            return Err(err(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                format!(
+                    "all replication slots are in use: free one or increase --max-replication-slots (currently {})",
+                    self.max
+                ),
+            ));
+        }
+        let slots = map.entry(ttid).or_default();
         let at = reserve.unwrap_or(Lsn::INVALID);
         let slot = Slot {
             temporary,
@@ -609,14 +624,17 @@ mod tests {
 
     #[test]
     fn a_session_claims_and_releases_and_takes_its_temporary_slots_along() {
-        let slots = Slots::new(vec![(
-            Ttid::default(),
-            SlotRecord {
-                name: "d".into(),
-                restart_lsn: Lsn(100),
-                invalidated: None,
-            },
-        )]);
+        let slots = Slots::new(
+            vec![(
+                Ttid::default(),
+                SlotRecord {
+                    name: "d".into(),
+                    restart_lsn: Lsn(100),
+                    invalidated: None,
+                },
+            )],
+            10,
+        );
         let t = Ttid::default();
         let a = slots.session();
         let b = slots.session();
@@ -651,14 +669,17 @@ mod tests {
             crate::store::writer::GroupCommitWriter::start(crate::store::memory::MemStorage::new());
         let h = writer.handle();
         let t = Ttid::default();
-        let slots = Slots::new(vec![(
-            t,
-            SlotRecord {
-                name: "d".into(),
-                restart_lsn: Lsn(100),
-                invalidated: None,
-            },
-        )]);
+        let slots = Slots::new(
+            vec![(
+                t,
+                SlotRecord {
+                    name: "d".into(),
+                    restart_lsn: Lsn(100),
+                    invalidated: None,
+                },
+            )],
+            10,
+        );
         let (stop, shutdown) = watch::channel(false);
         let a = slots.session();
         let b = slots.session();
@@ -726,5 +747,31 @@ mod tests {
         stop.send(true).unwrap();
         assert_eq!(wait.await.unwrap_err().code, sqlstate::ADMIN_SHUTDOWN);
         assert!(slots.get(t, "f").is_some());
+    }
+
+    #[test]
+    fn slots_of_every_timeline_together_are_capped_as_max_replication_slots() {
+        let writer =
+            crate::store::writer::GroupCommitWriter::start(crate::store::memory::MemStorage::new());
+        let h = writer.handle();
+        use crate::id::{TenantId, TimelineId};
+        let (t, u) = (
+            Ttid::default(),
+            Ttid::new(TenantId([1; 16]), TimelineId([2; 16])),
+        );
+        let slots = Slots::new(Vec::new(), 2);
+        let s = slots.session();
+        slots.create(&h, t, "a", false, None, s.id).unwrap();
+        slots.create(&h, u, "b", true, None, s.id).unwrap();
+        // A duplicate is still a duplicate; any new one is one too many.
+        let dup = slots.create(&h, t, "a", false, None, s.id).unwrap_err();
+        assert_eq!(dup.code, DUPLICATE_OBJECT);
+        let full = slots.create(&h, u, "c", false, None, s.id).unwrap_err();
+        assert_eq!(full.code, "53400");
+        assert!(full.message.contains("all replication slots are in use"));
+        // The temporary one goes with its session, and makes room.
+        drop(s);
+        let s = slots.session();
+        slots.create(&h, u, "c", false, None, s.id).unwrap();
     }
 }

@@ -42,6 +42,10 @@ pub enum HandleError {
     /// A `TIMELINE_SETTLED` that does not hold on this node.
     #[error("{0}")]
     NotSettled(String),
+    /// Refused by one of the daemon's own limits (`--max-timelines`, the
+    /// history file's), with the SQLSTATE to answer.
+    #[error("{message}")]
+    Limited { code: &'static str, message: String },
 }
 
 impl Timeline {
@@ -164,10 +168,17 @@ pub struct Timelines {
     node_id: NodeId,
     writer: WriterHandle,
     map: Mutex<HashMap<Ttid, Arc<Timeline>>>,
+    /// `--max-timelines`: how many a greeting may create.
+    max: usize,
 }
 
 impl Timelines {
-    pub fn new(node_id: NodeId, writer: WriterHandle, loaded: Vec<TimelineState>) -> Timelines {
+    pub fn new(
+        node_id: NodeId,
+        writer: WriterHandle,
+        loaded: Vec<TimelineState>,
+        max: usize,
+    ) -> Timelines {
         let mut map = HashMap::new();
         for state in loaded {
             let ttid = state.ttid;
@@ -187,6 +198,7 @@ impl Timelines {
             node_id,
             writer,
             map: Mutex::new(map),
+            max,
         }
     }
 
@@ -220,6 +232,16 @@ impl Timelines {
             drop(map);
             let pending = t.handle(&self.writer, &ProposerMessage::Greeting(g.clone()))?;
             return Ok((t, pending));
+        }
+        if g.create && map.len() >= self.max {
+            return Err(HandleError::Limited {
+                code: crate::pq::sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                message: format!(
+                    "timeline {}: this safekeeper holds {} timelines, as many as --max-timelines allows",
+                    g.ttid,
+                    map.len()
+                ),
+            });
         }
         let (acceptor, effects) = Acceptor::create(self.node_id, g)?;
         log_events(g.ttid, 0, &effects);

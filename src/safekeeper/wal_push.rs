@@ -20,9 +20,11 @@ use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
 use crate::pq::sqlstate;
 use crate::pq::PqError;
 
-/// Replies that may wait for syncs at once on one connection; beyond it the
-/// connection stops reading, which pushes back on the proposer through TCP.
+/// Replies that may wait for syncs at once on one connection; beyond it (or
+/// beyond `limits::MAX_PUSH_IN_FLIGHT_BYTES` of messages) the connection
+/// stops reading, which pushes back on the proposer through TCP.
 const MAX_IN_FLIGHT: usize = 256;
+use super::limits::MAX_PUSH_IN_FLIGHT_BYTES;
 
 /// Why the push stream ended.
 enum End {
@@ -39,14 +41,22 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     peer: std::net::SocketAddr,
     heartbeats: bool,
+    history: super::history::Pending,
 ) -> Result<(), PqError> {
-    let _counted = super::Connected::new(&shared.proposers);
+    let _counted = super::Place::count(&shared.proposers);
     conn.write_message(&BeMessage::CopyBothResponse)?;
     conn.flush().await?;
     let mut shutdown = shared.shutdown.clone();
     let mut timeline: Option<Arc<Timeline>> = None;
     let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
-    let mut _live: Option<super::failover::Stream> = None;
+    // Bytes of the messages whose replies are in flight.
+    let mut in_flight_bytes: VecDeque<usize> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let mut greeted = Greeted {
+        live: None,
+        heartbeats,
+        history,
+    };
     let mut stopping = *shutdown.borrow();
     let end = loop {
         if stopping && in_flight.is_empty() {
@@ -56,6 +66,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             synced = async { (&mut in_flight.front_mut().expect("guarded by the select condition").synced).await }, if !in_flight.is_empty() => {
                 let pending = in_flight.pop_front().expect("non-empty");
+                queued_bytes -= in_flight_bytes.pop_front().unwrap_or(0);
                 match synced {
                     Ok(Ok(())) => {
                         if let Some(reply) = pending.reply {
@@ -86,7 +97,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
             }
-            msg = conn.read_message(), if !stopping && in_flight.len() < MAX_IN_FLIGHT => {
+            msg = conn.read_message(), if !stopping && in_flight.len() < MAX_IN_FLIGHT && queued_bytes < MAX_PUSH_IN_FLIGHT_BYTES => {
                 // Take every message already here before writing, so they
                 // share one sync, then write them on this thread when the
                 // storage is free (`WriterHandle::lead`).
@@ -95,14 +106,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // was queued must not wait for someone else to write it.
                 let mut lead = Lead { writer: shared.timelines.writer(), queued: false };
                 let ended = loop {
-                    match on_message(shared, conn, peer, &mut timeline, &mut _live, heartbeats, msg?).await? {
+                    let read = msg?;
+                    let bytes = match &read {
+                        Some(FeMessage::CopyData(b)) => b.len(),
+                        _ => 0,
+                    };
+                    match on_message(shared, conn, peer, &mut timeline, &mut greeted, read).await? {
                         Step::Queued(pending) => {
                             in_flight.push_back(pending);
+                            in_flight_bytes.push_back(bytes);
+                            queued_bytes += bytes;
                             lead.queued = true;
                         }
                         Step::End(end) => break Some(end),
                     }
-                    if in_flight.len() >= MAX_IN_FLIGHT {
+                    if in_flight.len() >= MAX_IN_FLIGHT || queued_bytes >= MAX_PUSH_IN_FLIGHT_BYTES {
                         break None;
                     }
                     msg = tokio::select! {
@@ -159,6 +177,18 @@ impl Drop for Lead<'_> {
     }
 }
 
+/// What the connection does once greeted.
+struct Greeted {
+    /// This stream in the node's proposer liveness (failover), while it
+    /// lasts.
+    live: Option<super::failover::Stream>,
+    /// The proposer promised heartbeats (its start-up options).
+    heartbeats: bool,
+    /// A history file put before the greeting, stored once the timeline
+    /// exists.
+    history: super::history::Pending,
+}
+
 /// What one proposer message led to.
 enum Step {
     /// Its writes are queued (not yet written: the caller leads); the
@@ -172,8 +202,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
     peer: std::net::SocketAddr,
     timeline: &mut Option<Arc<Timeline>>,
-    live: &mut Option<super::failover::Stream>,
-    heartbeats: bool,
+    greeted: &mut Greeted,
     msg: Option<FeMessage>,
 ) -> Result<Step, PqError> {
     let bytes = match msg {
@@ -215,11 +244,11 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Step::End(End::Refused));
         }
     };
-    match handle(shared, timeline, &msg) {
+    match handle(shared, timeline, &mut greeted.history, &msg) {
         Ok(pending) => {
             if let Some(t) = timeline.as_ref() {
-                if live.is_none() {
-                    *live = Some(shared.liveness.stream(t.ttid, heartbeats));
+                if greeted.live.is_none() {
+                    greeted.live = Some(shared.liveness.stream(t.ttid, greeted.heartbeats));
                 }
                 let told = match &msg {
                     ProposerMessage::Append(a) if !a.wal.is_empty() => Some(a.commit_lsn),
@@ -240,6 +269,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
 fn handle(
     shared: &Shared,
     timeline: &mut Option<Arc<Timeline>>,
+    history: &mut super::history::Pending,
     msg: &ProposerMessage,
 ) -> Result<PendingReply, HandleError> {
     let writer = shared.timelines.writer();
@@ -249,6 +279,12 @@ fn handle(
                 return Err(HandleError::Restored(format!("timeline {}: {why}", g.ttid)));
             }
             let (t, pending) = shared.timelines.greet(g)?;
+            // The history file put on this connection before the greeting,
+            // now that the timeline exists.
+            if let Some((tli, content)) = history.take() {
+                super::history::store(shared, &t, tli, &content)
+                    .map_err(|(code, message)| HandleError::Limited { code, message })?;
+            }
             *timeline = Some(t);
             Ok(pending)
         }
@@ -316,6 +352,7 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
             sqlstate::DISK_FULL
         }
         HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
+        HandleError::Limited { code, .. } => code,
         // Not 22023 (the proxy takes it as a refusal of the whole timeline
         // and stops) nor 42704 (a member without the timeline): the rest of
         // the cluster can go on, and this node is counted again later.

@@ -178,6 +178,25 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         conn.send_error(code, &msg).await?;
         return Ok(true);
     }
+    let recovery = req.recovery_term.is_some();
+    // Proposers' recovery reads are not consumers: they are not counted, so
+    // consumers can never keep a proposer from recovering.
+    let max_senders = shared.limits.max_wal_senders;
+    let _counted = match recovery {
+        true => None,
+        false => match super::Place::take(&shared.consumers, max_senders) {
+            Some(place) => Some(place),
+            None => {
+                tracing::info!(timeline = %timeline.ttid, peer = %client.peer, max_senders, "START_REPLICATION refused: --max-wal-senders reached");
+                conn.send_error(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    &format!("number of requested standby connections exceeds max_wal_senders (currently {max_senders})"),
+                )
+                .await?;
+                return Ok(true);
+            }
+        },
+    };
     if let Some(name) = &req.slot {
         if let Err(e) = shared
             .slots
@@ -193,8 +212,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         name,
         session: client.session,
     });
-    let recovery = req.recovery_term.is_some();
-    let _counted = (!recovery).then(|| super::Connected::new(&shared.consumers));
     tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, recovery, application_name = ?client.params.application_name, "streaming WAL");
     conn.send(&BeMessage::CopyBothResponse).await?;
 

@@ -48,6 +48,8 @@ pub struct Safekeeper {
     pub pg_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub log: PathBuf,
+    /// Flags besides the data directory, node id and addresses.
+    pub args: Vec<String>,
 }
 
 impl Safekeeper {
@@ -57,12 +59,41 @@ impl Safekeeper {
         Self::start_on(datadir, node_id, init, pg_addr, http_addr)
     }
 
+    /// With these flags instead of the usual ones (`--checkpoint-dir`).
+    pub fn start_with(datadir: &Path, node_id: u64, init: bool, args: &[&str]) -> Safekeeper {
+        let pg_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_args(datadir, node_id, init, pg_addr, http_addr, args)
+    }
+
+    /// Checkpoints may go anywhere in the test's directory (the data
+    /// directory's parent).
+    fn usual_args(datadir: &Path) -> Vec<String> {
+        let parent = datadir
+            .parent()
+            .expect("a data directory in a test directory");
+        vec!["--checkpoint-dir".into(), parent.display().to_string()]
+    }
+
     pub fn start_on(
         datadir: &Path,
         node_id: u64,
         init: bool,
         pg_addr: SocketAddr,
         http_addr: SocketAddr,
+    ) -> Safekeeper {
+        let args = Self::usual_args(datadir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_args(datadir, node_id, init, pg_addr, http_addr, &args)
+    }
+
+    fn start_args(
+        datadir: &Path,
+        node_id: u64,
+        init: bool,
+        pg_addr: SocketAddr,
+        http_addr: SocketAddr,
+        args: &[&str],
     ) -> Safekeeper {
         let log = datadir.with_extension(format!("log.{}", std::process::id()));
         let mut sk = Safekeeper {
@@ -72,6 +103,7 @@ impl Safekeeper {
             pg_addr,
             http_addr,
             log,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         sk.spawn(init);
         sk
@@ -92,6 +124,7 @@ impl Safekeeper {
             .arg(self.pg_addr.to_string())
             .arg("--listen-http")
             .arg(self.http_addr.to_string())
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -409,6 +442,29 @@ impl RawClient {
             other => panic!("unexpected message {:?}", other as char),
         }
     }
+}
+
+/// A blocking HTTP/1.1 request (`Connection: close`): status and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connecting to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }
 
 /// A one-member greeting (node 1) for another PostgreSQL system.

@@ -215,3 +215,66 @@ fn the_primary_restored_from_an_older_copy_is_refused() {
         "{log}"
     );
 }
+
+/// The same divergence, when the safekeepers' WAL ends at a segment start
+/// (after pg_switch_wal) and the diverged primary's slot is newer: its
+/// stream starts at that segment, with nothing below the safekeepers' end
+/// of WAL to compare. The proxy streams the page below from the previous
+/// segment (kept by wal_keep_size) and still finds the difference.
+#[test]
+fn a_diverged_primary_is_refused_also_when_the_safekeepers_end_at_a_segment_start() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (i int, pad text)");
+    c.pg.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 1000) g");
+    c.pg.stop();
+    let data = c.pg.datadir.clone();
+    let copy = data.with_extension("copy");
+    let (ok, _, err) = run(Command::new("cp").arg("-a").arg(&data).arg(&copy));
+    assert!(ok, "{err}");
+    c.pg.start();
+    c.wait_sync();
+    c.pg.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(1, 20000) g");
+    // End the safekeepers' WAL at a segment start: switch, wait until they
+    // hold it, and stop the primary at once (no shutdown checkpoint).
+    let seg = 16u64 << 20;
+    let switched: Lsn = c.pg.sql("SELECT pg_switch_wal()").parse().unwrap();
+    let boundary = Lsn(switched.0.div_ceil(seg) * seg);
+    for sk in &c.sks[..2] {
+        wait_for(
+            Duration::from_secs(30),
+            "the switch on the safekeepers",
+            || sk_commit_lsn(sk).filter(|l| *l >= boundary),
+        );
+    }
+    c.pg.stop();
+    c.proxy.as_mut().unwrap().kill9();
+    // The old copy writes another history past the boundary, keeping its
+    // WAL, and gets a new slot beyond it.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&copy, &data).unwrap();
+    pg::append_conf(
+        &data,
+        "synchronous_standby_names = ''\nwal_keep_size = '1GB'\n",
+    );
+    c.pg.start();
+    c.pg.sql("SELECT pg_drop_replication_slot('safekeeper_proxy')");
+    while c.flush_lsn().0 < boundary.0 + seg {
+        c.pg.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(1, 40000) g");
+    }
+    // A new slot starts at the last checkpoint's redo point.
+    c.pg.sql("CHECKPOINT");
+    c.start_proxy("proxy-on-copy", &[]);
+    let p = c.proxy.as_mut().unwrap();
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .expect("the proxy stops by itself");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(log.contains("to compare a full page"), "{log}");
+    assert!(
+        log.contains("not the one these safekeepers follow"),
+        "{log}"
+    );
+}

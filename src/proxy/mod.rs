@@ -4,6 +4,7 @@
 //! `synchronous_standby_names = 'safekeeper_proxy'` commits wait for a
 //! majority of safekeepers.
 
+pub mod check;
 pub mod primary;
 pub mod safekeepers;
 pub mod session;
@@ -119,7 +120,7 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
-    let mut rewind = None;
+    let mut rewind = check::Rewind::default();
     let mut acts = OperatorActs::new(&cfg);
     loop {
         let started = std::time::Instant::now();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::check::{self, CheckRange, Rewind};
 use super::primary::{self, PrimaryStream};
 use super::safekeepers;
 use super::settle::{self, Reach, Settled};
@@ -22,9 +23,6 @@ use crate::pq::client::PgWriter;
 /// WAL sent to the safekeepers and not yet committed, at most; beyond it the
 /// session stops reading the primary, which TCP then holds back.
 const MAX_UNCOMMITTED: u64 = 64 << 20;
-/// How much of the primary's WAL just below term_start_lsn is compared with
-/// the safekeepers' copy after each election.
-const CHECK_BYTES: u64 = 64 * 1024;
 const TICK: Duration = Duration::from_millis(50);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon a safekeeper is dialled again after its connection ended.
@@ -127,6 +125,11 @@ struct Session<'a> {
     acks: AckLatency,
     /// Members reported as lacking the timeline in this session.
     lacking: BTreeSet<NodeId>,
+    /// The term_start whose check already had its rewind (`Rewind::tried`).
+    rewind_tried: Option<Lsn>,
+    /// Set when this session ends to have the next one stream from below
+    /// the slot.
+    rewind_asked: Option<RewindAsk>,
 }
 
 /// How long WAL from the primary waits for a majority of safekeepers (from
@@ -199,27 +202,35 @@ impl AckLatency {
 /// Run one session against the primary. Returns only with an error: the
 /// primary or the term went away (retry), or a fatal condition.
 ///
-/// `rewind` carries, from one session to the next, an LSN the safekeepers'
-/// WAL ends at below the slot's restart LSN (after whole-cluster recovery
-/// from checkpoints): streaming then starts there, from WAL the primary
-/// kept by `wal_keep_size`.
+/// `rewind` carries, from one session to the next, where streaming starts
+/// below the slot's restart LSN: the safekeepers' end of WAL after
+/// whole-cluster recovery from checkpoints, or, once, a page below
+/// term_start_lsn for the check of the primary's WAL (from WAL the primary
+/// kept by `wal_keep_size`).
 /// `acts` are the operator's one-shot requests (create the timeline,
 /// re-create it on lost members): what a session carried out is removed.
 pub async fn run(
     cfg: &Config,
-    rewind: &mut Option<Lsn>,
+    rewind: &mut Rewind,
     acts: &mut OperatorActs,
 ) -> Result<(), ProxyError> {
     let primary_cfg = cfg
         .primary
         .clone()
         .ok_or_else(|| ProxyError::Fatal("--primary is required unless --sync-only".into()))?;
-    let primary = match primary::connect(&primary_cfg, &cfg.slot, *rewind).await {
-        Err(ProxyError::Retry(e)) if rewind.is_some() && e.contains("has already been removed") => {
-            return Err(wal_gone(rewind.unwrap_or_default(), &e))
-        }
-        r => r?,
-    };
+    let stream_from = rewind.next_stream_from();
+    let required = stream_from
+        .filter(|(_, required)| *required)
+        .map(|(lsn, _)| lsn);
+    let primary =
+        match primary::connect(&primary_cfg, &cfg.slot, stream_from.map(|(lsn, _)| lsn)).await {
+            Err(ProxyError::Retry(e))
+                if required.is_some() && e.contains("has already been removed") =>
+            {
+                return Err(wal_gone(required.unwrap_or_default(), &e))
+            }
+            r => r?,
+        };
     tracing::info!(
         system_id = primary.server.system_id,
         tli = primary.server.tli,
@@ -240,20 +251,33 @@ pub async fn run(
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
     let mut s = Session::new(cfg, acts, server, start_lsn, flush_lsn, Some(writer));
     s.history = history;
+    s.rewind_tried = rewind.tried;
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
     acts.carried_out(&s.proposer);
-    let rewound = rewind.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
+    let rewound = required.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
+    match s.rewind_asked {
+        Some(RewindAsk::ToEnd(end)) => rewind.to_end = Some(end),
+        Some(RewindAsk::ForCheck { term_start, from }) => {
+            rewind.for_check = Some((term_start, from))
+        }
+        None => {}
+    }
     match result {
         Err(ProxyError::Retry(e)) if rewound && e.contains("has already been removed") => {
-            Err(wal_gone(rewind.unwrap_or_default(), &e))
-        }
-        Err(ProxyError::Retry(e)) if e.starts_with(REWIND) => {
-            *rewind = s.term_start.map(|(_, t)| t);
-            Err(ProxyError::Retry(e))
+            Err(wal_gone(required.unwrap_or_default(), &e))
         }
         other => other,
     }
+}
+
+/// What a session asks the next one to stream from, below the slot.
+#[derive(Debug, Clone, Copy)]
+enum RewindAsk {
+    /// The safekeepers' WAL ends below the slot's start.
+    ToEnd(Lsn),
+    /// The check of `term_start` wants the primary's WAL from `from`.
+    ForCheck { term_start: Lsn, from: Lsn },
 }
 
 fn wal_gone(from: Lsn, e: &str) -> ProxyError {
@@ -263,10 +287,6 @@ fn wal_gone(from: Lsn, e: &str) -> ProxyError {
          wal_keep_size; raise it before relying on restores from checkpoints)"
     ))
 }
-
-/// Prefix of the error that asks the next session to start streaming from
-/// the safekeepers' end of WAL rather than the slot's restart LSN.
-const REWIND: &str = "rewinding:";
 
 /// `--sync-only`: elect without a primary, bring a majority to
 /// term_start_lsn, commit it, and wait until that majority has persisted
@@ -386,6 +406,8 @@ impl<'a> Session<'a> {
             others_until: None,
             acks: AckLatency::new(),
             lacking: BTreeSet::new(),
+            rewind_tried: None,
+            rewind_asked: None,
         }
     }
 
@@ -738,22 +760,52 @@ impl<'a> Session<'a> {
     /// After an election: the primary's bytes just below term_start_lsn must
     /// equal what the safekeepers hold there.
     fn begin_check(&mut self, term: u64, term_start: Lsn, donor: NodeId) -> Result<(), ProxyError> {
-        let slot_start = self.primary_pos;
-        if term_start < slot_start {
+        let stream_start = self.start_lsn;
+        if term_start < stream_start {
             // After whole-cluster recovery from checkpoints the slot is
             // ahead of the safekeepers: stream again from their end, if the
             // primary still has that WAL (the next session finds out). A
             // rewound session starts at or below term_start, so this
             // happens once.
+            self.rewind_asked = Some(RewindAsk::ToEnd(term_start));
             return Err(ProxyError::Retry(format!(
-                "{REWIND} the safekeepers' WAL ends at {term_start}, below the slot's start {slot_start}; \
+                "rewinding: the safekeepers' WAL ends at {term_start}, below the slot's start {stream_start}; \
                  streaming again from {term_start}"
             )));
         }
-        let from = Lsn(term_start.0.saturating_sub(CHECK_BYTES)).max(slot_start);
+        // The safekeepers' WAL begins where the first term of their history
+        // does (a lower bound: the donor may have trimmed; then the read
+        // fails and the next session compares what the stream gives).
+        let wal_start = self
+            .proposer
+            .leader_view()
+            .and_then(|(_, _, history, _, _)| history.0.first().map(|e| e.lsn))
+            .unwrap_or(term_start);
+        let tried = self.rewind_tried == Some(term_start);
+        let from = match check::check_range(term_start, stream_start, wal_start, tried) {
+            CheckRange::Rewind { from } => {
+                self.rewind_asked = Some(RewindAsk::ForCheck { term_start, from });
+                return Err(ProxyError::Retry(format!(
+                    "rewinding: the primary's stream starts at {stream_start}, less than a WAL page \
+                     below the safekeepers' end of WAL {term_start}; streaming again from {from}'s \
+                     segment to compare a full page"
+                )));
+            }
+            CheckRange::Compare { from, short } => {
+                if short {
+                    tracing::warn!(
+                        %from, to = %term_start,
+                        "comparing less than a WAL page of the primary's WAL with the safekeepers': \
+                         the primary no longer streams the WAL below its slot's segment (or the \
+                         safekeepers trimmed it); keep wal_keep_size above one segment for a \
+                         stronger check"
+                    );
+                }
+                from
+            }
+        };
         if from == term_start {
-            // Nothing below term_start on the primary's side to compare
-            // (a new timeline starts exactly at the slot's segment start).
+            // Nothing below term_start to compare: a fresh timeline.
             self.check = Check::Streaming;
             return Ok(());
         }

@@ -29,8 +29,7 @@ struct Args {
     calm_steps: usize,
     /// Switch on a deliberate bug: accept-append-before-elected,
     /// donor-ignores-last-log-term, reseed-at-source-flush,
-    /// create-on-every-greeting, store-unknown-slot-horizon,
-    /// recovery-read-checks-stale-state.
+    /// create-on-every-greeting, store-unknown-slot-horizon.
     #[arg(long)]
     fault: Vec<String>,
     /// Print the last steps before a violation.
@@ -58,9 +57,6 @@ fn main() -> ExitCode {
             "reseed-at-source-flush" => base.proposer_faults.reseed_at_source_flush = true,
             "create-on-every-greeting" => base.proposer_faults.create_on_every_greeting = true,
             "store-unknown-slot-horizon" => base.acceptor_faults.store_unknown_slot_horizon = true,
-            "recovery-read-checks-stale-state" => {
-                base.acceptor_faults.recovery_read_checks_stale_state = true
-            }
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);

@@ -290,9 +290,6 @@ pub struct AcceptorFaults {
     /// term, a member not heard from): the horizon then forgets slots on
     /// other nodes.
     pub store_unknown_slot_horizon: bool,
-    /// For the simulation's donors: check a recovery read's term only on the
-    /// durable state before the read, not on the state the read saw.
-    pub recovery_read_checks_stale_state: bool,
 }
 
 #[derive(Debug, Clone)]

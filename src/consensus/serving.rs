@@ -130,7 +130,7 @@ pub fn knows_term_commit(s: &TimelineState) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::consensus::acceptor::term_lsn;
     use crate::consensus::messages::ServerInfo;
@@ -139,7 +139,7 @@ mod tests {
 
     /// A node that followed term 3 from LSN 1000 and holds WAL to 5000,
     /// committed to 4000.
-    fn state() -> TimelineState {
+    pub(crate) fn state() -> TimelineState {
         TimelineState {
             ttid: Ttid::default(),
             server: ServerInfo {
@@ -162,7 +162,7 @@ mod tests {
         }
     }
 
-    fn live() -> Contact {
+    pub(crate) fn live() -> Contact {
         Contact {
             live: true,
             told_commit: Lsn(4000),

@@ -16,6 +16,7 @@
 //! majority up, one proposer, no faults but one restart of the proxy while
 //! a minority goes down, a third of the way in) in which commits must advance.
 
+mod consumers;
 pub mod rng;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -114,9 +115,6 @@ impl SimOptions {
         if self.acceptor_faults.store_unknown_slot_horizon {
             cmd.push_str(" --fault store-unknown-slot-horizon");
         }
-        if self.acceptor_faults.recovery_read_checks_stale_state {
-            cmd.push_str(" --fault recovery-read-checks-stale-state");
-        }
         cmd.push_str(" --trace");
         cmd
     }
@@ -187,6 +185,8 @@ struct Node {
     /// confirmed (stored at once). None: no slot, or invalidated because
     /// this node no longer holds its WAL.
     slot: Option<Lsn>,
+    /// What it heard from proposers since it last started.
+    heard: consumers::Heard,
 }
 
 struct Host {
@@ -255,6 +255,8 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
     let mut sim = Sim::new(opts.clone());
     let total = opts.chaos_steps + opts.calm_steps;
     let mut calm_base = Lsn::INVALID;
+    let mut consumers_reached: Check =
+        Err("the calm phase was too short to check consumers".into());
     for step in 0..total {
         sim.step = step;
         if step == opts.chaos_steps {
@@ -266,6 +268,9 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
         if let Err(what) = sim.step_once().and_then(|_| sim.check_nodes()) {
             return Err(sim.violation(what));
         }
+        if step >= opts.chaos_steps + opts.calm_steps * 2 / 3 && consumers_reached.is_err() {
+            consumers_reached = sim.check_consumers(calm_base);
+        }
     }
     // Progress: a majority up and connected to one proposer for the whole
     // calm phase must have committed WAL beyond what was committed before.
@@ -275,6 +280,13 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
             "no progress: commit stuck at {} through {} calm steps ({} ms)",
             calm_base, opts.calm_steps, sim.now
         );
+        return Err(sim.violation(what));
+    }
+    // Consumers: in the last third of the calm phase, at some step every
+    // node up serves what was committed before it, or hands its consumers
+    // off to one that does (earlier, a node may still serve the commit it
+    // knows while the new term is being elected).
+    if let Err(what) = consumers_reached {
         return Err(sim.violation(what));
     }
     sim.out.commit_lsn = sim
@@ -333,6 +345,7 @@ impl Sim {
                     durable_commit: start_lsn,
                     verified_to: start_lsn,
                     slot: slot_rng.chance(50).then_some(start_lsn),
+                    heard: consumers::Heard::default(),
                 }
             })
             .collect();
@@ -448,6 +461,34 @@ impl Sim {
             .map(|h| h.commit)
             .max()
             .unwrap_or_default()
+    }
+
+    /// Whether a consumer reaches `committed` (the commit before the calm
+    /// phase) now on every node up, or is handed off to one where it does.
+    fn check_consumers(&self, committed: Lsn) -> Check {
+        let mut nodes = Vec::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            if !node.up {
+                continue;
+            }
+            let Some(state) = node.storage.durable_state(self.ttid) else {
+                continue;
+            };
+            let open = self
+                .conns
+                .keys()
+                .any(|&(p, m)| m == n && self.hosts[p].active);
+            nodes.push((n, state, node.heard.contact(self.now, open)));
+        }
+        let serving: Vec<consumers::Serving<'_>> = nodes
+            .iter()
+            .map(|(node, state, contact)| consumers::Serving {
+                node: *node,
+                state,
+                contact: *contact,
+            })
+            .collect();
+        consumers::check_reach(&serving, committed)
     }
 
     /// A third of the way through the calm phase the nodes chosen at its
@@ -695,6 +736,7 @@ impl Sim {
         node.acceptor = None;
         node.up = false;
         node.held.clear();
+        node.heard = consumers::Heard::default();
         let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.1 == n).copied().collect();
         for (p, n) in conns {
             // Cannot fail: the proposer side only forgets the connection.
@@ -908,6 +950,7 @@ impl Sim {
                 }
                 let after = node.acceptor.as_ref().expect("up").state();
                 let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
+                node.heard.heard(self.now, &msg, f);
                 self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
                 if let Some(mut reply) = release {
                     report_slot(&mut reply, self.nodes[n].slot);
@@ -1114,9 +1157,7 @@ impl Sim {
             (_, Some(d)) if !d.serves_recovery_read(r.term) => Err(refused(d)),
             (Some(a), _) => {
                 let read = donor.storage.read_wal(self.ttid, r.start, r.end);
-                if a.state().serves_recovery_read(r.term)
-                    || self.opts.acceptor_faults.recovery_read_checks_stale_state
-                {
+                if a.state().serves_recovery_read(r.term) {
                     read.map_err(|e| e.to_string())
                 } else {
                     Err(refused(a.state()))

@@ -343,7 +343,7 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             let stored = match shared.timelines.get(ttid) {
-                Some(t) => super::history::store(shared, &t, timeline, &content),
+                Some(t) => super::history::store(shared, &t, timeline, content).await,
                 // The greeting on this connection is to create it.
                 None => super::history::check_size(timeline, &content).map(|()| {
                     tracing::debug!(timeline = %ttid, tli = timeline, "history file kept until this connection's greeting creates the timeline");
@@ -468,12 +468,21 @@ async fn settle(
     tracing::info!(timeline = %t.ttid, term, %lsn, "settled by safekeeper-proxy --sync-only");
     // Only after the settled state is durable: a crash in between leaves
     // the mark, and a second --sync-only clears it.
-    shared.clear_restored().map_err(|e| {
-        (
-            sqlstate::INTERNAL_ERROR,
-            format!("clearing the restore mark: {e}"),
-        )
-    })
+    // A synced write: on a blocking thread, not this async worker.
+    let cleared = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || shared.clear_restored().map_err(|e| e.to_string()))
+    };
+    cleared
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| {
+            (
+                sqlstate::INTERNAL_ERROR,
+                format!("clearing the restore mark: {e}"),
+            )
+        })
 }
 
 /// The timeline a consumer means: the one its startup options name, or the

@@ -75,28 +75,31 @@ pub enum DaemonError {
     },
 }
 
-/// The store shared by the group-commit writer and the WAL senders.
-// TODO: RocksDB reads need no lock; give RocksStore &self writes so senders
-// do not wait behind a sync.
+/// The store shared by the group-commit writer, the WAL senders and the
+/// daemon's own records. No lock around it: the store locks only its staged
+/// batch, never across an fsync or a read (`store::rocks`), so a WAL read
+/// does not wait for the writer's sync, nor the writer for a long read.
 #[derive(Clone)]
-pub struct SharedStore(Arc<std::sync::Mutex<RocksStore>>);
+pub struct SharedStore(Arc<RocksStore>);
 
 impl SharedStore {
     pub fn new(store: RocksStore) -> SharedStore {
-        SharedStore(Arc::new(std::sync::Mutex::new(store)))
+        SharedStore(Arc::new(store))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, RocksStore> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn rocks(&self) -> &RocksStore {
+        &self.0
     }
 
+    /// Store a timeline history file, synced. Blocking for one fsync: call
+    /// it from a blocking thread (`history::store` does).
     pub fn put_timeline_history(
         &self,
         ttid: crate::id::Ttid,
         tli: u32,
         content: &[u8],
     ) -> Result<(), crate::store::StoreError> {
-        self.lock().put_timeline_history(ttid, tli, content)
+        self.0.put_timeline_history(ttid, tli, content)
     }
 
     pub fn timeline_history(
@@ -104,16 +107,18 @@ impl SharedStore {
         ttid: crate::id::Ttid,
         tli: u32,
     ) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
-        self.lock().timeline_history(ttid, tli)
+        self.0.timeline_history(ttid, tli)
     }
 
+    /// Blocking (a long read for a large range): call it from a blocking
+    /// thread (`wal_send` does).
     pub fn read_wal(
         &self,
         ttid: crate::id::Ttid,
         from: crate::lsn::Lsn,
         to: crate::lsn::Lsn,
     ) -> Result<Vec<u8>, crate::store::StoreError> {
-        self.lock().read_wal(ttid, from, to)
+        self.0.read_wal(ttid, from, to)
     }
 }
 
@@ -121,17 +126,17 @@ impl Storage for SharedStore {
     fn timelines(
         &self,
     ) -> Result<Vec<crate::consensus::acceptor::TimelineState>, crate::store::StoreError> {
-        self.lock().timelines()
+        self.0.timelines()
     }
     fn write(
         &mut self,
         ttid: crate::id::Ttid,
         writes: &[crate::consensus::acceptor::Write],
     ) -> Result<(), crate::store::StoreError> {
-        self.lock().write(ttid, writes)
+        self.0.stage(ttid, writes)
     }
     fn sync(&mut self) -> Result<(), crate::store::StoreError> {
-        self.lock().sync()
+        self.0.sync_staged()
     }
     fn read_wal(
         &self,
@@ -144,7 +149,7 @@ impl Storage for SharedStore {
     fn slots(
         &self,
     ) -> Result<Vec<(crate::id::Ttid, crate::store::SlotRecord)>, crate::store::StoreError> {
-        self.lock().slots()
+        self.0.slots()
     }
 }
 
@@ -231,11 +236,8 @@ impl Shared {
         out: &std::path::Path,
     ) -> Result<crate::store::checkpoint::CheckpointMark, crate::store::checkpoint::CheckpointError>
     {
-        let (db, path, node_id) = {
-            let store = self.store.lock();
-            (store.db(), store.path().to_path_buf(), store.node_id())
-        };
-        crate::store::checkpoint::create_from_db(&db, &path, node_id, out)
+        let store = self.store.rocks();
+        crate::store::checkpoint::create_from_db(&store.db(), store.path(), store.node_id(), out)
     }
 
     /// Clear the restore mark durably, once `--sync-only` settled every
@@ -267,7 +269,7 @@ impl Shared {
             );
             return Ok(());
         }
-        crate::store::checkpoint::clear_mark(&self.store.lock())?;
+        crate::store::checkpoint::clear_mark(self.store.rocks())?;
         if let Some(mark) = restored.take() {
             tracing::info!(
                 "whole-cluster recovery settled this node: cleared the mark of {}",
@@ -494,7 +496,68 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
     use super::parse_background_write_limit as parse;
+    use super::SharedStore;
+    use crate::consensus::acceptor::Write;
+    use crate::id::NodeId;
+    use crate::lsn::Lsn;
+    use crate::store::rocks::RocksStore;
+    use crate::store::writer::GroupCommitWriter;
+
+    /// Long enough for anything that does not wait for the held sync.
+    const ANSWER: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_wal_read_does_not_wait_for_the_writers_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SharedStore::new(RocksStore::init(dir.path().join("store"), NodeId(1)).unwrap());
+        let writer = GroupCommitWriter::start(store.clone());
+        let h = writer.handle();
+        let mut s = crate::store::memory::tests_state();
+        let (ttid, start) = (s.ttid, s.flush_lsn);
+        h.submit(ttid, vec![Write::PutState(Box::new(s.clone()))])
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+
+        // The writer stages an append and syncs it; its fsync is held.
+        let held = store.rocks().sync_hold().arm();
+        let wal = Bytes::from(vec![7u8; 64 << 10]);
+        let end = Lsn(start.0 + wal.len() as u64);
+        s.flush_lsn = end;
+        let synced = h.submit(
+            ttid,
+            vec![
+                Write::AppendWal {
+                    begin: start,
+                    bytes: wal.clone(),
+                },
+                Write::PutState(Box::new(s)),
+            ],
+        );
+        assert!(held.wait_held(ANSWER), "the writer's sync never came");
+
+        // A WAL sender reads meanwhile: it is answered, with the writes
+        // being synced (staged writes are readable), before the sync ends.
+        let (tx, rx) = mpsc::channel();
+        let reader = store.clone();
+        std::thread::spawn(move || tx.send(reader.read_wal(ttid, start, end)));
+        let read = rx
+            .recv_timeout(ANSWER)
+            .expect("the WAL read waited for the writer's sync");
+        assert_eq!(read.unwrap(), wal);
+        assert!(store.rocks().sync_hold().holding());
+
+        drop(held);
+        synced.blocking_recv().unwrap().unwrap();
+        writer.shutdown();
+    }
 
     #[test]
     fn background_write_limit_is_a_size_per_second_or_zero() {

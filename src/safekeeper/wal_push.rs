@@ -244,7 +244,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Step::End(End::Refused));
         }
     };
-    match handle(shared, timeline, &mut greeted.history, &msg) {
+    match handle(shared, timeline, &mut greeted.history, &msg).await {
         Ok(pending) => {
             if let Some(t) = timeline.as_ref() {
                 if greeted.live.is_none() {
@@ -266,7 +266,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn handle(
+async fn handle(
     shared: &Shared,
     timeline: &mut Option<Arc<Timeline>>,
     history: &mut super::history::Pending,
@@ -282,7 +282,8 @@ fn handle(
             // The history file put on this connection before the greeting,
             // now that the timeline exists.
             if let Some((tli, content)) = history.take() {
-                super::history::store(shared, &t, tli, &content)
+                super::history::store(shared, &t, tli, content)
+                    .await
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
             *timeline = Some(t);

@@ -194,14 +194,13 @@ impl Storage for MemStorage {
     }
 }
 
-/// A freshly created timeline state for unit tests: node 1 its only
-/// member, starting at the second 16 MiB segment, default ids.
+/// A greeting creating a timeline for unit tests: node 1 its only member,
+/// starting at the second 16 MiB segment, default ids.
 #[cfg(test)]
-pub(crate) fn tests_state() -> TimelineState {
-    use crate::consensus::acceptor::Acceptor;
+pub(crate) fn tests_greeting() -> crate::consensus::messages::Greeting {
     use crate::consensus::messages::{Greeting, ServerInfo};
     use crate::id::NodeId;
-    let g = Greeting {
+    Greeting {
         protocol_version: crate::codec::PROTOCOL_VERSION,
         ttid: Ttid::default(),
         server: ServerInfo {
@@ -214,8 +213,14 @@ pub(crate) fn tests_state() -> TimelineState {
         members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
         proposer_id: [0; 16],
         create: true,
-    };
-    Acceptor::create(NodeId(1), &g)
+    }
+}
+
+/// The state [`tests_greeting`] creates.
+#[cfg(test)]
+pub(crate) fn tests_state() -> TimelineState {
+    use crate::consensus::acceptor::Acceptor;
+    Acceptor::create(crate::id::NodeId(1), &tests_greeting())
         .expect("a valid greeting")
         .0
         .state()

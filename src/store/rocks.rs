@@ -3,19 +3,30 @@
 //! down in `schema/store.md`; keep the two in step.
 //!
 //! Staging and visibility. `write` stages a call's changes into one pending
-//! `WriteBatch`; `sync` commits that batch with `sync = true`, so many
-//! appends across timelines share one fsync. The trait promises that staged
-//! writes are visible to later calls, and RocksDB cannot read through a plain
-//! `WriteBatch`, so before anything that must read (a read, a truncation or
-//! trim that may rewrite a straddling chunk) the pending batch is written
-//! *unsynced*. That costs no fsync: the next synced write fsyncs RocksDB's log
-//! and with it every earlier unsynced record. Within one `write` call, the
-//! changes the call itself made are looked up in a small overlay instead, so a
-//! call always reaches RocksDB as one batch. RocksDB recovers its log as a
-//! prefix (point-in-time recovery), so after a crash each `write` call is there
-//! whole or not at all, and the calls present are a prefix of those staged. A
-//! crash may therefore keep staged writes beyond the last `sync` (the trait
+//! `WriteBatch`; `sync` makes it durable, so many appends across timelines
+//! share one fsync. The trait promises that staged writes are visible to
+//! later calls, and RocksDB cannot read through a plain `WriteBatch`, so
+//! before anything that must read (a read, a truncation or trim that may
+//! rewrite a straddling chunk) the pending batch is written *unsynced*. That
+//! costs no fsync: the next sync fsyncs RocksDB's log and with it every
+//! earlier unsynced record. Within one `write` call, the changes the call
+//! itself made are looked up in a small overlay instead, so a call always
+//! reaches RocksDB as one batch. RocksDB recovers its log as a prefix
+//! (point-in-time recovery), so after a crash each `write` call is there
+//! whole or not at all, and the calls present are a prefix of those staged.
+//! A crash may therefore keep staged writes beyond the last `sync` (the trait
 //! allows losing them, never tearing them).
+//!
+//! Locking. Every method takes `&self`, so one store is shared by the
+//! group-commit writer, WAL senders and the daemon's own records without a
+//! lock around it. The one lock, over the pending batch and the failure
+//! record, is held for in-memory work and unsynced RocksDB writes only, never
+//! across an fsync or a read of stored WAL: `sync` writes the batch unsynced
+//! under it (readable at once) and then syncs RocksDB's log (`SyncWAL`)
+//! without it, and RocksDB lets unsynced writes and reads proceed while its
+//! log is being synced. So a WAL read never waits for a sync in progress.
+//! A sync acknowledges nothing if any write or sync failed before it ended
+//! (see `Pending::failed`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -235,8 +246,14 @@ enum Op {
 
 struct Pending {
     batch: WriteBatch,
-    /// Writes went to RocksDB unsynced since the last sync.
-    written_unsynced: bool,
+    /// Writes made to RocksDB unsynced so far (staged batches made
+    /// readable, batches of `sync` and of the store's own records), counted.
+    written: u64,
+    /// `written` as of the start of the last sync that succeeded: what is
+    /// durable for sure.
+    synced: u64,
+    /// Key ranges trimmed since the last sync, compacted once it is durable.
+    trimmed: Vec<(Vec<u8>, Vec<u8>)>,
     /// The first write or sync that failed. RocksDB may have dropped what
     /// it was given (a failed write loses its batch; after a background
     /// error RocksDB refuses writes while syncing its log still succeeds),
@@ -261,6 +278,26 @@ impl Pending {
         // Whatever was staged with it is gone or unknown.
         self.batch = WriteBatch::default();
         StoreError::Io(text)
+    }
+
+    /// Write `batch` to RocksDB unsynced: readable at once, durable with
+    /// the next sync of the log. No fsync, so fine under the lock.
+    fn write_unsynced(&mut self, db: &DB, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        db.write_opt(batch, &wo).map_err(|e| self.fail(e))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Make the staged batch readable (see the module comment).
+    fn flush(&mut self, db: &DB) -> Result<(), StoreError> {
+        self.check()?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.write_unsynced(db, batch)
     }
 }
 
@@ -314,10 +351,17 @@ pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     node_id: NodeId,
+    /// The staged batch and the failure record; see the module comment.
     pending: Mutex<Pending>,
-    /// Key ranges trimmed since the last sync, compacted once it is durable.
-    trimmed: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Held by `write` for a whole call: a call's view of the stored chunks
+    /// (a truncation's straddling chunk) must not change under it. Only the
+    /// one writer takes it; readers and syncs never do.
+    staging: Mutex<()>,
     compactor: Compactor,
+    /// Tests hold a sync here, with its batch readable and its fsync not
+    /// begun.
+    #[cfg(test)]
+    sync_hold: hold::SyncHold,
 }
 
 impl Drop for RocksStore {
@@ -544,10 +588,14 @@ impl RocksStore {
             node_id,
             pending: Mutex::new(Pending {
                 batch: WriteBatch::default(),
-                written_unsynced: false,
+                written: 0,
+                synced: 0,
+                trimmed: Vec::new(),
                 failed: None,
             }),
-            trimmed: Vec::new(),
+            staging: Mutex::new(()),
+            #[cfg(test)]
+            sync_hold: hold::SyncHold::default(),
         }
     }
 
@@ -555,6 +603,12 @@ impl RocksStore {
     /// run beside the writer without holding the store's lock.
     pub(crate) fn db(&self) -> Arc<DB> {
         self.db.clone()
+    }
+
+    /// Where tests hold this store's syncs.
+    #[cfg(test)]
+    pub(crate) fn sync_hold(&self) -> &hold::SyncHold {
+        &self.sync_hold
     }
 
     /// The node id recorded at init.
@@ -581,16 +635,33 @@ impl RocksStore {
     }
 
     /// Write a batch of the store's own records (not a timeline's staged
-    /// writes) synced, at once. A failure counts as any other: the store
-    /// accepts nothing more until it is reopened.
+    /// writes) durably, at once. Blocking for one fsync, during which
+    /// nothing else waits (see the module comment). A failure counts as any
+    /// other: the store accepts nothing more until it is reopened.
     pub(crate) fn write_synced_beside(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        // Not under the pending lock: readers must not wait for this fsync.
-        self.lock_pending().check()?;
-        self.db
-            .write_opt(batch, &opts)
-            .map_err(|e| self.lock_pending().fail(e))
+        let upto = {
+            let mut p = self.lock_pending();
+            p.check()?;
+            p.write_unsynced(&self.db, batch)?;
+            p.written
+        };
+        self.sync_log(upto)
+    }
+
+    /// Make every write up to the `upto`th durable by syncing RocksDB's log,
+    /// without the pending lock. Fails if any write or sync failed before
+    /// it ends, ours or another's: what it covered is not acknowledged.
+    fn sync_log(&self, upto: u64) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.sync_hold.pass();
+        let synced = self.db.flush_wal(true);
+        let mut p = self.lock_pending();
+        if let Err(e) = synced {
+            return Err(p.fail(e));
+        }
+        p.check()?;
+        p.synced = p.synced.max(upto);
+        Ok(())
     }
 
     /// A stored timeline history file, if any.
@@ -650,16 +721,7 @@ impl RocksStore {
     /// Make staged writes readable (unsynced; see the module comment).
     /// After a failed write or sync this fails too (see `Pending::failed`).
     fn flush_pending(&self) -> Result<(), StoreError> {
-        let mut p = self.lock_pending();
-        p.check()?;
-        if p.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut p.batch);
-        p.written_unsynced = true;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        self.db.write_opt(batch, &wo).map_err(|e| p.fail(e))
+        self.lock_pending().flush(&self.db)
     }
 
     fn state_of(&self, ttid: Ttid) -> Result<Option<TimelineState>, StoreError> {
@@ -733,6 +795,158 @@ impl RocksStore {
             });
         }
         Ok(Some((start, Bytes::copy_from_slice(payload))))
+    }
+}
+
+impl RocksStore {
+    /// [`Storage::write`] through a shared reference: calls are taken one
+    /// at a time, and a sync or read beside them waits for no more than the
+    /// moment it takes to add a call's changes to the batch.
+    pub fn stage(&self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
+        let _one_call = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock_pending().check()?;
+        let mut ops = Vec::with_capacity(writes.len());
+        let mut view = CallView::default();
+        let mut trimmed = Vec::new();
+        let mut flushed = false;
+        for w in writes {
+            match w {
+                Write::AppendWal { begin, bytes } => {
+                    // An empty chunk would hold no WAL but could replace a
+                    // chunk starting at the same LSN.
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if begin.checked_add(bytes.len() as u64).is_none() {
+                        return Err(StoreError::Invalid(format!(
+                            "append at {begin} overflows the LSN space"
+                        )));
+                    }
+                    ops.push(Op::Put(
+                        CF_WAL,
+                        wal_key(ttid, *begin).to_vec(),
+                        chunk_value(ttid, *begin, bytes),
+                    ));
+                    view.puts.insert(*begin, bytes.clone());
+                }
+                Write::TruncateWal { from } => {
+                    if !flushed {
+                        self.flush_pending()?;
+                        flushed = true;
+                    }
+                    if let Some((start, bytes)) = self.chunk_before(ttid, *from, &view)? {
+                        let keep = from.0 - start.0;
+                        if keep < bytes.len() as u64 {
+                            let kept = bytes.slice(..keep as usize);
+                            ops.push(Op::Put(
+                                CF_WAL,
+                                wal_key(ttid, start).to_vec(),
+                                chunk_value(ttid, start, &kept),
+                            ));
+                            view.puts.insert(start, kept);
+                        }
+                    }
+                    ops.push(Op::DeleteRange(
+                        CF_WAL,
+                        wal_key(ttid, *from).to_vec(),
+                        wal_key_end(ttid).to_vec(),
+                    ));
+                    view.puts.split_off(from);
+                    view.masked_from = Some(view.masked_from.map_or(*from, |m| m.min(*from)));
+                }
+                Write::TrimWal { below } => {
+                    if !flushed {
+                        self.flush_pending()?;
+                        flushed = true;
+                    }
+                    let straddling = self.chunk_before(ttid, *below, &view)?;
+                    let range = (
+                        wal_key(ttid, Lsn(0)).to_vec(),
+                        wal_key(ttid, *below).to_vec(),
+                    );
+                    ops.push(Op::DeleteRange(CF_WAL, range.0.clone(), range.1.clone()));
+                    view.puts = view.puts.split_off(below);
+                    if let Some((start, bytes)) = straddling {
+                        let skip = below.0 - start.0;
+                        if skip < bytes.len() as u64 {
+                            let rest = bytes.slice(skip as usize..);
+                            ops.push(Op::Put(
+                                CF_WAL,
+                                wal_key(ttid, *below).to_vec(),
+                                chunk_value(ttid, *below, &rest),
+                            ));
+                            view.puts.insert(*below, rest);
+                        }
+                    }
+                    view.masked_below = Some(view.masked_below.map_or(*below, |m| m.max(*below)));
+                    trimmed.push(range);
+                }
+                Write::PutState(s) => {
+                    if s.ttid != ttid {
+                        return Err(StoreError::Invalid(format!(
+                            "state of timeline {} written as timeline {ttid}",
+                            s.ttid
+                        )));
+                    }
+                    ops.push(Op::Put(
+                        CF_TIMELINE,
+                        ttid.key_prefix().to_vec(),
+                        encode_stored(&**s)?,
+                    ));
+                }
+                Write::PutSlot(r) => {
+                    ops.push(Op::Put(
+                        CF_SLOT,
+                        slot_key(ttid, &r.name),
+                        encode_stored(&**r)?,
+                    ));
+                }
+                Write::DeleteSlot { name } => ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name))),
+            }
+        }
+        let timeline_cf = self.cf(CF_TIMELINE)?;
+        let wal_cf = self.cf(CF_WAL)?;
+        let slot_cf = self.cf(CF_SLOT)?;
+        let cf = |name| match name {
+            CF_WAL => wal_cf,
+            CF_SLOT => slot_cf,
+            _ => timeline_cf,
+        };
+        let mut p = self.lock_pending();
+        // A failure since the check above (a reader's flush) ends this too.
+        p.check()?;
+        for op in ops {
+            match op {
+                Op::Put(name, k, v) => p.batch.put_cf(cf(name), k, v),
+                Op::DeleteRange(name, a, b) => p.batch.delete_range_cf(cf(name), a, b),
+                Op::Delete(name, k) => p.batch.delete_cf(cf(name), k),
+            }
+        }
+        p.trimmed.extend(trimmed);
+        Ok(())
+    }
+
+    /// [`Storage::sync`] through a shared reference. The staged batch is
+    /// written unsynced under the pending lock (so it stays readable
+    /// throughout), then RocksDB's log is synced without that lock: reads,
+    /// staging and the store's own records go on meanwhile.
+    pub fn sync_staged(&self) -> Result<(), StoreError> {
+        let (upto, unsynced, trimmed) = {
+            let mut p = self.lock_pending();
+            p.flush(&self.db)?;
+            (
+                p.written,
+                p.written != p.synced,
+                std::mem::take(&mut p.trimmed),
+            )
+        };
+        if unsynced {
+            self.sync_log(upto)?;
+        }
+        for (from, to) in trimmed {
+            self.compactor.request(from, to);
+        }
+        Ok(())
     }
 }
 
@@ -983,145 +1197,11 @@ impl Storage for RocksStore {
     }
 
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
-        self.lock_pending().check()?;
-        let mut ops = Vec::with_capacity(writes.len());
-        let mut view = CallView::default();
-        let mut trimmed = Vec::new();
-        let mut flushed = false;
-        for w in writes {
-            match w {
-                Write::AppendWal { begin, bytes } => {
-                    // An empty chunk would hold no WAL but could replace a
-                    // chunk starting at the same LSN.
-                    if bytes.is_empty() {
-                        continue;
-                    }
-                    if begin.checked_add(bytes.len() as u64).is_none() {
-                        return Err(StoreError::Invalid(format!(
-                            "append at {begin} overflows the LSN space"
-                        )));
-                    }
-                    ops.push(Op::Put(
-                        CF_WAL,
-                        wal_key(ttid, *begin).to_vec(),
-                        chunk_value(ttid, *begin, bytes),
-                    ));
-                    view.puts.insert(*begin, bytes.clone());
-                }
-                Write::TruncateWal { from } => {
-                    if !flushed {
-                        self.flush_pending()?;
-                        flushed = true;
-                    }
-                    if let Some((start, bytes)) = self.chunk_before(ttid, *from, &view)? {
-                        let keep = from.0 - start.0;
-                        if keep < bytes.len() as u64 {
-                            let kept = bytes.slice(..keep as usize);
-                            ops.push(Op::Put(
-                                CF_WAL,
-                                wal_key(ttid, start).to_vec(),
-                                chunk_value(ttid, start, &kept),
-                            ));
-                            view.puts.insert(start, kept);
-                        }
-                    }
-                    ops.push(Op::DeleteRange(
-                        CF_WAL,
-                        wal_key(ttid, *from).to_vec(),
-                        wal_key_end(ttid).to_vec(),
-                    ));
-                    view.puts.split_off(from);
-                    view.masked_from = Some(view.masked_from.map_or(*from, |m| m.min(*from)));
-                }
-                Write::TrimWal { below } => {
-                    if !flushed {
-                        self.flush_pending()?;
-                        flushed = true;
-                    }
-                    let straddling = self.chunk_before(ttid, *below, &view)?;
-                    let range = (
-                        wal_key(ttid, Lsn(0)).to_vec(),
-                        wal_key(ttid, *below).to_vec(),
-                    );
-                    ops.push(Op::DeleteRange(CF_WAL, range.0.clone(), range.1.clone()));
-                    view.puts = view.puts.split_off(below);
-                    if let Some((start, bytes)) = straddling {
-                        let skip = below.0 - start.0;
-                        if skip < bytes.len() as u64 {
-                            let rest = bytes.slice(skip as usize..);
-                            ops.push(Op::Put(
-                                CF_WAL,
-                                wal_key(ttid, *below).to_vec(),
-                                chunk_value(ttid, *below, &rest),
-                            ));
-                            view.puts.insert(*below, rest);
-                        }
-                    }
-                    view.masked_below = Some(view.masked_below.map_or(*below, |m| m.max(*below)));
-                    trimmed.push(range);
-                }
-                Write::PutState(s) => {
-                    if s.ttid != ttid {
-                        return Err(StoreError::Invalid(format!(
-                            "state of timeline {} written as timeline {ttid}",
-                            s.ttid
-                        )));
-                    }
-                    ops.push(Op::Put(
-                        CF_TIMELINE,
-                        ttid.key_prefix().to_vec(),
-                        encode_stored(&**s)?,
-                    ));
-                }
-                Write::PutSlot(r) => {
-                    ops.push(Op::Put(
-                        CF_SLOT,
-                        slot_key(ttid, &r.name),
-                        encode_stored(&**r)?,
-                    ));
-                }
-                Write::DeleteSlot { name } => ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name))),
-            }
-        }
-        let timeline_cf = self.cf(CF_TIMELINE)?;
-        let wal_cf = self.cf(CF_WAL)?;
-        let slot_cf = self.cf(CF_SLOT)?;
-        let cf = |name| match name {
-            CF_WAL => wal_cf,
-            CF_SLOT => slot_cf,
-            _ => timeline_cf,
-        };
-        let mut p = self.lock_pending();
-        // A failure since the check above (a reader's flush) ends this too.
-        p.check()?;
-        for op in ops {
-            match op {
-                Op::Put(name, k, v) => p.batch.put_cf(cf(name), k, v),
-                Op::DeleteRange(name, a, b) => p.batch.delete_range_cf(cf(name), a, b),
-                Op::Delete(name, k) => p.batch.delete_cf(cf(name), k),
-            }
-        }
-        drop(p);
-        self.trimmed.extend(trimmed);
-        Ok(())
+        self.stage(ttid, writes)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        let p = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
-        p.check()?;
-        if !p.batch.is_empty() {
-            let batch = std::mem::take(&mut p.batch);
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            self.db.write_opt(batch, &wo).map_err(|e| p.fail(e))?;
-        } else if p.written_unsynced {
-            self.db.flush_wal(true).map_err(|e| p.fail(e))?;
-        }
-        p.written_unsynced = false;
-        for (from, to) in self.trimmed.drain(..) {
-            self.compactor.request(from, to);
-        }
-        Ok(())
+        self.sync_staged()
     }
 
     fn slots(&self) -> Result<Vec<(Ttid, crate::store::SlotRecord)>, StoreError> {
@@ -1210,5 +1290,111 @@ impl Storage for RocksStore {
             });
         }
         Ok(out)
+    }
+}
+
+/// Holding a sync of the store in a test, at the point where its batch is
+/// readable and its fsync has not begun.
+#[cfg(test)]
+pub(crate) mod hold {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    pub(crate) struct SyncHold {
+        /// (armed: syncs stop here, a sync is stopped here)
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    /// Releases the held syncs when dropped, also when a test fails.
+    pub(crate) struct Armed<'a>(&'a SyncHold);
+
+    impl Drop for Armed<'_> {
+        fn drop(&mut self) {
+            self.0.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+            self.0.changed.notify_all();
+        }
+    }
+
+    impl Armed<'_> {
+        /// Whether a sync is held here within `timeout`.
+        pub(crate) fn wait_held(&self, timeout: Duration) -> bool {
+            let s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (s, _) = self
+                .0
+                .changed
+                .wait_timeout_while(s, timeout, |s| !s.1)
+                .unwrap_or_else(|e| e.into_inner());
+            s.1
+        }
+    }
+
+    impl SyncHold {
+        /// Whether a sync is held here now.
+        pub(crate) fn holding(&self) -> bool {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+        }
+
+        /// Hold every sync from now until the guard is dropped.
+        pub(crate) fn arm(&self) -> Armed<'_> {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+            Armed(self)
+        }
+
+        pub(super) fn pass(&self) {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            while s.0 {
+                s.1 = true;
+                self.changed.notify_all();
+                s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.1 = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::RocksStore;
+    use crate::consensus::acceptor::Write;
+    use crate::id::NodeId;
+    use crate::store::{Storage, StoreError};
+
+    #[test]
+    fn a_failure_while_a_sync_is_in_progress_fails_that_sync_and_everything_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RocksStore::init(dir.path().join("store"), NodeId(1)).unwrap());
+        let s = crate::store::memory::tests_state();
+        let (ttid, at) = (s.ttid, s.flush_lsn);
+        store.stage(ttid, &[Write::PutState(Box::new(s))]).unwrap();
+        let held = store.sync_hold().arm();
+        let syncing = {
+            let store = store.clone();
+            std::thread::spawn(move || store.sync_staged())
+        };
+        assert!(
+            held.wait_held(Duration::from_secs(30)),
+            "the sync never came"
+        );
+        // Another write fails while the fsync runs (a history file's, say,
+        // on a full disk): the sync's fsync then succeeds, but it must not
+        // acknowledge what it covered.
+        store.lock_pending().failed = Some("injected failure".into());
+        drop(held);
+        let failed = |r: Result<(), StoreError>, what: &str| {
+            assert!(matches!(r, Err(StoreError::Failed(_))), "{what}: {r:?}");
+        };
+        failed(syncing.join().unwrap(), "the sync in progress");
+        failed(store.stage(ttid, &[]), "a later write");
+        failed(store.sync_staged(), "a later sync");
+        failed(store.read_wal(ttid, at, at).map(drop), "a later read");
+        failed(
+            store.put_timeline_history(ttid, 1, b"history"),
+            "a later record of the store's own",
+        );
     }
 }

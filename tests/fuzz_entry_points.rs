@@ -58,7 +58,7 @@ entry_points! {
     backend: 4000, 512;
     replication_command: 4000, 256;
     proposer_codec: 4000, 512;
-    proposer_message: 1000, 256;
+    proposer_message: 6000, 256;
     stored_values: 4000, 512;
     text_values: 4000, 128;
     conninfo: 4000, 256;

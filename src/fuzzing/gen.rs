@@ -7,7 +7,7 @@
 use arbitrary::{Result, Unstructured};
 use bytes::Bytes;
 
-use crate::codec::PROTOCOL_VERSION;
+use crate::codec::{MAX_STRUCT_SIZE, PROTOCOL_VERSION};
 use crate::consensus::limits::{MAX_MEMBERS, MAX_MEMBER_ADDRESS_LEN, MAX_TERM_HISTORY};
 use crate::consensus::messages::*;
 use crate::consensus::term_history::{Term, TermHistory, TermLsn};
@@ -15,14 +15,17 @@ use crate::id::{NodeId, TenantId, TimelineId, Ttid};
 use crate::lsn::Lsn;
 
 /// A length: mostly small, sometimes anywhere up to `max`, sometimes
-/// right at `limit` or just past it.
+/// right at `limit` or just past it, sometimes just under `max` (where
+/// `max` is what the codec can carry, so the value still crosses the wire
+/// but leaves little room for anything stored around it).
 pub(crate) fn len(u: &mut Unstructured, limit: usize, max: usize) -> Result<usize> {
-    Ok(match u.int_in_range(0..=7u8)? {
+    Ok(match u.int_in_range(0..=8u8)? {
         0..=3 => u.int_in_range(0..=4usize.min(max))?,
         4 => u.int_in_range(0..=max)?,
         5 => limit,
         6 => (limit + 1).min(max),
-        _ => u.int_in_range(limit.saturating_sub(2)..=(limit + 2).min(max))?,
+        7 => u.int_in_range(limit.saturating_sub(2)..=(limit + 2).min(max))?,
+        _ => max - u.int_in_range(0..=max / 2048)?,
     })
 }
 
@@ -78,10 +81,12 @@ fn server(u: &mut Unstructured) -> Result<ServerInfo> {
     })
 }
 
-/// Members 1, 2, 3, … (sometimes other ids), addresses of a drawn length.
+/// Members 1, 2, 3, … (sometimes other ids); the first address of a drawn
+/// length up to the size of a whole message, so an address that fits the
+/// wire but not the store is reached.
 pub(crate) fn members(u: &mut Unstructured) -> Result<Members> {
-    let n = len(u, MAX_MEMBERS, MAX_MEMBERS + 8)?;
-    let addr_len = len(u, MAX_MEMBER_ADDRESS_LEN, 2 * MAX_MEMBER_ADDRESS_LEN)?;
+    let n = len(u, MAX_MEMBERS, 2 * MAX_MEMBERS)?;
+    let addr_len = len(u, MAX_MEMBER_ADDRESS_LEN, MAX_STRUCT_SIZE as usize)?;
     let mut out = Members::new();
     for i in 0..n as u64 {
         let id = if u.ratio(15, 16)? {
@@ -89,35 +94,41 @@ pub(crate) fn members(u: &mut Unstructured) -> Result<Members> {
         } else {
             u.arbitrary()?
         };
-        let mut addr = format!("h{i}:5454");
-        while addr.len() < addr_len {
-            addr.insert(0, 'a');
-        }
+        let port = format!("h{i}:5454");
+        let pad = if i == 0 { addr_len } else { 0 };
+        let addr = "a".repeat(pad.saturating_sub(port.len())) + &port;
         out.insert(NodeId(id), addr);
     }
     Ok(out)
 }
 
 /// A term history: well formed (terms increasing, LSNs not decreasing)
-/// unless drawn otherwise, of a drawn length, ending at `last` if given.
+/// unless drawn otherwise, of a drawn length. Given `last`, it ends there:
+/// the entries before it count down from it (as many as its term allows).
 pub(crate) fn history(u: &mut Unstructured, last: Option<TermLsn>) -> Result<TermHistory> {
-    let n = len(u, MAX_TERM_HISTORY, MAX_TERM_HISTORY + 6000)?;
-    let mut term: Term = u.int_in_range(0..=3)?;
-    let mut lsn = TIMELINE_START.0;
+    // 16 bytes an entry: at most a whole message of them.
+    let mut n = len(u, MAX_TERM_HISTORY, MAX_STRUCT_SIZE as usize / 16)?;
     let term_step: u64 = u.int_in_range(1..=3)?;
     let lsn_step: u64 = u.int_in_range(0..=8192)?;
-    let mut entries = Vec::with_capacity(n + 1);
-    for _ in 0..n {
-        term += term_step;
-        lsn += lsn_step;
-        entries.push(TermLsn {
-            term,
-            lsn: Lsn(lsn),
-        });
-    }
-    if let Some(e) = last {
-        entries.retain(|x| x.term < e.term && x.lsn <= e.lsn);
-        entries.push(e);
+    let end = match last {
+        Some(e) => {
+            n = n.min((e.term / term_step) as usize);
+            e
+        }
+        None => TermLsn {
+            term: (n as u64 + 1) * term_step + u.int_in_range(0..=3)?,
+            lsn: Lsn(TIMELINE_START.0 + (n as u64 + 1) * lsn_step),
+        },
+    };
+    let mut entries: Vec<TermLsn> = (1..=n as u64)
+        .rev()
+        .map(|back| TermLsn {
+            term: end.term - back * term_step,
+            lsn: Lsn(end.lsn.0.saturating_sub(back * lsn_step)),
+        })
+        .collect();
+    if last.is_some() {
+        entries.push(end);
     }
     if !entries.is_empty() && u.ratio(1, 16)? {
         let i = u.choose_index(entries.len())?;

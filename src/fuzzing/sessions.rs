@@ -370,7 +370,11 @@ pub(crate) fn proposer_message(data: &[u8]) {
 }
 
 fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
-    let term = gen::near(u, 3)?;
+    let term = if u.arbitrary()? {
+        gen::near(u, 3)?
+    } else {
+        u.int_in_range(0..=1 << 20)?
+    };
     let msg = gen::proposer_message(u, term, gen::TIMELINE_START)?;
     let bytes = encode_proposer_message(&msg);
     let msg = match decode_proposer_message(&bytes) {
@@ -409,6 +413,12 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
     };
     apply(&mut store, acc.ttid(), &effects);
     // Voted into the message's term, so Elected and appends get far.
+    let term = match &msg {
+        ProposerMessage::Elected(m) => m.term,
+        ProposerMessage::Append(m) => m.term,
+        ProposerMessage::Reseed(m) => m.term,
+        _ => term,
+    };
     if let Ok(e) = acc.handle(&ProposerMessage::VoteRequest(VoteRequest { term })) {
         apply(&mut store, acc.ttid(), &e);
     }

@@ -4,7 +4,8 @@
 #
 # libFuzzer on the stable toolchain: sanitizer-coverage through RUSTFLAGS,
 # and an explicit --target so build scripts are not instrumented. The corpus
-# of each target grows in fuzz/corpus/TARGET and is minimised (merged) after
+# of each target grows in fuzz/corpus/TARGET (fuzz/dict/TARGET.dict, where
+# present, gives libFuzzer the grammar's keywords) and is minimised after
 # its run; a crash leaves its input in fuzz/artifacts/TARGET and stops the
 # script. Reproduce one with: tools/fuzz.sh repro TARGET FILE.
 # Figures of the last run of each target go to fuzz/logs/TARGET.log.
@@ -12,7 +13,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../fuzz"
 TRIPLE=x86_64-unknown-linux-gnu
-export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/walkeeper-fuzz-target}}"
+# Never the main build's target directory: other RUSTFLAGS.
+export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/walkeeper-fuzz-target}"
 export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -43,7 +45,9 @@ for t in $TARGETS; do
     echo "== $t: ${SECONDS_EACH}s"
     # One process (no -jobs: its output would go to fuzz-N.log and a crash
     # would not fail the script); -max_len: room for a structure-aware input.
-    "$(bin "$t")" -max_total_time="$SECONDS_EACH" \
+    dict=()
+    [[ -f "dict/$t.dict" ]] && dict=(-dict="dict/$t.dict")
+    "$(bin "$t")" -max_total_time="$SECONDS_EACH" "${dict[@]}" \
         -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" "corpus/$t" >"logs/$t.log" 2>&1 || {
         tail -40 "logs/$t.log"
@@ -52,8 +56,9 @@ for t in $TARGETS; do
     }
     grep -E '^#[0-9]+.*(DONE|pulse)' "logs/$t.log" | tail -1
     grep -E 'stat::number_of_executed_units' "logs/$t.log" || true
-    # Keep the corpus small: only inputs that add coverage.
+    # Keep the corpus small: only inputs that add an edge (-use_counters=0:
+    # hit counts do not count), a tenth of the inputs or fewer.
     rm -rf "corpus/$t.min" && mkdir "corpus/$t.min"
-    "$(bin "$t")" -merge=1 -max_len=8192 "corpus/$t.min" "corpus/$t" >/dev/null 2>&1
+    "$(bin "$t")" -merge=1 -use_counters=0 -max_len=8192 "corpus/$t.min" "corpus/$t" >/dev/null 2>&1
     rm -rf "corpus/$t" && mv "corpus/$t.min" "corpus/$t"
 done

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod consensus;
+pub mod fuzzing;
 pub mod id;
 #[cfg(feature = "rocksdb")]
 pub mod inspect;

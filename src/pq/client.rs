@@ -592,14 +592,14 @@ fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ClientError> {
 
 /// A backend message: its type byte and body (length word stripped).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Frame {
-    tag: u8,
-    body: Bytes,
+pub(crate) struct Frame {
+    pub(crate) tag: u8,
+    pub(crate) body: Bytes,
 }
 
 /// Takes one whole backend message off the front of `buf`; `Ok(None)` (and
 /// nothing consumed) until all of it is buffered.
-fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
+pub(crate) fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -657,7 +657,7 @@ fn lossy(b: &[u8]) -> String {
 
 /// The fields of an ErrorResponse or NoticeResponse.
 #[derive(Debug, Default)]
-struct ErrorFields {
+pub(crate) struct ErrorFields {
     severity: Option<String>,
     severity_nonlocalized: Option<String>,
     code: Option<String>,
@@ -666,7 +666,7 @@ struct ErrorFields {
     hint: Option<String>,
 }
 
-fn parse_error_fields(mut body: Bytes) -> Result<ErrorFields, String> {
+pub(crate) fn parse_error_fields(mut body: Bytes) -> Result<ErrorFields, String> {
     let mut f = ErrorFields::default();
     loop {
         if body.is_empty() {
@@ -704,7 +704,7 @@ impl ErrorFields {
     }
 }
 
-fn parse_data_row(mut body: Bytes) -> Result<Vec<Option<Bytes>>, String> {
+pub(crate) fn parse_data_row(mut body: Bytes) -> Result<Vec<Option<Bytes>>, String> {
     if body.len() < 2 {
         return Err("DataRow too short".into());
     }

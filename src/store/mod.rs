@@ -5,6 +5,7 @@
 #[cfg(feature = "rocksdb")]
 pub mod checkpoint;
 pub mod faulty;
+pub mod layout;
 pub mod memory;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;

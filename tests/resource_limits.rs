@@ -403,3 +403,83 @@ fn checkpoints_go_only_under_the_checkpoint_dir() {
     assert_eq!(status, 200, "{body}");
     assert!(backups.join("daily/cp").is_dir());
 }
+
+/// The daemon's resident memory, from /proc.
+fn rss_bytes(sk: &Safekeeper) -> u64 {
+    let pid = sk.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Hundreds of sockets, each starting a replication connection and then
+/// sending most of a 2 MiB query: memory grows by at most what the README
+/// states per admitted connection (the frame being read, 2 MiB), and the
+/// node serves again once they leave.
+#[test]
+fn hundreds_of_hostile_connections_hold_memory_within_the_stated_bound() {
+    const CAP: usize = 50;
+    const SOCKETS: usize = 200;
+    const FRAME: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start_with(
+        &dir.path().join("sk"),
+        1,
+        true,
+        &["--max-connections", &CAP.to_string()],
+    );
+    let before = rss_bytes(&sk);
+    let mut startup = BytesMut::new();
+    frontend::startup_message(
+        [
+            ("user", "walkeeper"),
+            ("database", "replication"),
+            ("replication", "true"),
+        ],
+        &mut startup,
+    )
+    .unwrap();
+    // A query message announcing 2 MiB, of which all but 1 KiB is sent.
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&(FRAME as i32).to_be_bytes());
+    query.resize(FRAME - 1024, b'x');
+    let mut sockets = Vec::new();
+    for _ in 0..SOCKETS {
+        let Ok(mut s) = TcpStream::connect(sk.pg_addr) else {
+            continue;
+        };
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Refused sockets are closed under the writes: not an error here.
+        let _ = s.write_all(&startup).and_then(|_| s.write_all(&query));
+        sockets.push(s);
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "the cap's worth of connections",
+        || (gauge(&sk, "walkeeper_connections") == Some(CAP as u64)).then_some(()),
+    );
+    let grown = rss_bytes(&sk).saturating_sub(before);
+    let bound = (CAP * FRAME) as u64 + (64 << 20);
+    eprintln!(
+        "{SOCKETS} hostile sockets: RSS grew by {} MiB (bound {} MiB)",
+        grown >> 20,
+        bound >> 20
+    );
+    assert!(
+        grown <= bound,
+        "RSS grew by {grown} bytes with {SOCKETS} hostile sockets, beyond {bound}"
+    );
+    drop(sockets);
+    wait_for(
+        Duration::from_secs(20),
+        "the hostile connections to be uncounted",
+        || (gauge(&sk, "walkeeper_connections") == Some(0)).then_some(()),
+    );
+    let mut c = RawClient::connect(sk.pg_addr, "");
+    let reply = c.query("SHOW server_version_num");
+    assert!(reply.iter().any(|m| m.tag == b'D'), "{reply:?}");
+}

@@ -171,8 +171,17 @@ struct Lead<'a> {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        if self.queued {
-            self.writer.lead();
+        if !self.queued {
+            return;
+        }
+        // Leading blocks for a sync: on the daemon's multi-threaded runtime
+        // the worker first hands its other tasks to another thread, so no
+        // connection waits behind this fsync.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.writer.lead())
+            }
+            _ => self.writer.lead(),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::lsn::Lsn;
 /// Version of the proposer/acceptor protocol (schema/wire-messages.md).
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest WAL payload of one AppendRequest.
+/// Largest WAL payload of one AppendRequest; the decoder refuses more.
 pub const MAX_APPEND_WAL: usize = 1 << 20;
 
 /// Largest encoded message, WAL included. Anything longer is refused before
@@ -49,6 +49,8 @@ pub enum CodecError {
     UnknownTag(u8),
     #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_SIZE} bytes")]
     TooLarge(usize),
+    #[error("AppendRequest with {0} WAL bytes exceeds the limit of {MAX_APPEND_WAL} bytes")]
+    AppendTooLarge(usize),
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
     #[error("{what} cannot be stored: {detail}")]
@@ -189,6 +191,9 @@ pub fn decode_proposer_message(bytes: &Bytes) -> Result<ProposerMessage, CodecEr
                 what: "AppendRequest",
                 detail,
             };
+            if wal_len > MAX_APPEND_WAL {
+                return Err(CodecError::AppendTooLarge(wal_len));
+            }
             if wal_len != h.wal_len as usize {
                 return Err(malformed(format!(
                     "header announces {} WAL bytes, message carries {wal_len}",
@@ -444,6 +449,33 @@ mod tests {
         assert_eq!(
             decode_proposer_message(&big),
             Err(CodecError::TooLarge(MAX_MESSAGE_SIZE + 1))
+        );
+    }
+
+    #[test]
+    fn append_with_more_wal_than_the_limit_is_refused() {
+        let append = |len: usize| {
+            ProposerMessage::Append(AppendRequest {
+                term: 1,
+                begin_lsn: Lsn(0),
+                end_lsn: Lsn(len as u64),
+                commit_lsn: Lsn(0),
+                peer_horizon_lsn: Lsn(0),
+                slot_horizon_lsn: Lsn(0),
+                wal: Bytes::from(vec![7u8; len]),
+            })
+        };
+        let most = append(MAX_APPEND_WAL);
+        assert_eq!(
+            decode_proposer_message(&encode_proposer_message(&most)),
+            Ok(most)
+        );
+        // One byte more still fits the message limit, not the WAL limit.
+        let over = encode_proposer_message(&append(MAX_APPEND_WAL + 1));
+        assert!(over.len() <= MAX_MESSAGE_SIZE);
+        assert_eq!(
+            decode_proposer_message(&over),
+            Err(CodecError::AppendTooLarge(MAX_APPEND_WAL + 1))
         );
     }
 

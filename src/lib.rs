@@ -1,4 +1,4 @@
-//! walkeeper: a quorum WAL safekeeper for PostgreSQL. See DESIGN.md (shared)
+//! walkeeper: a quorum WAL safekeeper for PostgreSQL. See ARCHITECTURE.md
 //! and `schema/` for the protocol and the on-disk layout.
 
 pub mod codec;

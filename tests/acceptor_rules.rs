@@ -1,4 +1,5 @@
-//! One test per acceptor rule of DESIGN.md's table. Each test drives the real
+//! One test per acceptor rule (ARCHITECTURE.md, "3. The consensus protocol
+//! as implemented"). Each test drives the real
 //! `Acceptor` over `MemStorage` the way the daemon does: writes are staged,
 //! the reply is released only after a sync, and a crash loses what was not
 //! synced.

@@ -17,7 +17,7 @@ struct Args {
     /// First seed.
     #[arg(long, default_value_t = 0)]
     start: u64,
-    /// Acceptors: 3 or 5.
+    /// Acceptors: 3 to 5.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     nodes: u64,
     /// Proposers: 1 to 3.

@@ -1,5 +1,6 @@
 //! The acceptor: one timeline's side of the consensus protocol on a
-//! safekeeper, as a pure state machine (DESIGN.md, "Consensus").
+//! safekeeper, as a pure state machine (ARCHITECTURE.md,
+//! "3. The consensus protocol as implemented").
 //!
 //! `handle` takes a proposer message and returns [`Effects`]: the writes to
 //! make durable and the reply. The caller (the daemon, or the simulation)

@@ -1,4 +1,5 @@
-//! The proposer/acceptor messages of DESIGN.md. They travel inside CopyData
+//! The proposer/acceptor messages (ARCHITECTURE.md, "3. The consensus
+//! protocol as implemented"; schema/wire-messages.md). They travel inside CopyData
 //! after `START_WAL_PUSH`; `crate::codec` turns them into bytes.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! The proposer: the proxy's side of the consensus protocol, as a pure state
-//! machine (DESIGN.md, "Consensus").
+//! machine (ARCHITECTURE.md,
+//! "3. The consensus protocol as implemented").
 //!
 //! It owns no sockets and no clock. The driver (the proxy, or the
 //! simulation) tells it about connections (`on_connected`,
@@ -69,7 +70,8 @@ pub struct ProposerConfig {
     /// new WAL this many milliseconds later is told by an empty append.
     /// That saves each acceptor a message, a wake-up and a reply per commit
     /// under load. 0 (the default): every acceptor is told at once, as
-    /// DESIGN.md has it. A 5 ms delay cut safekeeper CPU per commit by a
+    /// the starting design has it (ARCHITECTURE.md, "3.5 Appends and
+    /// `commit_lsn`"). A 5 ms delay cut safekeeper CPU per commit by a
     /// fifth but measured worse at one client (tools/BENCHMARKS.md).
     pub commit_tell_delay: u64,
     /// A connection whose oldest request has been unanswered this long (ms)

@@ -1,5 +1,5 @@
-//! May a safekeeper serve consumers up to its `commit_lsn`? (DESIGN.md,
-//! "Serving WAL"; issue 26.) A node answers for the cluster's commit only
+//! May a safekeeper serve consumers up to its `commit_lsn`? (ARCHITECTURE.md,
+//! "3.9 The serving rule"; issue 26.) A node answers for the cluster's commit only
 //! while it is known to hold it:
 //!
 //! - it follows a live proposer and has learnt its current term's commit

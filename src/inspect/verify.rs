@@ -1,6 +1,6 @@
 //! `skctl verify`: every chunk's CRC, the tiling invariant (chunks tile
-//! `[local_start_lsn, flush_lsn)` with no gap and no overlap, DESIGN.md
-//! invariant 7) and the consistency of each timeline's state. Every fault is
+//! `[local_start_lsn, flush_lsn)` with no gap and no overlap,
+//! ARCHITECTURE.md, "4.1 Keys and versioned values") and the consistency of each timeline's state. Every fault is
 //! named with its timeline and, where there is one, its LSN range; checking
 //! goes on past a fault so one run reports them all.
 

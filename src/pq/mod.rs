@@ -1,5 +1,6 @@
-//! The server side of the PostgreSQL v3 wire protocol, as much of it as a WAL
-//! server needs, and the CopyData sub-messages of streaming replication.
+//! Both sides of the PostgreSQL v3 wire protocol, as much of it as a WAL
+//! server and the proxy need, and the CopyData sub-messages of streaming
+//! replication.
 //!
 //! - [`frame`]: frontend messages in (startup phase and typed), backend
 //!   messages out. Sans-IO: bytes in a `BytesMut`, so it can be fuzzed.
@@ -8,6 +9,9 @@
 //! - [`replication`]: the replication command grammar and the streaming
 //!   sub-messages (`w`, `k`, `r`, `h`).
 //! - [`sqlstate`]: the SQLSTATE codes the daemon answers with.
+//! - [`client`]: the client side, for the proxy: connection strings,
+//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication, replication
+//!   streaming from a primary and the proposer's connections to safekeepers.
 //!
 //! Nothing here trusts a length read from the socket: every frame is checked
 //! against a cap before its body is buffered, and malformed input is a

@@ -81,7 +81,7 @@ pub enum ProxyError {
 /// `--sync-only`: make what the safekeepers hold committed and readable
 /// without a primary; retried (each try a new term) for up to `within`.
 /// Members beyond the settled majority are brought along until
-/// [`SETTLE_MARGIN`] before that.
+/// [`SETTLE_MARGIN`] (or half of `within`, if less) before that.
 pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Settled, ProxyError> {
     let deadline = std::time::Instant::now() + within;
     let others_until = deadline

@@ -1,5 +1,5 @@
-//! When a consumer should be sent to another safekeeper (DESIGN.md,
-//! "Serving WAL", fail-over). libpq tries the next host of a multi-host
+//! When a consumer should be sent to another safekeeper (ARCHITECTURE.md,
+//! "3.9 The serving rule"). libpq tries the next host of a multi-host
 //! conninfo only on a failed connection or SQLSTATE 57P03 before
 //! authentication, so a node that may be missing committed WAL says so then,
 //! and ends a stream already open on it the same way.

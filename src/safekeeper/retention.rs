@@ -1,5 +1,5 @@
-//! Trimming WAL nobody needs any more (DESIGN.md, "Storage": the removal
-//! horizon). A background task, once a second: store the slots that moved,
+//! Trimming WAL nobody needs any more (ARCHITECTURE.md, "3.10 Slots and
+//! retention horizons": the removal horizon). A background task, once a second: store the slots that moved,
 //! then per timeline compute the horizon, invalidate slots that would hold
 //! more than `--max-wal-keep`, and trim whole segments below it through the
 //! group-commit writer (appends keep flowing: a trim is one more batch).
@@ -65,10 +65,11 @@ pub struct RetentionConfig {
     pub max_wal_keep: u64,
 }
 
+/// The daemon's defaults: `--wal-retention 1GB`, `--max-wal-keep 4GB`.
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
-            retention: Retention::Bytes(0),
+            retention: Retention::Bytes(1 << 30),
             max_wal_keep: DEFAULT_MAX_WAL_KEEP,
         }
     }

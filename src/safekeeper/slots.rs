@@ -1,4 +1,5 @@
-//! Physical replication slots on this safekeeper (DESIGN.md, "Serving WAL").
+//! Physical replication slots on this safekeeper (ARCHITECTURE.md,
+//! "3.10 Slots and retention horizons").
 //!
 //! A slot remembers where its consumer stands so WAL from there on is kept.
 //! Durable slots are stored in the `slot` column family through the

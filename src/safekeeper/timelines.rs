@@ -69,9 +69,9 @@ impl Timeline {
         self.acceptor.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run one message through the acceptor and queue its writes. The writes
-    /// are submitted under the acceptor's lock so their order on disk is the
-    /// order the acceptor produced them in.
+    /// Fail every later message on this timeline with `reason` (the first
+    /// reason given stays): after a failed write or trim, the acceptor's
+    /// state in memory may be ahead of what the store holds.
     pub fn poison(&self, reason: &str) {
         let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
         p.get_or_insert_with(|| reason.to_string());
@@ -87,6 +87,9 @@ impl Timeline {
         }
     }
 
+    /// Run one message through the acceptor and queue its writes. The writes
+    /// are submitted under the acceptor's lock so their order on disk is the
+    /// order the acceptor produced them in.
     pub fn handle(
         &self,
         writer: &WriterHandle,
@@ -107,9 +110,8 @@ impl Timeline {
     ) -> Result<PendingReply, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
-        let before = acceptor.state().term;
         let effects = acceptor.handle(msg)?;
-        log_events(self.ttid, before, &effects);
+        log_events(self.ttid, &effects);
         let synced = writer.enqueue(self.ttid, effects.writes, effects.lazy);
         Ok(PendingReply {
             synced,
@@ -147,7 +149,7 @@ impl Timeline {
     }
 }
 
-fn log_events(ttid: Ttid, _before: u64, effects: &Effects) {
+fn log_events(ttid: Ttid, effects: &Effects) {
     for e in &effects.events {
         match e {
             Event::TimelineCreated => tracing::info!(timeline = %ttid, "timeline created"),
@@ -244,7 +246,7 @@ impl Timelines {
             });
         }
         let (acceptor, effects) = Acceptor::create(self.node_id, g)?;
-        log_events(g.ttid, 0, &effects);
+        log_events(g.ttid, &effects);
         let durable = self.writer.durable_state(g.ttid);
         let t = Arc::new(Timeline {
             ttid: g.ttid,

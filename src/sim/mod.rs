@@ -1,5 +1,6 @@
 //! Deterministic simulation of the real [`Acceptor`] and [`Proposer`] over
-//! [`MemStorage`], checking DESIGN.md's invariants after every step.
+//! [`MemStorage`], checking the invariants of ARCHITECTURE.md
+//! ("5. The simulation") after every step.
 //!
 //! One thread, one seeded PRNG, simulated time. The scheduler delays,
 //! drops and reorders messages across connections (each connection stays
@@ -61,7 +62,7 @@ fn expected_wal(history: &TermHistory, from: Lsn, to: Lsn) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     pub seed: u64,
-    /// 3 or 5 acceptors.
+    /// 3 to 5 acceptors.
     pub nodes: usize,
     /// 1 to 3 proposers.
     pub proposers: usize,

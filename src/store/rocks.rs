@@ -11,9 +11,11 @@
 //! costs no fsync: the next sync fsyncs RocksDB's log and with it every
 //! earlier unsynced record. Within one `write` call, the changes the call
 //! itself made are looked up in a small overlay instead, so a call always
-//! reaches RocksDB as one batch. RocksDB recovers its log as a prefix
-//! (point-in-time recovery), so after a crash each `write` call is there
-//! whole or not at all, and the calls present are a prefix of those staged.
+//! reaches RocksDB as one batch. RocksDB recovers its log with
+//! `TolerateCorruptedTailRecords`: a torn last record is dropped, and damage
+//! before the last record is refused at open (`CorruptStore`). So after a
+//! crash each `write` call is there whole or not at all, and the calls
+//! present are a prefix of those staged.
 //! A crash may therefore keep staged writes beyond the last `sync` (the trait
 //! allows losing them, never tearing them).
 //!

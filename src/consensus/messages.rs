@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::pg_timeline::PgAncestors;
 use super::term_history::{Term, TermHistory};
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
@@ -36,6 +37,9 @@ pub struct Greeting {
     pub proposer_id: [u8; 16],
     /// Create the timeline if this acceptor does not have it.
     pub create: bool,
+    /// The ancestors of `server.tli` (the primary's history file): an
+    /// acceptor holding one of them takes the greeting (protocol 3).
+    pub pg_ancestors: PgAncestors,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,13 @@ pub struct Elected {
     pub start_streaming_at: Lsn,
     /// The proposer's history, ending with (term, term_start_lsn).
     pub term_history: TermHistory,
+    /// The PostgreSQL timeline this term's WAL continues (0: no claim, the
+    /// acceptor keeps its own; `--sync-only` sends 0) and its ancestors.
+    /// A newer one than the acceptor's is a switch: recorded here, and
+    /// taken only if the switch point is at or above its commit_lsn and
+    /// its log after truncation (protocol 3).
+    pub pg_tli: u32,
+    pub pg_ancestors: PgAncestors,
 }
 
 /// Restart an acceptor's log at `start_lsn`: it drops the WAL it holds and
@@ -109,6 +120,8 @@ pub struct VoteResponse {
     /// Cut at `flush_lsn`: entries for WAL this node lacks say nothing.
     pub term_history: TermHistory,
     pub timeline_start_lsn: Lsn,
+    /// The PostgreSQL timeline this node's WAL ends on (protocol 3).
+    pub tli: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use super::limits;
 use super::messages::*;
+use super::pg_timeline::PgAncestors;
 use super::quorum;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
@@ -86,6 +87,10 @@ pub struct ProposerConfig {
     /// primary, which is dropped whole); older WAL a lagging acceptor needs
     /// comes from a recovery read.
     pub max_buffer_bytes: u64,
+    /// The ancestors of `server.tli` from the primary's history file (empty
+    /// on a timeline without ancestors); `None` with `--sync-only`, which
+    /// has no primary and claims no PostgreSQL timeline in Elected.
+    pub pg_ancestors: Option<PgAncestors>,
     pub faults: ProposerFaults,
 }
 
@@ -112,6 +117,7 @@ impl ProposerConfig {
             max_append_bytes: MAX_APPEND_WAL,
             max_inflight_bytes: 16 << 20,
             max_buffer_bytes: 64 << 20,
+            pg_ancestors: Some(PgAncestors::new()),
             faults: ProposerFaults::default(),
         }
     }
@@ -206,6 +212,16 @@ pub enum Action {
     /// Every member answered that it does not hold the timeline, and this
     /// proposer may not create it.
     NoTimeline,
+    /// The primary's PostgreSQL timeline `tli` left the safekeepers'
+    /// timeline `from_tli` at `switch` (unknown: not in its history), below
+    /// the end of the WAL the safekeepers hold, `wal_end`, which may hold
+    /// acknowledged commits. Not elected; the driver stops.
+    PgSwitchRefused {
+        from_tli: u32,
+        tli: u32,
+        switch: Option<Lsn>,
+        wal_end: Lsn,
+    },
     /// A member declared lost was re-created and greeted: it is counted
     /// from now on.
     Recreated(NodeId),
@@ -443,6 +459,7 @@ impl Proposer {
             members: self.cfg.members.clone(),
             proposer_id: self.cfg.proposer_id,
             create,
+            pg_ancestors: self.cfg.pg_ancestors.clone().unwrap_or_default(),
         });
         self.send(node, greeting, &mut out);
         out
@@ -868,6 +885,11 @@ impl Proposer {
         } else {
             dv.flush_lsn
         };
+        if let Some(refused) = self.switch_refusal(dv, term_start_lsn) {
+            self.phase = Phase::Idle;
+            out.push(refused);
+            return;
+        }
         let mut history = donor_history;
         history.0.push(TermLsn {
             term,
@@ -906,6 +928,35 @@ impl Proposer {
         }
     }
 
+    /// The switch rule: a primary on a newer PostgreSQL timeline than the
+    /// donor's continues the safekeepers' log only if its timeline left the
+    /// donor's at or above `term_start_lsn`, the end of the donor's log:
+    /// every acknowledged commit is in that log (a majority flushed it), and
+    /// the voters' commit_lsn may lag the last acknowledgement, so no part
+    /// of it may be replaced by the new timeline's WAL. After `--sync-only`
+    /// that end is the settled LSN.
+    fn switch_refusal(&self, dv: &VoteResponse, term_start_lsn: Lsn) -> Option<Action> {
+        let ancestors = self.cfg.pg_ancestors.as_ref()?;
+        let tli = self.cfg.server.tli;
+        if dv.tli == tli {
+            return None;
+        }
+        let switch = ancestors
+            .iter()
+            .find(|(t, _)| *t == dv.tli)
+            .map(|(_, end)| *end)
+            .filter(|_| dv.tli < tli);
+        match switch {
+            Some(at) if at >= term_start_lsn => None,
+            _ => Some(Action::PgSwitchRefused {
+                from_tli: dv.tli,
+                tli,
+                switch,
+                wal_end: term_start_lsn,
+            }),
+        }
+    }
+
     /// Tell a node that voted (or is already in our term) where its log
     /// leaves ours, then start streaming to it from there.
     fn send_elected(&mut self, node: NodeId, out: &mut Vec<Action>) {
@@ -938,6 +989,12 @@ impl Proposer {
             term: l.term,
             start_streaming_at: point,
             term_history: l.history.clone(),
+            pg_tli: if self.cfg.pg_ancestors.is_some() {
+                self.cfg.server.tli
+            } else {
+                0
+            },
+            pg_ancestors: self.cfg.pg_ancestors.clone().unwrap_or_default(),
         });
         self.send(node, msg, out);
         self.pump(node, out);
@@ -1273,6 +1330,7 @@ mod tests {
             commit_lsn: Lsn(START),
             term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
             timeline_start_lsn: Lsn(START),
+            tli: 1,
         })
     }
 
@@ -1446,6 +1504,8 @@ mod tests {
                 term: 5,
                 start_streaming_at: Lsn(at),
                 term_history: history.clone(),
+                pg_tli: 1,
+                pg_ancestors: Vec::new(),
             })
         };
         assert!(out.contains(&Action::Send(NodeId(1), elected(START + 200))));
@@ -1887,5 +1947,64 @@ mod tests {
         p.push_wal(&[0; 10]).unwrap();
         let out = p.on_message(NodeId(1), ack_holding(1, last, last - 1));
         assert_eq!(out, vec![Action::Disconnect(NodeId(1))]);
+    }
+
+    /// A proposer whose primary is on PostgreSQL timeline 2, left timeline
+    /// 1 at `switch`.
+    fn promoted(switch: u64) -> Proposer {
+        let mut p = proposer(3);
+        p.cfg.server.tli = 2;
+        p.cfg.pg_ancestors = Some(vec![(1, Lsn(switch))]);
+        p
+    }
+
+    /// Issue 19, the switch rule: a promoted primary is elected only if its
+    /// timeline left the donor's at or above the end of the donor's log
+    /// (which may hold acknowledged commits beyond the voters' commit_lsn),
+    /// and Elected carries the new timeline; below it, nothing is elected.
+    #[test]
+    fn a_promoted_primary_is_elected_only_from_a_switch_at_the_end_of_the_log() {
+        for (switch, elected) in [
+            (START + 300, true),
+            (START + 400, true),
+            (START + 299, false),
+        ] {
+            let mut p = promoted(switch);
+            p.start_election();
+            greet(&mut p, 1, 1);
+            greet(&mut p, 2, 1);
+            p.on_message(NodeId(1), vote(2, START + 300, &[(1, START)]));
+            let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+            if elected {
+                assert!(p.is_leading(), "switch at {switch}");
+                assert!(out.iter().any(|a| matches!(a,
+                    Action::Send(_, ProposerMessage::Elected(e))
+                        if e.pg_tli == 2 && e.pg_ancestors == vec![(1, Lsn(switch))])));
+            } else {
+                assert!(!p.is_leading());
+                assert_eq!(
+                    out,
+                    vec![Action::PgSwitchRefused {
+                        from_tli: 1,
+                        tli: 2,
+                        switch: Some(Lsn(switch)),
+                        wal_end: Lsn(START + 300),
+                    }]
+                );
+            }
+        }
+        // A history that does not contain the donor's timeline.
+        let mut p = proposer(3);
+        p.cfg.server.tli = 3;
+        p.cfg.pg_ancestors = Some(vec![(2, Lsn(START))]);
+        p.start_election();
+        greet(&mut p, 1, 1);
+        greet(&mut p, 2, 1);
+        p.on_message(NodeId(1), vote(2, START + 300, &[(1, START)]));
+        let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+        assert!(matches!(
+            out[..],
+            [Action::PgSwitchRefused { switch: None, .. }]
+        ));
     }
 }

@@ -343,9 +343,12 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             let stored = match shared.timelines.get(ttid) {
-                Some(t) => super::history::store(shared, &t, timeline, &content),
-                // The greeting on this connection is to create it.
-                None => super::history::check_size(timeline, &content).map(|()| {
+                Some(t) if !super::history::waits_for_greeting(&t, timeline) => {
+                    super::history::store(shared, &t, timeline, &content, None)
+                }
+                // The greeting on this connection is to create it, or to
+                // continue it on a newer PostgreSQL timeline.
+                _ => super::history::check_size(timeline, &content).map(|()| {
                     tracing::debug!(timeline = %ttid, tli = timeline, "history file kept until this connection's greeting creates the timeline");
                     *client
                         .pending_history

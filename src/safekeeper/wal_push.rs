@@ -282,7 +282,7 @@ fn handle(
             // The history file put on this connection before the greeting,
             // now that the timeline exists.
             if let Some((tli, content)) = history.take() {
-                super::history::store(shared, &t, tli, &content)
+                super::history::store(shared, &t, tli, &content, Some(g.server.tli))
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
             *timeline = Some(t);
@@ -342,7 +342,9 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         HandleError::Refused(Refusal::Mismatch { .. })
         | HandleError::Refused(Refusal::NotAMember { .. })
         | HandleError::Refused(Refusal::StartNotSegmentAligned { .. })
-        | HandleError::Refused(Refusal::ProtocolVersion { .. }) => {
+        | HandleError::Refused(Refusal::ProtocolVersion { .. })
+        | HandleError::Refused(Refusal::PgTimeline { .. })
+        | HandleError::Refused(Refusal::SwitchBelowCommit { .. }) => {
             sqlstate::INVALID_PARAMETER_VALUE
         }
         HandleError::Refused(Refusal::TooLarge { .. }) => sqlstate::PROGRAM_LIMIT_EXCEEDED,

@@ -214,6 +214,7 @@ pub(crate) fn tests_state() -> TimelineState {
         members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
         proposer_id: [0; 16],
         create: true,
+        pg_ancestors: Vec::new(),
     };
     Acceptor::create(NodeId(1), &g)
         .expect("a valid greeting")

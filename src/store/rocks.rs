@@ -37,8 +37,9 @@ use crate::lsn::Lsn;
 
 /// Version of the whole on-disk layout (schema/store.md): column families,
 /// key schema and the WAL chunk value. A store of another version is refused,
-/// except version 1, which this build reads and upgrades (schema/store.md).
-pub const STORE_FORMAT_VERSION: u16 = 2;
+/// except versions 1 and 2, which this build reads and upgrades
+/// (schema/store.md).
+pub const STORE_FORMAT_VERSION: u16 = 3;
 
 pub const CF_TIMELINE: &str = "timeline";
 pub const CF_WAL: &str = "wal";
@@ -70,10 +71,22 @@ impl Versioned for StoreMetaV1 {
     const FORMAT_VERSION: u16 = 1;
 }
 
+/// The meta record of a version 2 store: the same body under version 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoreMetaV2 {
+    node_id: NodeId,
+}
+
+impl Versioned for StoreMetaV2 {
+    const WHAT: &'static str = "store";
+    const FORMAT_VERSION: u16 = 2;
+}
+
 /// The meta record and the store format version it names.
 fn decode_store_meta(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
         Some(1) => decode_stored::<StoreMetaV1>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 1)),
+        Some(2) => decode_stored::<StoreMetaV2>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 2)),
         _ => decode_stored::<StoreMeta>(raw).map(|m| (m, STORE_FORMAT_VERSION)),
     }
 }
@@ -795,8 +808,8 @@ fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreErr
     Ok(meta.node_id)
 }
 
-/// A version 1 store opened for writing becomes version 2: this build writes
-/// timeline records of version 2, which a version 1 build cannot read, so
+/// A version 1 or 2 store opened for writing becomes version 3: this build
+/// writes timeline records of version 3, which older builds cannot read, so
 /// such a build must refuse the store at open rather than meet them later.
 fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError> {
     let raw = db.get(META_KEY).map_err(|e| {
@@ -805,9 +818,14 @@ fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError>
             format!("cannot read the store meta: {}", e.into_string()),
         )
     })?;
-    if raw.as_deref().and_then(|r| r.first_chunk::<2>()) != Some(&1u16.to_be_bytes()) {
+    let Some(old) = raw
+        .as_deref()
+        .and_then(|r| r.first_chunk::<2>())
+        .map(|v| u16::from_be_bytes(*v))
+        .filter(|v| *v < STORE_FORMAT_VERSION)
+    else {
         return Ok(());
-    }
+    };
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id })?, &sync)
@@ -820,7 +838,7 @@ fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError>
                 ),
             )
         })?;
-    tracing::info!(path = %path.display(), "upgraded the store from format version 1 to {STORE_FORMAT_VERSION}");
+    tracing::info!(path = %path.display(), "upgraded the store from format version {old} to {STORE_FORMAT_VERSION}");
     Ok(())
 }
 

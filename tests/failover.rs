@@ -51,6 +51,99 @@ fn identify(sk: &Safekeeper) -> (u32, Lsn) {
     (cols[1].parse().unwrap(), cols[2].parse().unwrap())
 }
 
+/// `pg_receivewal -v` into `out` from `port`, starting on timeline 1 at
+/// segment `first` (a zero-filled partial of it there), until `endpos`;
+/// killed after a minute.
+fn receive_wal(out: &std::path::Path, port: u16, first: u64, endpos: Lsn) {
+    std::fs::write(
+        out.join(format!(
+            "{}.partial",
+            walkeeper::lsn::segment_file_name(1, first, SEG)
+        )),
+        vec![0u8; SEG as usize],
+    )
+    .unwrap();
+    let log = out.with_extension("log");
+    let child = std::process::Command::new(pg::pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(out)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--no-loop",
+            "--no-sync",
+            "-v",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-E")
+        .arg(endpos.to_string())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_receivewal did not stop at {endpos}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "pg_receivewal: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// The first `len` bytes of WAL segment file `name` in `dir` (as is, or
+/// `.partial`).
+fn segment_head(dir: &std::path::Path, name: &str, len: u64) -> Vec<u8> {
+    let bytes = std::fs::read(dir.join(name))
+        .or_else(|_| std::fs::read(dir.join(format!("{name}.partial"))))
+        .unwrap_or_else(|e| panic!("{name} in {dir:?}: {e}"));
+    bytes[..len as usize].to_vec()
+}
+
+/// `pg_receivewal` from a safekeeper, started on timeline 1 below the
+/// switch, crosses it: timeline 1's segment up to the switch point equals
+/// the old primary's, the history file and timeline 2's segments up to
+/// `end` equal the promoted primary's.
+fn assert_receivewal_crosses_the_switch(c: &Cluster, old: &Postgres, switch: Lsn, end: Lsn) {
+    let out = c.dir.path().join("receivewal");
+    std::fs::create_dir(&out).unwrap();
+    let first = switch.0 / SEG as u64;
+    // It stops once it has received WAL *past* its endpos.
+    receive_wal(&out, c.sks[0].pg_addr.port(), first, Lsn(end.0 - 1));
+    let name = |tli, segno| walkeeper::lsn::segment_file_name(tli, segno, SEG);
+    let within = switch.0 - first * SEG as u64;
+    assert!(
+        segment_head(&out, &name(1, first), within)
+            == segment_head(&old.pg_wal(), &name(1, first), within),
+        "timeline 1 up to the switch differs from the old primary's"
+    );
+    assert_eq!(
+        std::fs::read(out.join("00000002.history")).expect("the history file"),
+        std::fs::read(c.pg.pg_wal().join("00000002.history")).unwrap()
+    );
+    for segno in first..=end.0 / SEG as u64 {
+        let len = (end.0 - segno * SEG as u64).min(SEG as u64);
+        assert!(
+            segment_head(&out, &name(2, segno), len)
+                == segment_head(&c.pg.pg_wal(), &name(2, segno), len),
+            "segment {} differs from the promoted primary's",
+            name(2, segno)
+        );
+    }
+}
+
 /// Put `next` in the cluster as its primary; the old one (dead) is
 /// returned to be dropped with the test.
 fn replace_primary(c: &mut Cluster, next: Postgres) -> Postgres {
@@ -64,6 +157,8 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     };
     c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
     let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    // A standby that stays one: it follows the switch untouched.
+    let mut follower = Postgres::basebackup(c.dir.path(), &c.pg, "follower");
 
     // Phase 1 on the first primary, then it and its proxy die mid-load.
     let ledger = Ledger::start(c.pg.port);
@@ -75,6 +170,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     // The standby, fed only by the safekeepers, gets every commit and is
     // promoted: PostgreSQL timeline 2 from the end of what it replayed.
     c.start_standby(&mut standby, 0, SYNC_CONF);
+    c.start_standby(&mut follower, 2, "");
     assert_standby_gets_every_commit(&standby, synced, &acked);
     promote(&standby);
     let switch = switch_point(&standby);
@@ -83,7 +179,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         switch >= synced,
         "switch {switch} below the settled {synced}"
     );
-    let _old = replace_primary(&mut c, standby);
+    let old = replace_primary(&mut c, standby);
 
     // Its proxy, with the same --safekeepers and no new timeline.
     c.start_proxy("proxy2", &[]);
@@ -112,6 +208,17 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     assert_standby_gets_every_commit(&second, synced2, &acked);
     let tli = second.sql("SELECT timeline_id FROM pg_control_checkpoint()");
     assert_eq!(tli, "2");
+
+    // The standby streaming timeline 1 from the safekeepers since before
+    // the promotion crossed the switch by itself (recovery_target_timeline
+    // 'latest', PostgreSQL 15's default) and holds both phases too.
+    assert_standby_gets_every_commit(&follower, synced2, &acked);
+    assert_receivewal_crosses_the_switch(&c, &old, switch, synced2);
+    wait_for(
+        Duration::from_secs(30),
+        "the follower streaming timeline 2",
+        || (follower.sql("SELECT received_tli FROM pg_stat_wal_receiver") == "2").then_some(()),
+    );
 }
 
 #[test]

@@ -380,6 +380,7 @@ mod tests {
                 term_history: history(),
                 timeline_start_lsn: Lsn(10),
                 tli: 1,
+                pg_ancestors: Vec::new(),
             }),
             AcceptorMessage::Append(AppendResponse {
                 term: 5,

@@ -410,6 +410,7 @@ fn answer(node: u64, request: &ProposerMessage, r: &Reply, p: &Proposer) -> Acce
             term_history: history(r.long.unwrap_or(1), term.saturating_sub(1), Lsn(START)),
             timeline_start_lsn: Lsn(START),
             tli: 1,
+            pg_ancestors: Vec::new(),
         }),
         _ => AcceptorMessage::Append(AppendResponse {
             term,

@@ -572,6 +572,7 @@ impl Acceptor {
             term_history: self.state.term_history.up_to(self.state.flush_lsn),
             timeline_start_lsn: self.state.timeline_start_lsn,
             tli: self.state.server.tli,
+            pg_ancestors: self.state.pg_ancestors.clone(),
         }));
         Ok(effects)
     }

@@ -56,7 +56,8 @@ pub struct Elected {
     /// The proposer's history, ending with (term, term_start_lsn).
     pub term_history: TermHistory,
     /// The PostgreSQL timeline this term's WAL continues (0: no claim, the
-    /// acceptor keeps its own; `--sync-only` sends 0) and its ancestors.
+    /// acceptor keeps its own) and its ancestors: the primary's, or without
+    /// one (`--sync-only`) the donor's.
     /// A newer one than the acceptor's is a switch: recorded here, and
     /// taken only if the switch point is at or above its commit_lsn and
     /// its log after truncation (protocol 3).
@@ -120,8 +121,11 @@ pub struct VoteResponse {
     /// Cut at `flush_lsn`: entries for WAL this node lacks say nothing.
     pub term_history: TermHistory,
     pub timeline_start_lsn: Lsn,
-    /// The PostgreSQL timeline this node's WAL ends on (protocol 3).
+    /// The PostgreSQL timeline this node's WAL ends on and its ancestors
+    /// (protocol 3): a proposer without a primary (`--sync-only`) hands the
+    /// donor's on in Elected, so a node that missed a switch learns it.
     pub tli: u32,
+    pub pg_ancestors: PgAncestors,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,6 +85,28 @@ pub fn end_of(ancestors: &[(u32, Lsn)], current: u32, tli: u32) -> TimelineEnd {
     }
 }
 
+/// A history file for timeline `tli` of the chain, rebuilt from the
+/// recorded switch points, for a node that took a switch but not the
+/// primary's file (it missed the promoted primary's proxy and learnt the
+/// switch from a later Elected). PostgreSQL reads only the timeline and the
+/// switch point of each line. `None` for timeline 1, or one not in the
+/// chain.
+pub fn rebuilt_history_file(ancestors: &[(u32, Lsn)], current: u32, tli: u32) -> Option<Vec<u8>> {
+    let upto = if tli == current {
+        ancestors.len()
+    } else {
+        ancestors.iter().position(|(t, _)| *t == tli)?
+    };
+    if upto == 0 {
+        return None;
+    }
+    let mut out = String::new();
+    for (t, end) in &ancestors[..upto] {
+        out.push_str(&format!("{t}\t{end}\tswitch point recorded by walkeeper\n"));
+    }
+    Some(out.into_bytes())
+}
+
 /// Whether the chain is well formed: TLIs increase and switch points do
 /// not go back, all below `current`, and within the limit.
 pub fn check_ancestors(ancestors: &[(u32, Lsn)], current: u32) -> Result<(), String> {
@@ -158,6 +180,17 @@ mod tests {
             switch_point(2, &chain[..1], 1, &[]),
             Err(SwitchError::Superseded { .. })
         ));
+    }
+
+    #[test]
+    fn a_history_file_is_rebuilt_from_the_switch_points() {
+        let chain = vec![(1, Lsn(0x3000158)), (2, Lsn(0x5000000))];
+        let f = rebuilt_history_file(&chain, 3, 3).unwrap();
+        assert_eq!(parse_history_file(&f, 3).unwrap(), chain);
+        let f = rebuilt_history_file(&chain, 3, 2).unwrap();
+        assert_eq!(parse_history_file(&f, 2).unwrap(), chain[..1]);
+        assert_eq!(rebuilt_history_file(&chain, 3, 1), None);
+        assert_eq!(rebuilt_history_file(&chain, 3, 4), None);
     }
 
     #[test]

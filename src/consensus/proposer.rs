@@ -296,6 +296,9 @@ struct Leader {
     term_start_lsn: Lsn,
     history: TermHistory,
     donor: NodeId,
+    /// The PostgreSQL timeline and ancestors Elected claims: the primary's,
+    /// or without one (`--sync-only`) the donor's.
+    pg: (u32, PgAncestors),
     /// WAL `[buf_start, end_lsn)` from the primary, held in memory as the
     /// chunks it came in, each with its start LSN: appends send slices of
     /// them, and trimming drops whole chunks from the front.
@@ -836,7 +839,9 @@ impl Proposer {
         if asked != term || v.term != term {
             return;
         }
-        if limits::check_history(&v.term_history).is_err() {
+        if limits::check_history(&v.term_history).is_err()
+            || limits::check_pg_history(&v.pg_ancestors).is_err()
+        {
             // No acceptor stores a history this long.
             self.drop_conn(node, out);
             return;
@@ -890,6 +895,10 @@ impl Proposer {
             out.push(refused);
             return;
         }
+        let pg = match &self.cfg.pg_ancestors {
+            Some(ancestors) => (self.cfg.server.tli, ancestors.clone()),
+            None => (dv.tli, dv.pg_ancestors.clone()),
+        };
         let mut history = donor_history;
         history.0.push(TermLsn {
             term,
@@ -900,6 +909,7 @@ impl Proposer {
             term_start_lsn,
             history,
             donor,
+            pg,
             buf_start: term_start_lsn,
             buf: VecDeque::new(),
             end_lsn: term_start_lsn,
@@ -989,12 +999,8 @@ impl Proposer {
             term: l.term,
             start_streaming_at: point,
             term_history: l.history.clone(),
-            pg_tli: if self.cfg.pg_ancestors.is_some() {
-                self.cfg.server.tli
-            } else {
-                0
-            },
-            pg_ancestors: self.cfg.pg_ancestors.clone().unwrap_or_default(),
+            pg_tli: l.pg.0,
+            pg_ancestors: l.pg.1.clone(),
         });
         self.send(node, msg, out);
         self.pump(node, out);
@@ -1331,6 +1337,7 @@ mod tests {
             term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
             timeline_start_lsn: Lsn(START),
             tli: 1,
+            pg_ancestors: Vec::new(),
         })
     }
 
@@ -2006,5 +2013,41 @@ mod tests {
             out[..],
             [Action::PgSwitchRefused { switch: None, .. }]
         ));
+    }
+
+    /// Without a primary (`--sync-only`) Elected hands on the donor's
+    /// PostgreSQL timeline, so a node that missed a switch learns it.
+    #[test]
+    fn without_a_primary_elected_carries_the_donors_timeline() {
+        let mut p = proposer(3);
+        p.cfg.server.tli = 0;
+        p.cfg.pg_ancestors = None;
+        p.start_election();
+        greet(&mut p, 1, 1);
+        greet(&mut p, 2, 1);
+        let switched = match vote(2, START + 300, &[(1, START), (2, START + 300)]) {
+            AcceptorMessage::Vote(mut v) => {
+                v.tli = 2;
+                v.pg_ancestors = vec![(1, Lsn(START + 300))];
+                AcceptorMessage::Vote(v)
+            }
+            other => other,
+        };
+        p.on_message(NodeId(1), switched);
+        let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+        assert!(p.is_leading());
+        let elected: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(_, ProposerMessage::Elected(e)) => {
+                    Some((e.pg_tli, e.pg_ancestors.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(elected.len(), 2);
+        assert!(elected
+            .iter()
+            .all(|e| *e == (2, vec![(1, Lsn(START + 300))])));
     }
 }

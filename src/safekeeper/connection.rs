@@ -293,7 +293,18 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
         ReplicationCommand::TimelineHistory { timeline } => {
             let name = format!("{timeline:08X}.history");
             let stored = match choose_timeline(shared, client) {
-                Ok(t) => shared.store.timeline_history(t.ttid, timeline),
+                // The primary's file, or one rebuilt from the switch points
+                // recorded here when this node learnt the switch without it.
+                Ok(t) => shared.store.timeline_history(t.ttid, timeline).map(|f| {
+                    f.or_else(|| {
+                        let s = t.current_state();
+                        crate::consensus::pg_timeline::rebuilt_history_file(
+                            &s.pg_ancestors,
+                            s.server.tli,
+                            timeline,
+                        )
+                    })
+                }),
                 Err((code, msg)) => {
                     conn.send_error(code, &msg).await?;
                     return Ok(true);

@@ -179,7 +179,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         switch >= synced,
         "switch {switch} below the settled {synced}"
     );
-    let old = replace_primary(&mut c, standby);
+    let mut old = replace_primary(&mut c, standby);
 
     // Its proxy, with the same --safekeepers and no new timeline. Node 3
     // is down meanwhile: it misses the switch.
@@ -197,6 +197,24 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
             || (identify(sk).0 == 2).then_some(()),
         );
     }
+    // The old primary comes back with a proxy of its own: refused at the
+    // greeting (no vote asked, no term taken), it stops and says why.
+    old.start();
+    let live: Vec<&Safekeeper> = c.sks[..2].iter().collect();
+    let mut old_proxy = Proxy::start(c.dir.path(), "proxy-old", old.port, &live, &[]);
+    let status = old_proxy
+        .wait_exit(Duration::from_secs(60))
+        .expect("the old primary's proxy stops");
+    assert!(!status.success());
+    assert!(
+        old_proxy
+            .log_text()
+            .contains("superseded by a promoted standby"),
+        "{}",
+        old_proxy.log_text()
+    );
+    old.stop();
+    ledger.wait_more(10);
     c.kill_primary_and_proxy();
     let acked2 = ledger.stop();
     assert!(!acked2.is_empty());

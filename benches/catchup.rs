@@ -83,6 +83,7 @@ fn fill(dir: &Path, ttid: Ttid, bytes: u64) -> Lsn {
             .collect::<BTreeMap<_, _>>(),
         proposer_id: [7; 16],
         create: true,
+        pg_ancestors: Vec::new(),
     };
     let (mut acc, effects) = Acceptor::create(node, &greeting).expect("create timeline");
     apply(&mut store, ttid, effects);
@@ -98,6 +99,8 @@ fn fill(dir: &Path, ttid: Ttid, bytes: u64) -> Lsn {
                 term: 1,
                 lsn: START,
             }]),
+            pg_tli: 0,
+            pg_ancestors: Vec::new(),
         }))
         .expect("elected");
     apply(&mut store, ttid, fx);

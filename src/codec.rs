@@ -19,7 +19,7 @@ use crate::consensus::term_history::Term;
 use crate::lsn::Lsn;
 
 /// Version of the proposer/acceptor protocol (schema/wire-messages.md).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest WAL payload of one AppendRequest; the decoder refuses more.
 pub const MAX_APPEND_WAL: usize = 1 << 20;
@@ -317,6 +317,7 @@ mod tests {
             .collect(),
             proposer_id: [9; 16],
             create: true,
+            pg_ancestors: Vec::new(),
         }
     }
 
@@ -341,6 +342,8 @@ mod tests {
                 term: 5,
                 start_streaming_at: Lsn(77),
                 term_history: history(),
+                pg_tli: 0,
+                pg_ancestors: Vec::new(),
             }),
             ProposerMessage::Append(AppendRequest {
                 term: 5,
@@ -381,6 +384,8 @@ mod tests {
                 commit_lsn: Lsn(90),
                 term_history: history(),
                 timeline_start_lsn: Lsn(10),
+                tli: 1,
+                pg_ancestors: Vec::new(),
             }),
             AcceptorMessage::Append(AppendResponse {
                 term: 5,

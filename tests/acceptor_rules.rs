@@ -46,6 +46,7 @@ fn greeting(create: bool) -> Greeting {
         members: members(),
         proposer_id: [1; 16],
         create,
+        pg_ancestors: Vec::new(),
     }
 }
 
@@ -102,6 +103,8 @@ impl Node {
             term,
             start_streaming_at: Lsn(at),
             term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+            pg_tli: 0,
+            pg_ancestors: Vec::new(),
         };
         match self.send(ProposerMessage::Elected(m))? {
             Some(AcceptorMessage::Append(r)) => Ok(r),
@@ -206,21 +209,19 @@ fn greeting_with_another_member_set_or_system_id_is_refused() {
             ..
         })
     ));
-    for (field, edit) in [
-        (
-            "wal_seg_size",
-            Box::new(|g: &mut Greeting| g.server.wal_seg_size = 2 * SEG)
-                as Box<dyn Fn(&mut Greeting)>,
-        ),
-        ("tli", Box::new(|g: &mut Greeting| g.server.tli = 2)),
-    ] {
-        let mut g = greeting(true);
-        edit(&mut g);
-        match node.send(ProposerMessage::Greeting(g)) {
-            Err(Refusal::Mismatch { field: f, .. }) => assert_eq!(f, field),
-            other => panic!("{field}: {other:?}"),
-        }
+    let mut g = greeting(true);
+    g.server.wal_seg_size = 2 * SEG;
+    match node.send(ProposerMessage::Greeting(g)) {
+        Err(Refusal::Mismatch { field: f, .. }) => assert_eq!(f, "wal_seg_size"),
+        other => panic!("wal_seg_size: {other:?}"),
     }
+    // Another PostgreSQL timeline that does not descend from the stored one.
+    let mut g = greeting(true);
+    g.server.tli = 2;
+    assert!(matches!(
+        node.send(ProposerMessage::Greeting(g)),
+        Err(Refusal::PgTimeline { .. })
+    ));
     // A matching greeting is answered: addresses may differ, and so may
     // timeline_start_lsn (a later proxy's slot has moved on).
     let mut g = greeting(false);
@@ -793,4 +794,102 @@ fn a_vote_may_move_the_term_by_at_most_the_jump_limit() {
     assert_eq!(v.term, 2 * MAX_TERM_JUMP);
     node.crash_and_restart();
     assert_eq!(node.acceptor.state().term, 2 * MAX_TERM_JUMP);
+}
+
+/// A greeting on PostgreSQL timeline 2 (a promoted standby) whose history
+/// leaves timeline 1 at `switch`.
+fn promoted_greeting(switch: u64) -> Greeting {
+    let mut g = greeting(false);
+    g.server.tli = 2;
+    g.pg_ancestors = vec![(1, Lsn(switch))];
+    g
+}
+
+fn switch_elected(term: u64, at: u64, history: &[(u64, u64)], switch: u64) -> ProposerMessage {
+    ProposerMessage::Elected(Elected {
+        term,
+        start_streaming_at: Lsn(at),
+        term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+        pg_tli: 2,
+        pg_ancestors: vec![(1, Lsn(switch))],
+    })
+}
+
+/// Issue 19: a promoted standby's proxy continues the timeline. Its greeting
+/// is taken (timeline 2 descends from 1); its Elected records the switch at
+/// or above commit_lsn and the log kept; the old primary's greeting is then
+/// refused as superseded, and a switch below commit_lsn is refused.
+#[test]
+fn a_promoted_primary_continues_the_timeline_from_its_switch_point() {
+    let mut n = Node::new();
+    n.vote(1);
+    n.elect(1, START, &[(1, START)]).unwrap();
+    n.append(1, START, &[7; 300], START + 300).unwrap();
+    n.append(1, START + 300, &[], START + 300).unwrap();
+
+    // Another cluster's timeline 2 (not descending from the stored 1 at a
+    // known point) is refused at the greeting.
+    let mut other = promoted_greeting(START + 300);
+    other.pg_ancestors = vec![];
+    assert!(matches!(
+        n.send(ProposerMessage::Greeting(other)),
+        Err(Refusal::PgTimeline { .. })
+    ));
+
+    // Forking below the commit: refused at Elected, nothing changes.
+    assert!(matches!(
+        n.send(ProposerMessage::Greeting(promoted_greeting(START + 200))),
+        Ok(Some(AcceptorMessage::Greeting(_)))
+    ));
+    n.vote(2);
+    assert!(matches!(
+        n.send(switch_elected(
+            2,
+            START + 300,
+            &[(1, START), (2, START + 300)],
+            START + 200
+        )),
+        Err(Refusal::SwitchBelowCommit { .. })
+    ));
+    assert_eq!(n.acceptor.state().server.tli, 1);
+
+    // At the commit: taken, durable across a crash.
+    n.send(ProposerMessage::Greeting(promoted_greeting(START + 300)))
+        .unwrap();
+    n.vote(3);
+    n.send(switch_elected(
+        3,
+        START + 300,
+        &[(1, START), (3, START + 300)],
+        START + 300,
+    ))
+    .unwrap();
+    n.crash_and_restart();
+    let s = n.acceptor.state();
+    assert_eq!(
+        (s.server.tli, s.pg_ancestors.clone()),
+        (2, vec![(1, Lsn(START + 300))])
+    );
+    n.append(3, START + 300, &[8; 100], START + 400).unwrap();
+
+    // The old primary (timeline 1) is superseded.
+    assert!(matches!(
+        n.send(ProposerMessage::Greeting(greeting(false))),
+        Err(Refusal::PgTimeline { .. })
+    ));
+    // A proposer claiming no timeline (--sync-only) is taken.
+    let mut sync = greeting(false);
+    sync.server.tli = 0;
+    assert!(n.send(ProposerMessage::Greeting(sync)).is_ok());
+}
+
+/// Version 2 timeline state records (before `pg_ancestors`) still decode.
+#[test]
+fn a_version_2_timeline_state_still_decodes() {
+    let n = Node::new();
+    let s = n.acceptor.state().clone();
+    let raw = [&2u16.to_be_bytes()[..], &encode_stored(&s).unwrap()[2..]].concat();
+    // A v2 record is the v3 one without the trailing empty vector (8 bytes).
+    let v2 = &raw[..raw.len() - 8];
+    assert_eq!(decode_timeline_state(v2).unwrap(), s);
 }

@@ -386,6 +386,8 @@ fn the_restore_mark_stays_until_every_timeline_is_settled() {
             term: 2,
             start_streaming_at: Lsn(START),
             term_history: TermHistory(vec![term_lsn(1, START), term_lsn(2, START)]),
+            pg_tli: 0,
+            pg_ancestors: Vec::new(),
         }));
         assert!(matches!(p.recv(), AcceptorMessage::Append(_)));
         let mut q = RawClient::connect(

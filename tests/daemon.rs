@@ -37,6 +37,8 @@ fn elect(
         term,
         start_streaming_at: Lsn(at),
         term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     }));
     match c.recv() {
         AcceptorMessage::Append(r) => assert_eq!(r.flush_lsn, Lsn(at)),

@@ -149,6 +149,8 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
             walkeeper::consensus::acceptor::term_lsn(1, START),
             walkeeper::consensus::acceptor::term_lsn(2, flush.0),
         ]),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     }));
     assert!(matches!(p.recv(), AcceptorMessage::Append(a) if a.flush_lsn == flush));
     let more = wal_bytes(2, flush.0, 1 << 20);

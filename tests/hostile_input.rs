@@ -87,9 +87,10 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     serves(&sk, 0xc1, 1, 100_000);
 
     // 2. An Elected whose term history fills the message body (a term and
-    // an LSN per entry, after term, start_streaming_at and the count): with
-    // the rest of the state it is more than the store can encode.
-    let n = (MAX_STRUCT_SIZE - 24) / 16;
+    // an LSN per entry, after term, start_streaming_at and the count, and
+    // before pg_tli and the empty ancestors): with the rest of the state it
+    // is more than the store can encode.
+    let n = (MAX_STRUCT_SIZE - 36) / 16;
     let mut c = RawClient::proposer(sk.pg_addr);
     assert_eq!(greet(&mut c, greeting_of(0xb1, true)).term, 0);
     c.send(&ProposerMessage::VoteRequest(VoteRequest { term: n }));
@@ -99,6 +100,8 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
         term: n,
         start_streaming_at: Lsn(START),
         term_history: history,
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     });
     assert!(decode_proposer_message(&encode_proposer_message(&msg)).is_ok());
     c.send(&msg);
@@ -112,6 +115,8 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
         term: n,
         start_streaming_at: Lsn(START),
         term_history: TermHistory(vec![term_lsn(n, START)]),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     }));
     assert!(matches!(c.recv(), AcceptorMessage::Append(a) if a.flush_lsn == Lsn(START)));
     let end = push(&mut c, n, START, &wal_bytes(n, START, 5000), 1000, START);
@@ -278,6 +283,8 @@ fn acceptor_message(a: &Acceptor, step: &ToAcceptor) -> ProposerMessage {
                 term,
                 start_streaming_at: at,
                 term_history: h,
+                pg_tli: 0,
+                pg_ancestors: Vec::new(),
             })
         }
         ToAcceptor::Append {
@@ -402,6 +409,8 @@ fn answer(node: u64, request: &ProposerMessage, r: &Reply, p: &Proposer) -> Acce
             commit_lsn: Lsn(START),
             term_history: history(r.long.unwrap_or(1), term.saturating_sub(1), Lsn(START)),
             timeline_start_lsn: Lsn(START),
+            tli: 1,
+            pg_ancestors: Vec::new(),
         }),
         _ => AcceptorMessage::Append(AppendResponse {
             term,

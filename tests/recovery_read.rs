@@ -107,6 +107,8 @@ fn elected(term: u64, at: u64, history: &[(u64, u64)]) -> ProposerMessage {
         term,
         start_streaming_at: Lsn(at),
         term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     })
 }
 

@@ -329,6 +329,8 @@ fn a_lagging_safekeeper_sends_consumers_elsewhere() {
             term_history: walkeeper::consensus::term_history::TermHistory(vec![
                 walkeeper::consensus::acceptor::term_lsn(1, START),
             ]),
+            pg_tli: 0,
+            pg_ancestors: Vec::new(),
         },
     ));
     let _ = p.recv();

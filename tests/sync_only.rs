@@ -145,16 +145,6 @@ impl Drop for Paused {
     }
 }
 
-/// SIGKILL the primary and the proxy together.
-fn kill_primary_and_proxy(c: &mut Cluster) {
-    let pid = std::fs::read_to_string(c.pg.datadir.join("postmaster.pid")).unwrap();
-    let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    c.proxy.as_mut().unwrap().kill9();
-}
-
 /// The SQLSTATE a consumer's StartupMessage gets from `sk`, if refused.
 fn consumer_refusal(sk: &Safekeeper) -> Option<String> {
     use std::io::{Read, Write};
@@ -186,64 +176,6 @@ fn consumer_refusal(sk: &Safekeeper) -> Option<String> {
     msg.error_field(b'C')
 }
 
-/// A standby from the base backup, fed only by the safekeepers, with
-/// `first` listed first in its multi-host conninfo.
-fn start_standby(standby: &mut Postgres, c: &Cluster, first: usize) {
-    let mut order: Vec<&Safekeeper> = vec![&c.sks[first]];
-    order.extend(
-        c.sks
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != first)
-            .map(|(_, s)| s),
-    );
-    let ports: Vec<String> = order.iter().map(|s| s.pg_addr.port().to_string()).collect();
-    pg::append_conf(
-        &standby.datadir,
-        &format!(
-            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres connect_timeout=2'\nhot_standby = on\nsynchronous_standby_names = ''\n",
-            ports.join(",")
-        ),
-    );
-    standby.mark_standby();
-    standby.start();
-}
-
-/// The bound within which a standby started after `--sync-only` must have
-/// received the settled LSN (its own start and a refusal or two included).
-const STANDBY_BOUND: Duration = Duration::from_secs(30);
-
-/// The standby receives WAL up to `synced` within STANDBY_BOUND and then
-/// holds every acknowledged row.
-fn assert_standby_gets_every_commit(standby: &Postgres, synced: Lsn, acked: &[i32]) {
-    wait_for(
-        STANDBY_BOUND,
-        "the standby to receive the settled LSN",
-        || {
-            let got: Lsn = standby
-                .sql("SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
-                .parse()
-                .ok()?;
-            (got >= synced).then_some(())
-        },
-    );
-    let list = acked
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    wait_for(
-        Duration::from_secs(30),
-        "the standby to replay every acknowledged row",
-        || {
-            let missing = standby.sql(&format!(
-                "SELECT count(*) FROM unnest(ARRAY[{list}]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)"
-            ));
-            (missing == "0").then_some(())
-        },
-    );
-}
-
 /// Issue 26, the stale node reachable at the settle: a safekeeper stopped
 /// (SIGSTOP) while the others acknowledged the last commits, continued
 /// before `--sync-only`, is brought to the settled LSN by it, and a standby
@@ -264,7 +196,7 @@ fn sync_only_settles_a_stale_reachable_safekeeper_too() {
         "CREATE TABLE pad AS SELECT g, repeat('x', 1000) AS x FROM generate_series(1, 20000) g",
     );
     ledger.wait_more(30);
-    kill_primary_and_proxy(&mut c);
+    c.kill_primary_and_proxy();
     let acked = ledger.stop();
     drop(paused);
 
@@ -281,7 +213,7 @@ fn sync_only_settles_a_stale_reachable_safekeeper_too() {
             sk.node_id
         );
     }
-    start_standby(&mut standby, &c, 0);
+    c.start_standby(&mut standby, 0, "");
     assert_standby_gets_every_commit(&standby, synced, &acked);
 }
 
@@ -301,7 +233,7 @@ fn a_safekeeper_left_out_of_the_settle_sends_consumers_on() {
     ledger.wait_more(30);
     c.sks[0].kill9();
     ledger.wait_more(30);
-    kill_primary_and_proxy(&mut c);
+    c.kill_primary_and_proxy();
     let acked = ledger.stop();
 
     let (synced, report) = c.sync_only_report();
@@ -317,7 +249,7 @@ fn a_safekeeper_left_out_of_the_settle_sends_consumers_on() {
         Some("57P03"),
         "node 1 holds commit {stale} < {synced} and was not settled"
     );
-    start_standby(&mut standby, &c, 0);
+    c.start_standby(&mut standby, 0, "");
     assert_standby_gets_every_commit(&standby, synced, &acked);
     let port: u16 = standby
         .sql("SELECT sender_port FROM pg_stat_wal_receiver")

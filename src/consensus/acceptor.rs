@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::{self, LimitExceeded};
 use super::messages::*;
+use super::pg_timeline::{self, PgAncestors};
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{Versioned, PROTOCOL_VERSION};
 use crate::id::{NodeId, Ttid};
@@ -44,13 +45,62 @@ pub struct TimelineState {
     pub settled_term: Term,
     /// The LSN that sync committed here (INVALID: never settled).
     pub settled_lsn: Lsn,
+    /// The ancestors of `server.tli`, the PostgreSQL timeline the newest WAL
+    /// is on: each with the LSN where it ended and the next began. A switch
+    /// (a promoted standby's proxy elected) moves `server.tli` and extends
+    /// this (version 3).
+    pub pg_ancestors: PgAncestors,
 }
 
 impl Versioned for TimelineState {
     const WHAT: &'static str = "timeline state";
-    /// 2 added `settled_term` and `settled_lsn`; records of version 1 are
-    /// still read (see [`decode_timeline_state`]).
+    /// 2 added `settled_term` and `settled_lsn`, 3 `pg_ancestors`; records
+    /// of versions 1 and 2 are still read (see [`decode_timeline_state`]).
+    const FORMAT_VERSION: u16 = 3;
+}
+
+/// A timeline state record of format version 2 (before `pg_ancestors`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TimelineStateV2 {
+    ttid: Ttid,
+    server: ServerInfo,
+    members: Members,
+    timeline_start_lsn: Lsn,
+    local_start_lsn: Lsn,
+    term: Term,
+    term_history: TermHistory,
+    flush_lsn: Lsn,
+    commit_lsn: Lsn,
+    peer_horizon_lsn: Lsn,
+    slot_horizon_lsn: Lsn,
+    settled_term: Term,
+    settled_lsn: Lsn,
+}
+
+impl Versioned for TimelineStateV2 {
+    const WHAT: &'static str = "timeline state";
     const FORMAT_VERSION: u16 = 2;
+}
+
+impl From<TimelineStateV2> for TimelineState {
+    fn from(v: TimelineStateV2) -> TimelineState {
+        TimelineState {
+            ttid: v.ttid,
+            server: v.server,
+            members: v.members,
+            timeline_start_lsn: v.timeline_start_lsn,
+            local_start_lsn: v.local_start_lsn,
+            term: v.term,
+            term_history: v.term_history,
+            flush_lsn: v.flush_lsn,
+            commit_lsn: v.commit_lsn,
+            peer_horizon_lsn: v.peer_horizon_lsn,
+            slot_horizon_lsn: v.slot_horizon_lsn,
+            settled_term: v.settled_term,
+            settled_lsn: v.settled_lsn,
+            pg_ancestors: PgAncestors::new(),
+        }
+    }
 }
 
 /// A timeline state record of format version 1 (before the settled fields).
@@ -91,15 +141,17 @@ impl From<TimelineStateV1> for TimelineState {
             slot_horizon_lsn: v.slot_horizon_lsn,
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
+            pg_ancestors: PgAncestors::new(),
         }
     }
 }
 
 /// Decode a stored timeline state record of any version this build knows
-/// (1 or 2); newer ones are refused by `decode_stored`.
+/// (1 to 3); newer ones are refused by `decode_stored`.
 pub fn decode_timeline_state(raw: &[u8]) -> Result<TimelineState, crate::codec::CodecError> {
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
         Some(1) => crate::codec::decode_stored::<TimelineStateV1>(raw).map(Into::into),
+        Some(2) => crate::codec::decode_stored::<TimelineStateV2>(raw).map(Into::into),
         _ => crate::codec::decode_stored::<TimelineState>(raw),
     }
 }
@@ -185,6 +237,11 @@ pub enum Event {
         from_flush: Lsn,
         to: Lsn,
     },
+    /// WAL from `at` on is PostgreSQL timeline `tli` (a promoted standby).
+    PgTimelineSwitched {
+        tli: u32,
+        at: Lsn,
+    },
 }
 
 /// Why a message was refused. The connection that sent it should be closed.
@@ -263,6 +320,19 @@ pub enum Refusal {
         own: Term,
         last: Term,
         flush: Lsn,
+    },
+    #[error("timeline {ttid}: {error}")]
+    PgTimeline {
+        ttid: Ttid,
+        error: pg_timeline::SwitchError,
+    },
+    #[error("timeline {ttid}: PostgreSQL timeline {tli} forks at {at}, below this node's commit_lsn {commit} or the WAL it keeps to {kept}: the promoted standby lacks committed WAL; promote a standby that replayed up to the settled LSN (safekeeper-proxy --sync-only prints it)")]
+    SwitchBelowCommit {
+        ttid: Ttid,
+        tli: u32,
+        at: Lsn,
+        commit: Lsn,
+        kept: Lsn,
     },
     #[error("timeline {ttid}: greeting expected first, got {got}")]
     NotGreeted { ttid: Ttid, got: &'static str },
@@ -358,6 +428,7 @@ impl Acceptor {
             slot_horizon_lsn: Lsn::INVALID,
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
+            pg_ancestors: g.pg_ancestors.clone(),
         };
         let mut acceptor = Acceptor::restore(node_id, state);
         let effects = Effects {
@@ -446,12 +517,12 @@ impl Acceptor {
                 g.server.pg_version.to_string(),
             ));
         }
-        if g.server.tli != s.server.tli {
-            return Err(mismatch(
-                "tli",
-                s.server.tli.to_string(),
-                g.server.tli.to_string(),
-            ));
+        // The same PostgreSQL timeline, or a descendant of it (a promoted
+        // standby): whether its switch point is safe is decided at Elected.
+        // TLI 0 claims none (`--sync-only`, which has no primary).
+        if g.server.tli != 0 {
+            pg_timeline::switch_point(s.server.tli, &s.pg_ancestors, g.server.tli, &g.pg_ancestors)
+                .map_err(|error| Refusal::PgTimeline { ttid, error })?;
         }
         // timeline_start_lsn is fixed at creation and learnt by proposers
         // from the votes: a later proxy's slot has moved on, so a greeting's
@@ -498,6 +569,8 @@ impl Acceptor {
             commit_lsn: self.synced_commit_lsn,
             term_history: self.state.term_history.up_to(self.state.flush_lsn),
             timeline_start_lsn: self.state.timeline_start_lsn,
+            tli: self.state.server.tli,
+            pg_ancestors: self.state.pg_ancestors.clone(),
         }));
         Ok(effects)
     }
@@ -522,11 +595,13 @@ impl Acceptor {
                 proposed: m.term,
             });
         }
-        limits::check_history(&m.term_history).map_err(|limit| Refusal::TooLarge {
-            ttid,
-            message: "Elected",
-            limit,
-        })?;
+        limits::check_history(&m.term_history)
+            .and_then(|()| limits::check_pg_history(&m.pg_ancestors))
+            .map_err(|limit| Refusal::TooLarge {
+                ttid,
+                message: "Elected",
+                limit,
+            })?;
         if !m.term_history.is_well_formed() || m.term_history.last().map(|e| e.term) != Some(m.term)
         {
             return Err(Refusal::BadHistory { ttid, term: m.term });
@@ -556,7 +631,15 @@ impl Acceptor {
                 local_start: self.state.local_start_lsn,
             });
         }
+        let switch = self.check_switch(m, point)?;
         let mut effects = Effects::default();
+        if let Some(at) = switch {
+            self.state.server.tli = m.pg_tli;
+            self.state.pg_ancestors = m.pg_ancestors.clone();
+            effects
+                .events
+                .push(Event::PgTimelineSwitched { tli: m.pg_tli, at });
+        }
         if point < self.state.flush_lsn {
             effects.events.push(Event::Truncated {
                 from_flush: self.state.flush_lsn,
@@ -571,6 +654,34 @@ impl Acceptor {
         // proposer where this node stands.
         effects.reply = Some(self.append_response());
         Ok(effects)
+    }
+
+    /// An Elected whose PostgreSQL timeline is newer than this node's: the
+    /// switch point must descend from the stored chain and lie at or above
+    /// both `commit_lsn` (committed WAL is never replaced by the new
+    /// timeline's) and the log kept after truncation to `point`.
+    fn check_switch(&self, m: &Elected, point: Lsn) -> Result<Option<Lsn>, Refusal> {
+        let s = &self.state;
+        if m.pg_tli == 0 || m.pg_tli == s.server.tli {
+            return Ok(None);
+        }
+        let ttid = s.ttid;
+        pg_timeline::check_ancestors(&m.pg_ancestors, m.pg_tli)
+            .map_err(|_| Refusal::BadHistory { ttid, term: m.term })?;
+        let at =
+            pg_timeline::switch_point(s.server.tli, &s.pg_ancestors, m.pg_tli, &m.pg_ancestors)
+                .map_err(|error| Refusal::PgTimeline { ttid, error })?
+                .unwrap_or(point);
+        if at < s.commit_lsn.max(point) {
+            return Err(Refusal::SwitchBelowCommit {
+                ttid,
+                tli: m.pg_tli,
+                at,
+                commit: s.commit_lsn,
+                kept: point,
+            });
+        }
+        Ok(Some(at))
     }
 
     fn append_response(&self) -> AcceptorMessage {
@@ -767,11 +878,13 @@ fn check_protocol(g: &Greeting) -> Result<(), Refusal> {
 
 /// A greeting's member map is stored with the timeline: it must fit.
 fn check_greeting_limits(g: &Greeting) -> Result<(), Refusal> {
-    limits::check_members(&g.members).map_err(|limit| Refusal::TooLarge {
-        ttid: g.ttid,
-        message: "Greeting",
-        limit,
-    })
+    limits::check_members(&g.members)
+        .and_then(|()| limits::check_pg_history(&g.pg_ancestors))
+        .map_err(|limit| Refusal::TooLarge {
+            ttid: g.ttid,
+            message: "Greeting",
+            limit,
+        })
 }
 
 fn members_text(members: &Members) -> String {

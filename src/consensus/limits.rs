@@ -22,6 +22,9 @@ pub const MAX_MEMBER_ADDRESS_LEN: usize = 512;
 /// many entries still encodes within the store's limit (checked below).
 pub const MAX_TERM_HISTORY: usize = 60_000;
 
+/// Ancestors of a PostgreSQL timeline (promotions over a timeline's life).
+pub const MAX_PG_HISTORY: usize = 1000;
+
 /// How far one VoteRequest may move an acceptor's term. An honest proposer
 /// asks for one above the highest term a majority reported, so the jump an
 /// acceptor sees is the number of elections it missed: 2^32 of them is
@@ -31,8 +34,10 @@ pub const MAX_TERM_JUMP: Term = 1 << 32;
 
 /// Encoded size of a timeline state at every limit: fixed fields (ids,
 /// server info, LSNs, terms and length prefixes) stay under 256 bytes.
-const MAX_STATE_SIZE: usize =
-    256 + MAX_MEMBERS * (8 + 8 + MAX_MEMBER_ADDRESS_LEN) + MAX_TERM_HISTORY * 16;
+const MAX_STATE_SIZE: usize = 256
+    + MAX_MEMBERS * (8 + 8 + MAX_MEMBER_ADDRESS_LEN)
+    + MAX_TERM_HISTORY * 16
+    + MAX_PG_HISTORY * 12;
 const _: () = assert!(MAX_STATE_SIZE as u64 <= MAX_STRUCT_SIZE);
 
 /// A value beyond one of these limits.
@@ -53,6 +58,15 @@ fn at_most(what: &'static str, size: usize, limit: usize) -> Result<(), LimitExc
         });
     }
     Ok(())
+}
+
+/// The number of PostgreSQL timeline ancestors.
+pub fn check_pg_history(ancestors: &[(u32, crate::lsn::Lsn)]) -> Result<(), LimitExceeded> {
+    at_most(
+        "the number of PostgreSQL timeline ancestors",
+        ancestors.len(),
+        MAX_PG_HISTORY,
+    )
 }
 
 /// The member count and every address length.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::pg_timeline::PgAncestors;
 use super::term_history::{Term, TermHistory};
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
@@ -37,6 +38,9 @@ pub struct Greeting {
     pub proposer_id: [u8; 16],
     /// Create the timeline if this acceptor does not have it.
     pub create: bool,
+    /// The ancestors of `server.tli` (the primary's history file): an
+    /// acceptor holding one of them takes the greeting (protocol 3).
+    pub pg_ancestors: PgAncestors,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,14 @@ pub struct Elected {
     pub start_streaming_at: Lsn,
     /// The proposer's history, ending with (term, term_start_lsn).
     pub term_history: TermHistory,
+    /// The PostgreSQL timeline this term's WAL continues (0: no claim, the
+    /// acceptor keeps its own) and its ancestors: the primary's, or without
+    /// one (`--sync-only`) the donor's.
+    /// A newer one than the acceptor's is a switch: recorded here, and
+    /// taken only if the switch point is at or above its commit_lsn and
+    /// its log after truncation (protocol 3).
+    pub pg_tli: u32,
+    pub pg_ancestors: PgAncestors,
 }
 
 /// Restart an acceptor's log at `start_lsn`: it drops the WAL it holds and
@@ -110,6 +122,11 @@ pub struct VoteResponse {
     /// Cut at `flush_lsn`: entries for WAL this node lacks say nothing.
     pub term_history: TermHistory,
     pub timeline_start_lsn: Lsn,
+    /// The PostgreSQL timeline this node's WAL ends on and its ancestors
+    /// (protocol 3): a proposer without a primary (`--sync-only`) hands the
+    /// donor's on in Elected, so a node that missed a switch learns it.
+    pub tli: u32,
+    pub pg_ancestors: PgAncestors,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 pub mod acceptor;
 pub mod limits;
 pub mod messages;
+pub mod pg_timeline;
 pub mod proposer;
 pub mod quorum;
 pub mod serving;

@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use super::limits;
 use super::messages::*;
+use super::pg_timeline::PgAncestors;
 use super::quorum;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
@@ -88,6 +89,10 @@ pub struct ProposerConfig {
     /// primary, which is dropped whole); older WAL a lagging acceptor needs
     /// comes from a recovery read.
     pub max_buffer_bytes: u64,
+    /// The ancestors of `server.tli` from the primary's history file (empty
+    /// on a timeline without ancestors); `None` with `--sync-only`, which
+    /// has no primary and claims no PostgreSQL timeline in Elected.
+    pub pg_ancestors: Option<PgAncestors>,
     pub faults: ProposerFaults,
 }
 
@@ -114,6 +119,7 @@ impl ProposerConfig {
             max_append_bytes: MAX_APPEND_WAL,
             max_inflight_bytes: 16 << 20,
             max_buffer_bytes: 64 << 20,
+            pg_ancestors: Some(PgAncestors::new()),
             faults: ProposerFaults::default(),
         }
     }
@@ -208,6 +214,16 @@ pub enum Action {
     /// Every member answered that it does not hold the timeline, and this
     /// proposer may not create it.
     NoTimeline,
+    /// The primary's PostgreSQL timeline `tli` left the safekeepers'
+    /// timeline `from_tli` at `switch` (unknown: not in its history), below
+    /// the end of the WAL the safekeepers hold, `wal_end`, which may hold
+    /// acknowledged commits. Not elected; the driver stops.
+    PgSwitchRefused {
+        from_tli: u32,
+        tli: u32,
+        switch: Option<Lsn>,
+        wal_end: Lsn,
+    },
     /// A member declared lost was re-created and greeted: it is counted
     /// from now on.
     Recreated(NodeId),
@@ -282,6 +298,9 @@ struct Leader {
     term_start_lsn: Lsn,
     history: TermHistory,
     donor: NodeId,
+    /// The PostgreSQL timeline and ancestors Elected claims: the primary's,
+    /// or without one (`--sync-only`) the donor's.
+    pg: (u32, PgAncestors),
     /// WAL `[buf_start, end_lsn)` from the primary, held in memory as the
     /// chunks it came in, each with its start LSN: appends send slices of
     /// them, and trimming drops whole chunks from the front.
@@ -445,6 +464,7 @@ impl Proposer {
             members: self.cfg.members.clone(),
             proposer_id: self.cfg.proposer_id,
             create,
+            pg_ancestors: self.cfg.pg_ancestors.clone().unwrap_or_default(),
         });
         self.send(node, greeting, &mut out);
         out
@@ -821,7 +841,9 @@ impl Proposer {
         if asked != term || v.term != term {
             return;
         }
-        if limits::check_history(&v.term_history).is_err() {
+        if limits::check_history(&v.term_history).is_err()
+            || limits::check_pg_history(&v.pg_ancestors).is_err()
+        {
             // No acceptor stores a history this long.
             self.drop_conn(node, out);
             return;
@@ -870,6 +892,15 @@ impl Proposer {
         } else {
             dv.flush_lsn
         };
+        if let Some(refused) = self.switch_refusal(dv, term_start_lsn) {
+            self.phase = Phase::Idle;
+            out.push(refused);
+            return;
+        }
+        let pg = match &self.cfg.pg_ancestors {
+            Some(ancestors) => (self.cfg.server.tli, ancestors.clone()),
+            None => (dv.tli, dv.pg_ancestors.clone()),
+        };
         let mut history = donor_history;
         history.0.push(TermLsn {
             term,
@@ -880,6 +911,7 @@ impl Proposer {
             term_start_lsn,
             history,
             donor,
+            pg,
             buf_start: term_start_lsn,
             buf: VecDeque::new(),
             end_lsn: term_start_lsn,
@@ -905,6 +937,35 @@ impl Proposer {
             .collect();
         for node in voted {
             self.send_elected(node, out);
+        }
+    }
+
+    /// The switch rule: a primary on a newer PostgreSQL timeline than the
+    /// donor's continues the safekeepers' log only if its timeline left the
+    /// donor's at or above `term_start_lsn`, the end of the donor's log:
+    /// every acknowledged commit is in that log (a majority flushed it), and
+    /// the voters' commit_lsn may lag the last acknowledgement, so no part
+    /// of it may be replaced by the new timeline's WAL. After `--sync-only`
+    /// that end is the settled LSN.
+    fn switch_refusal(&self, dv: &VoteResponse, term_start_lsn: Lsn) -> Option<Action> {
+        let ancestors = self.cfg.pg_ancestors.as_ref()?;
+        let tli = self.cfg.server.tli;
+        if dv.tli == tli {
+            return None;
+        }
+        let switch = ancestors
+            .iter()
+            .find(|(t, _)| *t == dv.tli)
+            .map(|(_, end)| *end)
+            .filter(|_| dv.tli < tli);
+        match switch {
+            Some(at) if at >= term_start_lsn => None,
+            _ => Some(Action::PgSwitchRefused {
+                from_tli: dv.tli,
+                tli,
+                switch,
+                wal_end: term_start_lsn,
+            }),
         }
     }
 
@@ -940,6 +1001,8 @@ impl Proposer {
             term: l.term,
             start_streaming_at: point,
             term_history: l.history.clone(),
+            pg_tli: l.pg.0,
+            pg_ancestors: l.pg.1.clone(),
         });
         self.send(node, msg, out);
         self.pump(node, out);
@@ -1275,6 +1338,8 @@ mod tests {
             commit_lsn: Lsn(START),
             term_history: TermHistory(history.iter().map(|&(t, l)| term_lsn(t, l)).collect()),
             timeline_start_lsn: Lsn(START),
+            tli: 1,
+            pg_ancestors: Vec::new(),
         })
     }
 
@@ -1448,6 +1513,8 @@ mod tests {
                 term: 5,
                 start_streaming_at: Lsn(at),
                 term_history: history.clone(),
+                pg_tli: 1,
+                pg_ancestors: Vec::new(),
             })
         };
         assert!(out.contains(&Action::Send(NodeId(1), elected(START + 200))));
@@ -1889,5 +1956,100 @@ mod tests {
         p.push_wal(&[0; 10]).unwrap();
         let out = p.on_message(NodeId(1), ack_holding(1, last, last - 1));
         assert_eq!(out, vec![Action::Disconnect(NodeId(1))]);
+    }
+
+    /// A proposer whose primary is on PostgreSQL timeline 2, left timeline
+    /// 1 at `switch`.
+    fn promoted(switch: u64) -> Proposer {
+        let mut p = proposer(3);
+        p.cfg.server.tli = 2;
+        p.cfg.pg_ancestors = Some(vec![(1, Lsn(switch))]);
+        p
+    }
+
+    /// Issue 19, the switch rule: a promoted primary is elected only if its
+    /// timeline left the donor's at or above the end of the donor's log
+    /// (which may hold acknowledged commits beyond the voters' commit_lsn),
+    /// and Elected carries the new timeline; below it, nothing is elected.
+    #[test]
+    fn a_promoted_primary_is_elected_only_from_a_switch_at_the_end_of_the_log() {
+        for (switch, elected) in [
+            (START + 300, true),
+            (START + 400, true),
+            (START + 299, false),
+        ] {
+            let mut p = promoted(switch);
+            p.start_election();
+            greet(&mut p, 1, 1);
+            greet(&mut p, 2, 1);
+            p.on_message(NodeId(1), vote(2, START + 300, &[(1, START)]));
+            let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+            if elected {
+                assert!(p.is_leading(), "switch at {switch}");
+                assert!(out.iter().any(|a| matches!(a,
+                    Action::Send(_, ProposerMessage::Elected(e))
+                        if e.pg_tli == 2 && e.pg_ancestors == vec![(1, Lsn(switch))])));
+            } else {
+                assert!(!p.is_leading());
+                assert_eq!(
+                    out,
+                    vec![Action::PgSwitchRefused {
+                        from_tli: 1,
+                        tli: 2,
+                        switch: Some(Lsn(switch)),
+                        wal_end: Lsn(START + 300),
+                    }]
+                );
+            }
+        }
+        // A history that does not contain the donor's timeline.
+        let mut p = proposer(3);
+        p.cfg.server.tli = 3;
+        p.cfg.pg_ancestors = Some(vec![(2, Lsn(START))]);
+        p.start_election();
+        greet(&mut p, 1, 1);
+        greet(&mut p, 2, 1);
+        p.on_message(NodeId(1), vote(2, START + 300, &[(1, START)]));
+        let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+        assert!(matches!(
+            out[..],
+            [Action::PgSwitchRefused { switch: None, .. }]
+        ));
+    }
+
+    /// Without a primary (`--sync-only`) Elected hands on the donor's
+    /// PostgreSQL timeline, so a node that missed a switch learns it.
+    #[test]
+    fn without_a_primary_elected_carries_the_donors_timeline() {
+        let mut p = proposer(3);
+        p.cfg.server.tli = 0;
+        p.cfg.pg_ancestors = None;
+        p.start_election();
+        greet(&mut p, 1, 1);
+        greet(&mut p, 2, 1);
+        let switched = match vote(2, START + 300, &[(1, START), (2, START + 300)]) {
+            AcceptorMessage::Vote(mut v) => {
+                v.tli = 2;
+                v.pg_ancestors = vec![(1, Lsn(START + 300))];
+                AcceptorMessage::Vote(v)
+            }
+            other => other,
+        };
+        p.on_message(NodeId(1), switched);
+        let out = p.on_message(NodeId(2), vote(2, START + 200, &[(1, START)]));
+        assert!(p.is_leading());
+        let elected: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(_, ProposerMessage::Elected(e)) => {
+                    Some((e.pg_tli, e.pg_ancestors.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(elected.len(), 2);
+        assert!(elected
+            .iter()
+            .all(|e| *e == (2, vec![(1, Lsn(START + 300))])));
     }
 }

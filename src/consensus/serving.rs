@@ -159,6 +159,7 @@ pub(crate) mod tests {
             slot_horizon_lsn: Lsn::INVALID,
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
+            pg_ancestors: Vec::new(),
         }
     }
 

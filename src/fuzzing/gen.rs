@@ -146,6 +146,30 @@ pub(crate) fn wal(u: &mut Unstructured) -> Result<Bytes> {
     Ok(Bytes::from(vec![fill; n]))
 }
 
+/// PostgreSQL timeline ancestors: mostly none, sometimes a list of
+/// arbitrary switch points.
+pub(crate) fn pg_ancestors(
+    u: &mut Unstructured,
+) -> Result<crate::consensus::pg_timeline::PgAncestors> {
+    let n = if u.ratio(3, 4)? {
+        0
+    } else {
+        u.int_in_range(0..=40u32)?
+    };
+    (0..n)
+        .map(|_| Ok((u.arbitrary()?, Lsn(u.arbitrary()?))))
+        .collect()
+}
+
+/// A PostgreSQL timeline: mostly 1.
+pub(crate) fn pg_tli(u: &mut Unstructured) -> Result<u32> {
+    if u.ratio(7, 8)? {
+        Ok(1)
+    } else {
+        u.arbitrary()
+    }
+}
+
 pub(crate) fn greeting(u: &mut Unstructured) -> Result<Greeting> {
     Ok(Greeting {
         protocol_version: if u.ratio(15, 16)? {
@@ -163,6 +187,7 @@ pub(crate) fn greeting(u: &mut Unstructured) -> Result<Greeting> {
         members: members(u)?,
         proposer_id: u.arbitrary()?,
         create: u.arbitrary()?,
+        pg_ancestors: pg_ancestors(u)?,
     })
 }
 
@@ -199,6 +224,8 @@ pub(crate) fn proposer_message(
                 term,
                 start_streaming_at: start,
                 term_history: history(u, Some(TermLsn { term, lsn: start }))?,
+                pg_tli: pg_tli(u)?,
+                pg_ancestors: pg_ancestors(u)?,
             })
         }
         3 => ProposerMessage::Append(append(u, term, at)?),
@@ -237,6 +264,8 @@ pub(crate) fn acceptor_message(
             commit_lsn: lsn(u, at)?,
             term_history: history(u, None)?,
             timeline_start_lsn: lsn(u, TIMELINE_START)?,
+            tli: pg_tli(u)?,
+            pg_ancestors: pg_ancestors(u)?,
         }),
         _ => AcceptorMessage::Append(AppendResponse {
             term: near(u, term)?,

@@ -130,6 +130,12 @@ fn run_acceptor_session(u: &mut Unstructured) -> Result<()> {
                     term,
                     start_streaming_at: start,
                     term_history: history,
+                    pg_tli: if u.ratio(7, 8)? {
+                        acc.state().server.tli
+                    } else {
+                        gen::pg_tli(u)?
+                    },
+                    pg_ancestors: gen::pg_ancestors(u)?,
                 })
             }
             4..=6 => ProposerMessage::Append(gen::append(u, s.term, s.flush_lsn)?),
@@ -407,6 +413,7 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
                 members: [(node, "a:1".to_string())].into_iter().collect(),
                 proposer_id: [0; 16],
                 create: true,
+                pg_ancestors: Vec::new(),
             };
             Acceptor::create(node, &g).expect("a valid greeting")
         }

@@ -370,6 +370,7 @@ mod tests {
             slot_horizon_lsn: Lsn::INVALID,
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
+            pg_ancestors: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use super::safekeepers;
 use super::settle::{self, Reach, Settled};
 use super::{Config, OperatorActs, ProxyError};
 use crate::consensus::messages::{AcceptorMessage, ProposerMessage, ServerInfo};
+use crate::consensus::pg_timeline::{self, PgAncestors};
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
 use crate::id::NodeId;
 use crate::lsn::Lsn;
@@ -249,7 +250,19 @@ pub async fn run(
         history,
     } = primary;
     let reader_task = tokio::spawn(primary::run_reader(reader, primary_tx));
-    let mut s = Session::new(cfg, acts, server, start_lsn, flush_lsn, Some(writer));
+    let ancestors = match &history {
+        Some((tli, content)) => pg_timeline::parse_history_file(content, *tli)
+            .map_err(|e| ProxyError::Fatal(format!("primary: {e}")))?,
+        None => Vec::new(),
+    };
+    let mut s = Session::new(
+        cfg,
+        acts,
+        server,
+        start_lsn,
+        flush_lsn,
+        Some((writer, ancestors)),
+    );
     s.history = history;
     s.rewind_tried = rewind.tried;
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
@@ -304,12 +317,15 @@ pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, P
             Err(e) => last_err = format!("node {node}: {e}"),
         }
     }
-    let (server, timeline_start) = info.ok_or_else(|| {
+    let (mut server, timeline_start) = info.ok_or_else(|| {
         ProxyError::Retry(format!(
             "no safekeeper could describe timeline {}: {last_err}",
             cfg.ttid
         ))
     })?;
+    // No primary: claim no PostgreSQL timeline (members may differ on it
+    // until a promoted primary's switch reached them all).
+    server.tli = 0;
     // Keep the sender alive so the primary branch of the loop just waits.
     let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
     let mut s = Session::new(
@@ -369,9 +385,11 @@ impl<'a> Session<'a> {
         server: ServerInfo,
         start_lsn: Lsn,
         primary_flush: Lsn,
-        primary_writer: Option<PgWriter>,
+        primary: Option<(PgWriter, PgAncestors)>,
     ) -> Session<'a> {
         let mut pcfg = ProposerConfig::new(cfg.ttid, server, start_lsn, cfg.members.clone());
+        let (primary_writer, ancestors) = primary.unzip();
+        pcfg.pg_ancestors = ancestors;
         pcfg.create = acts.create;
         pcfg.recreate = acts.recreate.clone();
         pcfg.proposer_id = cfg.proposer_id;
@@ -705,6 +723,20 @@ impl<'a> Session<'a> {
                     return Err(ProxyError::Fatal(format!(
                         "no safekeeper holds timeline {} (start the proxy with --create-timeline to create it)",
                         self.cfg.ttid
+                    )));
+                }
+                Action::PgSwitchRefused {
+                    from_tli,
+                    tli,
+                    switch,
+                    wal_end,
+                } => {
+                    let fork = match switch {
+                        Some(at) => format!("left timeline {from_tli} at {at}"),
+                        None => format!("does not descend from timeline {from_tli}"),
+                    };
+                    return Err(ProxyError::Fatal(format!(
+                        "the primary is on PostgreSQL timeline {tli}, which {fork}, but the safekeepers hold                          timeline {from_tli}'s WAL up to {wal_end}, which may hold acknowledged commits:                          this promoted standby lacks them. Run safekeeper-proxy --sync-only, let a standby                          fed only from the safekeepers replay up to the LSN it prints, and promote that one"
                     )));
                 }
                 Action::Recreated(node) => {

@@ -293,7 +293,18 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
         ReplicationCommand::TimelineHistory { timeline } => {
             let name = format!("{timeline:08X}.history");
             let stored = match choose_timeline(shared, client) {
-                Ok(t) => shared.store.timeline_history(t.ttid, timeline),
+                // The primary's file, or one rebuilt from the switch points
+                // recorded here when this node learnt the switch without it.
+                Ok(t) => shared.store.timeline_history(t.ttid, timeline).map(|f| {
+                    f.or_else(|| {
+                        let s = t.current_state();
+                        crate::consensus::pg_timeline::rebuilt_history_file(
+                            &s.pg_ancestors,
+                            s.server.tli,
+                            timeline,
+                        )
+                    })
+                }),
                 Err((code, msg)) => {
                     conn.send_error(code, &msg).await?;
                     return Ok(true);
@@ -343,9 +354,12 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
             let stored = match shared.timelines.get(ttid) {
-                Some(t) => super::history::store(shared, &t, timeline, content).await,
-                // The greeting on this connection is to create it.
-                None => super::history::check_size(timeline, &content).map(|()| {
+                Some(t) if !super::history::waits_for_greeting(&t, timeline) => {
+                    super::history::store(shared, &t, timeline, content, None).await
+                }
+                // The greeting on this connection is to create it, or to
+                // continue it on a newer PostgreSQL timeline.
+                _ => super::history::check_size(timeline, &content).map(|()| {
                     tracing::debug!(timeline = %ttid, tli = timeline, "history file kept until this connection's greeting creates the timeline");
                     *client
                         .pending_history

@@ -3,12 +3,15 @@
 //! `TIMELINE_HISTORY` for it.
 //!
 //! What is stored is bounded: only for a timeline this node holds, only the
-//! file of the PostgreSQL timeline that timeline streams (its `server.tli`,
-//! so one file per timeline, replaced by a newer copy), and at most
-//! [`MAX_HISTORY_FILE_LEN`] bytes. The proxy puts the file before it greets,
-//! so for a timeline its greeting is about to create the file waits on the
-//! connection and is stored once that greeting has created (or found) the
-//! timeline; a connection that ends first stores nothing.
+//! file of the PostgreSQL timeline that timeline streams (its `server.tli`)
+//! or of the newer one a greeting this node took names (a promoted
+//! primary's, which descends from it), so one file per PostgreSQL timeline
+//! the walkeeper timeline went through, each replaced by a newer copy, and
+//! at most [`MAX_HISTORY_FILE_LEN`] bytes each. The proxy puts the file
+//! before it greets, so a file for a timeline its greeting is about to
+//! create, or for a newer PostgreSQL timeline, waits on the connection and
+//! is stored once that greeting has created (or found) the timeline and was
+//! taken; a connection that ends first stores nothing.
 
 use super::timelines::Timeline;
 use super::Shared;
@@ -35,17 +38,25 @@ pub fn check_size(tli: u32, content: &[u8]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Store the history file of PostgreSQL timeline `tli` for `t`. The synced
-/// write runs on a blocking thread, never on the caller's async worker.
+/// Whether a file for `tli` put before the greeting waits for it: `t`
+/// streams an older PostgreSQL timeline (a promoted primary's proxy).
+pub fn waits_for_greeting(t: &Timeline, tli: u32) -> bool {
+    tli > t.current_state().server.tli
+}
+
+/// Store the history file of PostgreSQL timeline `tli` for `t`: the one it
+/// streams, or `greeted`, the one of a greeting it took. The synced write
+/// runs on a blocking thread, never on the caller's async worker.
 pub async fn store(
     shared: &Shared,
     t: &Timeline,
     tli: u32,
     content: Vec<u8>,
+    greeted: Option<u32>,
 ) -> Result<(), Refusal> {
     check_size(tli, &content)?;
     let streams = t.current_state().server.tli;
-    if tli != streams {
+    if tli != streams && Some(tli) != greeted {
         return Err((
             sqlstate::INVALID_PARAMETER_VALUE,
             format!(
@@ -123,7 +134,8 @@ mod tests {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let put = tokio::spawn(async move { super::store(&shared, &t, 1, file).await });
+                    let put =
+                        tokio::spawn(async move { super::store(&shared, &t, 1, file, None).await });
                     while !store.rocks().sync_hold().holding() {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }

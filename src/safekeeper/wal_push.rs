@@ -291,7 +291,7 @@ async fn handle(
             // The history file put on this connection before the greeting,
             // now that the timeline exists.
             if let Some((tli, content)) = history.take() {
-                super::history::store(shared, &t, tli, content)
+                super::history::store(shared, &t, tli, content, Some(g.server.tli))
                     .await
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
@@ -352,7 +352,9 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         HandleError::Refused(Refusal::Mismatch { .. })
         | HandleError::Refused(Refusal::NotAMember { .. })
         | HandleError::Refused(Refusal::StartNotSegmentAligned { .. })
-        | HandleError::Refused(Refusal::ProtocolVersion { .. }) => {
+        | HandleError::Refused(Refusal::ProtocolVersion { .. })
+        | HandleError::Refused(Refusal::PgTimeline { .. })
+        | HandleError::Refused(Refusal::SwitchBelowCommit { .. }) => {
             sqlstate::INVALID_PARAMETER_VALUE
         }
         HandleError::Refused(Refusal::TooLarge { .. }) => sqlstate::PROGRAM_LIMIT_EXCEEDED,

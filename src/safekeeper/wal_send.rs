@@ -20,10 +20,11 @@ use super::connection::{Client, INSUFFICIENT_PRIVILEGE, OBJECT_NOT_IN_PREREQUISI
 use super::timelines::Timeline;
 use super::Shared;
 use crate::consensus::acceptor::TimelineState;
+use crate::consensus::pg_timeline::{self, TimelineEnd};
 use crate::consensus::term_history::Term;
 use crate::lsn::{Lsn, WAL_PAGE_SIZE};
 use crate::pq::connection::PqConnection;
-use crate::pq::frame::{BeMessage, FeMessage};
+use crate::pq::frame::{BeMessage, Column, FeMessage};
 use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
 use crate::pq::{sqlstate, PqError};
 use crate::store::StoreError;
@@ -90,14 +91,26 @@ pub fn check_start(
     req: &StartRequest,
 ) -> Result<(), (&'static str, String)> {
     if let Some(tli) = req.timeline {
-        if tli != state.server.tli {
-            return Err((
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "requested timeline {tli} is not in this server's history (timeline {} holds timeline {})",
-                    state.ttid, state.server.tli
-                ),
-            ));
+        match timeline_end(state, tli) {
+            TimelineEnd::NotInHistory => {
+                return Err((
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "requested timeline {tli} is not in this server's history (timeline {} holds timeline {})",
+                        state.ttid, state.server.tli
+                    ),
+                ))
+            }
+            TimelineEnd::Ended { at, .. } if req.start_lsn > at => {
+                return Err((
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "requested starting point {} on timeline {tli} is not in this server's history: it forked from timeline {tli} at {at}",
+                        req.start_lsn
+                    ),
+                ))
+            }
+            _ => {}
         }
     }
     if req.start_lsn < state.local_start_lsn {
@@ -138,6 +151,11 @@ fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), (&'stati
         ));
     }
     Ok(())
+}
+
+/// Where PostgreSQL timeline `tli` ends in this timeline's LSN space.
+fn timeline_end(state: &TimelineState, tli: u32) -> TimelineEnd {
+    pg_timeline::end_of(&state.pg_ancestors, state.server.tli, tli)
 }
 
 /// How far a sender may go for this state.
@@ -212,7 +230,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         name,
         session: client.session,
     });
-    tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, recovery, application_name = ?client.params.application_name, "streaming WAL");
+    // The PostgreSQL timeline streamed: a stream of an older one ends at
+    // its switch point with the next timeline, as a walsender's does.
+    let stream_tli = req.timeline.unwrap_or(state.server.tli);
+    if let TimelineEnd::Ended { at, next } = timeline_end(&state, stream_tli) {
+        if req.start_lsn == at {
+            // Nothing to stream: no COPY, only where the next one begins.
+            send_next_timeline(conn, next, at).await?;
+            return end_stream(conn, slot, true).await;
+        }
+    }
+    tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, tli = stream_tli, recovery, application_name = ?client.params.application_name, "streaming WAL");
     conn.send(&BeMessage::CopyBothResponse).await?;
 
     let mut state = state;
@@ -238,7 +266,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(false);
             }
         }
-        let limit = send_limit(&state, recovery);
+        let mut limit = send_limit(&state, recovery);
+        if let TimelineEnd::Ended { at, next } = timeline_end(&state, stream_tli) {
+            if pos >= at {
+                tracing::info!(timeline = %timeline.ttid, peer = %client.peer, tli = stream_tli, at = %at, next, "end of the streamed PostgreSQL timeline");
+                return end_timeline(conn, &timeline, slot, at, next).await;
+            }
+            limit = limit.min(at);
+        }
         if pos < limit {
             let end = chunk_end(pos, limit);
             let held_end = Lsn(read_ahead.0 .0.saturating_add(read_ahead.1.len() as u64));
@@ -364,6 +399,63 @@ async fn end_stream<S: AsyncRead + AsyncWrite + Unpin>(
         conn.send_ready_for_query().await?;
     }
     Ok(keep_open)
+}
+
+/// The streamed PostgreSQL timeline ended at `at`: CopyDone, wait for the
+/// client's, then the next timeline (walsender.c, `StartReplication`).
+async fn end_timeline<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    timeline: &Timeline,
+    slot: Option<SlotUse>,
+    at: Lsn,
+    next: u32,
+) -> Result<bool, PqError> {
+    conn.send(&BeMessage::CopyDone).await?;
+    loop {
+        match conn.read_message().await? {
+            Some(FeMessage::CopyDone) => break,
+            Some(FeMessage::CopyData(body)) => {
+                if let (Ok(StandbyReplMessage::StatusUpdate(s)), Some(u)) =
+                    (StandbyReplMessage::decode(&body), slot.as_ref())
+                {
+                    u.slots.confirm(timeline.ttid, &u.name, s.flush_lsn);
+                }
+            }
+            None | Some(FeMessage::Terminate) => return Ok(false),
+            Some(other) => {
+                conn.send_fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("unexpected message after the end of the timeline: {other:?}"),
+                )
+                .await?;
+                return Ok(false);
+            }
+        }
+    }
+    send_next_timeline(conn, next, at).await?;
+    end_stream(conn, slot, true).await
+}
+
+/// The one-row result set after a stream of an older timeline: the next
+/// timeline and where it starts; then both command tags, as PostgreSQL's
+/// walsender sends them (ReadyForQuery follows in `end_stream`).
+async fn send_next_timeline<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PqConnection<S>,
+    next: u32,
+    at: Lsn,
+) -> Result<(), PqError> {
+    let (tli, pos) = (next.to_string(), at.to_string());
+    conn.write_message(&BeMessage::RowDescription(&[
+        Column::int8("next_tli"),
+        Column::text("next_tli_startpos"),
+    ]))?;
+    conn.write_message(&BeMessage::DataRow(&[
+        Some(tli.as_bytes()),
+        Some(pos.as_bytes()),
+    ]))?;
+    conn.write_message(&BeMessage::CommandComplete("START_STREAMING"))?;
+    conn.write_message(&BeMessage::CommandComplete("START_REPLICATION"))?;
+    Ok(())
 }
 
 /// Start reading WAL `[from, to)` on the blocking pool.
@@ -511,6 +603,40 @@ async fn on_client_message<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19: after a switch to PostgreSQL timeline 2 at S, timeline 1 is
+    /// served from below S (the stream ends at S with the next timeline),
+    /// not from beyond it; timeline 2 from anywhere held; others not at all.
+    #[test]
+    fn an_older_timeline_is_served_up_to_its_switch_point() {
+        let mut state = crate::store::memory::tests_state();
+        let start = state.local_start_lsn;
+        let switch = Lsn(start.0 + 5000);
+        state.flush_lsn = Lsn(start.0 + 9000);
+        state.server.tli = 2;
+        state.pg_ancestors = vec![(1, switch)];
+        let req = |lsn: Lsn, tli| StartRequest {
+            start_lsn: lsn,
+            timeline: Some(tli),
+            recovery_term: None,
+            slot: None,
+        };
+        assert!(check_start(&state, &req(start, 1)).is_ok());
+        assert!(check_start(&state, &req(switch, 1)).is_ok());
+        assert_eq!(
+            check_start(&state, &req(Lsn(switch.0 + 1), 1)).map_err(|e| e.0),
+            Err(sqlstate::INVALID_PARAMETER_VALUE)
+        );
+        assert!(check_start(&state, &req(Lsn(switch.0 + 1), 2)).is_ok());
+        assert!(check_start(&state, &req(start, 3)).is_err());
+        assert_eq!(
+            timeline_end(&state, 1),
+            TimelineEnd::Ended {
+                at: switch,
+                next: 2
+            }
+        );
+    }
 
     #[test]
     fn chunks_are_cut_at_page_boundaries_and_at_most_128k() {

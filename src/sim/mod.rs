@@ -320,6 +320,7 @@ impl Sim {
             members: members.clone(),
             proposer_id: [0; 16],
             create: true,
+            pg_ancestors: Vec::new(),
         };
         // The timeline exists on every member before any proposer runs, as
         // `--create-timeline` with every member reachable leaves it.
@@ -1289,6 +1290,9 @@ impl Sim {
                 }
                 Action::NoTimeline => {
                     return Err(format!("p{p}: no member holds the timeline"));
+                }
+                Action::PgSwitchRefused { .. } => {
+                    return Err(format!("p{p}: {action:?} on a single PostgreSQL timeline"));
                 }
             }
         }

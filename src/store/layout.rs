@@ -12,8 +12,9 @@ use crate::lsn::Lsn;
 
 /// Version of the whole on-disk layout (schema/store.md): column families,
 /// key schema and the WAL chunk value. A store of another version is refused,
-/// except version 1, which this build reads and upgrades (schema/store.md).
-pub const STORE_FORMAT_VERSION: u16 = 2;
+/// except versions 1 and 2, which this build reads and upgrades
+/// (schema/store.md).
+pub const STORE_FORMAT_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMeta {
@@ -36,10 +37,22 @@ impl Versioned for StoreMetaV1 {
     const FORMAT_VERSION: u16 = 1;
 }
 
+/// The meta record of a version 2 store: the same body under version 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoreMetaV2 {
+    node_id: NodeId,
+}
+
+impl Versioned for StoreMetaV2 {
+    const WHAT: &'static str = "store";
+    const FORMAT_VERSION: u16 = 2;
+}
+
 /// The meta record and the store format version it names.
 pub fn decode_store_meta(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
         Some(1) => decode_stored::<StoreMetaV1>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 1)),
+        Some(2) => decode_stored::<StoreMetaV2>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 2)),
         _ => decode_stored::<StoreMeta>(raw).map(|m| (m, STORE_FORMAT_VERSION)),
     }
 }

@@ -213,6 +213,7 @@ pub(crate) fn tests_greeting() -> crate::consensus::messages::Greeting {
         members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
         proposer_id: [0; 16],
         create: true,
+        pg_ancestors: Vec::new(),
     }
 }
 

@@ -956,8 +956,8 @@ fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreErr
     Ok(meta.node_id)
 }
 
-/// A version 1 store opened for writing becomes version 2: this build writes
-/// timeline records of version 2, which a version 1 build cannot read, so
+/// A version 1 or 2 store opened for writing becomes version 3: this build
+/// writes timeline records of version 3, which older builds cannot read, so
 /// such a build must refuse the store at open rather than meet them later.
 fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError> {
     let raw = db.get(META_KEY).map_err(|e| {
@@ -966,9 +966,14 @@ fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError>
             format!("cannot read the store meta: {}", e.into_string()),
         )
     })?;
-    if raw.as_deref().and_then(|r| r.first_chunk::<2>()) != Some(&1u16.to_be_bytes()) {
+    let Some(old) = raw
+        .as_deref()
+        .and_then(|r| r.first_chunk::<2>())
+        .map(|v| u16::from_be_bytes(*v))
+        .filter(|v| *v < STORE_FORMAT_VERSION)
+    else {
         return Ok(());
-    }
+    };
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     db.put_opt(META_KEY, encode_stored(&StoreMeta { node_id })?, &sync)
@@ -981,7 +986,7 @@ fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError>
                 ),
             )
         })?;
-    tracing::info!(path = %path.display(), "upgraded the store from format version 1 to {STORE_FORMAT_VERSION}");
+    tracing::info!(path = %path.display(), "upgraded the store from format version {old} to {STORE_FORMAT_VERSION}");
     Ok(())
 }
 

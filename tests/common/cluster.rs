@@ -103,6 +103,40 @@ impl Cluster {
         (lsn, report)
     }
 
+    /// SIGKILL the primary and the proxy together.
+    pub fn kill_primary_and_proxy(&mut self) {
+        let pid = std::fs::read_to_string(self.pg.datadir.join("postmaster.pid")).unwrap();
+        let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        self.proxy.as_mut().unwrap().kill9();
+    }
+
+    /// Start `standby` (from a base backup) fed only by the safekeepers,
+    /// with `first` listed first in its multi-host conninfo; `extra_conf`
+    /// is appended last.
+    pub fn start_standby(&self, standby: &mut Postgres, first: usize, extra_conf: &str) {
+        let mut order: Vec<&Safekeeper> = vec![&self.sks[first]];
+        order.extend(
+            self.sks
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != first)
+                .map(|(_, s)| s),
+        );
+        let ports: Vec<String> = order.iter().map(|s| s.pg_addr.port().to_string()).collect();
+        pg::append_conf(
+            &standby.datadir,
+            &format!(
+                "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres connect_timeout=2'\nhot_standby = on\nsynchronous_standby_names = ''\n{extra_conf}\n",
+                ports.join(",")
+            ),
+        );
+        standby.mark_standby();
+        standby.start();
+    }
+
     pub fn wait_sync(&self) {
         wait_for(
             Duration::from_secs(60),
@@ -197,6 +231,41 @@ pub fn pgbench_ok(child: Child) -> u64 {
         .unwrap_or_else(|| panic!("no transaction count in: {text}"))
 }
 
+/// The bound within which a standby started after `--sync-only` must have
+/// received the settled LSN (its own start and a refusal or two included).
+pub const STANDBY_BOUND: Duration = Duration::from_secs(30);
+
+/// The standby receives WAL up to `synced` within STANDBY_BOUND and then
+/// holds every acknowledged row.
+pub fn assert_standby_gets_every_commit(standby: &Postgres, synced: Lsn, acked: &[i32]) {
+    wait_for(
+        STANDBY_BOUND,
+        "the standby to receive the settled LSN",
+        || {
+            let got: Lsn = standby
+                .sql("SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
+                .parse()
+                .ok()?;
+            (got >= synced).then_some(())
+        },
+    );
+    let list = acked
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for(
+        Duration::from_secs(30),
+        "the standby to replay every acknowledged row",
+        || {
+            let missing = standby.sql(&format!(
+                "SELECT count(*) FROM unnest(ARRAY[{list}]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id)"
+            ));
+            (missing == "0").then_some(())
+        },
+    );
+}
+
 /// Ledger clients on the primary: each row the primary acknowledged is
 /// recorded, until `stop`.
 pub struct Ledger {
@@ -207,11 +276,16 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn start(port: u16) -> Ledger {
+        Ledger::start_at(port, 1)
+    }
+
+    /// Ledger clients inserting ids from `first` on.
+    pub fn start_at(port: u16, first: i32) -> Ledger {
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut i = 0;
+            let mut i = first - 1;
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
                 i += 1;
                 let ok = pg::psql(port, &format!("INSERT INTO ledger VALUES ({i})"))

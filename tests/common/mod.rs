@@ -239,6 +239,7 @@ pub fn greeting(node_ids: &[u64], create: bool) -> Greeting {
             .collect(),
         proposer_id: [7; 16],
         create,
+        pg_ancestors: Vec::new(),
     }
 }
 
@@ -486,6 +487,8 @@ pub fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
         term_history: walkeeper::consensus::term_history::TermHistory(vec![
             walkeeper::consensus::acceptor::term_lsn(term, START),
         ]),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
     }));
     assert!(matches!(c.recv(), AcceptorMessage::Append(_)));
 }

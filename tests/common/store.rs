@@ -34,6 +34,7 @@ pub fn store_state(ttid: Ttid, start: Lsn, flush: Lsn) -> TimelineState {
         slot_horizon_lsn: Lsn::INVALID,
         settled_term: 0,
         settled_lsn: Lsn::INVALID,
+        pg_ancestors: Vec::new(),
     }
 }
 

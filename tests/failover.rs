@@ -1,0 +1,295 @@
+//! Issue 19: primary fail-over on the same safekeepers. A standby fed only
+//! by the safekeepers is promoted (PostgreSQL timeline 2) and its proxy
+//! continues the same walkeeper timeline; a standby promoted below the
+//! settled LSN is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::pg::{self, Postgres};
+use common::*;
+use walkeeper::consensus::pg_timeline::parse_history_file;
+use walkeeper::lsn::Lsn;
+
+/// Promote `pg` (a standby) and wait until it accepts writes.
+fn promote(pg: &Postgres) {
+    let (ok, _, err) = run(pg::as_postgres(&pg::pg_bin("pg_ctl"))
+        .arg("-D")
+        .arg(&pg.datadir)
+        .args(["-w", "promote"]));
+    assert!(ok, "promote failed: {err}");
+    wait_for(
+        Duration::from_secs(30),
+        "the promoted server to leave recovery",
+        || (pg.sql("SELECT pg_is_in_recovery()") == "f").then_some(()),
+    );
+}
+
+/// Where timeline 2 left timeline 1, by the promoted server's history file.
+fn switch_point(pg: &Postgres) -> Lsn {
+    let history = std::fs::read(pg.pg_wal().join("00000002.history")).expect("timeline 2");
+    let ancestors = parse_history_file(&history, 2).unwrap();
+    assert_eq!(ancestors.len(), 1, "{ancestors:?}");
+    ancestors[0].1
+}
+
+/// The (timeline, xlogpos) a safekeeper's IDENTIFY_SYSTEM reports, asked as
+/// a proposer (no serving rule).
+fn identify(sk: &Safekeeper) -> (u32, Lsn) {
+    let mut c = RawClient::connect(sk.pg_addr, "-c walkeeper.role=proposer");
+    let reply = c.query("IDENTIFY_SYSTEM");
+    let row = reply.iter().find(|m| m.tag == b'D').expect("a data row");
+    let mut b = &row.body[2..];
+    let mut cols = Vec::new();
+    for _ in 0..3 {
+        let len = i32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+        cols.push(String::from_utf8_lossy(&b[4..4 + len]).into_owned());
+        b = &b[4 + len..];
+    }
+    (cols[1].parse().unwrap(), cols[2].parse().unwrap())
+}
+
+/// `pg_receivewal -v` into `out` from `port`, starting on timeline 1 at
+/// segment `first` (a zero-filled partial of it there), until `endpos`;
+/// killed after a minute.
+fn receive_wal(out: &std::path::Path, port: u16, first: u64, endpos: Lsn) {
+    std::fs::write(
+        out.join(format!(
+            "{}.partial",
+            walkeeper::lsn::segment_file_name(1, first, SEG)
+        )),
+        vec![0u8; SEG as usize],
+    )
+    .unwrap();
+    let log = out.with_extension("log");
+    let child = std::process::Command::new(pg::pg_bin("pg_receivewal"))
+        .arg("-D")
+        .arg(out)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--no-loop",
+            "--no-sync",
+            "-v",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-E")
+        .arg(endpos.to_string())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_receivewal did not stop at {endpos}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "pg_receivewal: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// The first `len` bytes of WAL segment file `name` in `dir` (as is, or
+/// `.partial`).
+fn segment_head(dir: &std::path::Path, name: &str, len: u64) -> Vec<u8> {
+    let bytes = std::fs::read(dir.join(name))
+        .or_else(|_| std::fs::read(dir.join(format!("{name}.partial"))))
+        .unwrap_or_else(|e| panic!("{name} in {dir:?}: {e}"));
+    bytes[..len as usize].to_vec()
+}
+
+/// `pg_receivewal` from a safekeeper, started on timeline 1 below the
+/// switch, crosses it: timeline 1's segment up to the switch point equals
+/// the old primary's, the history file and timeline 2's segments up to
+/// `end` equal the promoted primary's.
+fn assert_receivewal_crosses_the_switch(c: &Cluster, old: &Postgres, switch: Lsn, end: Lsn) {
+    let out = c.dir.path().join("receivewal");
+    std::fs::create_dir(&out).unwrap();
+    let first = switch.0 / SEG as u64;
+    // It stops once it has received WAL *past* its endpos.
+    receive_wal(&out, c.sks[0].pg_addr.port(), first, Lsn(end.0 - 1));
+    let name = |tli, segno| walkeeper::lsn::segment_file_name(tli, segno, SEG);
+    let within = switch.0 - first * SEG as u64;
+    assert!(
+        segment_head(&out, &name(1, first), within)
+            == segment_head(&old.pg_wal(), &name(1, first), within),
+        "timeline 1 up to the switch differs from the old primary's"
+    );
+    assert_eq!(
+        std::fs::read(out.join("00000002.history")).expect("the history file"),
+        std::fs::read(c.pg.pg_wal().join("00000002.history")).unwrap()
+    );
+    for segno in first..=end.0 / SEG as u64 {
+        let len = (end.0 - segno * SEG as u64).min(SEG as u64);
+        assert!(
+            segment_head(&out, &name(2, segno), len)
+                == segment_head(&c.pg.pg_wal(), &name(2, segno), len),
+            "segment {} differs from the promoted primary's",
+            name(2, segno)
+        );
+    }
+}
+
+/// Put `next` in the cluster as its primary; the old one (dead) is
+/// returned to be dropped with the test.
+fn replace_primary(c: &mut Cluster, next: Postgres) -> Postgres {
+    std::mem::replace(&mut c.pg, next)
+}
+
+#[test]
+fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    // A standby that stays one: it follows the switch untouched.
+    let mut follower = Postgres::basebackup(c.dir.path(), &c.pg, "follower");
+
+    // Phase 1 on the first primary, then it and its proxy die mid-load.
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(50);
+    c.kill_primary_and_proxy();
+    let mut acked = ledger.stop();
+    let synced = c.sync_only();
+
+    // The standby, fed only by the safekeepers, gets every commit and is
+    // promoted: PostgreSQL timeline 2 from the end of what it replayed.
+    c.start_standby(&mut standby, 0, SYNC_CONF);
+    c.start_standby(&mut follower, 2, "");
+    assert_standby_gets_every_commit(&standby, synced, &acked);
+    promote(&standby);
+    let switch = switch_point(&standby);
+    eprintln!("settled at {synced}, the promoted standby's timeline 2 starts at {switch}");
+    assert!(
+        switch >= synced,
+        "switch {switch} below the settled {synced}"
+    );
+    let mut old = replace_primary(&mut c, standby);
+
+    // Its proxy, with the same --safekeepers and no new timeline. Node 3
+    // is down meanwhile: it misses the switch.
+    c.sks[2].kill9();
+    c.start_proxy("proxy2", &[]);
+    c.wait_sync();
+    let first = acked.iter().max().unwrap() + 1;
+    let mut second = Postgres::basebackup(c.dir.path(), &c.pg, "second");
+    let ledger = Ledger::start_at(c.pg.port, first);
+    ledger.wait_more(50);
+    for sk in &c.sks[..2] {
+        wait_for(
+            Duration::from_secs(30),
+            "the live safekeepers on timeline 2",
+            || (identify(sk).0 == 2).then_some(()),
+        );
+    }
+    // The old primary comes back with a proxy of its own: refused at the
+    // greeting (no vote asked, no term taken), it stops and says why.
+    old.start();
+    let live: Vec<&Safekeeper> = c.sks[..2].iter().collect();
+    let mut old_proxy = Proxy::start(c.dir.path(), "proxy-old", old.port, &live, &[]);
+    let status = old_proxy
+        .wait_exit(Duration::from_secs(60))
+        .expect("the old primary's proxy stops");
+    assert!(!status.success());
+    assert!(
+        old_proxy
+            .log_text()
+            .contains("superseded by a promoted standby"),
+        "{}",
+        old_proxy.log_text()
+    );
+    old.stop();
+    ledger.wait_more(10);
+    c.kill_primary_and_proxy();
+    let acked2 = ledger.stop();
+    assert!(!acked2.is_empty());
+    // Node 3 is back for the settle, which brings it to timeline 2 too.
+    c.sks[2].restart();
+    let synced2 = c.sync_only();
+    assert!(synced2 > switch);
+    for sk in &c.sks {
+        assert_eq!(identify(sk), (2, synced2), "node {}", sk.node_id);
+    }
+
+    // A standby from a base backup of the promoted primary, fed only by the
+    // safekeepers, holds every acknowledged row of both phases.
+    acked.extend(acked2);
+    c.start_standby(&mut second, 1, "");
+    assert_standby_gets_every_commit(&second, synced2, &acked);
+    let tli = second.sql("SELECT timeline_id FROM pg_control_checkpoint()");
+    assert_eq!(tli, "2");
+
+    // The standby streaming timeline 1 from the safekeepers since before
+    // the promotion crossed the switch by itself (recovery_target_timeline
+    // 'latest', PostgreSQL 15's default) and holds both phases too.
+    assert_standby_gets_every_commit(&follower, synced2, &acked);
+    assert_receivewal_crosses_the_switch(&c, &old, switch, synced2);
+    wait_for(
+        Duration::from_secs(30),
+        "the follower streaming timeline 2",
+        || (follower.sql("SELECT received_tli FROM pg_stat_wal_receiver") == "2").then_some(()),
+    );
+}
+
+#[test]
+fn a_standby_promoted_below_the_settled_lsn_is_refused() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(20);
+    // Commits after this point are acknowledged; the standby stops short.
+    let early: Lsn = c.pg.sql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    ledger.wait_more(30);
+    c.kill_primary_and_proxy();
+    ledger.stop();
+    let synced = c.sync_only();
+
+    c.start_standby(
+        &mut standby,
+        0,
+        &format!(
+            "recovery_target_lsn = '{early}'\nrecovery_target_action = 'promote'\n{SYNC_CONF}"
+        ),
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the standby to promote itself at its recovery target",
+        || (standby.sql("SELECT pg_is_in_recovery()") == "f").then_some(()),
+    );
+    let switch = switch_point(&standby);
+    assert!(switch < synced, "switch {switch}, settled {synced}");
+    let _old = replace_primary(&mut c, standby);
+
+    c.start_proxy("proxy2", &[]);
+    let proxy = c.proxy.as_mut().unwrap();
+    let status = proxy
+        .wait_exit(Duration::from_secs(60))
+        .expect("the proxy stops");
+    assert!(!status.success());
+    let log = proxy.log_text();
+    assert!(
+        log.contains("lacks them") && log.contains(&format!("left timeline 1 at {switch}")),
+        "the proxy says why: {log}"
+    );
+    for sk in &c.sks {
+        assert_eq!(identify(sk), (1, synced), "node {} unchanged", sk.node_id);
+    }
+}

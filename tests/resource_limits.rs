@@ -347,11 +347,15 @@ fn history_files_are_bounded_and_kept_only_for_timelines_held() {
     assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
     assert_eq!(history_of(sk.pg_addr, b, 2), Ok(file.clone()));
 
-    // For a timeline held: only its own PostgreSQL timeline's file, at
-    // most MAX_HISTORY_FILE_LEN bytes; a refusal leaves the connection
-    // usable, and a file beyond the old 32 KiB query limit is stored.
+    // For a timeline held: only its own PostgreSQL timeline's file (a
+    // newer one waits for this connection's greeting, as a promoted
+    // primary's proxy sends it), at most MAX_HISTORY_FILE_LEN bytes; a
+    // refusal leaves the connection usable, and a file beyond the old
+    // 32 KiB query limit is stored.
     let mut c = proposer_of(sk.pg_addr, a);
-    assert_eq!(error_code(&put(&mut c, 3, &file)).as_deref(), Some("22023"));
+    assert_eq!(error_code(&put(&mut c, 1, &file)).as_deref(), Some("22023"));
+    assert_eq!(error_code(&put(&mut c, 3, &file)), None);
+    assert_eq!(history_of(sk.pg_addr, a, 3), Err("58P01".to_string()));
     let huge = vec![b'x'; MAX_HISTORY_FILE_LEN + 1];
     assert_eq!(error_code(&put(&mut c, 2, &huge)).as_deref(), Some("54000"));
     let big: Vec<u8> = file.iter().copied().cycle().take(40_000).collect();

@@ -55,31 +55,9 @@ fn identify(sk: &Safekeeper) -> (u32, Lsn) {
 /// segment `first` (a zero-filled partial of it there), until `endpos`;
 /// killed after a minute.
 fn receive_wal(out: &std::path::Path, port: u16, first: u64, endpos: Lsn) {
-    std::fs::write(
-        out.join(format!(
-            "{}.partial",
-            walkeeper::lsn::segment_file_name(1, first, SEG)
-        )),
-        vec![0u8; SEG as usize],
-    )
-    .unwrap();
     let log = out.with_extension("log");
-    let child = std::process::Command::new(pg::pg_bin("pg_receivewal"))
-        .arg("-D")
-        .arg(out)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--no-loop",
-            "--no-sync",
-            "-v",
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-E")
-        .arg(endpos.to_string())
+    let child = pg::receive_wal_command(out, port, first, endpos)
+        .arg("-v")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,29 +12,8 @@ use common::*;
 use serde_json::Value;
 use walkeeper::lsn::Lsn;
 
-/// A blocking HTTP/1.1 GET: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connecting to the HTTP port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).expect("a UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers and body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (status, body.to_string())
-}
-
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let (status, body) = get(addr, path);
+    let (status, body) = http(addr, "GET", path, "");
     let v = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"));
     (status, v)
@@ -155,7 +133,7 @@ fn metrics_follow_pushed_appends() {
     let held = format!("walkeeper_held_bytes{labels}");
     let local_start = format!("walkeeper_local_start_lsn{labels}");
 
-    let (code, text) = get(sk.http_addr, "/metrics");
+    let (code, text) = http(sk.http_addr, "GET", "/metrics", "");
     assert_eq!(code, 200);
     assert_eq!(metric(&text, &flush), Some(START as f64));
     assert_eq!(metric(&text, &held), Some(0.0));
@@ -175,7 +153,7 @@ fn metrics_follow_pushed_appends() {
     }
     let committed = pos - 8192;
 
-    let (_, text) = get(sk.http_addr, "/metrics");
+    let (_, text) = http(sk.http_addr, "GET", "/metrics", "");
     assert_eq!(metric(&text, &flush), Some(pos as f64), "{text}");
     assert_eq!(metric(&text, &commit), Some(committed as f64), "{text}");
     assert_eq!(metric(&text, &local_start), Some(START as f64), "{text}");

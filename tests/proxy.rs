@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -170,14 +171,12 @@ fn another_cluster_is_refused() {
     assert!(log.contains("system_id"), "{log}");
 }
 
-#[test]
-fn the_primary_restored_from_an_older_copy_is_refused() {
-    let Some(mut c) = Cluster::start() else {
-        return;
-    };
+/// A file-system copy of the cluster's primary after a first commit, made
+/// with the primary stopped; the primary runs again and the proxy is its
+/// synchronous standby. Returns (data directory, copy).
+fn copy_of_the_primary(c: &mut Cluster) -> (PathBuf, PathBuf) {
     c.pg.sql("CREATE TABLE t (i int, pad text)");
     c.pg.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 1000) g");
-    // A file-system copy of the primary as it is now.
     c.pg.stop();
     let data = c.pg.datadir.clone();
     let copy = data.with_extension("copy");
@@ -185,6 +184,41 @@ fn the_primary_restored_from_an_older_copy_is_refused() {
     assert!(ok, "{err}");
     c.pg.start();
     c.wait_sync();
+    (data, copy)
+}
+
+/// Put the copy in place of the (stopped) primary, with `conf` added, and
+/// start it.
+fn start_the_copy(c: &mut Cluster, data: &Path, copy: &Path, conf: &str) {
+    std::fs::remove_dir_all(data).unwrap();
+    std::fs::rename(copy, data).unwrap();
+    pg::append_conf(data, conf);
+    c.pg.start();
+}
+
+/// A proxy started on the copy stops by itself, saying the primary is not
+/// the one the safekeepers follow; its log.
+fn a_proxy_on_the_copy_is_refused(c: &mut Cluster) -> String {
+    c.start_proxy("proxy-on-copy", &[]);
+    let p = c.proxy.as_mut().unwrap();
+    let status = p
+        .wait_exit(Duration::from_secs(60))
+        .expect("the proxy stops by itself");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains("not the one these safekeepers follow"),
+        "{log}"
+    );
+    log
+}
+
+#[test]
+fn the_primary_restored_from_an_older_copy_is_refused() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    let (data, copy) = copy_of_the_primary(&mut c);
     // More commits, acknowledged by the safekeepers.
     c.pg.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(1, 20000) g");
     let end = c.flush_lsn();
@@ -198,22 +232,9 @@ fn the_primary_restored_from_an_older_copy_is_refused() {
     c.proxy.as_mut().unwrap().kill9();
     c.pg.stop();
     // Put the old copy in place and let it write a different history.
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::rename(&copy, &data).unwrap();
-    pg::append_conf(&data, "synchronous_standby_names = ''\n");
-    c.pg.start();
+    start_the_copy(&mut c, &data, &copy, "synchronous_standby_names = ''\n");
     c.pg.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(1, 40000) g");
-    c.start_proxy("proxy-on-copy", &[]);
-    let p = c.proxy.as_mut().unwrap();
-    let status = p
-        .wait_exit(Duration::from_secs(60))
-        .expect("the proxy stops by itself");
-    assert!(!status.success());
-    let log = p.log_text();
-    assert!(
-        log.contains("not the one these safekeepers follow"),
-        "{log}"
-    );
+    a_proxy_on_the_copy_is_refused(&mut c);
 }
 
 /// The same divergence, when the safekeepers' WAL ends at a segment start
@@ -226,15 +247,7 @@ fn a_diverged_primary_is_refused_also_when_the_safekeepers_end_at_a_segment_star
     let Some(mut c) = Cluster::start() else {
         return;
     };
-    c.pg.sql("CREATE TABLE t (i int, pad text)");
-    c.pg.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 1000) g");
-    c.pg.stop();
-    let data = c.pg.datadir.clone();
-    let copy = data.with_extension("copy");
-    let (ok, _, err) = run(Command::new("cp").arg("-a").arg(&data).arg(&copy));
-    assert!(ok, "{err}");
-    c.pg.start();
-    c.wait_sync();
+    let (data, copy) = copy_of_the_primary(&mut c);
     c.pg.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(1, 20000) g");
     // End the safekeepers' WAL at a segment start: switch, wait until they
     // hold it, and stop the primary at once (no shutdown checkpoint).
@@ -252,29 +265,18 @@ fn a_diverged_primary_is_refused_also_when_the_safekeepers_end_at_a_segment_star
     c.proxy.as_mut().unwrap().kill9();
     // The old copy writes another history past the boundary, keeping its
     // WAL, and gets a new slot beyond it.
-    std::fs::remove_dir_all(&data).unwrap();
-    std::fs::rename(&copy, &data).unwrap();
-    pg::append_conf(
+    start_the_copy(
+        &mut c,
         &data,
+        &copy,
         "synchronous_standby_names = ''\nwal_keep_size = '1GB'\n",
     );
-    c.pg.start();
     c.pg.sql("SELECT pg_drop_replication_slot('safekeeper_proxy')");
     while c.flush_lsn().0 < boundary.0 + seg {
         c.pg.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(1, 40000) g");
     }
     // A new slot starts at the last checkpoint's redo point.
     c.pg.sql("CHECKPOINT");
-    c.start_proxy("proxy-on-copy", &[]);
-    let p = c.proxy.as_mut().unwrap();
-    let status = p
-        .wait_exit(Duration::from_secs(60))
-        .expect("the proxy stops by itself");
-    assert!(!status.success());
-    let log = p.log_text();
+    let log = a_proxy_on_the_copy_is_refused(&mut c);
     assert!(log.contains("to compare a full page"), "{log}");
-    assert!(
-        log.contains("not the one these safekeepers follow"),
-        "{log}"
-    );
 }

@@ -11,9 +11,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use common::*;
-use postgres_protocol::message::frontend;
 use walkeeper::consensus::messages::*;
 use walkeeper::id::{TenantId, TimelineId, Ttid};
 use walkeeper::pq::replication::{encode_hex, MAX_HISTORY_FILE_LEN};
@@ -60,17 +59,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 fn first_reply(addr: SocketAddr, options: &str) -> (BeMsg, TcpStream) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut params = vec![
-        ("user", "walkeeper"),
-        ("database", "replication"),
-        ("replication", "true"),
-    ];
-    if !options.is_empty() {
-        params.push(("options", options));
-    }
-    let mut out = BytesMut::new();
-    frontend::startup_message(params, &mut out).unwrap();
-    s.write_all(&out).unwrap();
+    s.write_all(&replication_startup(options)).unwrap();
     let m = read_msg(&mut s).expect("a reply to the start-up packet");
     (m, s)
 }
@@ -437,16 +426,7 @@ fn hundreds_of_hostile_connections_hold_memory_within_the_stated_bound() {
         &["--max-connections", &CAP.to_string()],
     );
     let before = rss_bytes(&sk);
-    let mut startup = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", "walkeeper"),
-            ("database", "replication"),
-            ("replication", "true"),
-        ],
-        &mut startup,
-    )
-    .unwrap();
+    let startup = replication_startup("");
     // A query message announcing 2 MiB, of which all but 1 KiB is sent.
     let mut query = vec![b'Q'];
     query.extend_from_slice(&(FRAME as i32).to_be_bytes());

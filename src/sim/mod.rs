@@ -468,7 +468,7 @@ impl Sim {
     /// Whether a consumer reaches `committed` (the commit before the calm
     /// phase) now on every node up, or is handed off to one where it does.
     fn check_consumers(&self, committed: Lsn) -> Check {
-        let mut nodes = Vec::new();
+        let mut serving = Vec::new();
         for (n, node) in self.nodes.iter().enumerate() {
             if !node.up {
                 continue;
@@ -480,16 +480,12 @@ impl Sim {
                 .conns
                 .keys()
                 .any(|&(p, m)| m == n && self.hosts[p].active);
-            nodes.push((n, state, node.heard.contact(self.now, open)));
-        }
-        let serving: Vec<consumers::Serving<'_>> = nodes
-            .iter()
-            .map(|(node, state, contact)| consumers::Serving {
-                node: *node,
+            serving.push(consumers::Serving {
+                node: n,
                 state,
-                contact: *contact,
-            })
-            .collect();
+                contact: node.heard.contact(self.now, open),
+            });
+        }
         consumers::check_reach(&serving, committed)
     }
 

@@ -275,6 +275,22 @@ impl BeMsg {
     }
 }
 
+/// The start-up packet of a replication connection, with `options` (none
+/// when empty).
+pub fn replication_startup(options: &str) -> BytesMut {
+    let mut params = vec![
+        ("user", "walkeeper"),
+        ("database", "replication"),
+        ("replication", "true"),
+    ];
+    if !options.is_empty() {
+        params.push(("options", options));
+    }
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(params, &mut out).unwrap();
+    out
+}
+
 impl RawClient {
     pub fn connect(addr: SocketAddr, options: &str) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connecting");
@@ -287,17 +303,7 @@ impl RawClient {
             buf: BytesMut::new(),
             key: None,
         };
-        let mut params = vec![
-            ("user", "walkeeper"),
-            ("database", "replication"),
-            ("replication", "true"),
-        ];
-        if !options.is_empty() {
-            params.push(("options", options));
-        }
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::startup_message(params, &mut out).unwrap();
-        c.stream.write_all(&out).unwrap();
+        c.stream.write_all(&replication_startup(options)).unwrap();
         loop {
             let m = c.read().expect("startup reply");
             match m.tag {

@@ -265,13 +265,23 @@ impl Drop for Postgres {
 /// newest segment it finds: a zero-filled partial `first` makes it start
 /// there instead of at the server's current position.
 pub fn receive_wal(out: &Path, port: u16, first: u64, endpos: Lsn) {
+    let (ok, stdout, stderr) = run(&mut receive_wal_command(out, port, first, endpos));
+    assert!(
+        ok,
+        "pg_receivewal from port {port} failed: {stdout}{stderr}"
+    );
+}
+
+/// The pg_receivewal command of [`receive_wal`], with the zero-filled
+/// partial of segment `first` already written to `out`.
+pub fn receive_wal_command(out: &Path, port: u16, first: u64, endpos: Lsn) -> Command {
     std::fs::write(
         out.join(format!("{}.partial", segment_file_name(1, first, SEG))),
         vec![0u8; SEG as usize],
     )
     .unwrap();
-    let (ok, stdout, stderr) = run(Command::new(pg_bin("pg_receivewal"))
-        .arg("-D")
+    let mut cmd = Command::new(pg_bin("pg_receivewal"));
+    cmd.arg("-D")
         .arg(out)
         .args([
             "-h",
@@ -284,11 +294,8 @@ pub fn receive_wal(out: &Path, port: u16, first: u64, endpos: Lsn) {
         .arg("-p")
         .arg(port.to_string())
         .arg("-E")
-        .arg(endpos.to_string()));
-    assert!(
-        ok,
-        "pg_receivewal from port {port} failed: {stdout}{stderr}"
-    );
+        .arg(endpos.to_string());
+    cmd
 }
 
 /// Every segment in `segnos` that pg_receivewal wrote to `got` (complete or

@@ -55,6 +55,10 @@ pub enum CodecError {
     Malformed { what: &'static str, detail: String },
     #[error("{what} cannot be stored: {detail}")]
     Unencodable { what: &'static str, detail: String },
+    /// A greeting of another wire protocol version: the peer runs another
+    /// release (its layout may differ, so nothing else is read).
+    #[error("the peer speaks walkeeper wire protocol {found}, this build speaks {PROTOCOL_VERSION}: run safekeeper-proxy and the safekeepers from releases with the same protocol (schema/wire-messages.md)")]
+    OtherProtocol { found: u32 },
     #[error("{what} has format version {found}, this build knows {known}")]
     UnknownVersion {
         what: &'static str,
@@ -81,6 +85,15 @@ fn body<T: Serialize>(out: &mut BytesMut, v: &T) {
         .serialize(v)
         .expect("bincode serialises plain structs without a size limit");
     out.put_slice(&bytes);
+}
+
+/// Both greetings start with the protocol version (u32, little-endian), in
+/// every version: read it before the rest, whose layout it decides.
+fn check_protocol(greeting: &[u8]) -> Result<(), CodecError> {
+    match greeting.first_chunk::<4>().map(|b| u32::from_le_bytes(*b)) {
+        Some(found) if found != PROTOCOL_VERSION => Err(CodecError::OtherProtocol { found }),
+        _ => Ok(()),
+    }
 }
 
 fn parse<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
@@ -179,7 +192,10 @@ pub fn decode_proposer_message(bytes: &Bytes) -> Result<ProposerMessage, CodecEr
     }
     let (&tag, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
     Ok(match tag {
-        TAG_GREETING => ProposerMessage::Greeting(parse("Greeting", rest)?),
+        TAG_GREETING => {
+            check_protocol(rest)?;
+            ProposerMessage::Greeting(parse("Greeting", rest)?)
+        }
         TAG_VOTE_REQUEST => ProposerMessage::VoteRequest(parse("VoteRequest", rest)?),
         TAG_ELECTED => ProposerMessage::Elected(parse("Elected", rest)?),
         TAG_RESEED => ProposerMessage::Reseed(parse("Reseed", rest)?),
@@ -245,7 +261,10 @@ pub fn decode_acceptor_message(bytes: &[u8]) -> Result<AcceptorMessage, CodecErr
     }
     let (&tag, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
     Ok(match tag {
-        TAG_ACCEPTOR_GREETING => AcceptorMessage::Greeting(parse("AcceptorGreeting", rest)?),
+        TAG_ACCEPTOR_GREETING => {
+            check_protocol(rest)?;
+            AcceptorMessage::Greeting(parse("AcceptorGreeting", rest)?)
+        }
         TAG_VOTE_RESPONSE => AcceptorMessage::Vote(parse("VoteResponse", rest)?),
         TAG_APPEND_RESPONSE => AcceptorMessage::Append(parse("AppendResponse", rest)?),
         other => return Err(CodecError::UnknownTag(other)),
@@ -528,6 +547,25 @@ mod tests {
     impl Versioned for Sample {
         const WHAT: &'static str = "sample";
         const FORMAT_VERSION: u16 = 3;
+    }
+
+    #[test]
+    fn a_greeting_of_another_protocol_is_refused_by_its_version() {
+        // A protocol-2 greeting: version, then a layout this build does not
+        // read.
+        let mut v2 = vec![TAG_GREETING];
+        v2.extend_from_slice(&2u32.to_le_bytes());
+        v2.extend_from_slice(&[0u8; 40]);
+        assert_eq!(
+            decode_proposer_message(&Bytes::from(v2)),
+            Err(CodecError::OtherProtocol { found: 2 })
+        );
+        let mut v4 = vec![TAG_ACCEPTOR_GREETING];
+        v4.extend_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            decode_acceptor_message(&v4),
+            Err(CodecError::OtherProtocol { found: 4 })
+        );
     }
 
     #[test]

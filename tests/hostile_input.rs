@@ -59,6 +59,29 @@ fn serves(sk: &Safekeeper, n: u8, term: u64, len: usize) {
     assert_eq!(end, START + len as u64);
 }
 
+/// A proxy of an older release (wire protocol 2, whose greeting has another
+/// layout) is told which protocol each side speaks, not that its message
+/// is malformed; the node serves on.
+#[test]
+fn a_greeting_of_another_wire_protocol_is_refused_by_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk"), 1, true);
+    let mut v2 =
+        encode_proposer_message(&ProposerMessage::Greeting(greeting_of(0xd1, true))).to_vec();
+    v2[1..5].copy_from_slice(&2u32.to_le_bytes());
+    v2.truncate(v2.len() - 8);
+    let mut c = RawClient::proposer(sk.pg_addr);
+    c.send_copy_data(&v2);
+    let m = c.read().expect("an ErrorResponse");
+    assert_eq!(m.error_field(b'C').as_deref(), Some("0A000"), "{m:?}");
+    let text = m.error_field(b'M').unwrap_or_default();
+    assert!(
+        text.contains("wire protocol 2") && text.contains("this build speaks 3"),
+        "{text}"
+    );
+    serves(&sk, 0xd2, 1, 10_000);
+}
+
 #[test]
 fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     let dir = tempfile::tempdir().unwrap();

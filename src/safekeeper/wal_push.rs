@@ -244,12 +244,17 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
                 .map(|t| t.ttid.to_string())
                 .unwrap_or_else(|| "(not greeted)".into());
             tracing::warn!(timeline = %ttid, %peer, error = %e, "malformed proposer message");
-            refuse(
-                conn,
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("timeline {ttid}: malformed proposer message: {e}"),
-            )
-            .await?;
+            let (code, msg) = match e {
+                crate::codec::CodecError::OtherProtocol { .. } => (
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("timeline {ttid}: {e}"),
+                ),
+                _ => (
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("timeline {ttid}: malformed proposer message: {e}"),
+                ),
+            };
+            refuse(conn, code, msg).await?;
             return Ok(Step::End(End::Refused));
         }
     };

@@ -1,10 +1,13 @@
 //! Issue 19: primary fail-over on the same safekeepers. A standby fed only
 //! by the safekeepers is promoted (PostgreSQL timeline 2) and its proxy
 //! continues the same walkeeper timeline; a standby promoted below the
-//! settled LSN is refused.
+//! settled LSN is refused. `--promote-check` tells the two apart; the old
+//! primary is fenced and rebuilt with pg_rewind; `skctl export` writes each
+//! PostgreSQL timeline's segments as pg_receivewal does.
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::*;
@@ -90,11 +93,25 @@ fn segment_head(dir: &std::path::Path, name: &str, len: u64) -> Vec<u8> {
     bytes[..len as usize].to_vec()
 }
 
+/// The old primary's timeline-1 WAL of the switch's segment, up to the
+/// switch point.
+fn old_timeline_head(old: &Postgres, switch: Lsn) -> Vec<u8> {
+    let first = switch.0 / SEG as u64;
+    let name = walkeeper::lsn::segment_file_name(1, first, SEG);
+    segment_head(&old.pg_wal(), &name, switch.0 - first * SEG as u64)
+}
+
 /// `pg_receivewal` from a safekeeper, started on timeline 1 below the
 /// switch, crosses it: timeline 1's segment up to the switch point equals
-/// the old primary's, the history file and timeline 2's segments up to
-/// `end` equal the promoted primary's.
-fn assert_receivewal_crosses_the_switch(c: &Cluster, old: &Postgres, switch: Lsn, end: Lsn) {
+/// the old primary's (`old_head`), the history file and timeline 2's
+/// segments up to `end` equal the promoted primary's. Returns the
+/// directory it wrote.
+fn assert_receivewal_crosses_the_switch(
+    c: &Cluster,
+    old_head: &[u8],
+    switch: Lsn,
+    end: Lsn,
+) -> std::path::PathBuf {
     let out = c.dir.path().join("receivewal");
     std::fs::create_dir(&out).unwrap();
     let first = switch.0 / SEG as u64;
@@ -103,8 +120,7 @@ fn assert_receivewal_crosses_the_switch(c: &Cluster, old: &Postgres, switch: Lsn
     let name = |tli, segno| walkeeper::lsn::segment_file_name(tli, segno, SEG);
     let within = switch.0 - first * SEG as u64;
     assert!(
-        segment_head(&out, &name(1, first), within)
-            == segment_head(&old.pg_wal(), &name(1, first), within),
+        segment_head(&out, &name(1, first), within) == old_head,
         "timeline 1 up to the switch differs from the old primary's"
     );
     assert_eq!(
@@ -120,6 +136,77 @@ fn assert_receivewal_crosses_the_switch(c: &Cluster, old: &Postgres, switch: Lsn
             name(2, segno)
         );
     }
+    out
+}
+
+/// `skctl export` of a safekeeper's store from `from` writes what
+/// pg_receivewal wrote in `received`: the history file and each
+/// timeline's segments under PostgreSQL's names, byte for byte.
+fn assert_export_matches(sk: &Safekeeper, from: Lsn, received: &std::path::Path) {
+    let out = sk.datadir.with_extension("export");
+    let tl = default_ttid().to_string();
+    let (ok, stdout, err) = run(Command::new(env!("CARGO_BIN_EXE_skctl"))
+        .arg("--datadir")
+        .arg(&sk.datadir)
+        .args(["export", &tl, "--out", out.to_str().unwrap(), "--from"])
+        .arg(from.to_string()));
+    assert!(ok, "skctl export: {err}");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(
+        names.iter().any(|n| n == "00000002.history")
+            && names
+                .iter()
+                .any(|n| n.starts_with("00000001") && n.ends_with(".partial"))
+            && names
+                .iter()
+                .any(|n| n.starts_with("00000002") && !n.ends_with(".history")),
+        "{names:?}\n{stdout}"
+    );
+    for name in &names {
+        assert!(
+            std::fs::read(out.join(name)).unwrap()
+                == std::fs::read(received.join(name)).unwrap_or_default(),
+            "{name} differs from pg_receivewal's ({names:?})"
+        );
+    }
+}
+
+/// An INSERT on `pg` in a psql of its own, left waiting (for a synchronous
+/// standby that never confirms).
+fn spawn_insert(pg: &Postgres, id: i32) -> KillOnDrop {
+    let child = pg::psql(pg.port, &format!("INSERT INTO ledger VALUES ({id})"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}
+
+/// Whether a backend of `pg` waits for synchronous replication.
+fn waits_for_sync_rep(pg: &Postgres) -> bool {
+    pg.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1"
+}
+
+/// `pg_rewind` the stopped `old` primary onto the timeline of `source`
+/// (running), as README "The primary's host is gone" tells, so it can run
+/// as a standby again.
+fn rewind(old: &mut Postgres, source: &Postgres) {
+    let (ok, out, err) = run(pg::as_postgres(&pg::pg_bin("pg_rewind"))
+        .arg("-D")
+        .arg(&old.datadir)
+        .arg("--source-server")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            source.port
+        )));
+    assert!(ok, "pg_rewind: {out}{err}");
+    // pg_rewind copied the source's configuration; this server keeps its own
+    // port.
+    pg::append_conf(&old.datadir, &format!("port = {}\n", old.port));
 }
 
 /// Put `next` in the cluster as its primary; the old one (dead) is
@@ -150,6 +237,9 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     c.start_standby(&mut standby, 0, SYNC_CONF);
     c.start_standby(&mut follower, 2, "");
     assert_standby_gets_every_commit(&standby, synced, &acked);
+    let (code, verdict) = c.promote_check(&standby, 60);
+    assert_eq!(code, Some(0), "{verdict}");
+    assert!(verdict.starts_with("safe to promote"), "{verdict}");
     promote(&standby);
     let switch = switch_point(&standby);
     eprintln!("settled at {synced}, the promoted standby's timeline 2 starts at {switch}");
@@ -158,6 +248,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         "switch {switch} below the settled {synced}"
     );
     let mut old = replace_primary(&mut c, standby);
+    let old_head = old_timeline_head(&old, switch);
 
     // Its proxy, with the same --safekeepers and no new timeline. Node 3
     // is down meanwhile: it misses the switch.
@@ -176,8 +267,15 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         );
     }
     // The old primary comes back with a proxy of its own: refused at the
-    // greeting (no vote asked, no term taken), it stops and says why.
+    // greeting (no vote asked, no term taken), it stops and says why, and
+    // the old primary's commit is never acknowledged.
     old.start();
+    let mut insert = spawn_insert(&old, -1);
+    wait_for(
+        Duration::from_secs(30),
+        "the old primary's commit to wait for its synchronous standby",
+        || waits_for_sync_rep(&old).then_some(()),
+    );
     let live: Vec<&Safekeeper> = c.sks[..2].iter().collect();
     let mut old_proxy = Proxy::start(c.dir.path(), "proxy-old", old.port, &live, &[]);
     let status = old_proxy
@@ -191,7 +289,14 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         "{}",
         old_proxy.log_text()
     );
+    assert!(
+        insert.0.try_wait().unwrap().is_none() && waits_for_sync_rep(&old),
+        "the old primary's commit was acknowledged"
+    );
+    drop(insert);
     old.stop();
+    // Rebuilt onto timeline 2 (README: "The primary's host is gone").
+    rewind(&mut old, &c.pg);
     ledger.wait_more(10);
     c.kill_primary_and_proxy();
     let acked2 = ledger.stop();
@@ -216,12 +321,23 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     // the promotion crossed the switch by itself (recovery_target_timeline
     // 'latest', PostgreSQL 15's default) and holds both phases too.
     assert_standby_gets_every_commit(&follower, synced2, &acked);
-    assert_receivewal_crosses_the_switch(&c, &old, switch, synced2);
+    let received = assert_receivewal_crosses_the_switch(&c, &old_head, switch, synced2);
+    assert_export_matches(
+        &c.sks[0],
+        Lsn(switch.0 / SEG as u64 * SEG as u64),
+        &received,
+    );
     wait_for(
         Duration::from_secs(30),
         "the follower streaming timeline 2",
         || (follower.sql("SELECT received_tli FROM pg_stat_wal_receiver") == "2").then_some(()),
     );
+
+    // The rewound old primary, now a standby fed by the safekeepers, holds
+    // both phases and not its own unacknowledged commit.
+    c.start_standby(&mut old, 1, "");
+    assert_standby_gets_every_commit(&old, synced2, &acked);
+    assert_eq!(old.sql("SELECT count(*) FROM ledger WHERE id = -1"), "0");
 }
 
 #[test]
@@ -243,15 +359,20 @@ fn a_standby_promoted_below_the_settled_lsn_is_refused() {
     c.start_standby(
         &mut standby,
         0,
-        &format!(
-            "recovery_target_lsn = '{early}'\nrecovery_target_action = 'promote'\n{SYNC_CONF}"
-        ),
+        &format!("recovery_target_lsn = '{early}'\nrecovery_target_action = 'pause'\n{SYNC_CONF}"),
     );
     wait_for(
         Duration::from_secs(60),
-        "the standby to promote itself at its recovery target",
-        || (standby.sql("SELECT pg_is_in_recovery()") == "f").then_some(()),
+        "the standby to pause at its recovery target",
+        || (standby.sql("SELECT pg_get_wal_replay_pause_state()") == "paused").then_some(()),
     );
+    let (code, verdict) = c.promote_check(&standby, 1);
+    assert_eq!(code, Some(3), "{verdict}");
+    assert!(
+        verdict.starts_with("NOT safe to promote") && verdict.contains(&synced.to_string()),
+        "{verdict}"
+    );
+    promote(&standby);
     let switch = switch_point(&standby);
     assert!(switch < synced, "switch {switch}, settled {synced}");
     let _old = replace_primary(&mut c, standby);

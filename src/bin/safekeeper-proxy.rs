@@ -19,7 +19,11 @@ use walkeeper::proxy::{self, Config};
 struct Args {
     /// Connection string of the primary (libpq key=value or URI), e.g.
     /// "host=127.0.0.1 port=5432 user=postgres".
-    #[arg(long, value_name = "CONNSTR", required_unless_present = "sync_only")]
+    #[arg(
+        long,
+        value_name = "CONNSTR",
+        required_unless_present_any = ["sync_only", "promote_check"]
+    )]
     primary: Option<String>,
 
     /// The timeline's safekeepers: ID@HOST:PORT,… (node ids as given to
@@ -74,9 +78,33 @@ struct Args {
     #[arg(long, conflicts_with_all = ["primary", "create_timeline", "recreate_timeline_on"])]
     sync_only: bool,
 
-    /// How long --sync-only keeps trying (e.g. while safekeepers restart).
+    /// How long --sync-only (and --promote-check's settle) keeps trying
+    /// (e.g. while safekeepers restart).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     sync_timeout: u64,
+
+    /// With the primary gone: settle the safekeepers as --sync-only does,
+    /// then tell whether the standby given by --standby has replayed every
+    /// acknowledged commit, so that promoting it loses none. Exit 0: safe
+    /// to promote; 3: not safe (behind, not a standby, or another cluster);
+    /// 1: the check could not be made. Raises the term: never run it while
+    /// a primary's proxy is meant to commit.
+    #[arg(
+        long,
+        requires = "standby",
+        conflicts_with_all = ["primary", "create_timeline", "recreate_timeline_on", "sync_only"]
+    )]
+    promote_check: bool,
+
+    /// The standby to check (libpq key=value or URI; an ordinary, not a
+    /// replication, connection).
+    #[arg(long, value_name = "CONNSTR", requires = "promote_check")]
+    standby: Option<String>,
+
+    /// How long --promote-check waits for the standby to replay up to the
+    /// settled LSN before it answers "not safe".
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    promote_wait: u64,
 }
 
 fn main() -> ExitCode {
@@ -110,7 +138,7 @@ fn main() -> ExitCode {
     }
     let config = Config {
         primary,
-        sync_only: args.sync_only,
+        sync_only: args.sync_only || args.promote_check,
         members,
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,
@@ -136,6 +164,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.promote_check {
+        let standby = match args.standby.as_deref().map(ConnConfig::parse) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                eprintln!("safekeeper-proxy: --standby: {e}");
+                return ExitCode::from(2);
+            }
+            None => {
+                eprintln!("safekeeper-proxy: --promote-check needs --standby");
+                return ExitCode::from(2);
+            }
+        };
+        let check = proxy::promote_check::run(
+            config,
+            standby,
+            std::time::Duration::from_secs(args.sync_timeout),
+            std::time::Duration::from_secs(args.promote_wait),
+        );
+        return match runtime.block_on(check) {
+            Ok((settled, verdict)) => {
+                eprintln!("safekeeper-proxy: {settled}");
+                println!("{verdict}");
+                if verdict.is_safe() {
+                    tracing::info!("{verdict}");
+                    ExitCode::SUCCESS
+                } else {
+                    tracing::warn!("{verdict}");
+                    ExitCode::from(3)
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("safekeeper-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if config.sync_only {
         let within = std::time::Duration::from_secs(args.sync_timeout);
         return match runtime.block_on(proxy::run_sync_only(config, within)) {

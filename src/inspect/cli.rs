@@ -60,7 +60,10 @@ enum Command {
     /// each timeline's state. Exit 0 only when everything holds.
     Verify,
     /// Write WAL as PostgreSQL segment files (pg_waldump and restore_command
-    /// read them); the last one is `.partial` when it is not complete.
+    /// read them), named by the PostgreSQL timeline each belongs to, with
+    /// the history file of every timeline after the first. A timeline's
+    /// last segment is `.partial` when it ended inside it (at a promotion,
+    /// or at the end of the export).
     Export {
         #[arg(value_name = "TENANT/TIMELINE")]
         timeline: Ttid,
@@ -323,6 +326,9 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
             if args.json {
                 print_json(&report)?;
             } else {
+                for h in &report.history_files {
+                    println!("{h}");
+                }
                 for f in &report.files {
                     println!(
                         "{}  {}..{}{}",

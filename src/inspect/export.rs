@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{InspectError, Inspector, Progress};
+use crate::consensus::pg_timeline::{self, PgAncestors};
 use crate::id::Ttid;
 use crate::lsn::{is_valid_wal_seg_size, segment_file_name, Lsn};
 use crate::store::Storage;
@@ -48,9 +49,13 @@ pub struct ExportReport {
     /// WAL beyond commit_lsn was exported (a new proposer may still
     /// truncate it on the safekeepers).
     pub beyond_commit: bool,
+    /// `%08X.history` of every PostgreSQL timeline after the first, as
+    /// PostgreSQL's archive holds them.
+    pub history_files: Vec<String>,
     pub files: Vec<ExportedFile>,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 struct Planned {
     segno: u64,
     start: Lsn,
@@ -89,6 +94,11 @@ pub fn export(
         )));
     }
     let tli = state.server.tli;
+    if let Err(e) = pg_timeline::check_ancestors(&state.pg_ancestors, tli) {
+        return Err(InspectError::Refused(format!(
+            "timeline {ttid}: {e}; run skctl verify"
+        )));
+    }
     // min: a state whose commit passes its flush is damage verify reports;
     // export still offers what is held.
     let to = opts.to.unwrap_or(state.commit_lsn.min(state.flush_lsn));
@@ -114,30 +124,16 @@ pub fn export(
         )));
     }
 
-    let seg_len = seg as u64;
-    let plan: Vec<Planned> = (from.segment_number(seg)..=Lsn(to.0 - 1).segment_number(seg))
-        .map(|segno| {
-            let start = Lsn(segno * seg_len);
-            let seg_end = Lsn(start.0 + seg_len);
-            let partial = seg_end > to;
-            let base = segment_file_name(tli, segno, seg);
-            Planned {
-                segno,
-                start,
-                end: seg_end.min(to),
-                partial,
-                name: if partial {
-                    format!("{base}.partial")
-                } else {
-                    base
-                },
-            }
-        })
-        .collect();
+    let plan = plan_segments(from, to, seg, &state.pg_ancestors, tli);
+    let histories = history_files(ins, ttid, &state.pg_ancestors, tli)?;
 
     std::fs::create_dir_all(out).map_err(io_err("cannot create the output directory", out))?;
-    for p in &plan {
-        let path = out.join(&p.name);
+    let names = histories
+        .iter()
+        .map(|(n, _)| n)
+        .chain(plan.iter().map(|p| &p.name));
+    for name in names {
+        let path = out.join(name);
         if path.exists() {
             return Err(InspectError::Refused(format!(
                 "{} already exists; export into an empty directory",
@@ -147,11 +143,20 @@ pub fn export(
     }
 
     let mut progress = if opts.show_progress {
-        Progress::new(format!("export {ttid}"), to.0 - from.0)
+        let total = plan.iter().map(|p| p.end.0 - p.start.0).sum();
+        Progress::new(format!("export {ttid}"), total)
     } else {
         Progress::hidden()
     };
     let mut temps = TempFiles(Vec::new());
+    for (name, content) in &histories {
+        let tmp = out.join(format!(".{name}.skctl-tmp"));
+        let mut file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        temps.0.push(tmp.clone());
+        file.write_all(content)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("cannot write", &tmp))?;
+    }
     for p in &plan {
         let tmp = out.join(format!(".{}.skctl-tmp", p.name));
         let mut file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
@@ -170,15 +175,19 @@ pub fn export(
         if p.partial {
             // PostgreSQL's partial segments are full-sized, zeros after the
             // WAL; set_len fills with zeros.
-            file.set_len(seg_len)
+            file.set_len(u64::from(seg))
                 .map_err(io_err("cannot extend", &tmp))?;
         }
         file.sync_all().map_err(io_err("cannot sync", &tmp))?;
         tracing::debug!(segment = p.segno, name = %p.name, "segment written");
     }
     progress.finish();
-    for (p, tmp) in plan.iter().zip(&temps.0) {
-        let path = out.join(&p.name);
+    let names = histories
+        .iter()
+        .map(|(n, _)| n)
+        .chain(plan.iter().map(|p| &p.name));
+    for (name, tmp) in names.zip(&temps.0) {
+        let path = out.join(name);
         std::fs::rename(tmp, &path).map_err(io_err("cannot rename into place", &path))?;
     }
     temps.0.clear();
@@ -192,6 +201,7 @@ pub fn export(
         to_lsn: to.to_string(),
         commit_lsn: state.commit_lsn.to_string(),
         beyond_commit: to > state.commit_lsn,
+        history_files: histories.into_iter().map(|(n, _)| n).collect(),
         files: plan
             .iter()
             .map(|p| ExportedFile {
@@ -202,4 +212,181 @@ pub fn export(
             })
             .collect(),
     })
+}
+
+/// The segment files of `[from, to)`, PostgreSQL timeline by timeline, as
+/// PostgreSQL's archive names them: a timeline that ended inside a segment
+/// leaves that segment as `.partial` (up to its switch point), and its
+/// successor's first segment holds the same segment whole, the bytes before
+/// the switch point included. `from` is a segment start.
+fn plan_segments(
+    from: Lsn,
+    to: Lsn,
+    seg: u32,
+    ancestors: &PgAncestors,
+    current: u32,
+) -> Vec<Planned> {
+    let seg_len = u64::from(seg);
+    // Each timeline with the LSN where it began and ended (the current one
+    // at `to`).
+    let mut spans = Vec::with_capacity(ancestors.len() + 1);
+    let mut begin = Lsn(0);
+    for &(t, end) in ancestors {
+        spans.push((t, begin, end));
+        begin = end;
+    }
+    spans.push((current, begin, to));
+    let mut plan = Vec::new();
+    for (t, begin, end) in spans {
+        let (start, end) = (begin.max(from), end.min(to));
+        if start >= end {
+            continue;
+        }
+        for segno in start.segment_number(seg)..=Lsn(end.0 - 1).segment_number(seg) {
+            let seg_start = Lsn(segno * seg_len);
+            let seg_end = Lsn(seg_start.0 + seg_len);
+            let partial = seg_end > end;
+            let base = segment_file_name(t, segno, seg);
+            plan.push(Planned {
+                segno,
+                start: seg_start,
+                end: seg_end.min(end),
+                partial,
+                name: if partial {
+                    format!("{base}.partial")
+                } else {
+                    base
+                },
+            });
+        }
+    }
+    plan
+}
+
+/// The history file of every PostgreSQL timeline after the first: the one
+/// the primary handed over, or one rebuilt from the recorded switch points
+/// (as the daemon's TIMELINE_HISTORY serves it).
+fn history_files(
+    ins: &Inspector,
+    ttid: Ttid,
+    ancestors: &PgAncestors,
+    current: u32,
+) -> Result<Vec<(String, Vec<u8>)>, InspectError> {
+    let later = ancestors.iter().skip(1).map(|(t, _)| *t);
+    let tlis: Vec<u32> = later
+        .chain((!ancestors.is_empty()).then_some(current))
+        .collect();
+    let mut out = Vec::with_capacity(tlis.len());
+    for t in tlis {
+        let stored = ins.with_retry(|s| s.timeline_history(ttid, t))?;
+        let content = stored
+            .or_else(|| pg_timeline::rebuilt_history_file(ancestors, current, t))
+            .ok_or_else(|| {
+                InspectError::Refused(format!(
+                    "timeline {ttid}: no history file of PostgreSQL timeline {t}"
+                ))
+            })?;
+        out.push((format!("{t:08X}.history"), content));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u32 = 16 << 20;
+
+    fn names(plan: &[Planned]) -> Vec<(&str, Lsn, Lsn)> {
+        plan.iter()
+            .map(|p| (p.name.as_str(), p.start, p.end))
+            .collect()
+    }
+
+    #[test]
+    fn one_timeline_ends_partial_at_to() {
+        let plan = plan_segments(Lsn(SEG as u64), Lsn(0x2_800_000), SEG, &vec![], 1);
+        assert_eq!(
+            names(&plan),
+            vec![
+                (
+                    "000000010000000000000001",
+                    Lsn(0x1_000_000),
+                    Lsn(0x2_000_000)
+                ),
+                (
+                    "000000010000000000000002.partial",
+                    Lsn(0x2_000_000),
+                    Lsn(0x2_800_000)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_switch_inside_a_segment_leaves_a_partial_and_a_whole_copy() {
+        let ancestors = vec![(1, Lsn(0x1_400_000))];
+        let plan = plan_segments(Lsn(0), Lsn(0x2_000_000), SEG, &ancestors, 2);
+        assert_eq!(
+            names(&plan),
+            vec![
+                ("000000010000000000000000", Lsn(0), Lsn(0x1_000_000)),
+                (
+                    "000000010000000000000001.partial",
+                    Lsn(0x1_000_000),
+                    Lsn(0x1_400_000)
+                ),
+                (
+                    "000000020000000000000001",
+                    Lsn(0x1_000_000),
+                    Lsn(0x2_000_000)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_switch_at_a_segment_start_leaves_no_partial() {
+        let ancestors = vec![(1, Lsn(0x1_000_000)), (2, Lsn(0x3_000_100))];
+        let plan = plan_segments(Lsn(0x1_000_000), Lsn(0x3_000_200), SEG, &ancestors, 5);
+        assert_eq!(
+            names(&plan),
+            vec![
+                (
+                    "000000020000000000000001",
+                    Lsn(0x1_000_000),
+                    Lsn(0x2_000_000)
+                ),
+                (
+                    "000000020000000000000002",
+                    Lsn(0x2_000_000),
+                    Lsn(0x3_000_000)
+                ),
+                (
+                    "000000020000000000000003.partial",
+                    Lsn(0x3_000_000),
+                    Lsn(0x3_000_100)
+                ),
+                (
+                    "000000050000000000000003.partial",
+                    Lsn(0x3_000_000),
+                    Lsn(0x3_000_200)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn timelines_before_the_export_are_left_out() {
+        let ancestors = vec![(1, Lsn(0x1_400_000))];
+        let plan = plan_segments(Lsn(0x2_000_000), Lsn(0x3_000_000), SEG, &ancestors, 2);
+        assert_eq!(
+            names(&plan),
+            vec![(
+                "000000020000000000000002",
+                Lsn(0x2_000_000),
+                Lsn(0x3_000_000)
+            )]
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod primary;
+pub mod promote_check;
 pub mod safekeepers;
 pub mod session;
 pub mod settle;

@@ -326,6 +326,7 @@ pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, P
     // No primary: claim no PostgreSQL timeline (members may differ on it
     // until a promoted primary's switch reached them all).
     server.tli = 0;
+    let system_id = server.system_id;
     // Keep the sender alive so the primary branch of the loop just waits.
     let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
     let mut s = Session::new(
@@ -373,6 +374,7 @@ pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, P
     Ok(Settled {
         lsn,
         term,
+        system_id,
         nodes,
         not_settled,
     })

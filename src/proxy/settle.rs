@@ -36,6 +36,8 @@ pub fn done(reach: &[Reach], others_due: bool) -> bool {
 pub struct Settled {
     pub lsn: Lsn,
     pub term: u64,
+    /// The PostgreSQL system identifier of the timeline's WAL.
+    pub system_id: u64,
     /// Members that recorded the settle (`TIMELINE_SETTLED`).
     pub nodes: BTreeSet<NodeId>,
     /// Members that did not: unreachable, still behind, or the record
@@ -83,6 +85,7 @@ mod tests {
     #[test]
     fn reports_both_sets() {
         let s = super::Settled {
+            system_id: 1,
             lsn: Lsn(0x8E796E8),
             term: 5,
             nodes: [NodeId(2), NodeId(3)].into(),

@@ -103,6 +103,30 @@ impl Cluster {
         (lsn, report)
     }
 
+    /// `safekeeper-proxy --promote-check --standby <standby>`, waiting up to
+    /// `wait_secs` for it: the exit code and the verdict it printed.
+    pub fn promote_check(&self, standby: &Postgres, wait_secs: u32) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--promote-check")
+            .arg("--standby")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                standby.port
+            ))
+            .arg("--safekeepers")
+            .arg(member_list(&self.sks))
+            .args(["--sync-timeout", "60", "--promote-wait"])
+            .arg(wait_secs.to_string())
+            .output()
+            .expect("running safekeeper-proxy --promote-check");
+        let verdict = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!(
+            "--promote-check: {verdict}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), verdict)
+    }
+
     /// SIGKILL the primary and the proxy together.
     pub fn kill_primary_and_proxy(&mut self) {
         let pid = std::fs::read_to_string(self.pg.datadir.join("postmaster.pid")).unwrap();

@@ -93,7 +93,8 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// initdb and start a primary with WAL kept for the tests.
+    /// initdb and start a primary with WAL kept for the tests (and hint
+    /// bits logged, so that a superseded primary can be `pg_rewind`ed).
     pub fn start_primary(base: &Path, extra_conf: &str) -> Postgres {
         let root = postgres_dir(base, "pg");
         let datadir = root.join("data");
@@ -106,7 +107,8 @@ impl Postgres {
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
-             wal_keep_size = '2GB'\nfsync = off\nsynchronous_commit = on\n{extra_conf}\n",
+             wal_keep_size = '2GB'\nfsync = off\nsynchronous_commit = on\n\
+             wal_log_hints = on\n{extra_conf}\n",
             root.display()
         );
         append_conf(&datadir, &conf);

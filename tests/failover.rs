@@ -392,3 +392,55 @@ fn a_standby_promoted_below_the_settled_lsn_is_refused() {
         assert_eq!(identify(sk), (1, synced), "node {} unchanged", sk.node_id);
     }
 }
+
+/// The primary dies inside a long transaction: the last WAL it flushed ends
+/// inside a record (its WAL writer flushes whole pages), and a standby fed
+/// by the safekeepers replays up to the last complete record only. That
+/// standby must still be promotable: no acknowledged commit is in the
+/// incomplete record.
+#[test]
+fn a_primary_that_died_inside_a_record_can_be_failed_over() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE ledger (id int PRIMARY KEY); CREATE TABLE bulk (t text)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ledger = Ledger::start(c.pg.port);
+    ledger.wait_more(20);
+    let acked = ledger.stop();
+    // Only the WAL writer flushes from here on, page by page.
+    let from = c.flush_lsn();
+    let _bulk = pg::psql(
+        c.pg.port,
+        "INSERT INTO bulk SELECT repeat(md5(g::text), 30) FROM generate_series(1, 200000) g",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map(KillOnDrop)
+    .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "the bulk insert to flush 4 MiB of WAL",
+        || (c.flush_lsn().0 > from.0 + (4 << 20)).then_some(()),
+    );
+    c.kill_primary_and_proxy();
+    let synced = c.sync_only();
+    eprintln!("settled at {synced} (page offset {})", synced.0 % 8192);
+
+    c.start_standby(&mut standby, 0, SYNC_CONF);
+    let (code, verdict) = c.promote_check(&standby, 60);
+    assert_eq!(code, Some(0), "{verdict}");
+    promote(&standby);
+    let _old = replace_primary(&mut c, standby);
+    c.start_proxy("proxy2", &[]);
+    c.wait_sync();
+    let first = acked.iter().max().unwrap() + 1;
+    c.pg.sql(&format!("INSERT INTO ledger VALUES ({first})"));
+    for id in acked.iter().chain([&first]) {
+        assert_eq!(
+            c.pg.sql(&format!("SELECT count(*) FROM ledger WHERE id = {id}")),
+            "1"
+        );
+    }
+}

@@ -389,9 +389,13 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
             back
         }
         Err(e) => {
+            let other_protocol = matches!(&msg, ProposerMessage::Greeting(g)
+                if g.protocol_version != crate::codec::PROTOCOL_VERSION);
             assert!(
                 bytes.len() > crate::codec::MAX_MESSAGE_SIZE
-                    || bytes.len() as u64 > crate::codec::MAX_STRUCT_SIZE,
+                    || bytes.len() as u64 > crate::codec::MAX_STRUCT_SIZE
+                    || (other_protocol
+                        && matches!(e, crate::codec::CodecError::OtherProtocol { .. })),
                 "a message within the limits does not decode: {e}"
             );
             return Ok(());

@@ -25,6 +25,25 @@ pub enum CheckRange {
     Rewind { from: Lsn },
 }
 
+/// Where a piece of the primary's WAL at `start`, `len` bytes long, falls
+/// while the check collects: the byte range inside it to compare
+/// (`[from, term_start)`), and the offset from which it is held for after
+/// the check (at and above `term_start`). Any of the pieces may lie wholly
+/// above `term_start`.
+pub fn split_piece(
+    start: Lsn,
+    len: usize,
+    from: Lsn,
+    term_start: Lsn,
+) -> (Option<std::ops::Range<usize>>, Option<usize>) {
+    let end = start.0.saturating_add(len as u64);
+    let lo = from.0.max(start.0);
+    let hi = term_start.0.min(end);
+    let compare = (lo < hi).then(|| (lo - start.0) as usize..(hi - start.0) as usize);
+    let held = (end > term_start.0).then(|| term_start.0.saturating_sub(start.0) as usize);
+    (compare, held)
+}
+
 /// The range to compare below `term_start`, for a primary stream that began
 /// at `stream_start` and safekeepers whose WAL begins at `wal_start` (the
 /// timeline's start). `rewind_tried`: a session already streamed (or
@@ -105,6 +124,23 @@ impl Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_split_at_term_start_also_when_wholly_above_it() {
+        let (from, ts) = (Lsn(1000), Lsn(2000));
+        assert_eq!(
+            split_piece(Lsn(500), 1000, from, ts),
+            (Some(500..1000), None)
+        );
+        assert_eq!(
+            split_piece(Lsn(1500), 1000, from, ts),
+            (Some(0..500), Some(500))
+        );
+        assert_eq!(split_piece(Lsn(2000), 300, from, ts), (None, Some(0)));
+        // A second piece beyond term_start, before the check finished.
+        assert_eq!(split_piece(Lsn(2500), 300, from, ts), (None, Some(0)));
+        assert_eq!(split_piece(Lsn(0), 10, from, ts), (None, None));
+    }
 
     const SEG: u64 = 16 << 20;
 

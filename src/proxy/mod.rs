@@ -7,6 +7,7 @@
 pub mod check;
 pub mod primary;
 pub mod promote_check;
+pub mod records;
 pub mod safekeepers;
 pub mod session;
 pub mod settle;

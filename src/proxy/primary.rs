@@ -68,6 +68,17 @@ pub async fn connect(
         .wal_segment_size()
         .await
         .map_err(|e| retry("SHOW wal_segment_size", e))?;
+    // The proxy finds record ends by WAL page (proxy/records.rs).
+    let block = client
+        .show("wal_block_size")
+        .await
+        .map_err(|e| retry("SHOW wal_block_size", e))?;
+    if block != super::records::WAL_PAGE.to_string() {
+        return Err(ProxyError::Fatal(format!(
+            "the primary's wal_block_size is {block}; safekeeper-proxy supports only PostgreSQL's default of {}",
+            super::records::WAL_PAGE
+        )));
+    }
     let slot_info = match client.read_replication_slot(slot).await.map_err(|e| retry("READ_REPLICATION_SLOT", e))? {
         Some(info) if info.restart_lsn.is_some() => info,
         Some(_) => {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::check::{self, CheckRange, Rewind};
 use super::primary::{self, PrimaryStream};
+use super::records::Holdback;
 use super::safekeepers;
 use super::settle::{self, Reach, Settled};
 use super::{Config, OperatorActs, ProxyError};
@@ -109,8 +110,14 @@ struct Session<'a> {
     history: Option<(u32, Bytes)>,
     /// Next LSN expected from the primary.
     primary_pos: Lsn,
-    /// Bytes at and above term_start_lsn that arrived with the checked range.
-    held: Option<(Lsn, Bytes)>,
+    /// Bytes at and above term_start_lsn that arrived while the check
+    /// collected (one piece: the primary is not read past term_start_lsn
+    /// until the check is done, `wants_primary_wal`).
+    held: Vec<Bytes>,
+    /// The primary's WAL from term_start_lsn on, held until its records are
+    /// complete (`records.rs`); made at the first push.
+    holdback: Option<Holdback>,
+    wal_seg_size: u32,
     check: Check,
     commit_lsn: Lsn,
     last_status: Instant,
@@ -416,7 +423,9 @@ impl<'a> Session<'a> {
             primary_writer,
             history: None,
             primary_pos: start_lsn,
-            held: None,
+            held: Vec::new(),
+            holdback: None,
+            wal_seg_size: server.wal_seg_size,
             check: Check::NotElected,
             commit_lsn: Lsn::INVALID,
             last_status: Instant::now(),
@@ -903,16 +912,13 @@ impl<'a> Session<'a> {
                 primary,
                 ..
             } => {
-                let (ts, f) = (*term_start, *from);
                 // Keep the part in [from, term_start); hold the rest.
-                let lo = f.0.max(start.0);
-                let hi = ts.0.min(end.0);
-                if lo < hi {
-                    primary
-                        .extend_from_slice(&wal[(lo - start.0) as usize..(hi - start.0) as usize]);
+                let (compare, held) = check::split_piece(start, wal.len(), *from, *term_start);
+                if let Some(r) = compare {
+                    primary.extend_from_slice(&wal[r]);
                 }
-                if end > ts {
-                    self.held = Some((ts, wal.slice((ts.0 - start.0) as usize..)));
+                if let Some(at) = held {
+                    self.held.push(wal.slice(at..));
                 }
                 self.try_finish_check().await?;
             }
@@ -952,27 +958,43 @@ impl<'a> Session<'a> {
         }
         tracing::info!(%from, to = %term_start, "the primary's WAL matches the safekeepers'; streaming");
         self.check = Check::Streaming;
-        if let Some((_, rest)) = self.held.take() {
+        for rest in std::mem::take(&mut self.held) {
             self.push(rest).await?;
         }
         Ok(())
     }
 
+    /// Push the primary's WAL up to its last complete record: the
+    /// safekeepers' WAL always ends where a standby can stop and promote.
     async fn push(&mut self, wal: Bytes) -> Result<(), ProxyError> {
         if wal.is_empty() {
             return Ok(());
         }
-        match self.proposer.push_wal(&wal) {
-            Ok(actions) => {
-                if let Some((_, _, _, end, _)) = self.proposer.leader_view() {
-                    self.acks.pushed(end);
-                }
-                self.apply(actions).await
+        let holdback = match self.holdback.as_mut() {
+            Some(h) => h,
+            None => {
+                let Some((_, _, _, end, _)) = self.proposer.leader_view() else {
+                    return Err(ProxyError::Retry("WAL to push while not leading".into()));
+                };
+                self.holdback.insert(Holdback::new(end, self.wal_seg_size))
             }
-            Err(e) => Err(ProxyError::Retry(format!(
-                "WAL from the primary not taken: {e}"
-            ))),
+        };
+        for piece in holdback.feed(wal) {
+            match self.proposer.push_wal(&piece) {
+                Ok(actions) => {
+                    if let Some((_, _, _, end, _)) = self.proposer.leader_view() {
+                        self.acks.pushed(end);
+                    }
+                    self.apply(actions).await?;
+                }
+                Err(e) => {
+                    return Err(ProxyError::Retry(format!(
+                        "WAL from the primary not taken: {e}"
+                    )))
+                }
+            }
         }
+        Ok(())
     }
 
     /// Tell the primary how far the quorum has flushed: write = flush =

@@ -127,12 +127,17 @@ impl Cluster {
         (out.status.code(), verdict)
     }
 
-    /// SIGKILL the primary and the proxy together.
+    /// SIGKILL the primary (its postmaster and every backend, as when its
+    /// host dies: a backend busy in one long statement would go on writing
+    /// without its postmaster) and the proxy together.
     pub fn kill_primary_and_proxy(&mut self) {
         let pid = std::fs::read_to_string(self.pg.datadir.join("postmaster.pid")).unwrap();
         let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
+        let children = children_of(pid);
+        for p in std::iter::once(pid).chain(children) {
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
         }
         self.proxy.as_mut().unwrap().kill9();
     }
@@ -206,6 +211,26 @@ impl Cluster {
 }
 
 /// The primary's WAL over [from, to), from its pg_wal segment files.
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            // `pid (comm) state ppid …`; comm may hold spaces, so split
+            // after its closing parenthesis.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 pub fn primary_wal(pg: &Postgres, from: Lsn, to: Lsn) -> Vec<u8> {
     let mut out = Vec::new();
     let mut pos = from;

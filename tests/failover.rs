@@ -186,9 +186,13 @@ fn spawn_insert(pg: &Postgres, id: i32) -> KillOnDrop {
     KillOnDrop(child)
 }
 
-/// Whether a backend of `pg` waits for synchronous replication.
-fn waits_for_sync_rep(pg: &Postgres) -> bool {
-    pg.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == "1"
+/// Whether the INSERT of row `id` on `pg` waits for synchronous
+/// replication.
+fn waits_for_sync_rep(pg: &Postgres, id: i32) -> bool {
+    pg.sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' \
+         AND query = 'INSERT INTO ledger VALUES ({id})'"
+    )) == "1"
 }
 
 /// `pg_rewind` the stopped `old` primary onto the timeline of `source`
@@ -274,7 +278,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
     wait_for(
         Duration::from_secs(30),
         "the old primary's commit to wait for its synchronous standby",
-        || waits_for_sync_rep(&old).then_some(()),
+        || waits_for_sync_rep(&old, -1).then_some(()),
     );
     let live: Vec<&Safekeeper> = c.sks[..2].iter().collect();
     let mut old_proxy = Proxy::start(c.dir.path(), "proxy-old", old.port, &live, &[]);
@@ -290,7 +294,7 @@ fn a_promoted_standby_continues_the_timeline_and_keeps_every_acknowledged_commit
         old_proxy.log_text()
     );
     assert!(
-        insert.0.try_wait().unwrap().is_none() && waits_for_sync_rep(&old),
+        insert.0.try_wait().unwrap().is_none() && waits_for_sync_rep(&old, -1),
         "the old primary's commit was acknowledged"
     );
     drop(insert);
@@ -427,6 +431,10 @@ fn a_primary_that_died_inside_a_record_can_be_failed_over() {
     c.kill_primary_and_proxy();
     let synced = c.sync_only();
     eprintln!("settled at {synced} (page offset {})", synced.0 % 8192);
+    assert!(
+        synced.0 > from.0 + (1 << 20),
+        "the primary died during the bulk insert: {synced} is past {from}"
+    );
 
     c.start_standby(&mut standby, 0, SYNC_CONF);
     let (code, verdict) = c.promote_check(&standby, 60);

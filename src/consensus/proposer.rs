@@ -1217,13 +1217,49 @@ impl Proposer {
                 });
                 return;
             }
-            let end = Lsn(l.end_lsn.0.min(next.0.saturating_add(room)));
+            let full = room >= self.cfg.max_append_bytes as u64;
+            let Some(end) = append_end(&l.buf, next, l.end_lsn, room, full) else {
+                return;
+            };
             let msg = append(l, next, end, buffered(&l.buf, next, end));
             if let Some(c) = self.conns.get_mut(&node) {
                 c.next_lsn = end;
             }
             self.send(node, msg, out);
         }
+    }
+}
+
+/// Where an append of the buffer from `next` ends: at the end of the last
+/// push that fits in `room` bytes, so that an acceptor's log ends where a
+/// push ended (the proxy pushes whole PostgreSQL records, and a standby fed
+/// by the safekeepers can stop there). A push longer than a `full` append
+/// is cut at `room`; otherwise, None: wait for room (the in-flight window).
+fn append_end(
+    buf: &VecDeque<(Lsn, Bytes)>,
+    next: Lsn,
+    end_lsn: Lsn,
+    room: u64,
+    full: bool,
+) -> Option<Lsn> {
+    let limit = Lsn(next.0.saturating_add(room).min(end_lsn.0));
+    let first = buf
+        .partition_point(|(start, _)| *start <= next)
+        .saturating_sub(1);
+    let mut cut = None;
+    for (start, chunk) in buf.range(first..) {
+        let chunk_end = Lsn(start.0 + chunk.len() as u64);
+        if chunk_end > limit {
+            break;
+        }
+        if chunk_end > next {
+            cut = Some(chunk_end);
+        }
+    }
+    match cut {
+        Some(c) => Some(c),
+        None if full || limit == end_lsn => Some(limit),
+        None => None,
     }
 }
 
@@ -1386,6 +1422,24 @@ mod tests {
     /// the slot horizon is the lowest slot of any member (one without slots
     /// does not lower it), and INVALID beside a valid peer horizon once no
     /// member has one.
+    #[test]
+    fn appends_end_where_pushes_ended_unless_a_push_is_larger_than_an_append() {
+        let buf: VecDeque<(Lsn, Bytes)> = [(100, 50), (150, 30), (180, 500)]
+            .iter()
+            .map(|&(s, n)| (Lsn(s), Bytes::from(vec![0u8; n])))
+            .collect();
+        let end = Lsn(680);
+        // Room for the first two pushes but not the third.
+        assert_eq!(append_end(&buf, Lsn(100), end, 100, false), Some(Lsn(180)));
+        assert_eq!(append_end(&buf, Lsn(100), end, 79, false), Some(Lsn(150)));
+        // Less room than the next push: wait for the window...
+        assert_eq!(append_end(&buf, Lsn(180), end, 100, false), None);
+        // ... unless that is a whole append: the push is cut.
+        assert_eq!(append_end(&buf, Lsn(180), end, 100, true), Some(Lsn(280)));
+        assert_eq!(append_end(&buf, Lsn(280), end, 1000, false), Some(end));
+        assert_eq!(append_end(&buf, Lsn(120), end, 1000, false), Some(end));
+    }
+
     #[test]
     fn horizons_go_out_only_once_every_member_reported_its_slots() {
         let mut p = proposer(3);

@@ -26,6 +26,9 @@ use crate::lsn::Lsn;
 /// PostgreSQL's XLOG_BLCKSZ (the proxy refuses primaries with another).
 pub use super::check::WAL_PAGE;
 const SHORT_PAGE_HEADER: u64 = 24;
+/// `xlp_info`: the record continued from the previous page was abandoned
+/// (a crash-restarted primary writes XLOG_OVERWRITE_CONTRECORD here).
+const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 const LONG_PAGE_HEADER: u64 = 40;
 /// `xl_tot_len`..`xl_rmid` of an XLogRecord header.
 const RECORD_HEAD: usize = 18;
@@ -69,15 +72,16 @@ pub struct RecordCut {
 }
 
 impl RecordCut {
-    /// Track WAL fed from `start`, a record boundary (the end of what the
-    /// safekeepers hold) or a page start.
+    /// Track WAL fed from `start`: a record boundary (the end of what the
+    /// safekeepers hold), or a page start, whose header tells how much of a
+    /// record continues there.
     pub fn new(start: Lsn, seg_size: u32) -> RecordCut {
         RecordCut {
             // Never 0 (the server info is checked; a divisor must not be).
             seg_size: u64::from(seg_size).max(WAL_PAGE),
             pos: start,
             boundary: start,
-            state: if start.0.is_multiple_of(8) {
+            state: if start.0.is_multiple_of(8) && !start.0.is_multiple_of(WAL_PAGE) {
                 State::Idle
             } else {
                 State::Lost
@@ -122,9 +126,10 @@ impl RecordCut {
             hdr.extend_from_slice(&wal[..take]);
             self.pos = Lsn(self.pos.0 + take as u64);
             if hdr.len() as u64 == size {
+                let info = u16::from_le_bytes([hdr[2], hdr[3]]);
                 let rem_len = u32::from_le_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]);
                 self.page_header = None;
-                self.on_page_header(u64::from(rem_len));
+                self.on_page_header(info, u64::from(rem_len));
             }
             return take;
         }
@@ -198,7 +203,16 @@ impl RecordCut {
     }
 
     /// A page header says `rem_len` bytes of a record continue on this page.
-    fn on_page_header(&mut self, rem_len: u64) {
+    fn on_page_header(&mut self, info: u16, rem_len: u64) {
+        if info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0
+            && matches!(self.state, State::Head(_) | State::Body { .. })
+        {
+            // The record in progress was abandoned; the next one starts
+            // here. Its start stays held until that one is complete: a
+            // standby reads through both to the next boundary.
+            self.state = State::Idle;
+            return;
+        }
         let expected = match &self.state {
             State::Idle | State::Skip { .. } => 0,
             // xl_tot_len is 8-aligned, so never split by a page.

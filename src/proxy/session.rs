@@ -979,22 +979,25 @@ impl<'a> Session<'a> {
                 self.holdback.insert(Holdback::new(end, self.wal_seg_size))
             }
         };
-        for piece in holdback.feed(wal) {
-            match self.proposer.push_wal(&piece) {
-                Ok(actions) => {
-                    if let Some((_, _, _, end, _)) = self.proposer.leader_view() {
-                        self.acks.pushed(end);
-                    }
-                    self.apply(actions).await?;
+        // One push per release: the proposer cuts appends only where a push
+        // ended (`append_end`), so acceptors' logs end at record ends too.
+        let pieces = holdback.feed(wal);
+        let release = match pieces.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        };
+        match self.proposer.push_wal(&release) {
+            Ok(actions) => {
+                if let Some((_, _, _, end, _)) = self.proposer.leader_view() {
+                    self.acks.pushed(end);
                 }
-                Err(e) => {
-                    return Err(ProxyError::Retry(format!(
-                        "WAL from the primary not taken: {e}"
-                    )))
-                }
+                self.apply(actions).await
             }
+            Err(e) => Err(ProxyError::Retry(format!(
+                "WAL from the primary not taken: {e}"
+            ))),
         }
-        Ok(())
     }
 
     /// Tell the primary how far the quorum has flushed: write = flush =

@@ -133,6 +133,11 @@ impl Cluster {
     pub fn kill_primary_and_proxy(&mut self) {
         let pid = std::fs::read_to_string(self.pg.datadir.join("postmaster.pid")).unwrap();
         let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
+        // Stopped first, so it forks no backend after its children are
+        // listed.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
         let children = children_of(pid);
         for p in std::iter::once(pid).chain(children) {
             unsafe {
@@ -210,7 +215,6 @@ impl Cluster {
     }
 }
 
-/// The primary's WAL over [from, to), from its pg_wal segment files.
 /// The processes whose parent is `pid`, from /proc.
 fn children_of(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -231,6 +235,7 @@ fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The primary's WAL over [from, to), from its pg_wal segment files.
 pub fn primary_wal(pg: &Postgres, from: Lsn, to: Lsn) -> Vec<u8> {
     let mut out = Vec::new();
     let mut pos = from;

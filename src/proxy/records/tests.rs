@@ -164,6 +164,43 @@ fn a_record_longer_than_the_cap_is_released_as_it_comes() {
 }
 
 #[test]
+fn a_start_at_a_page_reads_its_header_for_a_continued_record() {
+    let start = WAL_PAGE * 7 + 24;
+    let (wal, bounds) = build(start, &[(20_000, false), (100, false), (60, false)]);
+    // Begin at the page where the first record goes on.
+    let page = WAL_PAGE * 8;
+    let from = (page - start) as usize;
+    let mut cut = RecordCut::new(Lsn(page), SEG);
+    assert_eq!(cut.feed(&wal[from..]), Lsn(*bounds.last().unwrap()));
+    let mut cut = RecordCut::new(Lsn(page), SEG);
+    let before_second_end = (bounds[1] - 1 - page) as usize;
+    assert_eq!(
+        cut.feed(&wal[from..from + before_second_end]),
+        Lsn(bounds[0])
+    );
+}
+
+#[test]
+fn an_abandoned_record_is_released_with_the_one_overwriting_it() {
+    // A record torn at a page end, then (as a crash-restarted primary
+    // writes it) a page flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD whose
+    // first record follows its header.
+    let start = WAL_PAGE * 3 + 24;
+    let (mut wal, _) = build(start, &[(24, false)]);
+    let torn_at = start + wal.len() as u64;
+    let mut torn = vec![0xCDu8; (WAL_PAGE * 4 - torn_at) as usize];
+    torn[..4].copy_from_slice(&30_000u32.to_le_bytes());
+    wal.extend_from_slice(&torn);
+    let (mut next, bounds) = build(WAL_PAGE * 4, &[(100, false), (50, false)]);
+    next[2..4].copy_from_slice(&XLP_FIRST_IS_OVERWRITE_CONTRECORD.to_le_bytes());
+    wal.extend_from_slice(&next);
+    let mut cut = RecordCut::new(Lsn(start), SEG);
+    let upto = (WAL_PAGE * 4 + 30 - start) as usize;
+    assert_eq!(cut.feed(&wal[..upto]), Lsn(torn_at));
+    assert_eq!(cut.feed(&wal[upto..]), Lsn(bounds[1]));
+}
+
+#[test]
 fn an_unaligned_start_is_lost_until_the_next_page() {
     let mut cut = RecordCut::new(Lsn(WAL_PAGE + 27), SEG);
     assert_eq!(cut.feed(&[0u8; 100]), Lsn(WAL_PAGE + 127));

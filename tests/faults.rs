@@ -117,6 +117,54 @@ fn a_node_cut_off_silently_rejoins_where_its_wal_ends() {
     );
 }
 
+/// Issue 22: after a partition the proxy replaces a connection it gave up
+/// on; the old one's bytes, which TCP kept retrying, may still arrive once
+/// the link is back. They must not move the node's log under the new
+/// connection: its vote said where the log ends, and its Elected and first
+/// append start there. Late bytes of the replaced connection are refused
+/// (55000) and the new connection's append is taken. Today the late append
+/// is taken and the new connection's Elected refused (or, a moment later,
+/// its first append as "a gap or overlap in LSNs").
+#[test]
+fn late_bytes_of_a_replaced_push_connection_are_refused() {
+    use walkeeper::consensus::messages::*;
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    let mut old = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut old, greeting(&[1], true), 1);
+    let end = push(&mut old, 1, START, &wal_bytes(1, START, 1000), 1000, START);
+
+    // The proxy gave up on `old` and dialled again.
+    let mut new = RawClient::proposer(sk.pg_addr);
+    new.send(&ProposerMessage::Greeting(greeting(&[1], false)));
+    assert!(matches!(new.recv(), AcceptorMessage::Greeting(_)));
+    new.send(&ProposerMessage::VoteRequest(VoteRequest { term: 1 }));
+    let flush = match new.recv() {
+        AcceptorMessage::Vote(v) => v.flush_lsn,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(flush.0, end);
+
+    // The old connection's retried bytes arrive now.
+    old.send(&append(1, end, &wal_bytes(1, end, 500), START));
+    let late = old.read().expect("an answer to the late append");
+    assert_eq!(late.tag, b'E', "the late append was taken");
+    assert_eq!(late.error_field(b'C').as_deref(), Some("55000"));
+
+    new.send(&ProposerMessage::Elected(Elected {
+        term: 1,
+        start_streaming_at: flush,
+        term_history: walkeeper::consensus::term_history::TermHistory(vec![
+            walkeeper::consensus::acceptor::term_lsn(1, START),
+        ]),
+        pg_tli: 0,
+        pg_ancestors: Vec::new(),
+    }));
+    assert!(matches!(new.recv(), AcceptorMessage::Append(a) if a.flush_lsn == flush));
+    new.send(&append(1, end, &wal_bytes(1, end, 300), START));
+    assert!(matches!(new.recv(), AcceptorMessage::Append(a) if a.flush_lsn.0 == end + 300));
+}
+
 /// The kinds of fault a schedule draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {

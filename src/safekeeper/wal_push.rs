@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::timelines::{HandleError, PendingReply, Timeline};
+use super::timelines::{Claim, HandleError, PendingReply, Timeline};
 use super::Shared;
 use crate::codec::{decode_proposer_message, encode_acceptor_message};
 use crate::consensus::acceptor::Refusal;
@@ -56,6 +56,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         live: None,
         heartbeats,
         history,
+        claim: None,
     };
     let mut stopping = *shutdown.borrow();
     let end = loop {
@@ -196,6 +197,8 @@ struct Greeted {
     /// A history file put before the greeting, stored once the timeline
     /// exists.
     history: super::history::Pending,
+    /// This connection's claim on the timeline for its proposer id.
+    claim: Option<Claim>,
 }
 
 /// What one proposer message led to.
@@ -253,7 +256,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Step::End(End::Refused));
         }
     };
-    match handle(shared, timeline, &mut greeted.history, &msg).await {
+    match handle(shared, timeline, greeted, &msg).await {
         Ok(pending) => {
             if let Some(t) = timeline.as_ref() {
                 if greeted.live.is_none() {
@@ -278,7 +281,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle(
     shared: &Shared,
     timeline: &mut Option<Arc<Timeline>>,
-    history: &mut super::history::Pending,
+    greeted: &mut Greeted,
     msg: &ProposerMessage,
 ) -> Result<PendingReply, HandleError> {
     let writer = shared.timelines.writer();
@@ -290,11 +293,16 @@ async fn handle(
             let (t, pending) = shared.timelines.greet(g)?;
             // The history file put on this connection before the greeting,
             // now that the timeline exists.
-            if let Some((tli, content)) = history.take() {
+            if let Some((tli, content)) = greeted.history.take() {
                 super::history::store(shared, &t, tli, content, Some(g.server.tli))
                     .await
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
+            // Before the greeting's reply goes out: whatever an earlier
+            // connection of this proposer still delivers is refused from
+            // here on, so this one's vote and appends see a log that only
+            // it moves.
+            greeted.claim = Some(t.claim(g.proposer_id));
             *timeline = Some(t);
             Ok(pending)
         }
@@ -310,7 +318,7 @@ async fn handle(
                 proposed: g.ttid.to_string(),
             }))
         }
-        (Some(t), msg) => t.handle_queued(writer, msg),
+        (Some(t), msg) => t.handle_queued(writer, msg, greeted.claim.as_ref()),
     }
 }
 
@@ -368,7 +376,7 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         // Not 22023 (the proxy takes it as a refusal of the whole timeline
         // and stops) nor 42704 (a member without the timeline): the rest of
         // the cluster can go on, and this node is counted again later.
-        HandleError::Restored(_) | HandleError::NotSettled(_) => {
+        HandleError::Restored(_) | HandleError::NotSettled(_) | HandleError::Superseded(_) => {
             super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
         }
     }

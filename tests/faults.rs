@@ -83,13 +83,16 @@ fn a_node_cut_off_silently_rejoins_where_its_wal_ends() {
     // Commits go on with nodes 1 and 2 while node 3 is cut off.
     ledger.wait_more(20);
     let proxy_log = || n.c.proxy.as_ref().unwrap().log_text();
+    // The kernel's bounds (keepalive, unacknowledged data) or the
+    // proposer's response timeout, whichever comes first.
     wait_for(
-        Duration::from_secs(40),
+        Duration::from_secs(30),
         "the proxy to notice that node 3 went silent",
         || {
-            proxy_log()
-                .contains("closing the connection to safekeeper 3")
-                .then_some(())
+            let log = proxy_log();
+            (log.contains("closing the connection to safekeeper 3")
+                || log.contains("safekeeper connection lost") && log.contains("node=3"))
+            .then_some(())
         },
     );
     ledger.wait_more(10);
@@ -163,6 +166,39 @@ fn late_bytes_of_a_replaced_push_connection_are_refused() {
     assert!(matches!(new.recv(), AcceptorMessage::Append(a) if a.flush_lsn == flush));
     new.send(&append(1, end, &wal_bytes(1, end, 300), START));
     assert!(matches!(new.recv(), AcceptorMessage::Append(a) if a.flush_lsn.0 == end + 300));
+}
+
+/// Issue 22: a proposer that promised heartbeats and went silent (its
+/// link cut without a reset) is dropped by the safekeeper within
+/// PUSH_SILENCE (10 s), rather than held open for ever.
+#[test]
+fn a_silent_proposer_connection_is_closed_by_the_safekeeper() {
+    use walkeeper::consensus::messages::*;
+    let dir = tempfile::tempdir().unwrap();
+    let sk = Safekeeper::start(&dir.path().join("sk1"), 1, true);
+    let mut c = RawClient::connect(
+        sk.pg_addr,
+        "-c walkeeper.role=proposer -c walkeeper.heartbeat_ms=1000",
+    );
+    c.query_raw("START_WAL_PUSH");
+    assert_eq!(c.read().expect("CopyBothResponse").tag, b'W');
+    c.send(&ProposerMessage::Greeting(greeting(&[1], true)));
+    assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
+    let silent_from = Instant::now();
+    // Nothing more is sent. The safekeeper closes the stream.
+    let got = c.try_read(Duration::from_secs(25));
+    let took = silent_from.elapsed();
+    assert!(got.is_none(), "expected the stream closed, got {got:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the safekeeper held a silent proposer's stream open for {} ms",
+        took.as_millis()
+    );
+    assert!(
+        sk.log_text().contains("sent nothing for 10 s"),
+        "{}",
+        sk.log_text()
+    );
 }
 
 /// The kinds of fault a schedule draws from.

@@ -26,6 +26,12 @@ use crate::pq::PqError;
 const MAX_IN_FLIGHT: usize = 256;
 use super::limits::MAX_PUSH_IN_FLIGHT_BYTES;
 
+/// A push stream whose proposer promised heartbeats (at least one a
+/// second) and has sent nothing for this long, with no reply of ours
+/// pending, is closed: its link went silent (issue 22). The proxy gives up
+/// on an unanswered request after as long.
+pub const PUSH_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the push stream ended.
 enum End {
     /// The proposer closed it (CopyDone, Terminate or EOF).
@@ -59,15 +65,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         claim: None,
     };
     let mut stopping = *shutdown.borrow();
+    let mut heard_at = tokio::time::Instant::now();
     let end = loop {
         if stopping && in_flight.is_empty() {
             break End::Shutdown;
         }
+        let silent = greeted.heartbeats && in_flight.is_empty() && !stopping;
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(heard_at + PUSH_SILENCE), if silent => {
+                let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
+                tracing::warn!(timeline = %ttid, %peer, "the proposer promised heartbeats and sent nothing for {} s: closing the push stream", PUSH_SILENCE.as_secs());
+                break End::Refused;
+            }
             synced = async { (&mut in_flight.front_mut().expect("guarded by the select condition").synced).await }, if !in_flight.is_empty() => {
                 let pending = in_flight.pop_front().expect("non-empty");
                 queued_bytes -= in_flight_bytes.pop_front().unwrap_or(0);
+                heard_at = tokio::time::Instant::now();
                 match synced {
                     Ok(Ok(())) => {
                         if let Some(reply) = pending.reply {
@@ -103,6 +117,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // share one sync, then write them on this thread when the
                 // storage is free (`WriterHandle::lead`).
                 let mut msg = msg;
+                heard_at = tokio::time::Instant::now();
                 // Leads when dropped, also when an error ends the loop: what
                 // was queued must not wait for someone else to write it.
                 let mut lead = Lead { writer: shared.timelines.writer(), queued: false };

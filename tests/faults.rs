@@ -249,7 +249,8 @@ impl Fault {
 fn schedule(seed: u64, n: usize, max_hold_ms: u64) -> Vec<Fault> {
     let mut rng = walkeeper::sim::rng::Rng::new(seed);
     (0..n)
-        .map(|_| {
+        .enumerate()
+        .map(|(i, _)| {
             let cuts = match rng.below(10) {
                 0..=4 => 1,
                 5..=7 => 2,
@@ -263,8 +264,11 @@ fn schedule(seed: u64, n: usize, max_hold_ms: u64) -> Vec<Fault> {
             }
             cut.sort();
             let hold = Duration::from_millis(rng.range(500, max_hold_ms));
-            let kill_sk = rng.chance(20).then(|| rng.below(3) as usize);
-            let kill_proxy = rng.chance(15);
+            // Every fourth fault from the second kills a safekeeper, every
+            // fourth from the fourth the proxy, and others by chance: a
+            // short run has both.
+            let kill_sk = (rng.chance(20) || i % 4 == 1).then(|| rng.below(3) as usize);
+            let kill_proxy = rng.chance(15) || i % 4 == 3;
             Fault {
                 cut,
                 hold,
@@ -384,8 +388,9 @@ fn partitions_under_a_ledger_lose_no_acknowledged_commit() {
     );
     standby.mark_standby();
     standby.start();
-    assert_standby_gets_every_commit(&standby, synced, &acked);
-    let lost = 0;
+    let lost = lost_on(&standby, synced, &acked);
+    report(&figures, acked.len(), lost, seed);
+    assert_eq!(lost, 0, "acknowledged commits missing on the standby");
     standby.stop();
     for sk in &mut n.c.sks {
         sk.terminate();
@@ -395,11 +400,59 @@ fn partitions_under_a_ledger_lose_no_acknowledged_commit() {
             .arg("verify"));
         assert!(ok, "skctl verify failed on node {}: {out}{err}", sk.node_id);
     }
-    report(&figures, acked.len(), lost, seed);
     assert!(
         !logs.contains("gap or overlap"),
         "an append was refused as a gap or overlap"
     );
+}
+
+/// How many acknowledged rows the standby lacks once it has received the
+/// settled LSN and had time to replay it (0 as soon as it holds them all).
+fn lost_on(standby: &Postgres, synced: walkeeper::lsn::Lsn, acked: &[i32]) -> usize {
+    wait_for(
+        STANDBY_BOUND,
+        "the standby to receive the settled LSN",
+        || {
+            let got: walkeeper::lsn::Lsn = standby
+                .sql("SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
+                .parse()
+                .ok()?;
+            (got >= synced).then_some(())
+        },
+    );
+    let list = acked
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    // On standard input: a long run's list is beyond an argument's size.
+    let sql = format!(
+        "SELECT count(*) FROM unnest(ARRAY[{list}]::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id);"
+    );
+    let missing = || -> usize {
+        use std::io::Write;
+        let mut child = pg::psql(standby.port, "")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let _ = child.stdin.take().unwrap().write_all(sql.as_bytes());
+        let out = child.wait_with_output().expect("psql");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(usize::MAX)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = missing();
+        if m == 0 || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn report(f: &Figures, acked: usize, lost: usize, seed: u64) {
@@ -412,7 +465,10 @@ fn report(f: &Figures, acked: usize, lost: usize, seed: u64) {
         .iter()
         .map(|(k, n)| format!("{k:?}={n}"))
         .collect();
-    eprintln!(
+    // Past the test harness's capture: the suite shows its figures.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "FAULTS seed={seed} injected: {}; acknowledged commits: {acked}; commits lost: {lost}; \
          heal to next commit: median {median} ms, worst {worst} ms",
         kinds.join(" ")

@@ -318,7 +318,10 @@ fn partitions_under_a_ledger_lose_no_acknowledged_commit() {
     let count = env_u64("FAULTS_COUNT", 6) as usize;
     let max_hold = env_u64("FAULTS_MAX_HOLD_MS", 12_000);
     let plan = schedule(seed, count, max_hold);
-    eprintln!("FAULTS_SEED={seed} FAULTS_COUNT={count}: {plan:?}");
+    eprintln!("FAULTS_SEED={seed} FAULTS_COUNT={count} FAULTS_MAX_HOLD_MS={max_hold}");
+    if count <= 20 {
+        eprintln!("schedule: {plan:?}");
+    }
     let mut standby = Postgres::basebackup(n.c.dir.path(), &n.c.pg, "standby");
     let ledger = Ledger::start(n.c.pg.port);
     ledger.wait_more(5);

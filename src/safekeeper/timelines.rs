@@ -119,8 +119,9 @@ impl Timeline {
         Ok(pending)
     }
 
-    /// Make the calling push connection the one heard from `proposer_id`:
-    /// messages of its earlier connections are refused from now on.
+    /// Make the calling push connection the one heard from `proposer_id`
+    /// (at its vote request): messages of that proposer's earlier
+    /// connections are refused from now on.
     pub fn claim(&self, proposer_id: [u8; 16]) -> Claim {
         let _acceptor = self.lock();
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());

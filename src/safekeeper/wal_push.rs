@@ -62,6 +62,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         live: None,
         heartbeats,
         history,
+        proposer_id: None,
         claim: None,
     };
     let mut stopping = *shutdown.borrow();
@@ -212,7 +213,10 @@ struct Greeted {
     /// A history file put before the greeting, stored once the timeline
     /// exists.
     history: super::history::Pending,
-    /// This connection's claim on the timeline for its proposer id.
+    /// The proposer id its greeting gave.
+    proposer_id: Option<[u8; 16]>,
+    /// This connection's claim on the timeline for that proposer id, made
+    /// by its first vote request.
     claim: Option<Claim>,
 }
 
@@ -313,11 +317,7 @@ async fn handle(
                     .await
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
-            // Before the greeting's reply goes out: whatever an earlier
-            // connection of this proposer still delivers is refused from
-            // here on, so this one's vote and appends see a log that only
-            // it moves.
-            greeted.claim = Some(t.claim(g.proposer_id));
+            greeted.proposer_id = Some(g.proposer_id);
             *timeline = Some(t);
             Ok(pending)
         }
@@ -333,7 +333,16 @@ async fn handle(
                 proposed: g.ttid.to_string(),
             }))
         }
-        (Some(t), msg) => t.handle_queued(writer, msg, greeted.claim.as_ref()),
+        (Some(t), msg) => {
+            if let (ProposerMessage::VoteRequest(_), Some(id)) = (msg, greeted.proposer_id) {
+                // Before the vote: whatever an earlier connection of this
+                // proposer still delivers is refused from here on, so the
+                // vote says where the log ends and this connection's
+                // Elected and appends start there.
+                greeted.claim = Some(t.claim(id));
+            }
+            t.handle_queued(writer, msg, greeted.claim.as_ref())
+        }
     }
 }
 

@@ -18,5 +18,5 @@ log="$CARGO_TARGET_DIR/faults-$FAULTS_SEED.log"
 echo "faults: full output in $log" >&2
 status=0
 cargo test --test faults partitions_under_a_ledger_lose_no_acknowledged_commit -- --nocapture >"$log" 2>&1 || status=$?
-grep -E -A1 '^(FAULTS|test result|thread .* panicked|SKIPPED)' "$log" || true
+grep -E -A1 '^(FAULTS |test result|thread .* panicked|SKIPPED)' "$log" || true
 exit "$status"

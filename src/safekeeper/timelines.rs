@@ -114,7 +114,7 @@ impl Timeline {
         writer: &WriterHandle,
         msg: &ProposerMessage,
     ) -> Result<PendingReply, HandleError> {
-        let pending = self.handle_queued(writer, msg, None)?;
+        let pending = self.handle_queued(writer, msg)?;
         writer.lead();
         Ok(pending)
     }
@@ -137,9 +137,19 @@ impl Timeline {
 
     /// As [`Timeline::handle`], but the writes are only queued: the caller
     /// must follow with `writer.lead()` (once for several messages, so they
-    /// share a sync). With a `claim`, the message is refused once a newer
-    /// connection of the same proposer claimed the timeline.
+    /// share a sync).
     pub fn handle_queued(
+        &self,
+        writer: &WriterHandle,
+        msg: &ProposerMessage,
+    ) -> Result<PendingReply, HandleError> {
+        self.handle_claimed(writer, msg, None)
+    }
+
+    /// As [`Timeline::handle_queued`] for a push connection: with a
+    /// `claim`, the message is refused once a newer connection of the same
+    /// proposer claimed the timeline.
+    pub fn handle_claimed(
         &self,
         writer: &WriterHandle,
         msg: &ProposerMessage,

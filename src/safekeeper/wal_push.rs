@@ -341,7 +341,7 @@ async fn handle(
                 // Elected and appends start there.
                 greeted.claim = Some(t.claim(id));
             }
-            t.handle_queued(writer, msg, greeted.claim.as_ref())
+            t.handle_claimed(writer, msg, greeted.claim.as_ref())
         }
     }
 }

@@ -251,11 +251,13 @@ fn schedule(seed: u64, n: usize, max_hold_ms: u64) -> Vec<Fault> {
     (0..n)
         .enumerate()
         .map(|(i, _)| {
-            let cuts = match rng.below(10) {
+            // The first three faults are one of each kind; then drawn.
+            let drawn = match rng.below(10) {
                 0..=4 => 1,
                 5..=7 => 2,
                 _ => 3,
             };
+            let cuts = if i < 3 { i + 1 } else { drawn };
             let mut nodes = vec![0usize, 1, 2];
             let mut cut = Vec::new();
             for _ in 0..cuts {

@@ -72,6 +72,7 @@ fn start_sk(datadir: &Path, node_id: u64, old: &Safekeeper, extra: &[&str]) -> S
         http_addr: old.http_addr,
         log,
         args: old.args.clone(),
+        netns: None,
     };
     wait_for(Duration::from_secs(30), "the safekeeper to listen", || {
         if let Some(s) = sk.child.as_mut().unwrap().try_wait().unwrap() {

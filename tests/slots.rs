@@ -127,6 +127,7 @@ fn start_sk(dir: &std::path::Path, n: u64, extra: &[&str]) -> Safekeeper {
         http_addr,
         log,
         args: extra.iter().map(|a| a.to_string()).collect(),
+        netns: None,
     }
 }
 

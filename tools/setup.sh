@@ -14,6 +14,11 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 # Tests and the demo run a real PostgreSQL 15.
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client-15)
+# The fault suite puts safekeepers in network namespaces (tests/faults.rs).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# ... and stores on a FUSE filesystem that fails and loses power on command
+# (tests/disk_faults.rs mounts it with fusermount3).
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -180,6 +180,9 @@ pub struct ConnConfig {
     /// `None`: no limit beyond the operating system's.
     pub connect_timeout: Option<Duration>,
     pub sslmode: SslMode,
+    /// Keepalive and unacknowledged-data bounds on a TCP connection (not a
+    /// conninfo keyword: the proxy sets it for its safekeeper connections).
+    pub tcp_liveness: Option<super::liveness::TcpLiveness>,
 }
 
 impl fmt::Debug for ConnConfig {
@@ -195,6 +198,7 @@ impl fmt::Debug for ConnConfig {
             .field("options", &self.options)
             .field("connect_timeout", &self.connect_timeout)
             .field("sslmode", &self.sslmode)
+            .field("tcp_liveness", &self.tcp_liveness)
             .finish()
     }
 }
@@ -212,6 +216,7 @@ impl Default for ConnConfig {
             options: None,
             connect_timeout: None,
             sslmode: SslMode::default(),
+            tcp_liveness: None,
         }
     }
 }
@@ -1177,6 +1182,12 @@ async fn open_stream(cfg: &ConnConfig) -> Result<(ReadStream, WriteStream, Strin
                     addr: a.to_string(),
                     source,
                 })?;
+                if let Some(l) = &cfg.tcp_liveness {
+                    l.apply(&s).map_err(|source| ClientError::Connect {
+                        addr: a.to_string(),
+                        source,
+                    })?;
+                }
                 let (r, w) = s.into_split();
                 let name = if cfg.hostaddr.is_some() || cfg.host == a.ip().to_string() {
                     a.to_string()

@@ -9,6 +9,7 @@
 //! - [`replication`]: the replication command grammar and the streaming
 //!   sub-messages (`w`, `k`, `r`, `h`).
 //! - [`sqlstate`]: the SQLSTATE codes the daemon answers with.
+//! - [`liveness`]: TCP keepalive and unacknowledged-data bounds.
 //! - [`client`]: the client side, for the proxy: connection strings,
 //!   trust / cleartext / md5 / SCRAM-SHA-256 authentication, replication
 //!   streaming from a primary and the proposer's connections to safekeepers.
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod connection;
 pub mod frame;
+pub mod liveness;
 pub mod replication;
 pub mod sqlstate;
 

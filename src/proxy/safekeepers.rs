@@ -27,10 +27,14 @@ fn conn_config(addr: &str) -> Result<ConnConfig, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
-    ConnConfig::parse(&format!(
+    let mut cfg = ConnConfig::parse(&format!(
         "host={host} port={port} user=walkeeper application_name=safekeeper_proxy connect_timeout=5"
     ))
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // A safekeeper behind a silent link is dropped by the kernel, and the
+    // bytes queued for it with the socket (issue 22).
+    cfg.tcp_liveness = Some(crate::pq::liveness::TcpLiveness::PEER);
+    Ok(cfg)
 }
 
 /// Dial `addr`, start the push stream, and run it until either side ends.

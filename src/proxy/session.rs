@@ -668,7 +668,12 @@ impl<'a> Session<'a> {
                 Action::Send(node, msg) => self.send_to(node, msg),
                 Action::Disconnect(node) => {
                     // Dropping the sender ends that connection's task.
-                    self.conns.remove(&node);
+                    if self.conns.remove(&node).is_some() {
+                        tracing::warn!(
+                            node = node.0,
+                            "closing the connection to safekeeper {node}: no reply within the response timeout, or a reply out of step"
+                        );
+                    }
                     self.redial_at.insert(node, Instant::now() + REDIAL);
                 }
                 Action::RecoveryRead {

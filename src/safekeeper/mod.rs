@@ -434,6 +434,8 @@ pub async fn run(
                         },
                     };
                     let _ = socket.set_nodelay(true);
+                    // A peer behind a silent link is dropped by the kernel.
+                    let _ = crate::pq::liveness::TcpLiveness::PEER.apply(&socket);
                     let shared = shared.clone();
                     connections.spawn(async move {
                         // Both places are held until the connection ends.

@@ -19,6 +19,21 @@ pub struct Timeline {
     /// state may then be ahead of the disk, so it must not answer anyone
     /// until the daemon restarts and reloads the stored state.
     poisoned: Mutex<Option<String>>,
+    /// Per proposer id, the newest push connection's claim: a proxy that
+    /// replaced a connection it gave up on (no reply in time) speaks only
+    /// on the new one, and bytes of the old one that arrive late (a link
+    /// back after a partition delivers what TCP kept retrying) must not
+    /// move this node's log under the new one's feet. Locked inside
+    /// `acceptor`, so a claim and the check of a message are ordered.
+    claims: Mutex<HashMap<[u8; 16], u64>>,
+}
+
+/// A push connection's claim on a timeline for its proposer id
+/// (`Timeline::claim`); only the newest claim of a proposer is heard.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    proposer_id: [u8; 16],
+    seq: u64,
 }
 
 /// A reply that may be sent once `synced` resolves Ok.
@@ -46,6 +61,10 @@ pub enum HandleError {
     /// history file's), with the SQLSTATE to answer.
     #[error("{message}")]
     Limited { code: &'static str, message: String },
+    /// A newer push connection of the same proposer greeted this
+    /// timeline: this one's messages are stale.
+    #[error("timeline {0}: a newer connection of the same proposer replaced this one")]
+    Superseded(Ttid),
 }
 
 impl Timeline {
@@ -100,6 +119,22 @@ impl Timeline {
         Ok(pending)
     }
 
+    /// Make the calling push connection the one heard from `proposer_id`
+    /// (at its vote request): messages of that proposer's earlier
+    /// connections are refused from now on.
+    pub fn claim(&self, proposer_id: [u8; 16]) -> Claim {
+        let _acceptor = self.lock();
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = claims.get(&proposer_id).map_or(1, |s| s + 1);
+        claims.insert(proposer_id, seq);
+        Claim { proposer_id, seq }
+    }
+
+    fn is_current(&self, claim: &Claim) -> bool {
+        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.get(&claim.proposer_id) == Some(&claim.seq)
+    }
+
     /// As [`Timeline::handle`], but the writes are only queued: the caller
     /// must follow with `writer.lead()` (once for several messages, so they
     /// share a sync).
@@ -108,8 +143,23 @@ impl Timeline {
         writer: &WriterHandle,
         msg: &ProposerMessage,
     ) -> Result<PendingReply, HandleError> {
+        self.handle_claimed(writer, msg, None)
+    }
+
+    /// As [`Timeline::handle_queued`] for a push connection: with a
+    /// `claim`, the message is refused once a newer connection of the same
+    /// proposer claimed the timeline.
+    pub fn handle_claimed(
+        &self,
+        writer: &WriterHandle,
+        msg: &ProposerMessage,
+        claim: Option<&Claim>,
+    ) -> Result<PendingReply, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
+        if claim.is_some_and(|c| !self.is_current(c)) {
+            return Err(HandleError::Superseded(self.ttid));
+        }
         let effects = acceptor.handle(msg)?;
         log_events(self.ttid, &effects);
         let synced = writer.enqueue(self.ttid, effects.writes, effects.lazy);
@@ -196,6 +246,7 @@ impl Timelines {
                     acceptor: Mutex::new(Acceptor::restore(node_id, state)),
                     durable,
                     poisoned: Mutex::new(None),
+                    claims: Mutex::new(HashMap::new()),
                 }),
             );
         }
@@ -256,6 +307,7 @@ impl Timelines {
             acceptor: Mutex::new(acceptor),
             durable,
             poisoned: Mutex::new(None),
+            claims: Mutex::new(HashMap::new()),
         });
         // Registered before the sync: a second greeting for the same timeline
         // must see it rather than create it twice. Its reply waits for this

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::timelines::{HandleError, PendingReply, Timeline};
+use super::timelines::{Claim, HandleError, PendingReply, Timeline};
 use super::Shared;
 use crate::codec::{decode_proposer_message, encode_acceptor_message};
 use crate::consensus::acceptor::Refusal;
@@ -25,6 +25,12 @@ use crate::pq::PqError;
 /// stops reading, which pushes back on the proposer through TCP.
 const MAX_IN_FLIGHT: usize = 256;
 use super::limits::MAX_PUSH_IN_FLIGHT_BYTES;
+
+/// A push stream whose proposer promised heartbeats (at least one a
+/// second) and has sent nothing for this long, with no reply of ours
+/// pending, is closed: its link went silent (issue 22). The proxy gives up
+/// on an unanswered request after as long.
+pub const PUSH_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the push stream ended.
 enum End {
@@ -56,17 +62,27 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         live: None,
         heartbeats,
         history,
+        proposer_id: None,
+        claim: None,
     };
     let mut stopping = *shutdown.borrow();
+    let mut heard_at = tokio::time::Instant::now();
     let end = loop {
         if stopping && in_flight.is_empty() {
             break End::Shutdown;
         }
+        let silent = greeted.heartbeats && in_flight.is_empty() && !stopping;
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(heard_at + PUSH_SILENCE), if silent => {
+                let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
+                tracing::warn!(timeline = %ttid, %peer, "the proposer promised heartbeats and sent nothing for {} s: closing the push stream", PUSH_SILENCE.as_secs());
+                break End::Refused;
+            }
             synced = async { (&mut in_flight.front_mut().expect("guarded by the select condition").synced).await }, if !in_flight.is_empty() => {
                 let pending = in_flight.pop_front().expect("non-empty");
                 queued_bytes -= in_flight_bytes.pop_front().unwrap_or(0);
+                heard_at = tokio::time::Instant::now();
                 match synced {
                     Ok(Ok(())) => {
                         if let Some(reply) = pending.reply {
@@ -102,6 +118,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // share one sync, then write them on this thread when the
                 // storage is free (`WriterHandle::lead`).
                 let mut msg = msg;
+                heard_at = tokio::time::Instant::now();
                 // Leads when dropped, also when an error ends the loop: what
                 // was queued must not wait for someone else to write it.
                 let mut lead = Lead { writer: shared.timelines.writer(), queued: false };
@@ -196,6 +213,11 @@ struct Greeted {
     /// A history file put before the greeting, stored once the timeline
     /// exists.
     history: super::history::Pending,
+    /// The proposer id its greeting gave.
+    proposer_id: Option<[u8; 16]>,
+    /// This connection's claim on the timeline for that proposer id, made
+    /// by its first vote request.
+    claim: Option<Claim>,
 }
 
 /// What one proposer message led to.
@@ -258,7 +280,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Step::End(End::Refused));
         }
     };
-    match handle(shared, timeline, &mut greeted.history, &msg).await {
+    match handle(shared, timeline, greeted, &msg).await {
         Ok(pending) => {
             if let Some(t) = timeline.as_ref() {
                 if greeted.live.is_none() {
@@ -283,7 +305,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle(
     shared: &Shared,
     timeline: &mut Option<Arc<Timeline>>,
-    history: &mut super::history::Pending,
+    greeted: &mut Greeted,
     msg: &ProposerMessage,
 ) -> Result<PendingReply, HandleError> {
     let writer = shared.timelines.writer();
@@ -295,11 +317,12 @@ async fn handle(
             let (t, pending) = shared.timelines.greet(g)?;
             // The history file put on this connection before the greeting,
             // now that the timeline exists.
-            if let Some((tli, content)) = history.take() {
+            if let Some((tli, content)) = greeted.history.take() {
                 super::history::store(shared, &t, tli, content, Some(g.server.tli))
                     .await
                     .map_err(|(code, message)| HandleError::Limited { code, message })?;
             }
+            greeted.proposer_id = Some(g.proposer_id);
             *timeline = Some(t);
             Ok(pending)
         }
@@ -315,7 +338,16 @@ async fn handle(
                 proposed: g.ttid.to_string(),
             }))
         }
-        (Some(t), msg) => t.handle_queued(writer, msg),
+        (Some(t), msg) => {
+            if let (ProposerMessage::VoteRequest(_), Some(id)) = (msg, greeted.proposer_id) {
+                // Before the vote: whatever an earlier connection of this
+                // proposer still delivers is refused from here on, so the
+                // vote says where the log ends and this connection's
+                // Elected and appends start there.
+                greeted.claim = Some(t.claim(id));
+            }
+            t.handle_claimed(writer, msg, greeted.claim.as_ref())
+        }
     }
 }
 
@@ -373,7 +405,7 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         // Not 22023 (the proxy takes it as a refusal of the whole timeline
         // and stops) nor 42704 (a member without the timeline): the rest of
         // the cluster can go on, and this node is counted again later.
-        HandleError::Restored(_) | HandleError::NotSettled(_) => {
+        HandleError::Restored(_) | HandleError::NotSettled(_) | HandleError::Superseded(_) => {
             super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
         }
     }

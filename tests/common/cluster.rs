@@ -324,6 +324,8 @@ pub fn assert_standby_gets_every_commit(standby: &Postgres, synced: Lsn, acked: 
 /// recorded, until `stop`.
 pub struct Ledger {
     acked: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    /// When each acknowledgement came, in the order of `acked`.
+    times: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -337,7 +339,8 @@ impl Ledger {
     pub fn start_at(port: u16, first: i32) -> Ledger {
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (a, s) = (acked.clone(), stop.clone());
+        let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, s, t) = (acked.clone(), stop.clone(), times.clone());
         let thread = std::thread::spawn(move || {
             let mut i = first - 1;
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
@@ -348,11 +351,13 @@ impl Ledger {
                     .unwrap_or(false);
                 if ok {
                     a.lock().unwrap().push(i);
+                    t.lock().unwrap().push(std::time::Instant::now());
                 }
             }
         });
         Ledger {
             acked,
+            times,
             stop,
             thread: Some(thread),
         }
@@ -361,6 +366,16 @@ impl Ledger {
     /// Every row acknowledged so far.
     pub fn acked(&self) -> Vec<i32> {
         self.acked.lock().unwrap().clone()
+    }
+
+    /// When the first acknowledgement after `t` came, if one did.
+    pub fn first_ack_after(&self, t: std::time::Instant) -> Option<std::time::Instant> {
+        self.times
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|at| **at > t)
+            .copied()
     }
 
     pub fn count(&self) -> usize {

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "rocksdb")]
 pub mod cluster;
+pub mod netns;
 pub mod pg;
 pub mod store;
 
@@ -50,6 +51,9 @@ pub struct Safekeeper {
     pub log: PathBuf,
     /// Flags besides the data directory, node id and addresses.
     pub args: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`); None: the
+    /// test's own.
+    pub netns: Option<String>,
 }
 
 impl Safekeeper {
@@ -104,6 +108,7 @@ impl Safekeeper {
             http_addr,
             log,
             args: args.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         };
         sk.spawn(init);
         sk
@@ -115,7 +120,15 @@ impl Safekeeper {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
+        let program = env!("CARGO_BIN_EXE_safekeeper");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        };
         cmd.arg("--datadir")
             .arg(&self.datadir)
             .arg("--node-id")
@@ -155,6 +168,30 @@ impl Safekeeper {
             self.pg_addr,
             self.log_text()
         );
+    }
+
+    /// A safekeeper inside network namespace `netns`, listening on `ip`
+    /// there (reached from the test's namespace over its veth pair).
+    pub fn start_in_netns(
+        datadir: &Path,
+        node_id: u64,
+        init: bool,
+        netns: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Safekeeper {
+        let log = datadir.with_extension(format!("log.{}", std::process::id()));
+        let mut sk = Safekeeper {
+            child: None,
+            datadir: datadir.to_path_buf(),
+            node_id,
+            pg_addr: SocketAddr::new(ip.into(), free_port()),
+            http_addr: SocketAddr::new(ip.into(), free_port()),
+            log,
+            args: Self::usual_args(datadir),
+            netns: Some(netns.to_string()),
+        };
+        sk.spawn(init);
+        sk
     }
 
     pub fn restart(&mut self) {

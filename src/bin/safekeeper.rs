@@ -117,6 +117,9 @@ struct Args {
     /// hard links). Without it, checkpoints over HTTP are refused.
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    access: safekeeper::auth::Access,
 }
 
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
             http_header_timeout: args.http_header_timeout,
         },
         checkpoint_dir: args.checkpoint_dir,
+        access: args.access,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -94,6 +94,19 @@ enum Command {
     /// Whether DIR is a checkpoint: the mark it carries (node, time, LSNs
     /// per timeline), or the checkpoint it was restored from.
     Mark,
+    /// Print a line of the safekeeper's --users-file for a new user:
+    /// NAME ROLE SCRAM-SHA-256$… The password is read from the terminal
+    /// (asked twice, not echoed) or from the first line of stdin; only its
+    /// SCRAM verifier is printed.
+    User {
+        /// The user name clients give (libpq's user=).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// proposer (the proxy), consumer (standbys, pg_receivewal) or
+        /// admin.
+        #[arg(long, value_name = "ROLE")]
+        role: crate::auth::Role,
+    },
 }
 
 /// Parse arguments, run, and give the exit status.
@@ -113,6 +126,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `skctl user`: the users-file line for `name`.
+fn user_line(name: &str, role: crate::auth::Role) -> Result<ExitCode, InspectError> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InspectError::Refused(format!(
+            "user name {name:?}: must be non-empty, without spaces or control characters"
+        )));
+    }
+    let password = crate::auth::password::read(&format!("Password for {name}: "))
+        .map_err(|e| InspectError::Refused(format!("reading the password: {e}")))?;
+    if password.is_empty() {
+        return Err(InspectError::Refused("empty password".into()));
+    }
+    let verifier = crate::auth::Verifier::from_password(&password);
+    println!("{}", crate::auth::users::line(name, role, &verifier));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Quiet unless RUST_LOG asks: stderr is for the answer's errors.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -124,6 +154,9 @@ fn init_logging() {
 }
 
 fn run(args: &Args) -> Result<ExitCode, InspectError> {
+    if let Command::User { name, role } = &args.command {
+        return user_line(name, *role);
+    }
     if let Command::Checkpoint { http, out } = &args.command {
         let info = match (http, &args.datadir) {
             (Some(addr), _) => super::checkpoint::over_http(addr, out)?,
@@ -248,7 +281,7 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Checkpoint { .. } => {}
+        Command::Checkpoint { .. } | Command::User { .. } => {}
         Command::Mark => {
             let (mark, restored) = ins.checkpoint_marks()?;
             if args.json {

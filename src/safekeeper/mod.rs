@@ -1,6 +1,7 @@
 //! The safekeeper daemon: one RocksDB store, one PostgreSQL-protocol port for
 //! proposers and consumers, one HTTP port.
 
+pub mod auth;
 pub mod cancel;
 pub mod connection;
 pub mod failover;
@@ -50,6 +51,8 @@ pub struct Config {
     /// `--checkpoint-dir`: where `POST /v1/checkpoint` may write; without
     /// it checkpoints over HTTP are refused.
     pub checkpoint_dir: Option<PathBuf>,
+    /// `--users-file` and the like: who may connect, and how.
+    pub access: auth::Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +180,8 @@ pub struct Shared {
     pub limits: limits::Limits,
     /// `--checkpoint-dir`, resolved (symbolic links followed) at start.
     pub checkpoint_dir: Option<http::CheckpointDir>,
+    /// SCRAM users (`--users-file`); `None`: every client is trusted.
+    pub auth: Option<Arc<auth::PgAuth>>,
 }
 
 impl Shared {
@@ -207,6 +212,7 @@ impl Shared {
             restore_cluster: false,
             limits,
             checkpoint_dir: None,
+            auth: None,
         }
     }
 
@@ -359,6 +365,7 @@ pub async fn run(
         .as_deref()
         .map(|dir| http::checkpoint_dir(dir, &config.datadir))
         .transpose()?;
+    let pg_auth = config.access.check(config.listen_pg, config.listen_http)?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -379,6 +386,7 @@ pub async fn run(
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,
         checkpoint_dir,
+        auth: pg_auth,
         ..Shared::new(
             node_id,
             store,

@@ -10,9 +10,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::pg;
+use common::cluster::{Cluster, SYNC_CONF};
+use common::pg::{self, Postgres};
 use common::*;
+use walkeeper::lsn::Lsn;
 use walkeeper::pq::client::{ClientError, ConnConfig, PgClient};
 
 const PROXY_PW: &str = "proxy secret: 'quoted' \\ and long";
@@ -111,6 +114,208 @@ fn repl_psql(sk: &Safekeeper, user: &str, env: &[(&str, &str)], q: &str) -> Resu
     } else {
         Err(err)
     }
+}
+
+/// The timeline's term on `sk`, from its HTTP API.
+fn term(sk: &Safekeeper) -> u64 {
+    let (code, body) = http(sk.http_addr, "GET", "/v1/timelines", "");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v[0]["term"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no term in {body}"))
+}
+
+#[test]
+fn stock_clients_authenticate_with_scram_and_roles_hold() {
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path());
+    let users = users.to_str().unwrap();
+    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| {
+            Safekeeper::start_with(
+                &dir.path().join(format!("sk{n}")),
+                n,
+                true,
+                &["--users-file", users],
+            )
+        })
+        .collect();
+    // The proxy's password from a password file (with a line for another
+    // user first, and the password's ':' and '\' escaped).
+    let escaped = PROXY_PW.replace('\\', "\\\\").replace(':', "\\:");
+    let passfile = private_file(
+        &dir.path().join("proxy.pgpass"),
+        &format!("*:*:*:standby:not-this-one\n127.0.0.1:*:replication:proxy:{escaped}\n"),
+    );
+    let mut c = Cluster {
+        proxy: None,
+        sks,
+        pg,
+        dir,
+    };
+    let sk_conninfo = format!("user=proxy passfile={}", passfile.display());
+    c.start_proxy(
+        "proxy1",
+        &["--create-timeline", "--safekeeper-conninfo", &sk_conninfo],
+    );
+    // The proxy authenticated as a proposer: the primary's commits now
+    // wait for it.
+    c.wait_sync();
+    c.pg.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1)");
+
+    // psql with a password: IDENTIFY_SYSTEM as the consumer.
+    let ident = repl_psql(
+        &c.sks[0],
+        "standby",
+        &[("PGPASSWORD", STANDBY_PW)],
+        "IDENTIFY_SYSTEM",
+    )
+    .expect("psql with the right password");
+    assert!(ident.starts_with(&c.pg.system_id().to_string()), "{ident}");
+
+    // A standby whose primary_conninfo carries the consumer's password
+    // streams from the safekeepers and replays.
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ports: Vec<String> = c.sks.iter().map(|s| s.pg_addr.port().to_string()).collect();
+    c.start_standby(
+        &mut standby,
+        0,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=standby password={STANDBY_PW} connect_timeout=2'",
+            ports.join(",")
+        ),
+    );
+    c.pg.sql("INSERT INTO t VALUES (2)");
+    wait_for(Duration::from_secs(60), "the standby to replay", || {
+        (standby.sql("SELECT count(*) FROM t") == "2").then_some(())
+    });
+
+    // Refusals, each with PostgreSQL's SQLSTATE; none changes the term.
+    let terms: Vec<u64> = c.sks.iter().map(term).collect();
+    let no_password = repl_psql(&c.sks[0], "standby", &[], "IDENTIFY_SYSTEM").unwrap_err();
+    assert!(
+        no_password.contains("no password supplied"),
+        "{no_password}"
+    );
+    let wrong = repl_psql(
+        &c.sks[0],
+        "standby",
+        &[("PGPASSWORD", "wrong")],
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        wrong.contains("password authentication failed for user \"standby\""),
+        "{wrong}"
+    );
+    let sk = &c.sks[1];
+    assert!(
+        sqlstate_of(connect(sk, "user=standby password=wrong")).starts_with("28P01"),
+        "a wrong password"
+    );
+    let unknown = sqlstate_of(connect(sk, "user=ghost password=anything"));
+    assert!(
+        unknown.starts_with("28P01") && unknown.contains("for user \"ghost\""),
+        "an unknown user is told as for a wrong password: {unknown}"
+    );
+    assert!(
+        sqlstate_of(connect(sk, "user=standby")).contains("no password was supplied"),
+        "our client without a password"
+    );
+    // The consumer, authenticated, claiming to be a proposer.
+    let options = format!(
+        "options='{}'",
+        walkeeper::proxy::safekeepers::proposer_options(cluster_ttid())
+    );
+    let (rt, mut consumer) = connect(sk, &format!("user=standby password={STANDBY_PW} {options}"))
+        .expect("the consumer authenticates");
+    for (what, q) in [
+        ("pushing WAL", "START_WAL_PUSH"),
+        (
+            "settling (a term)",
+            "TIMELINE_SETTLED (term '1000', lsn '0/0')",
+        ),
+        (
+            "a recovery read",
+            "START_REPLICATION PHYSICAL 0/1000000 (term '1000')",
+        ),
+    ] {
+        let r = rt.block_on(consumer.simple_query(q));
+        assert!(sqlstate_of(r).starts_with("42501"), "a consumer {what}");
+    }
+    // Still connected, and allowed to read.
+    let rows = rt
+        .block_on(consumer.simple_query("IDENTIFY_SYSTEM"))
+        .unwrap();
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some(c.pg.system_id().to_string().as_str())
+    );
+    drop((consumer, rt));
+    assert_eq!(
+        c.sks.iter().map(term).collect::<Vec<_>>(),
+        terms,
+        "no term changed"
+    );
+
+    // pg_receivewal with a password file gets the primary's segments.
+    c.pg.sql("INSERT INTO t VALUES (3)");
+    c.pg.sql("SELECT pg_switch_wal()");
+    c.pg.sql("INSERT INTO t VALUES (4)");
+    let end = c.flush_lsn();
+    let last_full = end.segment_number(SEG) - 1;
+    let first = START / SEG as u64;
+    let out = pg::postgres_dir(c.dir.path(), "receivewal");
+    let pgpass = private_file(
+        &c.dir.path().join("receivewal.pgpass"),
+        &format!("127.0.0.1:*:replication:standby:{STANDBY_PW}\n"),
+    );
+    let (ok, stdout, stderr) = run(pg::receive_wal_command(
+        &out,
+        c.sks[2].pg_addr.port(),
+        first,
+        Lsn((last_full + 1) * SEG as u64 - 1),
+    )
+    .args(["-U", "standby", "-w"])
+    .env_remove("PGPASSWORD")
+    .env("PGPASSFILE", &pgpass));
+    assert!(ok, "pg_receivewal with a password file: {stdout}{stderr}");
+    pg::assert_same_segments(&out, &c.pg.pg_wal(), first..=last_full);
+
+    // The proxy still commits, the standby still replays, and commits wait
+    // for a majority.
+    wait_for(Duration::from_secs(60), "the standby to replay", || {
+        (standby.sql("SELECT count(*) FROM t") == "4").then_some(())
+    });
+    c.sks[1].kill9();
+    c.sks[2].kill9();
+    let mut insert = pg::psql(c.pg.port, "INSERT INTO t VALUES (5)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        insert.try_wait().unwrap().is_none(),
+        "a commit returned with one of three safekeepers up"
+    );
+    c.sks[1].restart();
+    let status = wait_for(Duration::from_secs(60), "the commit to return", || {
+        insert.try_wait().unwrap()
+    });
+    assert!(status.success());
+    let log = c.proxy.as_ref().unwrap().log_text();
+    assert!(!log.contains("28P01"), "the proxy was never refused: {log}");
+}
+
+/// The proxy's timeline.
+fn cluster_ttid() -> walkeeper::id::Ttid {
+    common::cluster::default_ttid()
 }
 
 /// psql against one safekeeper: the right password, and PostgreSQL's own

@@ -27,6 +27,14 @@ struct Args {
     #[arg(long, value_name = "LIST")]
     safekeepers: String,
 
+    /// libpq key=value pairs for every connection to a safekeeper (not
+    /// host or port: --safekeepers gives those): the proposer user and its
+    /// password, e.g. "user=proxy passfile=/etc/walkeeper/pgpass". Without
+    /// password= the password comes from PGPASSWORD or the password file
+    /// (passfile=, PGPASSFILE, ~/.pgpass), as with libpq.
+    #[arg(long, value_name = "CONNINFO", env = "WALKEEPER_SAFEKEEPER_CONNINFO", default_value = walkeeper::proxy::safekeepers::DEFAULT_CONNINFO)]
+    safekeeper_conninfo: String,
+
     /// Tenant id (32 hex characters).
     #[arg(
         long,
@@ -89,6 +97,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = walkeeper::proxy::safekeepers::set_conninfo(&args.safekeeper_conninfo) {
+        eprintln!("safekeeper-proxy: --safekeeper-conninfo: {e}");
+        return ExitCode::from(2);
+    }
     let primary = match args.primary.as_deref().map(ConnConfig::parse) {
         None => None,
         Some(Ok(mut c)) => {

@@ -10,7 +10,8 @@
 //!   sub-messages (`w`, `k`, `r`, `h`).
 //! - [`sqlstate`]: the SQLSTATE codes the daemon answers with.
 //! - [`client`]: the client side, for the proxy: connection strings,
-//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication, replication
+//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication (password from
+//!   the conninfo, `PGPASSWORD` or a [`passfile`]), replication
 //!   streaming from a primary and the proposer's connections to safekeepers.
 //!
 //! Nothing here trusts a length read from the socket: every frame is checked
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod connection;
 pub mod frame;
+pub mod passfile;
 pub mod replication;
 pub mod sqlstate;
 

@@ -23,14 +23,50 @@ pub fn proposer_options(ttid: Ttid) -> String {
     )
 }
 
+/// `--safekeeper-conninfo` when not given: no password, so only a
+/// safekeeper without `--users-file` lets it in.
+pub const DEFAULT_CONNINFO: &str = "user=walkeeper";
+
+/// The proxy's libpq keys for every safekeeper connection, set once at
+/// start ([`set_conninfo`]).
+static CONNINFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Use `conninfo` (libpq `key=value` pairs: user, password, passfile, …;
+/// not host or port, which `--safekeepers` gives) for every connection to a
+/// safekeeper. Checked here; once per process.
+pub fn set_conninfo(conninfo: &str) -> Result<(), String> {
+    // Ours are appended last and win anyway; this only says so early.
+    if let Some((k, _)) = conninfo
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| matches!(k.trim(), "host" | "hostaddr" | "port"))
+    {
+        return Err(format!(
+            "{k}= does not belong here: --safekeepers gives each safekeeper's address"
+        ));
+    }
+    with_address(conninfo, "127.0.0.1", "1")?;
+    CONNINFO
+        .set(conninfo.to_string())
+        .map_err(|_| "the safekeeper conninfo is set once".to_string())
+}
+
+fn with_address(conninfo: &str, host: &str, port: &str) -> Result<ConnConfig, String> {
+    if conninfo.contains("://") {
+        return Err("give libpq key=value pairs, not a URI".into());
+    }
+    ConnConfig::parse(&format!(
+        "{conninfo} host={host} port={port} application_name=safekeeper_proxy connect_timeout=5"
+    ))
+    .map_err(|e| e.to_string())
+}
+
 fn conn_config(addr: &str) -> Result<ConnConfig, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
-    ConnConfig::parse(&format!(
-        "host={host} port={port} user=walkeeper application_name=safekeeper_proxy connect_timeout=5"
-    ))
-    .map_err(|e| e.to_string())
+    let conninfo = CONNINFO.get().map_or(DEFAULT_CONNINFO, String::as_str);
+    with_address(conninfo, host, port)
 }
 
 /// Dial `addr`, start the push stream, and run it until either side ends.

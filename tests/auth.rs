@@ -418,3 +418,221 @@ fn without_a_users_file_clients_are_trusted() {
     rt.block_on(c.simple_query("SHOW wal_segment_size"))
         .unwrap();
 }
+
+/// An HTTP request with an optional `Authorization` header: status and
+/// body.
+fn http_auth(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// `--http-token-file`: every request needs the bearer token (401 without,
+/// 403 with a wrong one, JSON errors), a refused checkpoint writes
+/// nothing, skctl checkpoint sends the token; `--http-public-status`
+/// opens only GET /v1/status and /metrics.
+#[test]
+fn the_http_port_needs_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = private_file(&dir.path().join("token"), &format!("{TOKEN}\n"));
+    let token_file = token_file.to_str().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let mut sk = Safekeeper::start_with(
+        &dir.path().join("sk"),
+        1,
+        true,
+        &[
+            "--http-token-file",
+            token_file,
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+        ],
+    );
+    let a = sk.http_addr;
+    let cp = |name: &str| format!("{{\"path\": \"{}\"}}", checkpoints.join(name).display());
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, path, body) in [
+        ("GET", "/v1/status", String::new()),
+        ("GET", "/metrics", String::new()),
+        ("GET", "/v1/timelines", String::new()),
+        ("POST", "/v1/checkpoint", cp("refused")),
+    ] {
+        let (code, reply) = http_auth(a, method, path, &body, None);
+        assert_eq!(code, 401, "{method} {path} without a token: {reply}");
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("Bearer"), "{reply}");
+        let (code, reply) = http_auth(a, method, path, &body, Some("Bearer wrong"));
+        assert_eq!(code, 403, "{method} {path} with a wrong token: {reply}");
+        assert!(reply.contains("\"error\""), "{reply}");
+    }
+    assert!(!checkpoints.join("refused").exists(), "nothing written");
+    let (code, reply) = http_auth(a, "POST", "/v1/checkpoint", &cp("ok"), Some(&bearer));
+    assert_eq!(code, 200, "{reply}");
+    assert!(checkpoints.join("ok").exists());
+    let (code, _) = http_auth(a, "GET", "/v1/status", "", Some(&bearer));
+    assert_eq!(code, 200);
+
+    // skctl checkpoint --http: refused without the token, done with it
+    // (from the environment variable).
+    let skctl = |out: &str, token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skctl"));
+        cmd.args(["checkpoint", "--http", &a.to_string(), "--out"])
+            .arg(checkpoints.join(out))
+            .env_remove("WALKEEPER_HTTP_TOKEN_FILE");
+        if let Some(t) = token {
+            cmd.env("WALKEEPER_HTTP_TOKEN_FILE", t);
+        }
+        run(&mut cmd)
+    };
+    let (ok, _, err) = skctl("by-skctl", None);
+    assert!(!ok && err.contains("HTTP 401"), "{err}");
+    let (ok, _, err) = skctl("by-skctl", Some(token_file));
+    assert!(ok, "{err}");
+    assert!(checkpoints.join("by-skctl").exists());
+
+    // Monitoring left open on request; nothing else.
+    sk.kill9();
+    sk.args.push("--http-public-status".into());
+    sk.restart();
+    for path in ["/v1/status", "/metrics"] {
+        assert_eq!(
+            http_auth(sk.http_addr, "GET", path, "", None).0,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        http_auth(sk.http_addr, "GET", "/v1/timelines", "", None).0,
+        401
+    );
+    let (code, _) = http_auth(sk.http_addr, "POST", "/v1/checkpoint", &cp("open"), None);
+    assert_eq!(code, 401);
+    assert!(!checkpoints.join("open").exists());
+}
+
+/// A safekeeper binary run to its exit: (success, stderr).
+fn safekeeper_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
+    cmd.arg("--datadir")
+        .arg(dir.join("sk"))
+        .args(["--init", "--node-id", "1"])
+        .args(args)
+        .env_remove("WALKEEPER_USERS_FILE")
+        .env_remove("WALKEEPER_HTTP_TOKEN_FILE")
+        .env_remove("WALKEEPER_INSECURE_NO_AUTH")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (ok, _, err) = run(&mut cmd);
+    let _ = std::fs::remove_dir_all(dir.join("sk"));
+    (ok, err)
+}
+
+/// Binding a non-loopback address without authentication is refused with
+/// a message that says how to configure it; --insecure-no-auth (or its
+/// environment variable) overrides with a warning. The addresses are from
+/// TEST-NET-1 (not on this machine): a start that passes the check fails
+/// at bind, and nothing ever listens beyond loopback.
+#[test]
+fn non_loopback_addresses_need_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path());
+    let users = users.to_str().unwrap();
+    let token = private_file(&dir.path().join("token"), TOKEN);
+    let token = token.to_str().unwrap();
+    let far_pg = "192.0.2.1:5454";
+    let far_http = "192.0.2.1:7676";
+    let near_pg = format!("127.0.0.1:{}", free_port());
+    let near_http = format!("127.0.0.1:{}", free_port());
+
+    let (ok, err) = safekeeper_exit(
+        dir.path(),
+        &["--listen-pg", far_pg, "--listen-http", &near_http],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refusing to listen on a non-loopback address without authentication")
+            && err.contains("--listen-pg 192.0.2.1:5454 without --users-file")
+            && err.contains("skctl user")
+            && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+    let (ok, err) = safekeeper_exit(
+        dir.path(),
+        &["--listen-pg", &near_pg, "--listen-http", far_http],
+        &[],
+    );
+    assert!(
+        !ok && err.contains("--listen-http 192.0.2.1:7676 without --http-token-file"),
+        "{err}"
+    );
+
+    // Configured (one of them through its environment variable): past the
+    // check, failing only to bind an address this machine does not have.
+    let (ok, err) = safekeeper_exit(
+        dir.path(),
+        &[
+            "--listen-pg",
+            far_pg,
+            "--listen-http",
+            far_http,
+            "--http-token-file",
+            token,
+        ],
+        &[("WALKEEPER_USERS_FILE", users)],
+    );
+    assert!(
+        !ok && err.contains("cannot listen") && !err.contains("refusing"),
+        "{err}"
+    );
+    // Overridden: a warning, then the same bind failure.
+    for (args, env) in [
+        (
+            vec![
+                "--listen-pg",
+                far_pg,
+                "--listen-http",
+                far_http,
+                "--insecure-no-auth",
+            ],
+            vec![],
+        ),
+        (
+            vec!["--listen-pg", far_pg, "--listen-http", far_http],
+            vec![("WALKEEPER_INSECURE_NO_AUTH", "true")],
+        ),
+    ] {
+        let (ok, err) = safekeeper_exit(dir.path(), &args, &env);
+        assert!(
+            !ok && err.contains("--insecure-no-auth: listening without authentication")
+                && err.contains("cannot listen"),
+            "{err}"
+        );
+    }
+}

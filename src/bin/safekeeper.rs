@@ -14,8 +14,9 @@ use walkeeper::safekeeper::{self, Config};
 /// durably in RocksDB and serves committed WAL over PostgreSQL's streaming
 /// replication protocol (to pg_receivewal, a standby, a page server).
 ///
-/// Listeners bind to loopback by default: until authentication exists,
-/// anyone who can reach the PostgreSQL-protocol port can push WAL.
+/// Listeners bind to loopback by default, where clients are trusted. A
+/// non-loopback address needs --users-file (PostgreSQL port) and
+/// --http-token-file (HTTP port), or --insecure-no-auth.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {

@@ -90,6 +90,15 @@ enum Command {
         /// The new checkpoint directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// With --http: the file holding the daemon's bearer token (its
+        /// --http-token-file).
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "WALKEEPER_HTTP_TOKEN_FILE",
+            requires = "http"
+        )]
+        token_file: Option<PathBuf>,
     },
     /// Whether DIR is a checkpoint: the mark it carries (node, time, LSNs
     /// per timeline), or the checkpoint it was restored from.
@@ -157,9 +166,14 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
     if let Command::User { name, role } = &args.command {
         return user_line(name, *role);
     }
-    if let Command::Checkpoint { http, out } = &args.command {
+    if let Command::Checkpoint {
+        http,
+        out,
+        token_file,
+    } = &args.command
+    {
         let info = match (http, &args.datadir) {
-            (Some(addr), _) => super::checkpoint::over_http(addr, out)?,
+            (Some(addr), _) => super::checkpoint::over_http(addr, out, token_file.as_deref())?,
             (None, Some(dir)) => super::checkpoint::of_stopped_store(dir, out)?,
             (None, None) => {
                 return Err(InspectError::Refused(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::http_auth::HttpAuth;
 use super::DaemonError;
 use crate::auth::scram::{self, ScramError, ServerFirst};
 use crate::auth::users::UsersError;
@@ -29,21 +30,90 @@ pub struct Access {
     /// role allows. Without it every client is trusted.
     #[arg(long, value_name = "FILE", env = "WALKEEPER_USERS_FILE")]
     pub users_file: Option<PathBuf>,
+
+    /// A file holding the HTTP port's bearer token (one word, 32 characters
+    /// or more, e.g. `openssl rand -hex 32`). Every HTTP request must then
+    /// send `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE", env = "WALKEEPER_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<PathBuf>,
+
+    /// With --http-token-file: leave GET /v1/status and GET /metrics open
+    /// (for monitoring); everything else still needs the token.
+    #[arg(
+        long,
+        env = "WALKEEPER_HTTP_PUBLIC_STATUS",
+        requires = "http_token_file"
+    )]
+    pub http_public_status: bool,
+
+    /// Listen on a non-loopback address without authentication (no
+    /// --users-file for --listen-pg, no --http-token-file for
+    /// --listen-http). Anyone who reaches such a port can then push WAL,
+    /// raise terms and read all WAL: only behind a network you trust
+    /// completely. A warning is logged at every start.
+    #[arg(long, env = "WALKEEPER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// What [`Access::check`] loaded.
+#[derive(Default)]
+pub struct Loaded {
+    pub pg: Option<Arc<PgAuth>>,
+    pub http: HttpAuth,
 }
 
 impl Access {
-    /// Load what is configured, at start.
+    /// Load what is configured, at start; refuse a port on a non-loopback
+    /// address without authentication unless --insecure-no-auth says so.
     pub fn check(
         &self,
-        _listen_pg: SocketAddr,
-        _listen_http: SocketAddr,
-    ) -> Result<Option<Arc<PgAuth>>, DaemonError> {
-        let Some(path) = &self.users_file else {
-            return Ok(None);
+        listen_pg: SocketAddr,
+        listen_http: SocketAddr,
+    ) -> Result<Loaded, DaemonError> {
+        let open = |addr: SocketAddr, configured: bool| !configured && !addr.ip().is_loopback();
+        let mut refused = Vec::new();
+        if open(listen_pg, self.users_file.is_some()) {
+            refused.push(format!(
+                "--listen-pg {listen_pg} without --users-file (create one with `skctl user NAME --role proposer|consumer|admin >> FILE`)"
+            ));
+        }
+        if open(listen_http, self.http_token_file.is_some()) {
+            refused.push(format!(
+                "--listen-http {listen_http} without --http-token-file (a file holding a token, e.g. from `openssl rand -hex 32`)"
+            ));
+        }
+        if !refused.is_empty() {
+            let what = refused.join("; ");
+            if !self.insecure_no_auth {
+                return Err(DaemonError::Config(format!(
+                    "refusing to listen on a non-loopback address without authentication: {what}. \
+                     Configure authentication, bind 127.0.0.1, or (only on a network you trust \
+                     completely) pass --insecure-no-auth"
+                )));
+            }
+            tracing::warn!("--insecure-no-auth: listening without authentication: {what}. Anyone who reaches these ports can push WAL, raise terms and read every byte of WAL");
+        }
+        let pg = match &self.users_file {
+            None => None,
+            Some(path) => {
+                let auth = PgAuth::load(path).map_err(|e| DaemonError::Config(e.to_string()))?;
+                tracing::info!(users = auth.users().len(), path = %path.display(), "SCRAM-SHA-256 authentication on the PostgreSQL-protocol port (--users-file)");
+                Some(Arc::new(auth))
+            }
         };
-        let auth = PgAuth::load(path).map_err(|e| DaemonError::Config(e.to_string()))?;
-        tracing::info!(users = auth.users().len(), path = %path.display(), "SCRAM-SHA-256 authentication on the PostgreSQL-protocol port (--users-file)");
-        Ok(Some(Arc::new(auth)))
+        let http = match &self.http_token_file {
+            None => HttpAuth::default(),
+            Some(path) => {
+                let http =
+                    HttpAuth::load(path, self.http_public_status).map_err(DaemonError::Config)?;
+                tracing::info!(
+                    public_status = self.http_public_status,
+                    "the HTTP port needs a bearer token (--http-token-file)"
+                );
+                http
+            }
+        };
+        Ok(Loaded { pg, http })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod failover;
 pub mod history;
 pub mod http;
+pub mod http_auth;
 pub mod limits;
 pub mod retention;
 pub mod slots;
@@ -182,6 +183,8 @@ pub struct Shared {
     pub checkpoint_dir: Option<http::CheckpointDir>,
     /// SCRAM users (`--users-file`); `None`: every client is trusted.
     pub auth: Option<Arc<auth::PgAuth>>,
+    /// The HTTP port's bearer token (`--http-token-file`), if any.
+    pub http_auth: http_auth::HttpAuth,
 }
 
 impl Shared {
@@ -213,6 +216,7 @@ impl Shared {
             limits,
             checkpoint_dir: None,
             auth: None,
+            http_auth: Default::default(),
         }
     }
 
@@ -365,7 +369,7 @@ pub async fn run(
         .as_deref()
         .map(|dir| http::checkpoint_dir(dir, &config.datadir))
         .transpose()?;
-    let pg_auth = config.access.check(config.listen_pg, config.listen_http)?;
+    let access = config.access.check(config.listen_pg, config.listen_http)?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -386,7 +390,8 @@ pub async fn run(
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,
         checkpoint_dir,
-        auth: pg_auth,
+        auth: access.pg,
+        http_auth: access.http,
         ..Shared::new(
             node_id,
             store,

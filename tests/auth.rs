@@ -534,8 +534,9 @@ fn the_http_port_needs_a_bearer_token() {
     assert!(!checkpoints.join("open").exists());
 }
 
-/// A safekeeper binary run to its exit: (success, stderr).
-fn safekeeper_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+/// A safekeeper binary run to its exit (with --init): success, stderr,
+/// and whether it created its store.
+fn safekeeper_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, bool) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_safekeeper"));
     cmd.arg("--datadir")
         .arg(dir.join("sk"))
@@ -549,8 +550,9 @@ fn safekeeper_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, St
         cmd.env(k, v);
     }
     let (ok, _, err) = run(&mut cmd);
+    let created = dir.join("sk").exists();
     let _ = std::fs::remove_dir_all(dir.join("sk"));
-    (ok, err)
+    (ok, err, created)
 }
 
 /// Binding a non-loopback address without authentication is refused with
@@ -570,12 +572,12 @@ fn non_loopback_addresses_need_authentication() {
     let near_pg = format!("127.0.0.1:{}", free_port());
     let near_http = format!("127.0.0.1:{}", free_port());
 
-    let (ok, err) = safekeeper_exit(
+    let (ok, err, created) = safekeeper_exit(
         dir.path(),
         &["--listen-pg", far_pg, "--listen-http", &near_http],
         &[],
     );
-    assert!(!ok);
+    assert!(!ok && !created, "refused before a store is created");
     assert!(
         err.contains("refusing to listen on a non-loopback address without authentication")
             && err.contains("--listen-pg 192.0.2.1:5454 without --users-file")
@@ -583,19 +585,19 @@ fn non_loopback_addresses_need_authentication() {
             && err.contains("--insecure-no-auth"),
         "{err}"
     );
-    let (ok, err) = safekeeper_exit(
+    let (ok, err, created) = safekeeper_exit(
         dir.path(),
         &["--listen-pg", &near_pg, "--listen-http", far_http],
         &[],
     );
     assert!(
-        !ok && err.contains("--listen-http 192.0.2.1:7676 without --http-token-file"),
+        !ok && !created && err.contains("--listen-http 192.0.2.1:7676 without --http-token-file"),
         "{err}"
     );
 
     // Configured (one of them through its environment variable): past the
     // check, failing only to bind an address this machine does not have.
-    let (ok, err) = safekeeper_exit(
+    let (ok, err, created) = safekeeper_exit(
         dir.path(),
         &[
             "--listen-pg",
@@ -608,7 +610,7 @@ fn non_loopback_addresses_need_authentication() {
         &[("WALKEEPER_USERS_FILE", users)],
     );
     assert!(
-        !ok && err.contains("cannot listen") && !err.contains("refusing"),
+        !ok && created && err.contains("cannot listen") && !err.contains("refusing"),
         "{err}"
     );
     // Overridden: a warning, then the same bind failure.
@@ -628,9 +630,10 @@ fn non_loopback_addresses_need_authentication() {
             vec![("WALKEEPER_INSECURE_NO_AUTH", "true")],
         ),
     ] {
-        let (ok, err) = safekeeper_exit(dir.path(), &args, &env);
+        let (ok, err, created) = safekeeper_exit(dir.path(), &args, &env);
         assert!(
-            !ok && err.contains("--insecure-no-auth: listening without authentication")
+            !ok && created
+                && err.contains("--insecure-no-auth: listening without authentication")
                 && err.contains("cannot listen"),
             "{err}"
         );

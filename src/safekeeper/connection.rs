@@ -1,7 +1,8 @@
 //! One client connection on the PostgreSQL-protocol port: startup, then
 //! replication commands until the client leaves. Proposers say so in their
 //! startup options (`-c walkeeper.role=proposer`); everyone else is a
-//! consumer.
+//! consumer. With `--users-file` the client authenticates
+//! ([`super::auth`]) and its role decides which commands it may run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -342,6 +342,8 @@ pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    // Before anything is created or bound: a refused start changes nothing.
+    let access = config.access.check(config.listen_pg, config.listen_http)?;
     let store = open_store(&config)?;
     let node_id = store.node_id();
     let loaded = store.timelines()?;
@@ -369,7 +371,6 @@ pub async fn run(
         .as_deref()
         .map(|dir| http::checkpoint_dir(dir, &config.datadir))
         .transpose()?;
-    let access = config.access.check(config.listen_pg, config.listen_http)?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -639,3 +639,47 @@ fn non_loopback_addresses_need_authentication() {
         );
     }
 }
+
+/// A proxy given a consumer's credentials, or a wrong password, creates
+/// nothing on the safekeeper and says why in its log (42501, 28P01),
+/// naming the flag to fix.
+#[test]
+fn a_proxy_with_the_wrong_credentials_says_so() {
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = users_file(dir.path());
+    let pg = Postgres::start_primary(dir.path(), "");
+    let sk = Safekeeper::start_with(
+        &dir.path().join("sk"),
+        1,
+        true,
+        &["--users-file", users.to_str().unwrap()],
+    );
+    for (name, conninfo, code) in [
+        (
+            "consumer",
+            format!("user=standby password={STANDBY_PW}"),
+            "42501",
+        ),
+        ("wrong", "user=proxy password=wrong".to_string(), "28P01"),
+    ] {
+        let proxy = Proxy::start(
+            dir.path(),
+            name,
+            pg.port,
+            &[&sk],
+            &["--create-timeline", "--safekeeper-conninfo", &conninfo],
+        );
+        wait_for(Duration::from_secs(30), "the proxy to say why", || {
+            let log = proxy.log_text();
+            (log.contains("refuses this proxy's credentials (check --safekeeper-conninfo")
+                && log.contains(code))
+            .then_some(())
+        });
+        drop(proxy);
+        let (status, body) = http(sk.http_addr, "GET", "/v1/timelines", "");
+        assert_eq!((status, body.as_str()), (200, "[]"), "nothing created");
+    }
+}

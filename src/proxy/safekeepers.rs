@@ -103,6 +103,32 @@ fn refusal(e: &ClientError) -> Option<Refused> {
     }
 }
 
+/// A safekeeper that refuses this proxy's credentials (no or a wrong
+/// password: 28P01, 28000; a user without the proposer role: 42501) is
+/// unusable until the operator fixes them: said at warning level, once per
+/// node every 10 s, while the proxy keeps redialling.
+fn warn_if_denied(node: NodeId, e: &ClientError) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static LAST: Mutex<Option<HashMap<NodeId, Instant>>> = Mutex::new(None);
+    let denied = matches!(e, ClientError::Auth { .. })
+        || matches!(e.sqlstate(), Some("28P01" | "28000" | "42501"));
+    if !denied {
+        return;
+    }
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let at = last
+        .get_or_insert_with(HashMap::new)
+        .entry(node)
+        .or_insert(now);
+    if *at <= now {
+        *at = now + Duration::from_secs(10);
+        tracing::warn!(node = node.0, "safekeeper {node} refuses this proxy's credentials (check --safekeeper-conninfo: a proposer user and its password): {e}");
+    }
+}
+
 /// Why a push connection ended, and whether the safekeeper refused the
 /// timeline.
 type Ended = (String, Option<Refused>);
@@ -124,6 +150,7 @@ async fn push_connection(
         crate::consensus::proposer::DEFAULT_HEARTBEAT_MS
     );
     let mut client = PgClient::connect(&cfg, true, &options).await.map_err(|e| {
+        warn_if_denied(node, &e);
         (
             format!("connecting to safekeeper {node} at {addr}: {e}"),
             None,
@@ -142,6 +169,7 @@ async fn push_connection(
         .start_copy_both("START_WAL_PUSH")
         .await
         .map_err(|e| {
+            warn_if_denied(node, &e);
             (
                 format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"),
                 None,

@@ -1,7 +1,7 @@
 //! Roles and privileges. A connection's role comes from the users file
-//! once it authenticated; every command names the privilege it needs
-//! ([`crate::pq::replication::ReplicationCommand::privilege`]) and the role
-//! grants it or not. Decided on these types, never on command text.
+//! once it authenticated; every command needs a privilege (the daemon's
+//! `safekeeper::auth::privilege`, a match on the parsed command) and the
+//! role grants it or not. Decided on these types, never on command text.
 
 use std::fmt;
 use std::str::FromStr;

@@ -555,9 +555,10 @@ fn safekeeper_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, St
     (ok, err, created)
 }
 
-/// Binding a non-loopback address without authentication is refused with
-/// a message that says how to configure it; --insecure-no-auth (or its
-/// environment variable) overrides with a warning. The addresses are from
+/// Binding a non-loopback address (given by flag or environment variable)
+/// without authentication is refused with a message that says how to
+/// configure it; --insecure-no-auth (or its environment variable)
+/// overrides with a warning. The addresses are from
 /// TEST-NET-1 (not on this machine): a start that passes the check fails
 /// at bind, and nothing ever listens beyond loopback.
 #[test]
@@ -574,8 +575,8 @@ fn non_loopback_addresses_need_authentication() {
 
     let (ok, err, created) = safekeeper_exit(
         dir.path(),
-        &["--listen-pg", far_pg, "--listen-http", &near_http],
-        &[],
+        &["--listen-http", &near_http],
+        &[("WALKEEPER_LISTEN_PG", far_pg)],
     );
     assert!(!ok && !created, "refused before a store is created");
     assert!(

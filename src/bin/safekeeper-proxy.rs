@@ -19,12 +19,17 @@ use walkeeper::proxy::{self, Config};
 struct Args {
     /// Connection string of the primary (libpq key=value or URI), e.g.
     /// "host=127.0.0.1 port=5432 user=postgres".
-    #[arg(long, value_name = "CONNSTR", required_unless_present = "sync_only")]
+    #[arg(
+        long,
+        value_name = "CONNSTR",
+        required_unless_present = "sync_only",
+        env = "WALKEEPER_PROXY_PRIMARY"
+    )]
     primary: Option<String>,
 
     /// The timeline's safekeepers: ID@HOST:PORT,… (node ids as given to
     /// `safekeeper --init --node-id`).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", env = "WALKEEPER_PROXY_SAFEKEEPERS")]
     safekeepers: String,
 
     /// libpq key=value pairs for every connection to a safekeeper (not
@@ -39,7 +44,8 @@ struct Args {
     #[arg(
         long,
         value_name = "HEX",
-        default_value = "00000000000000000000000000000001"
+        default_value = "00000000000000000000000000000001",
+        env = "WALKEEPER_PROXY_TENANT_ID"
     )]
     tenant_id: TenantId,
 
@@ -47,17 +53,28 @@ struct Args {
     #[arg(
         long,
         value_name = "HEX",
-        default_value = "00000000000000000000000000000001"
+        default_value = "00000000000000000000000000000001",
+        env = "WALKEEPER_PROXY_TIMELINE_ID"
     )]
     timeline_id: TimelineId,
 
     /// The physical replication slot on the primary (created when missing).
-    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "safekeeper_proxy",
+        env = "WALKEEPER_PROXY_SLOT"
+    )]
     slot: String,
 
     /// application_name towards the primary: what synchronous_standby_names
     /// must name.
-    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "safekeeper_proxy",
+        env = "WALKEEPER_PROXY_APPLICATION_NAME"
+    )]
     application_name: String,
 
     /// Create the timeline on every safekeeper (all must be reachable and
@@ -83,7 +100,12 @@ struct Args {
     sync_only: bool,
 
     /// How long --sync-only keeps trying (e.g. while safekeepers restart).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        env = "WALKEEPER_PROXY_SYNC_TIMEOUT"
+    )]
     sync_timeout: u64,
 }
 

@@ -1,6 +1,7 @@
 //! walkeeper: a quorum WAL safekeeper for PostgreSQL. See ARCHITECTURE.md
 //! and `schema/` for the protocol and the on-disk layout.
 
+pub mod auth;
 pub mod codec;
 pub mod consensus;
 pub mod fuzzing;

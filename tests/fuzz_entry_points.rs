@@ -62,6 +62,7 @@ entry_points! {
     stored_values: 4000, 512;
     text_values: 4000, 128;
     conninfo: 4000, 256;
+    auth: 4000, 256;
     acceptor_session: 1000, 1024;
     proposer_session: 1000, 1024;
 }

@@ -22,20 +22,30 @@ struct Args {
     #[arg(
         long,
         value_name = "CONNSTR",
-        required_unless_present_any = ["sync_only", "promote_check"]
+        required_unless_present_any = ["sync_only", "promote_check"],
+        env = "WALKEEPER_PROXY_PRIMARY"
     )]
     primary: Option<String>,
 
     /// The timeline's safekeepers: ID@HOST:PORT,… (node ids as given to
     /// `safekeeper --init --node-id`).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", env = "WALKEEPER_PROXY_SAFEKEEPERS")]
     safekeepers: String,
+
+    /// libpq key=value pairs for every connection to a safekeeper (not
+    /// host or port: --safekeepers gives those): the proposer user and its
+    /// password, e.g. "user=proxy passfile=/etc/walkeeper/pgpass". Without
+    /// password= the password comes from PGPASSWORD or the password file
+    /// (passfile=, PGPASSFILE, ~/.pgpass), as with libpq.
+    #[arg(long, value_name = "CONNINFO", env = "WALKEEPER_SAFEKEEPER_CONNINFO", default_value = walkeeper::proxy::safekeepers::DEFAULT_CONNINFO)]
+    safekeeper_conninfo: String,
 
     /// Tenant id (32 hex characters).
     #[arg(
         long,
         value_name = "HEX",
-        default_value = "00000000000000000000000000000001"
+        default_value = "00000000000000000000000000000001",
+        env = "WALKEEPER_PROXY_TENANT_ID"
     )]
     tenant_id: TenantId,
 
@@ -43,17 +53,28 @@ struct Args {
     #[arg(
         long,
         value_name = "HEX",
-        default_value = "00000000000000000000000000000001"
+        default_value = "00000000000000000000000000000001",
+        env = "WALKEEPER_PROXY_TIMELINE_ID"
     )]
     timeline_id: TimelineId,
 
     /// The physical replication slot on the primary (created when missing).
-    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "safekeeper_proxy",
+        env = "WALKEEPER_PROXY_SLOT"
+    )]
     slot: String,
 
     /// application_name towards the primary: what synchronous_standby_names
     /// must name.
-    #[arg(long, value_name = "NAME", default_value = "safekeeper_proxy")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "safekeeper_proxy",
+        env = "WALKEEPER_PROXY_APPLICATION_NAME"
+    )]
     application_name: String,
 
     /// Create the timeline on every safekeeper (all must be reachable and
@@ -80,7 +101,12 @@ struct Args {
 
     /// How long --sync-only (and --promote-check's settle) keeps trying
     /// (e.g. while safekeepers restart).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        env = "WALKEEPER_PROXY_SYNC_TIMEOUT"
+    )]
     sync_timeout: u64,
 
     /// With the primary gone: settle the safekeepers as --sync-only does,
@@ -117,6 +143,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = walkeeper::proxy::safekeepers::set_conninfo(&args.safekeeper_conninfo) {
+        eprintln!("safekeeper-proxy: --safekeeper-conninfo: {e}");
+        return ExitCode::from(2);
+    }
     let primary = match args.primary.as_deref().map(ConnConfig::parse) {
         None => None,
         Some(Ok(mut c)) => {

@@ -14,13 +14,14 @@ use walkeeper::safekeeper::{self, Config};
 /// durably in RocksDB and serves committed WAL over PostgreSQL's streaming
 /// replication protocol (to pg_receivewal, a standby, a page server).
 ///
-/// Listeners bind to loopback by default: until authentication exists,
-/// anyone who can reach the PostgreSQL-protocol port can push WAL.
+/// Listeners bind to loopback by default, where clients are trusted. A
+/// non-loopback address needs --users-file (PostgreSQL port) and
+/// --http-token-file (HTTP port), or --insecure-no-auth.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
     /// Directory of this node's store (a RocksDB database).
-    #[arg(long, short = 'D', value_name = "DIR")]
+    #[arg(long, short = 'D', value_name = "DIR", env = "WALKEEPER_DATADIR")]
     datadir: PathBuf,
 
     /// Create a new, empty store in DATADIR (needs --node-id). Without it a
@@ -31,15 +32,25 @@ struct Args {
 
     /// This node's id, as listed in the proxy's --safekeepers ID@HOST:PORT.
     /// Recorded by --init; checked against the store afterwards.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "WALKEEPER_NODE_ID")]
     node_id: Option<u64>,
 
     /// Address of the PostgreSQL-protocol port (proposers and consumers).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5454")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:5454",
+        env = "WALKEEPER_LISTEN_PG"
+    )]
     listen_pg: SocketAddr,
 
     /// Address of the HTTP port (status, metrics, checkpoints).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7676")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7676",
+        env = "WALKEEPER_LISTEN_HTTP"
+    )]
     listen_http: SocketAddr,
 
     /// Whole-cluster recovery from checkpoints: act as an acceptor on a
@@ -55,13 +66,13 @@ struct Args {
     /// less than 30s, 10min, 1h, 2d ago); 0 keeps none. Commit times are
     /// remembered in memory only: after a start nothing is trimmed by age
     /// until the daemon has run that long. --max-wal-keep caps either.
-    #[arg(long, value_name = "SIZE|DURATION", default_value = "1GB", value_parser = safekeeper::retention::parse_retention)]
+    #[arg(long, value_name = "SIZE|DURATION", default_value = "1GB", value_parser = safekeeper::retention::parse_retention, env = "WALKEEPER_WAL_RETENTION")]
     wal_retention: safekeeper::retention::Retention,
 
     /// Most WAL below the commit LSN that slots and lagging peers may hold
     /// back; a slot needing more is invalidated (as with PostgreSQL's
     /// max_slot_wal_keep_size).
-    #[arg(long, value_name = "SIZE", default_value = "4GB", value_parser = safekeeper::retention::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4GB", value_parser = safekeeper::retention::parse_size, env = "WALKEEPER_MAX_WAL_KEEP")]
     max_wal_keep: u64,
 
     /// Bytes per second that RocksDB's background work (memtable flushes,
@@ -71,52 +82,55 @@ struct Args {
     /// their fsyncs, and the commits waiting on them, for its duration.
     /// Set it well above the peak WAL rate: if flushes fall behind the WAL,
     /// RocksDB stalls the safekeeper's writes instead.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = safekeeper::parse_background_write_limit)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = safekeeper::parse_background_write_limit, env = "WALKEEPER_BACKGROUND_WRITE_LIMIT")]
     background_write_limit: u64,
 
     /// Most connections on the PostgreSQL-protocol port at once: proposers,
     /// consumers and clients still starting up alike (PostgreSQL's
     /// max_connections). One more is answered FATAL 53300 "sorry, too many
     /// clients already". A proxy holds one per timeline and node.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections, value_parser = at_least_one())]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections, value_parser = at_least_one(), env = "WALKEEPER_MAX_CONNECTIONS")]
     max_connections: usize,
 
     /// Most consumers streaming WAL at once (START_REPLICATION; proposers'
     /// recovery reads are not counted). One more is answered 53300.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_wal_senders)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_wal_senders, env = "WALKEEPER_MAX_WAL_SENDERS")]
     max_wal_senders: usize,
 
     /// Most replication slots, every timeline's together, temporary ones
     /// included. Creating one more is answered 53400.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_replication_slots)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_replication_slots, env = "WALKEEPER_MAX_REPLICATION_SLOTS")]
     max_replication_slots: usize,
 
     /// Most timelines this node holds; a greeting creating one more is
     /// answered 53400.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_timelines)]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_timelines, env = "WALKEEPER_MAX_TIMELINES")]
     max_timelines: usize,
 
     /// A connection on the PostgreSQL-protocol port that has not finished
     /// its start-up in this time is closed (PostgreSQL's
     /// authentication_timeout): 1s to 600s.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = limits::parse_timeout, env = "WALKEEPER_AUTHENTICATION_TIMEOUT")]
     authentication_timeout: Duration,
 
     /// Most connections on the HTTP port at once; one more is answered 503.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_http_connections, value_parser = at_least_one())]
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_http_connections, value_parser = at_least_one(), env = "WALKEEPER_MAX_HTTP_CONNECTIONS")]
     max_http_connections: usize,
 
     /// An HTTP connection that has not sent a request's headers (or a
     /// request's body) in this time is closed, idle ones between requests
     /// too: 1s to 600s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limits::parse_timeout)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limits::parse_timeout, env = "WALKEEPER_HTTP_HEADER_TIMEOUT")]
     http_header_timeout: Duration,
 
     /// Directory under which POST /v1/checkpoint may create checkpoints
     /// (created if missing; on the store's filesystem, as checkpoints are
     /// hard links). Without it, checkpoints over HTTP are refused.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "WALKEEPER_CHECKPOINT_DIR")]
     checkpoint_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    access: safekeeper::auth::Access,
 }
 
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
@@ -151,6 +165,7 @@ fn main() -> ExitCode {
             http_header_timeout: args.http_header_timeout,
         },
         checkpoint_dir: args.checkpoint_dir,
+        access: args.access,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

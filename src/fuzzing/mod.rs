@@ -5,11 +5,13 @@
 //! test `tests/fuzz_entry_points.rs` call these same functions; see
 //! tools/FUZZING.md.
 
+mod auth;
 mod gen;
 pub mod sessions;
 pub mod values;
 pub mod wire;
 
+pub use auth::auth;
 pub use sessions::{acceptor_session, proposer_session};
 pub use values::{conninfo, stored_values, text_values};
 pub use wire::{backend, frontend, proposer_codec, replication_command, startup};
@@ -35,6 +37,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("stored_values", stored_values),
     ("text_values", text_values),
     ("conninfo", conninfo),
+    ("auth", auth),
     ("acceptor_session", acceptor_session),
     ("proposer_session", proposer_session),
 ];

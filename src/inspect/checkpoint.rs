@@ -40,15 +40,31 @@ fn checkpoint_error(e: checkpoint::CheckpointError) -> InspectError {
 }
 
 /// Ask the daemon at `addr` (its `--listen-http`) for a checkpoint into
-/// `out`, a path on the daemon's machine.
-pub fn over_http(addr: &str, out: &Path) -> Result<CheckpointInfo, InspectError> {
+/// `out`, a path on the daemon's machine; with the bearer token in
+/// `token_file` when the daemon has `--http-token-file`.
+pub fn over_http(
+    addr: &str,
+    out: &Path,
+    token_file: Option<&Path>,
+) -> Result<CheckpointInfo, InspectError> {
+    let token = token_file
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|source| InspectError::Io {
+                    what: "cannot read the token file",
+                    path: path.to_path_buf(),
+                    source,
+                })
+        })
+        .transpose()?;
     let out = std::path::absolute(out).map_err(|source| InspectError::Io {
         what: "cannot make the path absolute:",
         path: out.to_path_buf(),
         source,
     })?;
     let body = serde_json::json!({ "path": out }).to_string();
-    let (status, reply) = post(addr, "/v1/checkpoint", &body)?;
+    let (status, reply) = post(addr, "/v1/checkpoint", &body, token.as_deref())?;
     if status == 200 {
         return serde_json::from_slice(&reply).map_err(|e| {
             InspectError::Refused(format!("{addr}: unexpected checkpoint reply: {e}"))
@@ -65,7 +81,12 @@ pub fn over_http(addr: &str, out: &Path) -> Result<CheckpointInfo, InspectError>
 
 /// A minimal HTTP/1.1 POST: the daemon's API is the only server it talks to,
 /// and one request needs no client library.
-fn post(addr: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), InspectError> {
+fn post(
+    addr: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(u16, Vec<u8>), InspectError> {
     let refused = |what: &str, e: &dyn std::fmt::Display| {
         InspectError::Refused(format!("{addr}: {what}: {e}"))
     };
@@ -78,8 +99,11 @@ fn post(addr: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), InspectErr
         .map_err(|e| refused("cannot connect", &e))?;
     // A checkpoint flushes memtables and hard-links files: seconds at most.
     let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())

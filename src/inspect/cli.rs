@@ -93,10 +93,32 @@ enum Command {
         /// The new checkpoint directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// With --http: the file holding the daemon's bearer token (its
+        /// --http-token-file).
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "WALKEEPER_HTTP_TOKEN_FILE",
+            requires = "http"
+        )]
+        token_file: Option<PathBuf>,
     },
     /// Whether DIR is a checkpoint: the mark it carries (node, time, LSNs
     /// per timeline), or the checkpoint it was restored from.
     Mark,
+    /// Print a line of the safekeeper's --users-file for a new user:
+    /// NAME ROLE SCRAM-SHA-256$… The password is read from the terminal
+    /// (asked twice, not echoed) or from the first line of stdin; only its
+    /// SCRAM verifier is printed.
+    User {
+        /// The user name clients give (libpq's user=).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// proposer (the proxy), consumer (standbys, pg_receivewal) or
+        /// admin.
+        #[arg(long, value_name = "ROLE")]
+        role: crate::auth::Role,
+    },
 }
 
 /// Parse arguments, run, and give the exit status.
@@ -116,6 +138,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `skctl user`: the users-file line for `name`.
+fn user_line(name: &str, role: crate::auth::Role) -> Result<ExitCode, InspectError> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InspectError::Refused(format!(
+            "user name {name:?}: must be non-empty, without spaces or control characters"
+        )));
+    }
+    let password = crate::auth::password::read(&format!("Password for {name}: "))
+        .map_err(|e| InspectError::Refused(format!("reading the password: {e}")))?;
+    if password.is_empty() {
+        return Err(InspectError::Refused("empty password".into()));
+    }
+    let verifier = crate::auth::Verifier::from_password(&password);
+    println!("{}", crate::auth::users::line(name, role, &verifier));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Quiet unless RUST_LOG asks: stderr is for the answer's errors.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -127,9 +166,17 @@ fn init_logging() {
 }
 
 fn run(args: &Args) -> Result<ExitCode, InspectError> {
-    if let Command::Checkpoint { http, out } = &args.command {
+    if let Command::User { name, role } = &args.command {
+        return user_line(name, *role);
+    }
+    if let Command::Checkpoint {
+        http,
+        out,
+        token_file,
+    } = &args.command
+    {
         let info = match (http, &args.datadir) {
-            (Some(addr), _) => super::checkpoint::over_http(addr, out)?,
+            (Some(addr), _) => super::checkpoint::over_http(addr, out, token_file.as_deref())?,
             (None, Some(dir)) => super::checkpoint::of_stopped_store(dir, out)?,
             (None, None) => {
                 return Err(InspectError::Refused(
@@ -251,7 +298,7 @@ fn run(args: &Args) -> Result<ExitCode, InspectError> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Checkpoint { .. } => {}
+        Command::Checkpoint { .. } | Command::User { .. } => {}
         Command::Mark => {
             let (mark, restored) = ins.checkpoint_marks()?;
             if args.json {

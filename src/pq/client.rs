@@ -163,7 +163,9 @@ impl SslMode {
 ///
 /// Multi-host strings (`host=a,b port=1,2`) are accepted but only the first
 /// host (and first port) is used: the proxy is given one primary.
-/// `~/.pgpass` is not read; give `password=` or `$PGPASSWORD`.
+/// Without `password=` or `$PGPASSWORD`, the password comes from the
+/// password file (`passfile=`, `$PGPASSFILE` or `~/.pgpass`) when the
+/// server asks for one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnConfig {
     /// Host name, IP address, or a Unix-socket directory (starts with `/`).
@@ -173,6 +175,8 @@ pub struct ConnConfig {
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
+    /// libpq's `passfile`: where to look for a password not given.
+    pub passfile: Option<std::path::PathBuf>,
     pub dbname: Option<String>,
     pub application_name: Option<String>,
     /// Command-line options for the server (`-c name=value ...`).
@@ -193,6 +197,7 @@ impl fmt::Debug for ConnConfig {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("passfile", &self.passfile)
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
             .field("options", &self.options)
@@ -211,6 +216,7 @@ impl Default for ConnConfig {
             port: DEFAULT_PORT,
             user: DEFAULT_USER.into(),
             password: None,
+            passfile: None,
             dbname: None,
             application_name: None,
             options: None,
@@ -245,7 +251,6 @@ const IGNORED_KEYWORDS: &[&str] = &[
     "krbsrvname",
     "gsslib",
     "service",
-    "passfile",
     "replication",
 ];
 
@@ -289,6 +294,7 @@ impl ConnConfig {
                     | "port"
                     | "user"
                     | "password"
+                    | "passfile"
                     | "dbname"
                     | "application_name"
                     | "fallback_application_name"
@@ -329,6 +335,9 @@ impl ConnConfig {
             cfg.user = u;
         }
         cfg.password = given.get("password").cloned().or_else(|| env("PGPASSWORD"));
+        cfg.passfile = get("passfile", "PGPASSFILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")));
         cfg.dbname = get("dbname", "PGDATABASE");
         cfg.application_name = get("application_name", "PGAPPNAME")
             .or_else(|| given.get("fallback_application_name").cloned());
@@ -1339,7 +1348,8 @@ impl PgClient {
         frontend::startup_message(params, &mut client.writer.buf)
             .map_err(|e| ClientError::Config(format!("cannot encode the startup packet: {e}")))?;
         client.writer.flush().await?;
-        client.authenticate(cfg).await?;
+        let database = database.as_deref().unwrap_or(&cfg.user);
+        client.authenticate(cfg, database).await?;
         client.finish_startup().await?;
         Ok(client)
     }
@@ -1351,17 +1361,39 @@ impl PgClient {
         }
     }
 
-    fn password<'a>(&self, cfg: &'a ConnConfig) -> Result<&'a str, ClientError> {
-        cfg.password.as_deref().ok_or_else(|| {
-            self.auth_error(format!(
-                "the server requested password authentication for user \"{}\" but no password \
-                 was supplied (set password= or PGPASSWORD)",
-                cfg.user
-            ))
-        })
+    /// The password: given, or from the password file for this host,
+    /// port, `database` (as sent in the startup packet) and user.
+    fn password(&self, cfg: &ConnConfig, database: &str) -> Result<String, ClientError> {
+        if let Some(p) = &cfg.password {
+            return Ok(p.clone());
+        }
+        let host = match &cfg.host {
+            h if h.starts_with('/') => "localhost",
+            h => h.as_str(),
+        };
+        let target = super::passfile::Target {
+            host,
+            port: cfg.port,
+            database,
+            user: &cfg.user,
+        };
+        cfg.passfile
+            .as_deref()
+            .and_then(|path| super::passfile::lookup(path, target))
+            .ok_or_else(|| {
+                self.auth_error(format!(
+                    "the server requested password authentication for user \"{}\" but no password \
+                     was supplied (set password=, PGPASSWORD or a line in the password file{})",
+                    cfg.user,
+                    cfg.passfile
+                        .as_deref()
+                        .map(|p| format!(" {}", p.display()))
+                        .unwrap_or_default()
+                ))
+            })
     }
 
-    async fn authenticate(&mut self, cfg: &ConnConfig) -> Result<(), ClientError> {
+    async fn authenticate(&mut self, cfg: &ConnConfig, database: &str) -> Result<(), ClientError> {
         let mut scram: Option<ScramSha256> = None;
         loop {
             let f = self.reader.next_message("authenticating").await?;
@@ -1387,12 +1419,12 @@ impl PgClient {
             match code {
                 0 => return Ok(()),
                 3 => {
-                    let pw = self.password(cfg)?;
+                    let pw = self.password(cfg, database)?;
                     frontend::password_message(pw.as_bytes(), out)
                         .map_err(|e| self.auth_error(e.to_string()))?;
                 }
                 5 => {
-                    let pw = self.password(cfg)?;
+                    let pw = self.password(cfg, database)?;
                     let salt: [u8; 4] = body[..]
                         .try_into()
                         .map_err(|_| self.reader.protocol("md5 request without a 4-byte salt"))?;
@@ -1401,7 +1433,7 @@ impl PgClient {
                         .map_err(|e| self.auth_error(e.to_string()))?;
                 }
                 10 => {
-                    let pw = self.password(cfg)?;
+                    let pw = self.password(cfg, database)?;
                     let mut mechanisms = Vec::new();
                     while !body.is_empty() {
                         let m = take_cstr(&mut body)

@@ -426,6 +426,12 @@ impl ErrorNotice {
 #[derive(Debug, Clone, Copy)]
 pub enum BeMessage<'a> {
     AuthenticationOk,
+    /// AuthenticationSASL: the mechanisms offered.
+    AuthenticationSasl(&'a [&'a str]),
+    /// AuthenticationSASLContinue: the server's SASL challenge.
+    AuthenticationSaslContinue(&'a [u8]),
+    /// AuthenticationSASLFinal: the server's last SASL message.
+    AuthenticationSaslFinal(&'a [u8]),
     ParameterStatus {
         name: &'a str,
         value: &'a str,
@@ -537,6 +543,24 @@ impl BeMessage<'_> {
         match *self {
             BeMessage::AuthenticationOk => write_framed(buf, b'R', |b| {
                 b.put_i32(0);
+                Ok(())
+            }),
+            BeMessage::AuthenticationSasl(mechanisms) => write_framed(buf, b'R', |b| {
+                b.put_i32(10);
+                for m in mechanisms {
+                    put_cstr(b, m, "AuthenticationSASL")?;
+                }
+                b.put_u8(0);
+                Ok(())
+            }),
+            BeMessage::AuthenticationSaslContinue(data) => write_framed(buf, b'R', |b| {
+                b.put_i32(11);
+                b.put_slice(data);
+                Ok(())
+            }),
+            BeMessage::AuthenticationSaslFinal(data) => write_framed(buf, b'R', |b| {
+                b.put_i32(12);
+                b.put_slice(data);
                 Ok(())
             }),
             BeMessage::ParameterStatus { name, value } => write_framed(buf, b'S', |b| {

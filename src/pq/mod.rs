@@ -11,7 +11,8 @@
 //! - [`sqlstate`]: the SQLSTATE codes the daemon answers with.
 //! - [`liveness`]: TCP keepalive and unacknowledged-data bounds.
 //! - [`client`]: the client side, for the proxy: connection strings,
-//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication, replication
+//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication (password from
+//!   the conninfo, `PGPASSWORD` or a [`passfile`]), replication
 //!   streaming from a primary and the proposer's connections to safekeepers.
 //!
 //! Nothing here trusts a length read from the socket: every frame is checked
@@ -22,6 +23,7 @@ pub mod client;
 pub mod connection;
 pub mod frame;
 pub mod liveness;
+pub mod passfile;
 pub mod replication;
 pub mod sqlstate;
 

@@ -23,14 +23,50 @@ pub fn proposer_options(ttid: Ttid) -> String {
     )
 }
 
+/// `--safekeeper-conninfo` when not given: no password, so only a
+/// safekeeper without `--users-file` lets it in.
+pub const DEFAULT_CONNINFO: &str = "user=walkeeper";
+
+/// The proxy's libpq keys for every safekeeper connection, set once at
+/// start ([`set_conninfo`]).
+static CONNINFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Use `conninfo` (libpq `key=value` pairs: user, password, passfile, …;
+/// not host or port, which `--safekeepers` gives) for every connection to a
+/// safekeeper. Checked here; once per process.
+pub fn set_conninfo(conninfo: &str) -> Result<(), String> {
+    // Ours are appended last and win anyway; this only says so early.
+    if let Some((k, _)) = conninfo
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| matches!(k.trim(), "host" | "hostaddr" | "port"))
+    {
+        return Err(format!(
+            "{k}= does not belong here: --safekeepers gives each safekeeper's address"
+        ));
+    }
+    with_address(conninfo, "127.0.0.1", "1")?;
+    CONNINFO
+        .set(conninfo.to_string())
+        .map_err(|_| "the safekeeper conninfo is set once".to_string())
+}
+
+fn with_address(conninfo: &str, host: &str, port: &str) -> Result<ConnConfig, String> {
+    if conninfo.contains("://") {
+        return Err("give libpq key=value pairs, not a URI".into());
+    }
+    ConnConfig::parse(&format!(
+        "{conninfo} host={host} port={port} application_name=safekeeper_proxy connect_timeout=5"
+    ))
+    .map_err(|e| e.to_string())
+}
+
 fn conn_config(addr: &str) -> Result<ConnConfig, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
-    let mut cfg = ConnConfig::parse(&format!(
-        "host={host} port={port} user=walkeeper application_name=safekeeper_proxy connect_timeout=5"
-    ))
-    .map_err(|e| e.to_string())?;
+    let conninfo = CONNINFO.get().map_or(DEFAULT_CONNINFO, String::as_str);
+    let mut cfg = with_address(conninfo, host, port)?;
     // A safekeeper behind a silent link is dropped by the kernel, and the
     // bytes queued for it with the socket (issue 22).
     cfg.tcp_liveness = Some(crate::pq::liveness::TcpLiveness::PEER);
@@ -71,6 +107,32 @@ fn refusal(e: &ClientError) -> Option<Refused> {
     }
 }
 
+/// A safekeeper that refuses this proxy's credentials (no or a wrong
+/// password: 28P01, 28000; a user without the proposer role: 42501) is
+/// unusable until the operator fixes them: said at warning level, once per
+/// node every 10 s, while the proxy keeps redialling.
+fn warn_if_denied(node: NodeId, e: &ClientError) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static LAST: Mutex<Option<HashMap<NodeId, Instant>>> = Mutex::new(None);
+    let denied = matches!(e, ClientError::Auth { .. })
+        || matches!(e.sqlstate(), Some("28P01" | "28000" | "42501"));
+    if !denied {
+        return;
+    }
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let at = last
+        .get_or_insert_with(HashMap::new)
+        .entry(node)
+        .or_insert(now);
+    if *at <= now {
+        *at = now + Duration::from_secs(10);
+        tracing::warn!(node = node.0, "safekeeper {node} refuses this proxy's credentials (check --safekeeper-conninfo: a proposer user and its password): {e}");
+    }
+}
+
 /// Why a push connection ended, and whether the safekeeper refused the
 /// timeline.
 type Ended = (String, Option<Refused>);
@@ -92,6 +154,7 @@ async fn push_connection(
         crate::consensus::proposer::DEFAULT_HEARTBEAT_MS
     );
     let mut client = PgClient::connect(&cfg, true, &options).await.map_err(|e| {
+        warn_if_denied(node, &e);
         (
             format!("connecting to safekeeper {node} at {addr}: {e}"),
             None,
@@ -110,6 +173,7 @@ async fn push_connection(
         .start_copy_both("START_WAL_PUSH")
         .await
         .map_err(|e| {
+            warn_if_denied(node, &e);
             (
                 format!("START_WAL_PUSH on safekeeper {node} at {addr}: {e}"),
                 None,

@@ -1,7 +1,8 @@
 //! One client connection on the PostgreSQL-protocol port: startup, then
 //! replication commands until the client leaves. Proposers say so in their
 //! startup options (`-c walkeeper.role=proposer`); everyone else is a
-//! consumer.
+//! consumer. With `--users-file` the client authenticates
+//! ([`super::auth`]) and its role decides which commands it may run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub struct Client {
     pub peer: SocketAddr,
     pub params: StartupParams,
     pub is_proposer: bool,
+    /// The role it authenticated with; `None` without `--users-file`
+    /// (everyone trusted, as before authentication existed).
+    pub role: Option<crate::auth::Role>,
     /// This connection's id for slot ownership ([`super::slots::Session`]).
     pub session: u64,
     /// Its cancel key, and a cancel request for it.
@@ -124,10 +128,11 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
     let is_proposer = params.option("walkeeper.role") == Some("proposer");
     let session = shared.slots.session();
     let cancel = shared.cancels.register(session.id);
-    let client = Client {
+    let mut client = Client {
         peer,
         params,
         is_proposer,
+        role: None,
         session: session.id,
         cancel,
         pending_history: Default::default(),
@@ -141,6 +146,12 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::info!(%peer, "consumer sent elsewhere: {why}");
             conn.send_fatal(sqlstate::CANNOT_CONNECT_NOW, &why).await?;
             return Ok(None);
+        }
+    }
+    if let Some(auth) = &shared.auth {
+        match super::auth::authenticate(conn, auth, &client.params.user, peer).await? {
+            Some(role) => client.role = Some(role),
+            None => return Ok(None),
         }
     }
     tracing::debug!(%peer, proposer = is_proposer, application_name = ?client.params.application_name, "client connected");
@@ -201,6 +212,11 @@ async fn run_command<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(true);
         }
     };
+    if let Some(why) = super::auth::refusal(client.role, &client.params.user, &command) {
+        tracing::warn!(peer = %client.peer, "refused: {why}");
+        conn.send_error(INSUFFICIENT_PRIVILEGE, &why).await?;
+        return Ok(true);
+    }
     match command {
         ReplicationCommand::Empty => {
             conn.write_message(&crate::pq::frame::BeMessage::EmptyQueryResponse)?;

@@ -40,6 +40,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/checkpoint", axum::routing::post(checkpoint))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            super::http_auth::require,
+        ))
         .with_state(shared)
 }
 

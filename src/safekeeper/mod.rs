@@ -1,11 +1,13 @@
 //! The safekeeper daemon: one RocksDB store, one PostgreSQL-protocol port for
 //! proposers and consumers, one HTTP port.
 
+pub mod auth;
 pub mod cancel;
 pub mod connection;
 pub mod failover;
 pub mod history;
 pub mod http;
+pub mod http_auth;
 pub mod limits;
 pub mod retention;
 pub mod slots;
@@ -50,6 +52,8 @@ pub struct Config {
     /// `--checkpoint-dir`: where `POST /v1/checkpoint` may write; without
     /// it checkpoints over HTTP are refused.
     pub checkpoint_dir: Option<PathBuf>,
+    /// `--users-file` and the like: who may connect, and how.
+    pub access: auth::Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,10 @@ pub struct Shared {
     pub limits: limits::Limits,
     /// `--checkpoint-dir`, resolved (symbolic links followed) at start.
     pub checkpoint_dir: Option<http::CheckpointDir>,
+    /// SCRAM users (`--users-file`); `None`: every client is trusted.
+    pub auth: Option<Arc<auth::PgAuth>>,
+    /// The HTTP port's bearer token (`--http-token-file`), if any.
+    pub http_auth: http_auth::HttpAuth,
 }
 
 impl Shared {
@@ -207,6 +215,8 @@ impl Shared {
             restore_cluster: false,
             limits,
             checkpoint_dir: None,
+            auth: None,
+            http_auth: Default::default(),
         }
     }
 
@@ -332,6 +342,8 @@ pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    // Before anything is created or bound: a refused start changes nothing.
+    let access = config.access.check(config.listen_pg, config.listen_http)?;
     let store = open_store(&config)?;
     let node_id = store.node_id();
     let loaded = store.timelines()?;
@@ -379,6 +391,8 @@ pub async fn run(
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,
         checkpoint_dir,
+        auth: access.pg,
+        http_auth: access.http,
         ..Shared::new(
             node_id,
             store,

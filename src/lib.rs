@@ -16,3 +16,4 @@ pub mod safekeeper;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
+pub mod tls;

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod connection;
+pub mod encryption;
 pub mod failover;
 pub mod history;
 pub mod http;
@@ -50,6 +51,9 @@ pub struct Config {
     /// `--checkpoint-dir`: where `POST /v1/checkpoint` may write; without
     /// it checkpoints over HTTP are refused.
     pub checkpoint_dir: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`, `--tls-required`,
+    /// `--http-tls`.
+    pub tls: encryption::TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen for HTTP (--listen-http) on {addr}: {source}")]
     ListenHttp {
         addr: SocketAddr,
@@ -177,6 +183,8 @@ pub struct Shared {
     pub limits: limits::Limits,
     /// `--checkpoint-dir`, resolved (symbolic links followed) at start.
     pub checkpoint_dir: Option<http::CheckpointDir>,
+    /// TLS on the PostgreSQL-protocol port.
+    pub tls: encryption::PortsTls,
 }
 
 impl Shared {
@@ -207,6 +215,7 @@ impl Shared {
             restore_cluster: false,
             limits,
             checkpoint_dir: None,
+            tls: encryption::PortsTls::default(),
         }
     }
 
@@ -359,6 +368,7 @@ pub async fn run(
         .as_deref()
         .map(|dir| http::checkpoint_dir(dir, &config.datadir))
         .transpose()?;
+    let tls = config.tls.load()?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -379,6 +389,7 @@ pub async fn run(
         restored: std::sync::Mutex::new(restored),
         restore_cluster: config.restore_cluster,
         checkpoint_dir,
+        tls,
         ..Shared::new(
             node_id,
             store,
@@ -397,6 +408,7 @@ pub async fn run(
             source,
         })?;
     let http_server = tokio::spawn(http::serve(http_listener, shared.clone()));
+    let tls_reloader = tokio::spawn(encryption::reload_on_sighup(shared.tls.server.clone()));
     if shared.checkpoint_dir.is_none() {
         tracing::info!("no --checkpoint-dir: POST /v1/checkpoint is refused (skctl checkpoint --datadir works on a stopped store)");
     }
@@ -404,6 +416,9 @@ pub async fn run(
         node_id = node_id.0,
         listen_pg = %listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.listen_pg, source })?,
         %listen_http,
+        tls = shared.tls.server.is_some(),
+        tls_required = shared.tls.required,
+        http_tls = shared.tls.http,
         timelines = shared.timelines.all().len(),
         "safekeeper ready"
     );
@@ -480,6 +495,7 @@ pub async fn run(
             http_abort.abort();
         }
     }
+    tls_reloader.abort();
     if let Err(e) = retention_task.await {
         tracing::warn!(error = %e, "retention task ended abnormally");
     }

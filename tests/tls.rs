@@ -1,0 +1,136 @@
+//! TLS on the safekeeper's PostgreSQL-protocol port, with PostgreSQL 15's
+//! own clients (psql, pg_receivewal) and certificates made by rcgen.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::certs::Certs;
+use common::pg::{self, Postgres};
+use common::*;
+use walkeeper::lsn::Lsn;
+
+/// psql over a replication connection with these extra libpq keys; its
+/// success, stdout and stderr.
+fn psql_replication(addr: SocketAddr, keys: &str, command: &str) -> (bool, String, String) {
+    run(Command::new(pg::pg_bin("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres replication=true connect_timeout=10 {keys}",
+            addr.port()
+        ))
+        .args(["-XAtq", "-c", command]))
+}
+
+/// What the server answers a startup packet sent in clear: the first
+/// message's type and, for an ErrorResponse, its SQLSTATE and message.
+fn startup_in_clear(addr: SocketAddr) -> (u8, Option<String>, Option<String>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&replication_startup("")).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.len() >= 5, "no answer to a startup packet in clear");
+    let msg = BeMsg {
+        tag: got[0],
+        body: bytes::Bytes::copy_from_slice(&got[5..]),
+    };
+    (msg.tag, msg.error_field(b'C'), msg.error_field(b'M'))
+}
+
+/// WAL of a real primary pushed in clear to a safekeeper offering TLS; the
+/// same safekeeper restarted with --tls-required then serves stock clients
+/// over TLS only, verified by host name against the test CA.
+#[test]
+fn stock_clients_stream_over_verify_full_and_clear_startups_are_refused_when_tls_is_required() {
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&pg::postgres_dir(dir.path(), "certs"));
+    let primary = Postgres::start_primary(dir.path(), "");
+    primary.sql("CREATE TABLE t (i int, pad text)");
+    primary.sql("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g");
+    primary.sql("SELECT pg_switch_wal()");
+    let insert: Lsn = primary
+        .sql("SELECT pg_current_wal_insert_lsn()")
+        .parse()
+        .unwrap();
+    let last_full = insert.segment_number(SEG) - 1;
+    let mut wal = Vec::new();
+    for segno in 1..=last_full {
+        let name = walkeeper::lsn::segment_file_name(1, segno, SEG);
+        wal.extend(std::fs::read(primary.pg_wal().join(name)).unwrap());
+    }
+    let end = START + wal.len() as u64;
+
+    let args = certs.server_args("server");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sk = Safekeeper::start_with(&dir.path().join("sk1"), 1, true, &args);
+    // The proposer stays connected: consumers are served while it lives.
+    let mut c = RawClient::proposer(sk.pg_addr);
+    elect_single(&mut c, greeting_for(primary.system_id(), true), 1);
+    assert_eq!(push(&mut c, 1, START, &wal, 128 * 1024, end), end);
+
+    // Offered, not required: verify-full (by address and by name) and
+    // require get TLS, sslmode=disable stays in clear.
+    for keys in [
+        certs.verify_full(),
+        format!("{} host=localhost", certs.verify_full()),
+        "sslmode=require".to_string(),
+    ] {
+        let (ok, out, err) = psql_replication(sk.pg_addr, &keys, "\\conninfo");
+        assert!(
+            ok && out.contains("SSL connection"),
+            "psql {keys}: {out}{err}"
+        );
+        let (ok, out, err) = psql_replication(sk.pg_addr, &keys, "IDENTIFY_SYSTEM");
+        assert!(ok, "psql {keys}: {err}");
+        assert!(
+            out.starts_with(&format!("{}|1|", primary.system_id())),
+            "psql {keys}: {out}"
+        );
+    }
+    let (ok, out, err) = psql_replication(sk.pg_addr, "sslmode=disable", "\\conninfo");
+    assert!(ok && !out.contains("SSL"), "clear connection: {out}{err}");
+
+    // pg_receivewal over verify-full: segments byte-identical to the
+    // primary's.
+    let out = pg::postgres_dir(dir.path(), "receivewal");
+    let mut cmd = pg::receive_wal_command(&out, sk.pg_addr.port(), 1, Lsn(end - 1));
+    cmd.arg("-d").arg(format!(
+        "host=127.0.0.1 port={} user=postgres {}",
+        sk.pg_addr.port(),
+        certs.verify_full()
+    ));
+    let (ok, stdout, stderr) = run(&mut cmd);
+    assert!(ok, "pg_receivewal over TLS failed: {stdout}{stderr}");
+    pg::assert_same_segments(&out, &primary.pg_wal(), 1..=last_full);
+    drop(c);
+
+    // With --tls-required: a startup packet in clear gets FATAL 28000
+    // saying how to connect; TLS clients are served.
+    let mut args = args;
+    args.push("--tls-required");
+    let sk2 = Safekeeper::start_with(&dir.path().join("sk2"), 2, true, &args);
+    let (tag, code, message) = startup_in_clear(sk2.pg_addr);
+    assert_eq!(tag, b'E');
+    assert_eq!(code.as_deref(), Some("28000"), "{message:?}");
+    assert!(
+        message.as_deref().unwrap_or("").contains("sslmode=require"),
+        "{message:?}"
+    );
+    let (ok, _, err) = psql_replication(sk2.pg_addr, "sslmode=disable", "\\conninfo");
+    assert!(
+        !ok && err.contains("accepts only TLS connections"),
+        "psql sslmode=disable: {err}"
+    );
+    // prefer (libpq's default) asks for TLS first.
+    let (ok, out, err) = psql_replication(sk2.pg_addr, "sslmode=prefer", "\\conninfo");
+    assert!(
+        ok && out.contains("SSL connection"),
+        "psql prefer: {out}{err}"
+    );
+}

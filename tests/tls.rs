@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::certs::Certs;
+use common::cluster::{Cluster, SYNC_CONF};
 use common::pg::{self, Postgres};
 use common::*;
 use walkeeper::lsn::Lsn;
@@ -133,4 +134,94 @@ fn stock_clients_stream_over_verify_full_and_clear_startups_are_refused_when_tls
         ok && out.contains("SSL connection"),
         "psql prefer: {out}{err}"
     );
+}
+
+/// Three safekeepers that require TLS; a primary with ssl=on and a
+/// self-signed certificate. The proxy reaches both with verify-full.
+fn tls_cluster() -> Option<(Cluster, Certs)> {
+    if pg::absent() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&pg::postgres_dir(dir.path(), "certs"));
+    let mut pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let pg_cert = Certs::self_signed_into(&pg.datadir);
+    pg.stop();
+    pg::append_conf(&pg.datadir, "ssl = on\n");
+    pg.start();
+    let mut args = certs.server_args("server");
+    args.push("--tls-required".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| Safekeeper::start_with(&dir.path().join(format!("sk{n}")), n, true, &args))
+        .collect();
+    let log = dir.path().join("proxy1.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+        .arg("--primary")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=verify-full sslrootcert={}",
+            pg.port,
+            pg_cert.display()
+        ))
+        .arg("--safekeepers")
+        .arg(member_list(&sks))
+        .arg("--safekeeper-conninfo")
+        .arg(certs.verify_full())
+        .arg("--create-timeline")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting safekeeper-proxy");
+    let c = Cluster {
+        proxy: Some(Proxy {
+            child: Some(child),
+            log,
+        }),
+        sks,
+        pg,
+        dir,
+    };
+    c.wait_sync();
+    Some((c, certs))
+}
+
+/// The proxy pushes to safekeepers that take TLS only, and reads the
+/// primary over TLS; the primary's commits wait for a majority as before.
+#[test]
+fn the_proxy_pushes_over_verify_full_and_commits_wait_for_a_majority() {
+    let Some((mut c, _certs)) = tls_cluster() else {
+        return;
+    };
+    assert_eq!(
+        c.pg.sql(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE r.application_name = 'safekeeper_proxy'"
+        ),
+        "t",
+        "the proxy's replication connection to the primary is not TLS"
+    );
+    c.pg.sql("CREATE TABLE t (i int)");
+    c.sks[1].kill9();
+    c.sks[2].kill9();
+    let mut insert = pg::psql(c.pg.port, "INSERT INTO t VALUES (1)")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let insert_guard = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < insert_guard {
+        assert!(
+            insert.try_wait().unwrap().is_none(),
+            "a commit returned with one of three safekeepers up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.sks[1].restart();
+    let status = wait_for(Duration::from_secs(60), "the commit to return", || {
+        insert.try_wait().unwrap()
+    });
+    assert!(status.success());
+    assert_eq!(c.pg.sql("SELECT count(*) FROM t"), "1");
 }

@@ -74,6 +74,18 @@ struct Args {
     #[arg(long, conflicts_with_all = ["primary", "create_timeline", "recreate_timeline_on"])]
     sync_only: bool,
 
+    /// libpq keys of every connection to a safekeeper, host and port
+    /// excepted (they come from --safekeepers): TLS with "sslmode=verify-full
+    /// sslrootcert=ca.crt" (and sslcert/sslkey for a client certificate).
+    /// PGSSLMODE, PGSSLROOTCERT and the like apply where this is silent.
+    #[arg(
+        long,
+        value_name = "CONNSTR",
+        env = "WALKEEPER_SAFEKEEPER_CONNINFO",
+        default_value = ""
+    )]
+    safekeeper_conninfo: String,
+
     /// How long --sync-only keeps trying (e.g. while safekeepers restart).
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     sync_timeout: u64,
@@ -108,9 +120,17 @@ fn main() -> ExitCode {
         eprintln!("safekeeper-proxy: --recreate-timeline-on {id}: not among --safekeepers");
         return ExitCode::from(2);
     }
+    if let Some(addr) = members.values().next() {
+        if let Err(e) = walkeeper::proxy::safekeepers::conn_config(&args.safekeeper_conninfo, addr)
+        {
+            eprintln!("safekeeper-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = Config {
         primary,
         sync_only: args.sync_only,
+        safekeeper_conninfo: args.safekeeper_conninfo,
         members,
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,

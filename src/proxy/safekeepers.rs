@@ -23,30 +23,38 @@ pub fn proposer_options(ttid: Ttid) -> String {
     )
 }
 
-fn conn_config(addr: &str) -> Result<ConnConfig, String> {
+/// How to connect to the safekeeper at `addr`: `conninfo`
+/// (`--safekeeper-conninfo`: sslmode, sslrootcert, user, …) over these
+/// defaults, with host and port from the member list.
+pub fn conn_config(conninfo: &str, addr: &str) -> Result<ConnConfig, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
+    // A bracketed IPv6 address is a plain one to libpq.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     ConnConfig::parse(&format!(
-        "host={host} port={port} user=walkeeper application_name=safekeeper_proxy connect_timeout=5"
+        "user=walkeeper application_name=safekeeper_proxy connect_timeout=5 {conninfo} \
+         host={host} port={port}"
     ))
-    .map_err(|e| e.to_string())
+    .map_err(|e| format!("--safekeeper-conninfo: {e}"))
 }
 
 /// Dial `addr`, start the push stream, and run it until either side ends.
 /// Reports `Connected` with a sender for outgoing messages, every reply as
 /// `Reply`, and `Disconnected` at the end (always, exactly once).
 pub async fn run_push_connection(
+    conninfo: String,
     node: NodeId,
     addr: String,
     ttid: Ttid,
     history: Option<(u32, Bytes)>,
     events: mpsc::Sender<Event>,
 ) {
-    let (reason, refused) = match push_connection(node, &addr, ttid, history, &events).await {
-        Ok(()) => ("closed".to_string(), None),
-        Err(e) => e,
-    };
+    let (reason, refused) =
+        match push_connection(&conninfo, node, &addr, ttid, history, &events).await {
+            Ok(()) => ("closed".to_string(), None),
+            Err(e) => e,
+        };
     let _ = events
         .send(Event::Disconnected {
             node,
@@ -72,13 +80,14 @@ fn refusal(e: &ClientError) -> Option<Refused> {
 type Ended = (String, Option<Refused>);
 
 async fn push_connection(
+    conninfo: &str,
     node: NodeId,
     addr: &str,
     ttid: Ttid,
     history: Option<(u32, Bytes)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), Ended> {
-    let cfg = conn_config(addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
+    let cfg = conn_config(conninfo, addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
     // The push stream promises heartbeats, so a node cut off from this
     // proxy knows it within seconds (safekeeper::failover).
     let options = format!(
@@ -174,13 +183,14 @@ async fn push_connection(
 /// Read WAL `[start, end)` of `ttid` from a donor in `term` (served only
 /// while the donor's term and last_log_term are `term`).
 pub async fn recovery_read(
+    conninfo: &str,
     addr: &str,
     ttid: Ttid,
     term: Term,
     start: Lsn,
     end: Lsn,
 ) -> Result<Bytes, String> {
-    let cfg = conn_config(addr)?;
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("recovery read from {addr}: {e}"))?;
@@ -221,8 +231,14 @@ pub async fn recovery_read(
 
 /// Tell a node that `--sync-only` settled it: it holds and has committed
 /// `lsn` in `term`. The node records that durably before it answers.
-pub async fn settle(addr: &str, ttid: Ttid, term: Term, lsn: Lsn) -> Result<(), String> {
-    let cfg = conn_config(addr)?;
+pub async fn settle(
+    conninfo: &str,
+    addr: &str,
+    ttid: Ttid,
+    term: Term,
+    lsn: Lsn,
+) -> Result<(), String> {
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
@@ -236,8 +252,12 @@ pub async fn settle(addr: &str, ttid: Ttid, term: Term, lsn: Lsn) -> Result<(), 
 
 /// What a safekeeper stores about a timeline's origin (for --sync-only,
 /// which has no primary to ask): server info and timeline_start_lsn.
-pub async fn timeline_info(addr: &str, ttid: Ttid) -> Result<(ServerInfo, Lsn), String> {
-    let cfg = conn_config(addr)?;
+pub async fn timeline_info(
+    conninfo: &str,
+    addr: &str,
+    ttid: Ttid,
+) -> Result<(ServerInfo, Lsn), String> {
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("{addr}: {e}"))?;

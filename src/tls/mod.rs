@@ -5,7 +5,10 @@
 //!   authentication, replication) runs the same over either.
 //! - [`server`]: the daemon's certificate and key from files, reloaded on
 //!   SIGHUP, and the client certificates it may require.
+//! - [`client`]: libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`
+//!   for the proxy's connections.
 
+pub mod client;
 pub mod server;
 
 use std::io;

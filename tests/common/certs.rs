@@ -93,6 +93,56 @@ impl Certs {
         renewed.0.der().to_vec()
     }
 
+    /// A self-signed certificate for 127.0.0.1 and localhost with its key,
+    /// as `server.crt` and `server.key` in a PostgreSQL data directory
+    /// (owned by postgres, the key 0600); the certificate's path, which is
+    /// also the CA to verify it with.
+    pub fn self_signed_into(datadir: &Path) -> PathBuf {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(
+            SERVER_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (crt, key_path) = (datadir.join("server.crt"), datadir.join("server.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for f in [&crt, &key_path] {
+            let (ok, _, err) = super::run(
+                std::process::Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(f),
+            );
+            assert!(ok, "chown {f:?}: {err}");
+        }
+        crt
+    }
+
+    /// The certificate a TLS client gets from the PostgreSQL-protocol port
+    /// at `addr` now (after an SSLRequest), checked against this CA.
+    pub fn served_certificate(&self, addr: std::net::SocketAddr) -> Vec<u8> {
+        use walkeeper::tls::client::{start_tls, SslMode, TlsKeys};
+        let keys = TlsKeys {
+            sslrootcert: Some(self.path("ca.crt")),
+            ..TlsKeys::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = start_tls(SslMode::VerifyFull, &keys, "127.0.0.1", socket)
+                .await
+                .unwrap();
+            tls.peer_certificate().expect("a certificate").to_vec()
+        })
+    }
+
     /// The DER of the (first) certificate in `NAME.crt`.
     pub fn der(&self, name: &str) -> Vec<u8> {
         use rustls::pki_types::pem::PemObject;

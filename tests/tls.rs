@@ -225,3 +225,69 @@ fn the_proxy_pushes_over_verify_full_and_commits_wait_for_a_majority() {
     assert!(status.success());
     assert_eq!(c.pg.sql("SELECT count(*) FROM t"), "1");
 }
+
+/// Rows in `t` on `pg` reach `n` (a standby replaying).
+fn wait_rows(pg: &Postgres, n: u64) {
+    wait_for(Duration::from_secs(90), &format!("{n} rows"), || {
+        let got: u64 = pg.sql("SELECT count(*) FROM t").parse().ok()?;
+        (got == n).then_some(())
+    });
+}
+
+/// A standby streams from a safekeeper over verify-full; the certificate
+/// is renewed and the safekeeper gets SIGHUP: new connections get the new
+/// certificate, and the standby's stream goes on on the same connection.
+#[test]
+fn sighup_renews_the_certificate_for_new_connections_and_the_wal_stream_goes_on() {
+    let Some((c, certs)) = tls_cluster() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (i int)");
+    c.pg.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let sk = &c.sks[0];
+    c.start_standby(
+        &mut standby,
+        0,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres {}'",
+            sk.pg_addr.port(),
+            certs.verify_full()
+        ),
+    );
+    wait_rows(&standby, 1000);
+    let receiver = "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+    let pid = standby.sql(receiver);
+    assert!(!pid.is_empty(), "the standby is not streaming");
+
+    let old = certs.der("server");
+    assert_eq!(certs.served_certificate(sk.pg_addr), old);
+    let renewed = certs.renew_server();
+    assert_ne!(renewed, old);
+    let child = sk.child.as_ref().expect("running");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    wait_for(
+        Duration::from_secs(30),
+        "new connections to get the renewed certificate",
+        || (certs.served_certificate(sk.pg_addr) == renewed).then_some(()),
+    );
+    assert!(sk.log_text().contains("TLS certificate and key reloaded"));
+
+    // The stream opened before the reload carries the next commits.
+    c.pg.sql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    wait_rows(&standby, 2000);
+    assert_eq!(
+        standby.sql(receiver),
+        pid,
+        "the standby's WAL receiver reconnected"
+    );
+    // A second SIGHUP with an unreadable key keeps the renewed one.
+    std::fs::write(certs.path("server.key"), "garbage").unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    wait_for(
+        Duration::from_secs(30),
+        "the failed reload to be logged",
+        || sk.log_text().contains("TLS reload failed").then_some(()),
+    );
+    assert_eq!(certs.served_certificate(sk.pg_addr), renewed);
+}

@@ -291,3 +291,143 @@ fn sighup_renews_the_certificate_for_new_connections_and_the_wal_stream_goes_on(
     );
     assert_eq!(certs.served_certificate(sk.pg_addr), renewed);
 }
+
+/// `GET path` over HTTPS, checked against the test CA: (status, body).
+fn https_get(certs: &Certs, addr: SocketAddr, path: &str) -> (bool, String, String) {
+    run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(certs.path("ca.crt"))
+        .arg(format!("https://localhost:{}{path}", addr.port())))
+}
+
+/// The timelines' terms and histories on a node, from its HTTPS API.
+fn terms(certs: &Certs, sk: &Safekeeper) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let (ok, out, err) = https_get(certs, sk.http_addr, "/v1/timelines");
+    assert!(ok, "GET /v1/timelines: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = v.as_array().cloned().unwrap_or_default();
+    list.iter()
+        .map(|t| (t["term"].clone(), t["term_history"].clone()))
+        .collect()
+}
+
+/// Refusals: a client that will not do TLS where it is required, garbage
+/// instead of a TLS handshake, servers whose certificates are expired or
+/// from another CA. Each gets a clear error; the safekeeper keeps serving
+/// the proxy and other clients, and its timelines' terms do not change.
+#[test]
+fn refusals_are_clear_and_the_daemon_keeps_serving_everyone_else() {
+    let Some((c, certs)) = tls_cluster() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (i int)");
+    let sk = &c.sks[0];
+    let before = terms(&certs, sk);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // A client that refuses TLS.
+    let (ok, _, err) = psql_replication(sk.pg_addr, "sslmode=disable", "IDENTIFY_SYSTEM");
+    assert!(!ok && err.contains("accepts only TLS connections"), "{err}");
+
+    // GSSENCRequest: 'N'. Then an SSLRequest: 'S', and garbage instead of
+    // a ClientHello: the connection is closed.
+    let mut s = TcpStream::connect(sk.pg_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = |code: u32| [8u32.to_be_bytes(), code.to_be_bytes()].concat();
+    let mut answer = [0u8; 1];
+    s.write_all(&request(80877104)).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    s.write_all(&request(80877103)).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let _ = s.write_all(&garbage);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    wait_for(
+        Duration::from_secs(20),
+        "the failed handshake in the log",
+        || sk.log_text().contains("TLS handshake failed").then_some(()),
+    );
+
+    // Servers with an expired certificate and with one of another CA.
+    let dir = c.dir.path();
+    for (name, complaint) in [
+        ("expired", "certificate expired"),
+        ("other", "UnknownIssuer"),
+    ] {
+        let args = certs.server_args(name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let bad = Safekeeper::start_with(&dir.join(format!("sk-{name}")), 9, true, &args);
+        let (ok, _, err) = psql_replication(bad.pg_addr, &certs.verify_full(), "IDENTIFY_SYSTEM");
+        assert!(
+            !ok && err.contains("certificate verify failed"),
+            "psql, {name}: {err}"
+        );
+        // The proxy's client, as --sync-only runs it.
+        let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--sync-only")
+            .arg("--safekeepers")
+            .arg(format!("9@{}", bad.pg_addr))
+            .arg("--safekeeper-conninfo")
+            .arg(certs.verify_full())
+            .args(["--sync-timeout", "1"]));
+        assert!(!ok, "--sync-only against the {name} certificate succeeded");
+        assert!(
+            err.contains("TLS") && err.contains(complaint),
+            "proxy, {name}: {err}"
+        );
+    }
+
+    // Everyone else is served: commits wait for and get a majority,
+    // verify-full clients are answered, and no term moved.
+    c.pg.sql("INSERT INTO t VALUES (1)");
+    let (ok, out, err) = psql_replication(
+        sk.pg_addr,
+        &format!(
+            "{} options='-c walkeeper.role=proposer'",
+            certs.verify_full()
+        ),
+        "IDENTIFY_SYSTEM",
+    );
+    assert!(
+        ok && out.starts_with(&c.pg.system_id().to_string()),
+        "{out}{err}"
+    );
+    assert_eq!(terms(&certs, sk), before);
+}
+
+/// With --tls-cert the HTTP port speaks HTTPS only; --http-tls=false keeps
+/// it in clear.
+#[test]
+fn the_http_port_speaks_https_with_the_same_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    let args = certs.server_args("server");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sk = Safekeeper::start_with(&dir.path().join("sk1"), 1, true, &args);
+    let (ok, out, err) = https_get(&certs, sk.http_addr, "/v1/status");
+    assert!(ok && out.contains("\"node_id\":1"), "{out}{err}");
+    let (ok, _, _) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{}/v1/status", sk.http_addr)));
+    assert!(!ok, "HTTP in clear was answered");
+    // Another CA's client does not trust it.
+    let (ok, _, err) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(certs.path("other-ca.crt"))
+        .arg(format!(
+            "https://localhost:{}/v1/status",
+            sk.http_addr.port()
+        )));
+    assert!(!ok && err.contains("certificate"), "{err}");
+    drop(sk);
+
+    args.push("--http-tls=false");
+    let sk = Safekeeper::start_with(&dir.path().join("sk2"), 2, true, &args);
+    let (status, body) = http(sk.http_addr, "GET", "/v1/status", "");
+    assert_eq!(status, 200, "{body}");
+}

@@ -353,7 +353,7 @@ impl ConnConfig {
                 "disable" | "prefer" => {}
                 "require" => {
                     return Err(ClientError::Config(
-                        "channel_binding=require is not supported: it needs TLS".into(),
+                        "channel_binding=require is not supported: this client does not do SCRAM channel binding".into(),
                     ))
                 }
                 _ => {
@@ -1858,7 +1858,7 @@ mod tests {
         assert!(parse_err("hostaddr=db.example").contains("hostaddr"));
         assert!(parse_err("connect_timeout=soon").contains("connect_timeout"));
         assert!(parse_err("sslmode=sometimes").contains("invalid sslmode"));
-        assert!(parse_err("channel_binding=require").contains("TLS"));
+        assert!(parse_err("channel_binding=require").contains("channel binding"));
         assert!(parse_err("gssencmode=require").contains("GSSAPI"));
     }
 

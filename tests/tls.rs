@@ -431,3 +431,67 @@ fn the_http_port_speaks_https_with_the_same_certificate() {
     let (status, body) = http(sk.http_addr, "GET", "/v1/status", "");
     assert_eq!(status, 200, "{body}");
 }
+
+/// --tls-client-ca: a TLS client must present a certificate of that CA, on
+/// the PostgreSQL-protocol port (psql, the proxy's client) and on HTTPS.
+#[test]
+fn tls_client_ca_requires_client_certificates() {
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    let mut args = certs.server_args("server");
+    args.push("--tls-client-ca".into());
+    args.push(certs.path("ca.crt").display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sk = Safekeeper::start_with(&dir.path().join("sk1"), 1, true, &args);
+    let client_keys = format!(
+        "{} sslcert={} sslkey={}",
+        certs.verify_full(),
+        certs.path("client.crt").display(),
+        certs.path("client.key").display()
+    );
+
+    let (ok, _, err) = psql_replication(sk.pg_addr, &certs.verify_full(), "\\conninfo");
+    assert!(!ok, "psql without a client certificate was served");
+    assert!(err.contains("certificate"), "{err}");
+    let (ok, out, err) = psql_replication(sk.pg_addr, &client_keys, "\\conninfo");
+    assert!(ok && out.contains("SSL connection"), "{out}{err}");
+
+    // The proxy's client: refused in the handshake without a certificate;
+    // with one it gets as far as asking for the (missing) timeline.
+    let sync_only = |keys: &str| {
+        run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--sync-only")
+            .arg("--safekeepers")
+            .arg(format!("1@{}", sk.pg_addr))
+            .arg("--safekeeper-conninfo")
+            .arg(keys)
+            .args(["--sync-timeout", "1"]))
+    };
+    // (TLS 1.3: the server's alert arrives after the client's side of the
+    // handshake is done, on the first read.)
+    let (ok, _, err) = sync_only(&certs.verify_full());
+    assert!(!ok && err.contains("CertificateRequired"), "{err}");
+    let (ok, _, err) = sync_only(&client_keys);
+    assert!(
+        !ok && !err.contains("Certificate") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let (ok, _, _) = https_get(&certs, sk.http_addr, "/v1/status");
+    assert!(!ok, "HTTPS without a client certificate was served");
+    let (ok, out, err) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(certs.path("ca.crt"))
+        .arg("--cert")
+        .arg(certs.path("client.crt"))
+        .arg("--key")
+        .arg(certs.path("client.key"))
+        .arg(format!(
+            "https://localhost:{}/v1/status",
+            sk.http_addr.port()
+        )));
+    assert!(ok && out.contains("\"node_id\":1"), "{out}{err}");
+}

@@ -495,3 +495,54 @@ fn tls_client_ca_requires_client_certificates() {
         )));
     assert!(ok && out.contains("\"node_id\":1"), "{out}{err}");
 }
+
+/// The proxy's client follows libpq's sslmode against a safekeeper that
+/// requires TLS and one that offers none. `--sync-only` against nodes
+/// without the timeline: "does not exist" means it got past the start-up.
+#[test]
+fn the_proxys_sslmode_behaves_as_libpqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("certs"));
+    let mut args = certs.server_args("server");
+    args.push("--tls-required".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tls_only = Safekeeper::start_with(&dir.path().join("sk1"), 1, true, &args);
+    let clear_only = Safekeeper::start(&dir.path().join("sk2"), 2, true);
+    let sync_only = |sk: &Safekeeper, keys: &str| {
+        let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+            .arg("--sync-only")
+            .arg("--safekeepers")
+            .arg(format!("{}@{}", sk.node_id, sk.pg_addr))
+            .arg("--safekeeper-conninfo")
+            .arg(keys)
+            .args(["--sync-timeout", "1"]));
+        assert!(!ok, "--sync-only with no timeline succeeded");
+        err
+    };
+    let reached = "does not exist on this safekeeper";
+    for (sk, keys, want) in [
+        (&tls_only, "sslmode=disable", "accepts only TLS connections"),
+        // allow: in clear first, then over TLS once clear is refused.
+        (&tls_only, "sslmode=allow", reached),
+        (&tls_only, "sslmode=prefer", reached),
+        (&clear_only, "sslmode=prefer", reached),
+        (&clear_only, "sslmode=allow", reached),
+        (
+            &clear_only,
+            "sslmode=require",
+            "the server does not support SSL",
+        ),
+    ] {
+        let err = sync_only(sk, keys);
+        assert!(err.contains(want), "{keys} to node {}: {err}", sk.node_id);
+    }
+    // verify-full without a CA to verify with: refused before connecting.
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+        .arg("--sync-only")
+        .arg("--safekeepers")
+        .arg(format!("1@{}", tls_only.pg_addr))
+        .arg("--safekeeper-conninfo")
+        .arg("sslmode=verify-full sslrootcert=/nonexistent/ca.crt")
+        .args(["--sync-timeout", "1"]));
+    assert!(!ok && err.contains("/nonexistent/ca.crt"), "{err}");
+}

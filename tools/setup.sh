@@ -14,6 +14,8 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 # Tests and the demo run a real PostgreSQL 15.
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client-15)
+# The TLS tests check the HTTPS port with curl.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

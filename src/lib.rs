@@ -17,3 +17,4 @@ pub mod safekeeper;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
+pub mod tls;

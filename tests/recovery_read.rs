@@ -192,8 +192,14 @@ fn a_recovery_read_never_serves_staged_wal_of_a_later_term() {
         })
     };
     let read = |term: u64| {
-        let read =
-            walkeeper::proxy::safekeepers::recovery_read(&addr, g.ttid, term, Lsn(START), Lsn(end));
+        let read = walkeeper::proxy::safekeepers::recovery_read(
+            "",
+            &addr,
+            g.ttid,
+            term,
+            Lsn(START),
+            Lsn(end),
+        );
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), read).await })
             .expect("the recovery read answers")
     };

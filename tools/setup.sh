@@ -19,6 +19,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # ... and stores on a FUSE filesystem that fails and loses power on command
 # (tests/disk_faults.rs mounts it with fusermount3).
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# The TLS tests check the HTTPS port with curl.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -34,10 +34,18 @@ struct Args {
 
     /// libpq key=value pairs for every connection to a safekeeper (not
     /// host or port: --safekeepers gives those): the proposer user and its
-    /// password, e.g. "user=proxy passfile=/etc/walkeeper/pgpass". Without
-    /// password= the password comes from PGPASSWORD or the password file
-    /// (passfile=, PGPASSFILE, ~/.pgpass), as with libpq.
-    #[arg(long, value_name = "CONNINFO", env = "WALKEEPER_SAFEKEEPER_CONNINFO", default_value = walkeeper::proxy::safekeepers::DEFAULT_CONNINFO)]
+    /// password, e.g. "user=proxy passfile=/etc/walkeeper/pgpass", and TLS,
+    /// e.g. "sslmode=verify-full sslrootcert=ca.crt" (sslcert/sslkey for a
+    /// client certificate). Without password= the password comes from
+    /// PGPASSWORD or the password file (passfile=, PGPASSFILE, ~/.pgpass);
+    /// PGSSLMODE, PGSSLROOTCERT and the like apply where this is silent, as
+    /// with libpq. The user is "walkeeper" unless given.
+    #[arg(
+        long,
+        value_name = "CONNINFO",
+        env = "WALKEEPER_SAFEKEEPER_CONNINFO",
+        default_value = ""
+    )]
     safekeeper_conninfo: String,
 
     /// Tenant id (32 hex characters).
@@ -143,10 +151,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = walkeeper::proxy::safekeepers::set_conninfo(&args.safekeeper_conninfo) {
-        eprintln!("safekeeper-proxy: --safekeeper-conninfo: {e}");
-        return ExitCode::from(2);
-    }
     let primary = match args.primary.as_deref().map(ConnConfig::parse) {
         None => None,
         Some(Ok(mut c)) => {
@@ -166,9 +170,17 @@ fn main() -> ExitCode {
         eprintln!("safekeeper-proxy: --recreate-timeline-on {id}: not among --safekeepers");
         return ExitCode::from(2);
     }
+    if let Some(addr) = members.values().next() {
+        if let Err(e) = walkeeper::proxy::safekeepers::conn_config(&args.safekeeper_conninfo, addr)
+        {
+            eprintln!("safekeeper-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = Config {
         primary,
         sync_only: args.sync_only || args.promote_check,
+        safekeeper_conninfo: args.safekeeper_conninfo,
         members,
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,

@@ -131,6 +131,73 @@ struct Args {
 
     #[command(flatten)]
     access: safekeeper::auth::Access,
+
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS (see README "Running on separate hosts"). Files are read at start
+/// and again at every SIGHUP.
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// PEM file of this node's certificate (then any intermediates). With
+    /// it, clients asking for TLS (libpq sslmode=prefer and stronger) get
+    /// it, and the HTTP port speaks HTTPS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WALKEEPER_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM file of the certificate's private key (mode 0600 or less).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WALKEEPER_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// PEM file of the CAs whose client certificates are accepted: TLS
+    /// clients without one are refused in the handshake.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WALKEEPER_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Refuse connections in clear on the PostgreSQL-protocol port (FATAL
+    /// 28000), as a pg_hba.conf `hostssl` line does; cancel requests
+    /// excepted (libpq sends them in clear).
+    #[arg(long, env = "WALKEEPER_TLS_REQUIRED", requires = "tls_cert")]
+    tls_required: bool,
+
+    /// With --tls-cert, whether the HTTP port speaks HTTPS (false: HTTP in
+    /// clear, e.g. for a local metrics scraper).
+    #[arg(long, value_name = "BOOL", env = "WALKEEPER_HTTP_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    http_tls: bool,
+}
+
+impl TlsArgs {
+    fn config(self) -> safekeeper::encryption::TlsConfig {
+        let files = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(walkeeper::tls::server::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+            }),
+            _ => None,
+        };
+        safekeeper::encryption::TlsConfig {
+            files,
+            required: self.tls_required,
+            http: self.http_tls,
+        }
+    }
 }
 
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
@@ -166,6 +233,7 @@ fn main() -> ExitCode {
         },
         checkpoint_dir: args.checkpoint_dir,
         access: args.access,
+        tls: args.tls.config(),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

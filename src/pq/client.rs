@@ -4,8 +4,8 @@
 //!
 //! - [`ConnConfig`]: libpq-style connection strings (`key=value` and
 //!   `postgresql://` URIs).
-//! - [`PgClient`]: plain-text startup (no TLS, no SSLRequest), trust /
-//!   cleartext / md5 / SCRAM-SHA-256 authentication, simple queries,
+//! - [`PgClient`]: TLS as libpq's `sslmode` asks ([`crate::tls::client`]),
+//!   trust / cleartext / md5 / SCRAM-SHA-256 authentication, simple queries,
 //!   CopyBoth streaming, and the replication commands the proxy uses.
 //! - [`PgReader`] / [`PgWriter`]: the two halves of a client after
 //!   [`PgClient::into_split`], so one task can stream while another sends
@@ -32,6 +32,10 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
+pub use crate::tls::client::SslMode;
+use crate::tls::client::TlsKeys;
+use crate::tls::MaybeTls;
+
 use crate::lsn::{is_valid_wal_seg_size, Lsn};
 
 pub const DEFAULT_PORT: u16 = 5432;
@@ -54,6 +58,12 @@ pub enum ClientError {
     /// The connection string (or an environment variable) is unusable.
     #[error("invalid connection string: {0}")]
     Config(String),
+
+    /// TLS could not be set up: the server refused it while sslmode
+    /// requires it, or the handshake failed (a certificate not trusted,
+    /// expired, or not for this host).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
 
     #[error("could not connect to {addr}: {source}")]
     Connect {
@@ -132,33 +142,6 @@ impl ClientError {
 // ---------------------------------------------------------------------------
 // Connection strings
 
-/// What libpq's `sslmode` asks for; only the modes that allow a plain
-/// connection are accepted, since this client does not do TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    Allow,
-    #[default]
-    Prefer,
-}
-
-impl SslMode {
-    fn parse(v: &str) -> Result<SslMode, ClientError> {
-        match v {
-            "disable" => Ok(SslMode::Disable),
-            "allow" => Ok(SslMode::Allow),
-            "prefer" => Ok(SslMode::Prefer),
-            "require" | "verify-ca" | "verify-full" => Err(ClientError::Config(format!(
-                "sslmode={v} is not supported: this client does not do TLS \
-                 (use sslmode=disable, allow or prefer)"
-            ))),
-            _ => Err(ClientError::Config(format!(
-                "invalid sslmode value: \"{v}\""
-            ))),
-        }
-    }
-}
-
 /// A parsed connection string.
 ///
 /// Multi-host strings (`host=a,b port=1,2`) are accepted but only the first
@@ -187,6 +170,8 @@ pub struct ConnConfig {
     /// Keepalive and unacknowledged-data bounds on a TCP connection (not a
     /// conninfo keyword: the proxy sets it for its safekeeper connections).
     pub tcp_liveness: Option<super::liveness::TcpLiveness>,
+    /// `sslrootcert`, `sslcert`, `sslkey`.
+    pub tls_keys: TlsKeys,
 }
 
 impl fmt::Debug for ConnConfig {
@@ -204,6 +189,7 @@ impl fmt::Debug for ConnConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("sslmode", &self.sslmode)
             .field("tcp_liveness", &self.tcp_liveness)
+            .field("tls_keys", &self.tls_keys)
             .finish()
     }
 }
@@ -223,6 +209,7 @@ impl Default for ConnConfig {
             connect_timeout: None,
             sslmode: SslMode::default(),
             tcp_liveness: None,
+            tls_keys: TlsKeys::default(),
         }
     }
 }
@@ -237,9 +224,6 @@ const IGNORED_KEYWORDS: &[&str] = &[
     "target_session_attrs",
     "load_balance_hosts",
     "client_encoding",
-    "sslcert",
-    "sslkey",
-    "sslrootcert",
     "sslcrl",
     "sslcrldir",
     "sslsni",
@@ -301,6 +285,9 @@ impl ConnConfig {
                     | "options"
                     | "connect_timeout"
                     | "sslmode"
+                    | "sslrootcert"
+                    | "sslcert"
+                    | "sslkey"
                     | "gssencmode"
                     | "channel_binding"
             ) || IGNORED_KEYWORDS.contains(&key.as_str());
@@ -350,8 +337,14 @@ impl ConnConfig {
                 .then(|| Duration::from_secs(secs.unsigned_abs()).max(MIN_CONNECT_TIMEOUT));
         }
         if let Some(m) = get("sslmode", "PGSSLMODE") {
-            cfg.sslmode = SslMode::parse(&m)?;
+            cfg.sslmode = SslMode::parse(&m)
+                .ok_or_else(|| ClientError::Config(format!("invalid sslmode value: \"{m}\"")))?;
         }
+        cfg.tls_keys = TlsKeys {
+            sslrootcert: get("sslrootcert", "PGSSLROOTCERT").map(Into::into),
+            sslcert: get("sslcert", "PGSSLCERT").map(Into::into),
+            sslkey: get("sslkey", "PGSSLKEY").map(Into::into),
+        };
         if let Some(m) = get("gssencmode", "PGGSSENCMODE") {
             match m.as_str() {
                 "disable" | "prefer" => {}
@@ -374,7 +367,7 @@ impl ConnConfig {
                 "disable" | "prefer" => {}
                 "require" => {
                     return Err(ClientError::Config(
-                        "channel_binding=require is not supported: it needs TLS".into(),
+                        "channel_binding=require is not supported: this client does not do SCRAM channel binding".into(),
                     ))
                 }
                 _ => {
@@ -752,14 +745,18 @@ fn text_row(row: Vec<Option<Bytes>>) -> Vec<Option<String>> {
 // ---------------------------------------------------------------------------
 // Streams
 
+type TlsStream = MaybeTls<TcpStream>;
+
 enum ReadStream {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream>),
 }
 
 enum WriteStream {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream>),
 }
 
 impl ReadStream {
@@ -767,6 +764,7 @@ impl ReadStream {
         match self {
             ReadStream::Tcp(s) => s.read_buf(buf).await,
             ReadStream::Unix(s) => s.read_buf(buf).await,
+            ReadStream::Tls(s) => s.read_buf(buf).await,
         }
     }
 }
@@ -776,6 +774,7 @@ impl WriteStream {
         match self {
             WriteStream::Tcp(s) => s.write_buf(buf).await,
             WriteStream::Unix(s) => s.write_buf(buf).await,
+            WriteStream::Tls(s) => s.write_buf(buf).await,
         }
     }
 
@@ -783,6 +782,7 @@ impl WriteStream {
         match self {
             WriteStream::Tcp(s) => s.flush().await,
             WriteStream::Unix(s) => s.flush().await,
+            WriteStream::Tls(s) => s.flush().await,
         }
     }
 
@@ -790,6 +790,7 @@ impl WriteStream {
         match self {
             WriteStream::Tcp(s) => s.shutdown().await,
             WriteStream::Unix(s) => s.shutdown().await,
+            WriteStream::Tls(s) => s.shutdown().await,
         }
     }
 }
@@ -1160,7 +1161,12 @@ impl PgWriter {
     }
 }
 
-async fn open_stream(cfg: &ConnConfig) -> Result<(ReadStream, WriteStream, String), ClientError> {
+/// Connect, and ask for TLS if `sslmode` (`tls`: this attempt's wish) says
+/// so; never over a Unix socket, as libpq.
+async fn open_stream(
+    cfg: &ConnConfig,
+    tls: SslMode,
+) -> Result<(ReadStream, WriteStream, String), ClientError> {
     if cfg.hostaddr.is_none() && cfg.host.starts_with('/') {
         let path = cfg.unix_socket_path();
         let s = UnixStream::connect(&path)
@@ -1197,13 +1203,32 @@ async fn open_stream(cfg: &ConnConfig) -> Result<(ReadStream, WriteStream, Strin
                         source,
                     })?;
                 }
-                let (r, w) = s.into_split();
                 let name = if cfg.hostaddr.is_some() || cfg.host == a.ip().to_string() {
                     a.to_string()
                 } else {
                     format!("{} ({a})", cfg.address())
                 };
-                return Ok((ReadStream::Tcp(r), WriteStream::Tcp(w), name));
+                let s = crate::tls::client::start_tls(tls, &cfg.tls_keys, &cfg.host, s)
+                    .await
+                    .map_err(|e| match e {
+                        crate::tls::client::StartTlsError::Config(e) => {
+                            ClientError::Config(e.to_string())
+                        }
+                        e => ClientError::Tls {
+                            addr: name.clone(),
+                            reason: e.to_string(),
+                        },
+                    })?;
+                return Ok(match s {
+                    MaybeTls::Plain(s) => {
+                        let (r, w) = s.into_split();
+                        (ReadStream::Tcp(r), WriteStream::Tcp(w), name)
+                    }
+                    tls => {
+                        let (r, w) = tokio::io::split(tls);
+                        (ReadStream::Tls(r), WriteStream::Tls(w), name)
+                    }
+                });
             }
             Err(e) => last = Some((a, e)),
         }
@@ -1275,7 +1300,8 @@ pub fn parse_wal_segment_size(v: &str) -> Option<u32> {
 }
 
 impl PgClient {
-    /// Connects and authenticates, without TLS (no SSLRequest is sent).
+    /// Connects and authenticates, over TLS as `sslmode` says. `allow`
+    /// tries in clear first and again over TLS if the server refuses that.
     ///
     /// `replication` asks for a physical walsender (`replication=true`);
     /// `extra_options` is appended to the configured `options` (e.g.
@@ -1286,7 +1312,22 @@ impl PgClient {
         replication: bool,
         extra_options: &str,
     ) -> Result<PgClient, ClientError> {
-        let fut = Self::connect_inner(cfg, replication, extra_options);
+        let fut = async {
+            match cfg.sslmode {
+                SslMode::Allow => {
+                    match Self::connect_inner(cfg, replication, extra_options, SslMode::Disable)
+                        .await
+                    {
+                        Err(e) if e.is_server_error() => {
+                            Self::connect_inner(cfg, replication, extra_options, SslMode::Require)
+                                .await
+                        }
+                        other => other,
+                    }
+                }
+                mode => Self::connect_inner(cfg, replication, extra_options, mode).await,
+            }
+        };
         match cfg.connect_timeout {
             Some(timeout) => tokio::time::timeout(timeout, fut).await.map_err(|_| {
                 ClientError::ConnectTimeout {
@@ -1302,8 +1343,9 @@ impl PgClient {
         cfg: &ConnConfig,
         replication: bool,
         extra_options: &str,
+        tls: SslMode,
     ) -> Result<PgClient, ClientError> {
-        let (r, w, addr) = open_stream(cfg).await?;
+        let (r, w, addr) = open_stream(cfg, tls).await?;
         let addr: Arc<str> = addr.into();
         let mut client = PgClient {
             reader: PgReader {
@@ -1858,19 +1900,27 @@ mod tests {
         assert!(parse_err("port=x").contains("invalid port"));
         assert!(parse_err("hostaddr=db.example").contains("hostaddr"));
         assert!(parse_err("connect_timeout=soon").contains("connect_timeout"));
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let e = parse_err(&format!("sslmode={mode}"));
-            assert!(e.contains("does not do TLS"), "{e}");
-        }
         assert!(parse_err("sslmode=sometimes").contains("invalid sslmode"));
-        assert!(parse_err("channel_binding=require").contains("TLS"));
+        assert!(parse_err("channel_binding=require").contains("channel binding"));
         assert!(parse_err("gssencmode=require").contains("GSSAPI"));
     }
 
     #[test]
-    fn keyword_value_accepts_plain_ssl_modes_and_ignored_keys() {
+    fn keyword_value_accepts_ssl_modes_and_keys_and_ignored_keys() {
         assert_eq!(parse("sslmode=allow").sslmode, SslMode::Allow);
         assert_eq!(parse("sslmode=prefer").sslmode, SslMode::Prefer);
+        assert_eq!(parse("sslmode=require").sslmode, SslMode::Require);
+        assert_eq!(parse("sslmode=verify-ca").sslmode, SslMode::VerifyCa);
+        let c = parse("sslmode=verify-full sslrootcert=/ca.crt sslcert=/c.crt sslkey=/c.key");
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(
+            c.tls_keys,
+            TlsKeys {
+                sslrootcert: Some("/ca.crt".into()),
+                sslcert: Some("/c.crt".into()),
+                sslkey: Some("/c.key".into()),
+            }
+        );
         let c = parse("keepalives=1 target_session_attrs=any gssencmode=disable");
         assert_eq!(c.host, "localhost");
     }
@@ -1911,7 +1961,15 @@ mod tests {
         let c = ConnConfig::parse_with_env("user=u password=p port=1 host=h", env).unwrap();
         assert_eq!((c.user.as_str(), c.password.as_deref()), ("u", Some("p")));
         assert_eq!((c.host.as_str(), c.port), ("h", 1));
-        let bad = |name: &str| (name == "PGSSLMODE").then(|| "require".to_string());
+        let tls = |name: &str| match name {
+            "PGSSLMODE" => Some("verify-full".to_string()),
+            "PGSSLROOTCERT" => Some("/ca.crt".to_string()),
+            _ => None,
+        };
+        let c = ConnConfig::parse_with_env("", tls).unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(c.tls_keys.sslrootcert, Some("/ca.crt".into()));
+        let bad = |name: &str| (name == "PGSSLMODE").then(|| "always".to_string());
         assert!(ConnConfig::parse_with_env("", bad).is_err());
     }
 
@@ -1943,8 +2001,11 @@ mod tests {
         let c = parse("postgresql://h?sslmode=disable");
         assert_eq!(c.sslmode, SslMode::Disable);
 
-        assert!(parse_err("postgresql://h?ssl=true").contains("does not do TLS"));
-        assert!(parse_err("postgresql://h?sslmode=require").contains("does not do TLS"));
+        assert_eq!(parse("postgresql://h?ssl=true").sslmode, SslMode::Require);
+        assert_eq!(
+            parse("postgresql://h?sslmode=verify-ca").sslmode,
+            SslMode::VerifyCa
+        );
         assert!(parse_err("postgresql://h?bogus=1").contains("bogus"));
         assert!(parse_err("postgresql://h?novalue").contains("separator"));
         assert!(parse_err("postgresql://h/%zz").contains("percent"));
@@ -2064,7 +2125,8 @@ mod tests {
             s.write_all(&out).await.unwrap();
             s
         });
-        let cfg = parse(&format!("host=127.0.0.1 port={port}"));
+        // This server does not answer an SSLRequest.
+        let cfg = parse(&format!("host=127.0.0.1 port={port} sslmode=disable"));
         (cfg, h)
     }
 

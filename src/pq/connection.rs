@@ -240,6 +240,31 @@ impl<S> PqConnection<S> {
         &mut self.stream
     }
 
+    /// Bytes read from the peer and not yet taken as a message.
+    pub fn buffered_len(&self) -> usize {
+        self.read_buf.len()
+    }
+
+    /// The same connection over `f(stream)` (the socket as one variant of
+    /// a stream that may also be TLS), its buffers kept.
+    pub fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> PqConnection<T> {
+        PqConnection {
+            stream: f(self.stream),
+            read_buf: self.read_buf,
+            write_buf: self.write_buf,
+        }
+    }
+
+    /// The stream, once nothing is buffered either way (before a TLS
+    /// handshake on it); `None` if something is.
+    pub fn into_stream(self) -> Result<S, Self> {
+        if self.read_buf.is_empty() && self.write_buf.is_empty() {
+            Ok(self.stream)
+        } else {
+            Err(self)
+        }
+    }
+
     /// Bytes written but not yet flushed; a sender can stop producing when
     /// this grows (the client is not reading).
     pub fn pending_write_len(&self) -> usize {
@@ -347,6 +372,29 @@ impl<S: AsyncRead + Unpin> PqConnection<S> {
             }
         }
         std::future::pending::<()>().await
+    }
+
+    /// The request code (the word after the length) of the next
+    /// startup-phase packet, which stays buffered; `None` if the client
+    /// closed first.
+    pub async fn peek_startup_code(&mut self) -> Result<Option<u32>, PqError> {
+        loop {
+            if startup_frame_len(&self.read_buf)?.is_some() && self.read_buf.len() >= 8 {
+                let code = [
+                    self.read_buf[4],
+                    self.read_buf[5],
+                    self.read_buf[6],
+                    self.read_buf[7],
+                ];
+                return Ok(Some(u32::from_be_bytes(code)));
+            }
+            if !self
+                .fill(startup_frame_len, "reading a startup packet")
+                .await?
+            {
+                return Ok(None);
+            }
+        }
     }
 
     /// The next startup-phase packet; `None` if the client closed first.
@@ -493,9 +541,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PqConnection<S> {
                     return StartupParams::from_params(params).map(|p| Some(Handshake::Startup(p)));
                 }
             }
-            self.write_buf.put_u8(b'N');
-            self.flush().await?;
+            self.answer_encryption_request(false).await?;
         }
+    }
+
+    /// The one-byte answer to an SSLRequest or a GSSENCRequest: `S`/`G`
+    /// (`accept`: the handshake follows) or `N` (go on in clear).
+    pub async fn answer_encryption_request(&mut self, accept: bool) -> Result<(), PqError> {
+        self.write_buf.put_u8(if accept { b'S' } else { b'N' });
+        self.flush().await
     }
 
     /// Accept the client without a password: AuthenticationOk, the

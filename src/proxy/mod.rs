@@ -37,6 +37,9 @@ pub struct Config {
     pub proposer_id: [u8; 16],
     /// Elect without a primary, settle what the safekeepers hold, exit.
     pub sync_only: bool,
+    /// `--safekeeper-conninfo`: libpq keys of every connection to a
+    /// safekeeper (sslmode, sslrootcert, …), host and port excepted.
+    pub safekeeper_conninfo: String,
 }
 
 /// The operator's one-shot requests, carried from session to session: each

@@ -23,50 +23,33 @@ pub fn proposer_options(ttid: Ttid) -> String {
     )
 }
 
-/// `--safekeeper-conninfo` when not given: no password, so only a
-/// safekeeper without `--users-file` lets it in.
-pub const DEFAULT_CONNINFO: &str = "user=walkeeper";
-
-/// The proxy's libpq keys for every safekeeper connection, set once at
-/// start ([`set_conninfo`]).
-static CONNINFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Use `conninfo` (libpq `key=value` pairs: user, password, passfile, …;
-/// not host or port, which `--safekeepers` gives) for every connection to a
-/// safekeeper. Checked here; once per process.
-pub fn set_conninfo(conninfo: &str) -> Result<(), String> {
-    // Ours are appended last and win anyway; this only says so early.
+/// How to connect to the safekeeper at `addr`: `conninfo`
+/// (`--safekeeper-conninfo`: user, password, passfile, sslmode, sslrootcert,
+/// …) over these defaults, with host and port from the member list. Host
+/// and port in `conninfo` are refused: the member list gives them.
+pub fn conn_config(conninfo: &str, addr: &str) -> Result<ConnConfig, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
+    if conninfo.contains("://") {
+        return Err("--safekeeper-conninfo: give libpq key=value pairs, not a URI".into());
+    }
     if let Some((k, _)) = conninfo
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| matches!(k.trim(), "host" | "hostaddr" | "port"))
     {
         return Err(format!(
-            "{k}= does not belong here: --safekeepers gives each safekeeper's address"
+            "--safekeeper-conninfo: {k}= does not belong here: --safekeepers gives each safekeeper's address"
         ));
     }
-    with_address(conninfo, "127.0.0.1", "1")?;
-    CONNINFO
-        .set(conninfo.to_string())
-        .map_err(|_| "the safekeeper conninfo is set once".to_string())
-}
-
-fn with_address(conninfo: &str, host: &str, port: &str) -> Result<ConnConfig, String> {
-    if conninfo.contains("://") {
-        return Err("give libpq key=value pairs, not a URI".into());
-    }
-    ConnConfig::parse(&format!(
-        "{conninfo} host={host} port={port} application_name=safekeeper_proxy connect_timeout=5"
+    // A bracketed IPv6 address is a plain one to libpq.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut cfg = ConnConfig::parse(&format!(
+        "user=walkeeper application_name=safekeeper_proxy connect_timeout=5 {conninfo} \
+         host={host} port={port}"
     ))
-    .map_err(|e| e.to_string())
-}
-
-fn conn_config(addr: &str) -> Result<ConnConfig, String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("safekeeper address {addr:?} is not HOST:PORT"))?;
-    let conninfo = CONNINFO.get().map_or(DEFAULT_CONNINFO, String::as_str);
-    let mut cfg = with_address(conninfo, host, port)?;
+    .map_err(|e| format!("--safekeeper-conninfo: {e}"))?;
     // A safekeeper behind a silent link is dropped by the kernel, and the
     // bytes queued for it with the socket (issue 22).
     cfg.tcp_liveness = Some(crate::pq::liveness::TcpLiveness::PEER);
@@ -77,16 +60,18 @@ fn conn_config(addr: &str) -> Result<ConnConfig, String> {
 /// Reports `Connected` with a sender for outgoing messages, every reply as
 /// `Reply`, and `Disconnected` at the end (always, exactly once).
 pub async fn run_push_connection(
+    conninfo: String,
     node: NodeId,
     addr: String,
     ttid: Ttid,
     history: Option<(u32, Bytes)>,
     events: mpsc::Sender<Event>,
 ) {
-    let (reason, refused) = match push_connection(node, &addr, ttid, history, &events).await {
-        Ok(()) => ("closed".to_string(), None),
-        Err(e) => e,
-    };
+    let (reason, refused) =
+        match push_connection(&conninfo, node, &addr, ttid, history, &events).await {
+            Ok(()) => ("closed".to_string(), None),
+            Err(e) => e,
+        };
     let _ = events
         .send(Event::Disconnected {
             node,
@@ -138,13 +123,14 @@ fn warn_if_denied(node: NodeId, e: &ClientError) {
 type Ended = (String, Option<Refused>);
 
 async fn push_connection(
+    conninfo: &str,
     node: NodeId,
     addr: &str,
     ttid: Ttid,
     history: Option<(u32, Bytes)>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), Ended> {
-    let cfg = conn_config(addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
+    let cfg = conn_config(conninfo, addr).map_err(|e| (e, Some(Refused::Mismatch)))?;
     // The push stream promises heartbeats, so a node cut off from this
     // proxy knows it within seconds (safekeeper::failover).
     let options = format!(
@@ -242,13 +228,14 @@ async fn push_connection(
 /// Read WAL `[start, end)` of `ttid` from a donor in `term` (served only
 /// while the donor's term and last_log_term are `term`).
 pub async fn recovery_read(
+    conninfo: &str,
     addr: &str,
     ttid: Ttid,
     term: Term,
     start: Lsn,
     end: Lsn,
 ) -> Result<Bytes, String> {
-    let cfg = conn_config(addr)?;
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("recovery read from {addr}: {e}"))?;
@@ -289,8 +276,14 @@ pub async fn recovery_read(
 
 /// Tell a node that `--sync-only` settled it: it holds and has committed
 /// `lsn` in `term`. The node records that durably before it answers.
-pub async fn settle(addr: &str, ttid: Ttid, term: Term, lsn: Lsn) -> Result<(), String> {
-    let cfg = conn_config(addr)?;
+pub async fn settle(
+    conninfo: &str,
+    addr: &str,
+    ttid: Ttid,
+    term: Term,
+    lsn: Lsn,
+) -> Result<(), String> {
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
@@ -304,8 +297,12 @@ pub async fn settle(addr: &str, ttid: Ttid, term: Term, lsn: Lsn) -> Result<(), 
 
 /// What a safekeeper stores about a timeline's origin (for --sync-only,
 /// which has no primary to ask): server info and timeline_start_lsn.
-pub async fn timeline_info(addr: &str, ttid: Ttid) -> Result<(ServerInfo, Lsn), String> {
-    let cfg = conn_config(addr)?;
+pub async fn timeline_info(
+    conninfo: &str,
+    addr: &str,
+    ttid: Ttid,
+) -> Result<(ServerInfo, Lsn), String> {
+    let cfg = conn_config(conninfo, addr)?;
     let mut client = PgClient::connect(&cfg, true, &proposer_options(ttid))
         .await
         .map_err(|e| format!("{addr}: {e}"))?;

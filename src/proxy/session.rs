@@ -316,7 +316,7 @@ pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, P
     let mut last_err = String::new();
     let mut info = None;
     for (node, addr) in &cfg.members {
-        match safekeepers::timeline_info(addr, cfg.ttid).await {
+        match safekeepers::timeline_info(&cfg.safekeeper_conninfo, addr, cfg.ttid).await {
             Ok(i) => {
                 info = Some(i);
                 break;
@@ -359,7 +359,7 @@ pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, P
         let Some(addr) = cfg.members.get(node) else {
             continue;
         };
-        match safekeepers::settle(addr, cfg.ttid, term, lsn).await {
+        match safekeepers::settle(&cfg.safekeeper_conninfo, addr, cfg.ttid, term, lsn).await {
             Ok(()) => {
                 nodes.insert(*node);
             }
@@ -529,6 +529,7 @@ impl<'a> Session<'a> {
             }
             self.dialing.insert(node, true);
             tokio::spawn(safekeepers::run_push_connection(
+                self.cfg.safekeeper_conninfo.clone(),
                 node,
                 addr,
                 self.cfg.ttid,
@@ -692,12 +693,14 @@ impl<'a> Session<'a> {
                     tracing::debug!(target = target.0, donor = donor.0, %start, %end, "recovery read");
                     let tx = self.events_tx.clone();
                     let ttid = self.cfg.ttid;
+                    let conninfo = self.cfg.safekeeper_conninfo.clone();
                     tokio::spawn(async move {
-                        let ev =
-                            match safekeepers::recovery_read(&addr, ttid, term, start, end).await {
-                                Ok(wal) => Event::RecoveryData { id, wal },
-                                Err(reason) => Event::RecoveryFailed { id, reason },
-                            };
+                        let read =
+                            safekeepers::recovery_read(&conninfo, &addr, ttid, term, start, end);
+                        let ev = match read.await {
+                            Ok(wal) => Event::RecoveryData { id, wal },
+                            Err(reason) => Event::RecoveryFailed { id, reason },
+                        };
                         let _ = tx.send(ev).await;
                     });
                 }
@@ -860,12 +863,14 @@ impl<'a> Session<'a> {
         let addr = self.cfg.members.get(&donor).cloned().unwrap_or_default();
         let tx = self.events_tx.clone();
         let ttid = self.cfg.ttid;
+        let conninfo = self.cfg.safekeeper_conninfo.clone();
         tokio::spawn(async move {
             // The donor serves the read only once it has processed this
             // term's Elected, which may still be on its way: retry briefly.
             let mut r = Err(String::new());
             for _ in 0..50 {
-                r = safekeepers::recovery_read(&addr, ttid, term, from, term_start).await;
+                r = safekeepers::recovery_read(&conninfo, &addr, ttid, term, from, term_start)
+                    .await;
                 if r.is_ok() {
                     break;
                 }

@@ -61,9 +61,13 @@ impl Client {
 /// otherwise it is told so (53300) once it sent its start-up packet, and
 /// closed. The start-up must end within `--authentication-timeout`.
 pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, admitted: bool) {
-    let mut conn = PqConnection::new(socket);
     let timeout = shared.limits.authentication_timeout;
-    let started = match tokio::time::timeout(timeout, start(&shared, &mut conn, peer, admitted))
+    let deadline = tokio::time::Instant::now() + timeout;
+    let Some(mut conn) = super::encryption::negotiate_by(deadline, &shared.tls, socket, peer).await
+    else {
+        return;
+    };
+    let started = match tokio::time::timeout_at(deadline, start(&shared, &mut conn, peer, admitted))
         .await
     {
         Ok(started) => started,

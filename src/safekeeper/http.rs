@@ -78,8 +78,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
                     let service = hyper_util::service::TowerToHyperService::new(app.clone());
                     let stop = stopped(shared.shutdown.clone());
                     let header_timeout = limits.http_header_timeout;
+                    let tls = shared.tls.http_server().cloned();
                     connections.spawn(async move {
                         let _place = place;
+                        // The handshake within the header timeout too.
+                        let Some(socket) = accept_tls(tls, socket, peer, header_timeout).await else {
+                            return;
+                        };
                         let mut http = hyper::server::conn::http1::Builder::new();
                         http.timer(hyper_util::rt::TokioTimer::new())
                             .header_read_timeout(header_timeout);
@@ -114,6 +119,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The TLS handshake if the port speaks TLS (`None`: it failed, and the
+/// connection is dropped).
+async fn accept_tls(
+    tls: Option<Arc<crate::tls::server::TlsServer>>,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    within: Duration,
+) -> Option<crate::tls::MaybeTls<tokio::net::TcpStream>> {
+    let Some(tls) = tls else {
+        return Some(crate::tls::MaybeTls::Plain(socket));
+    };
+    match tokio::time::timeout(within, tls.accept(socket)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "HTTP: TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP: TLS handshake not done within --http-header-timeout");
+            None
+        }
+    }
 }
 
 /// Resolves once the daemon's shutdown flag is set.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod connection;
+pub mod encryption;
 pub mod failover;
 pub mod history;
 pub mod http;
@@ -54,6 +55,9 @@ pub struct Config {
     pub checkpoint_dir: Option<PathBuf>,
     /// `--users-file` and the like: who may connect, and how.
     pub access: auth::Access,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`, `--tls-required`,
+    /// `--http-tls`.
+    pub tls: encryption::TlsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen for HTTP (--listen-http) on {addr}: {source}")]
     ListenHttp {
         addr: SocketAddr,
@@ -185,6 +191,8 @@ pub struct Shared {
     pub auth: Option<Arc<auth::PgAuth>>,
     /// The HTTP port's bearer token (`--http-token-file`), if any.
     pub http_auth: http_auth::HttpAuth,
+    /// TLS on the PostgreSQL-protocol port.
+    pub tls: encryption::PortsTls,
 }
 
 impl Shared {
@@ -217,6 +225,7 @@ impl Shared {
             checkpoint_dir: None,
             auth: None,
             http_auth: Default::default(),
+            tls: encryption::PortsTls::default(),
         }
     }
 
@@ -371,6 +380,7 @@ pub async fn run(
         .as_deref()
         .map(|dir| http::checkpoint_dir(dir, &config.datadir))
         .transpose()?;
+    let tls = config.tls.load()?;
     let store = SharedStore::new(store);
     let writer = GroupCommitWriter::start(store.clone());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -393,6 +403,7 @@ pub async fn run(
         checkpoint_dir,
         auth: access.pg,
         http_auth: access.http,
+        tls,
         ..Shared::new(
             node_id,
             store,
@@ -411,6 +422,7 @@ pub async fn run(
             source,
         })?;
     let http_server = tokio::spawn(http::serve(http_listener, shared.clone()));
+    let tls_reloader = tokio::spawn(encryption::reload_on_sighup(shared.tls.server.clone()));
     if shared.checkpoint_dir.is_none() {
         tracing::info!("no --checkpoint-dir: POST /v1/checkpoint is refused (skctl checkpoint --datadir works on a stopped store)");
     }
@@ -418,6 +430,9 @@ pub async fn run(
         node_id = node_id.0,
         listen_pg = %listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.listen_pg, source })?,
         %listen_http,
+        tls = shared.tls.server.is_some(),
+        tls_required = shared.tls.required,
+        http_tls = shared.tls.http,
         timelines = shared.timelines.all().len(),
         "safekeeper ready"
     );
@@ -496,6 +511,7 @@ pub async fn run(
             http_abort.abort();
         }
     }
+    tls_reloader.abort();
     if let Err(e) = retention_task.await {
         tracing::warn!(error = %e, "retention task ended abnormally");
     }

@@ -3,6 +3,7 @@
 //! and a minimal proposer client speaking the real wire protocol.
 #![allow(dead_code)]
 
+pub mod certs;
 #[cfg(feature = "rocksdb")]
 pub mod cluster;
 pub mod netns;

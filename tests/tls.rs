@@ -546,3 +546,71 @@ fn the_proxys_sslmode_behaves_as_libpqs() {
         .args(["--sync-timeout", "1"]));
     assert!(!ok && err.contains("/nonexistent/ca.crt"), "{err}");
 }
+
+/// Issue 20's whole picture ("All together" in the README): safekeepers
+/// that take only TLS and only SCRAM users; the proxy pushes as the
+/// proposer user over verify-full with a password file, and a standby
+/// streams as the consumer user over verify-full with a password, and
+/// replays.
+#[test]
+fn scram_over_verify_full_end_to_end() {
+    use common::users::*;
+    if pg::absent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&pg::postgres_dir(dir.path(), "certs"));
+    let users = users_file(dir.path());
+    let mut args = certs.server_args("server");
+    args.extend(["--tls-required".into(), "--users-file".into()]);
+    args.push(users.to_str().unwrap().into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pg = Postgres::start_primary(dir.path(), SYNC_CONF);
+    let sks: Vec<Safekeeper> = (1..=3)
+        .map(|n| Safekeeper::start_with(&dir.path().join(format!("sk{n}")), n, true, &args))
+        .collect();
+    let escaped = PROXY_PW.replace('\\', "\\\\").replace(':', "\\:");
+    let passfile = private_file(
+        &dir.path().join("proxy.pgpass"),
+        &format!("127.0.0.1:*:replication:proxy:{escaped}\n"),
+    );
+    let mut c = Cluster {
+        proxy: None,
+        sks,
+        pg,
+        dir,
+    };
+    let sk_conninfo = format!(
+        "user=proxy passfile={} {}",
+        passfile.display(),
+        certs.verify_full()
+    );
+    c.start_proxy(
+        "proxy1",
+        &["--create-timeline", "--safekeeper-conninfo", &sk_conninfo],
+    );
+    c.wait_sync();
+    c.pg.sql("CREATE TABLE t (i int); INSERT INTO t VALUES (1)");
+
+    let mut standby = Postgres::basebackup(c.dir.path(), &c.pg, "standby");
+    let ports: Vec<String> = c.sks.iter().map(|s| s.pg_addr.port().to_string()).collect();
+    c.start_standby(
+        &mut standby,
+        0,
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=standby \
+             password={STANDBY_PW} connect_timeout=2 {}'",
+            ports.join(","),
+            certs.verify_full()
+        ),
+    );
+    c.pg.sql("INSERT INTO t VALUES (2)");
+    wait_rows(&standby, 2);
+    // A consumer without its password is refused, TLS or not.
+    let (ok, _, err) = psql_replication(
+        c.sks[0].pg_addr,
+        &format!("user=standby {}", certs.verify_full()),
+        "IDENTIFY_SYSTEM",
+    );
+    assert!(!ok && err.contains("password"), "{err}");
+}

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod netns;
 pub mod pg;
 pub mod store;
+pub mod users;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

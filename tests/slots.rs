@@ -318,7 +318,7 @@ fn a_lagging_safekeeper_sends_consumers_elsewhere() {
     let _ = p.recv();
     p.send(
         &walkeeper::consensus::messages::ProposerMessage::VoteRequest(
-            walkeeper::consensus::messages::VoteRequest { term: 1 },
+            walkeeper::consensus::messages::VoteRequest::new(1),
         ),
     );
     let _ = p.recv();

@@ -371,6 +371,7 @@ mod tests {
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
             pg_ancestors: Vec::new(),
+            membership: Default::default(),
         }
     }
 

@@ -739,6 +739,21 @@ impl<'a> Session<'a> {
                         "the primary is on PostgreSQL timeline {tli}, which {fork}, but the safekeepers hold                          timeline {from_tli}'s WAL up to {wal_end}, which may hold acknowledged commits:                          this promoted standby lacks them. Run safekeeper-proxy --sync-only, let a standby                          fed only from the safekeepers replay up to the LSN it prints, and promote that one"
                     )));
                 }
+                Action::Configured { conf, made } => {
+                    tracing::info!(
+                        generation = %conf.generation,
+                        members = ?conf.members.keys().map(|n| n.0).collect::<Vec<_>>(),
+                        next = ?conf.next.as_ref().map(|n| n.keys().map(|n| n.0).collect::<Vec<_>>()),
+                        made,
+                        "membership configuration in force"
+                    );
+                }
+                Action::Removed(node) => {
+                    tracing::info!(
+                        node = node.0,
+                        "safekeeper {node} stored the configuration that removed it"
+                    );
+                }
                 Action::Recreated(node) => {
                     self.lacking.remove(&node);
                     tracing::warn!(

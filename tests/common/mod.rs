@@ -224,6 +224,7 @@ pub const START: u64 = SEG as u64;
 
 pub fn greeting(node_ids: &[u64], create: bool) -> Greeting {
     Greeting {
+        conf: None,
         protocol_version: PROTOCOL_VERSION,
         ttid: ttid(),
         server: ServerInfo {
@@ -485,7 +486,7 @@ pub fn greeting_for(system_id: u64, create: bool) -> Greeting {
 pub fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
     c.send(&ProposerMessage::Greeting(g));
     assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(term)));
     assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
     c.send(&ProposerMessage::Elected(Elected {
         term,

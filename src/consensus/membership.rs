@@ -12,11 +12,16 @@
 //!
 //! 1. joint (M, N), once every new member holds the WAL up to the leader's
 //!    commit (it was elected into the term and caught up as a learner);
-//! 2. final (N), once a majority of M stored the joint one: from then on a
-//!    proposer of an older generation cannot win a majority of M (nodes
-//!    refuse votes to a generation older than their own), so nothing
-//!    counted by M alone can happen any more, and every configuration still
-//!    able to decide (joint or final) needs a majority of N.
+//! 2. final (N), once a majority of M stored the joint one and a majority
+//!    of N holds the WAL up to the leader's commit: from then on a proposer
+//!    of an older generation cannot win a majority of M (nodes refuse votes
+//!    to a generation older than their own), so nothing counted by M alone
+//!    can happen any more, every configuration still able to decide (joint
+//!    or final) needs a majority of N, and that majority holds every commit
+//!    made before, also those a majority of M alone counted (the leader's
+//!    commit covers every earlier commit). Raft gets the last part from
+//!    committing the joint entry in the log; here the configuration is not
+//!    in the WAL, so the leader checks the positions.
 //!
 //! A joint configuration whose `next` is not the leader's target is ended
 //! back at M (an abort) before the leader starts its own change.
@@ -173,7 +178,9 @@ pub struct Progress<'a> {
 /// - not joint, other ids than `target`: the joint configuration, once
 ///   every new member acknowledged flush at or above the leader's commit;
 /// - joint: the final one (`next` if it is `target`, else back to
-///   `members`), once a majority of `members` stored the joint one.
+///   `members`), once a majority of `members` stored the joint one and a
+///   majority of the final set acknowledged flush at or above the leader's
+///   commit.
 pub fn next_configuration(
     current: &Configuration,
     target: &Members,
@@ -210,6 +217,15 @@ pub fn next_configuration(
             } else {
                 current.members.clone()
             };
+            let reached: Vec<Lsn> = members
+                .keys()
+                .filter_map(|n| p.flush.get(n).copied())
+                .collect();
+            let holds_commit = p.commit_lsn.is_valid()
+                && quorum::majority_lsn(&reached, members.len()).is_some_and(|l| l >= p.commit_lsn);
+            if !holds_commit {
+                return None;
+            }
             Some(Configuration {
                 generation,
                 members,
@@ -347,7 +363,7 @@ mod tests {
     #[test]
     fn the_final_configuration_waits_for_a_majority_of_the_old_set() {
         let j = joint(&[1, 2, 3], &[1, 2, 4]);
-        let f = flush(&[]);
+        let f = flush(&[(1, 100), (2, 100), (3, 100), (4, 100)]);
         let p = |stored| Progress {
             flush: &f,
             commit_lsn: Lsn(100),
@@ -366,6 +382,28 @@ mod tests {
         assert_eq!(back.members, set(&[1, 2, 3]));
         // a leader of an older term than the configuration makes none
         assert_eq!(next_configuration(&j, &set(&[1, 2, 4]), 2, p(&two)), None);
+    }
+
+    /// 5 -> 3: a commit a majority of the old set alone counted before the
+    /// joint configuration ({3,4,5} at 100) is not on a majority of the new
+    /// set ({1,2} at 50): the final configuration waits until it is, or an
+    /// election by {1,2} would lose it (found by the simulation, shrink seed
+    /// 10346, before this rule).
+    #[test]
+    fn the_final_configuration_waits_for_the_new_set_to_hold_the_commit() {
+        let j = joint(&[1, 2, 3, 4, 5], &[1, 2, 3]);
+        let stored = nodes(&[3, 4, 5]);
+        let target = set(&[1, 2, 3]);
+        let behind = flush(&[(1, 50), (2, 50), (3, 100), (4, 100), (5, 100)]);
+        let p = |f| Progress {
+            flush: f,
+            commit_lsn: Lsn(100),
+            stored_current: &stored,
+        };
+        assert_eq!(next_configuration(&j, &target, 3, p(&behind)), None);
+        let caught_up = flush(&[(1, 100), (2, 50), (3, 100)]);
+        let fin = next_configuration(&j, &target, 3, p(&caught_up)).expect("final");
+        assert_eq!(fin.members, target);
     }
 
     #[test]

@@ -498,13 +498,10 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Dial every node the proposer talks to: `--safekeepers` and the
+    /// members of the configuration in force (ARCHITECTURE.md 3.13).
     fn dial_all(&mut self) {
-        let nodes: Vec<(NodeId, String)> = self
-            .cfg
-            .members
-            .iter()
-            .map(|(n, a)| (*n, a.clone()))
-            .collect();
+        let nodes: Vec<(NodeId, String)> = self.proposer.peers().into_iter().collect();
         for (node, addr) in nodes {
             if self.conns.contains_key(&node) || self.dialing.get(&node).copied().unwrap_or(false) {
                 continue;
@@ -668,7 +665,7 @@ impl<'a> Session<'a> {
                     end,
                     target,
                 } => {
-                    let Some(addr) = self.cfg.members.get(&donor).cloned() else {
+                    let Some(addr) = self.proposer.peers().get(&donor).cloned() else {
                         let more = self.proposer.on_recovery_failed(id);
                         Box::pin(self.apply(more)).await?;
                         continue;
@@ -856,7 +853,12 @@ impl<'a> Session<'a> {
             self.check = Check::Streaming;
             return Ok(());
         }
-        let addr = self.cfg.members.get(&donor).cloned().unwrap_or_default();
+        let addr = self
+            .proposer
+            .peers()
+            .get(&donor)
+            .cloned()
+            .unwrap_or_default();
         let tx = self.events_tx.clone();
         let ttid = self.cfg.ttid;
         tokio::spawn(async move {

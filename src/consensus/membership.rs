@@ -406,6 +406,76 @@ mod tests {
         assert_eq!(fin.members, target);
     }
 
+    /// The proposer counts by the newest configuration a member stored:
+    /// a joint one learnt from greetings makes it dial the new member,
+    /// wait for a quorum of both sets, and ask for votes in that
+    /// generation (which older-generation nodes would refuse).
+    #[test]
+    fn a_proposer_counts_by_the_newest_configuration_a_member_told_it() {
+        use crate::consensus::messages::{
+            AcceptorGreeting, AcceptorMessage, ProposerMessage, ServerInfo,
+        };
+        use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
+        let server = ServerInfo {
+            system_id: 1,
+            pg_version: 150_000,
+            wal_seg_size: 1 << 20,
+            tli: 1,
+        };
+        let cfg = ProposerConfig::new(Default::default(), server, Lsn(1 << 20), set(&[1, 2, 3]));
+        let mut p = Proposer::new(cfg);
+        let grow = joint(&[1, 2, 3], &[1, 2, 3, 4, 5]);
+        let greeting = |node: u64, conf: Configuration| {
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: crate::codec::PROTOCOL_VERSION,
+                node_id: NodeId(node),
+                term: 2,
+                conf,
+            })
+        };
+        let _ = p.start_election();
+        p.on_connected(NodeId(1));
+        let out = p.on_message(NodeId(1), greeting(1, grow.clone()));
+        assert!(out.contains(&Action::Configured {
+            conf: grow.clone(),
+            made: false
+        }));
+        assert!(
+            p.peers().contains_key(&NodeId(5)),
+            "the new members are dialled"
+        );
+        p.on_connected(NodeId(2));
+        let out = p.on_message(
+            NodeId(2),
+            greeting(2, Configuration::initial(set(&[1, 2, 3]))),
+        );
+        assert_eq!(
+            p.configuration(),
+            &grow,
+            "an older configuration is not taken"
+        );
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::Send(_, ProposerMessage::VoteRequest(_)))),
+            "{{1,2}} is a majority of the old set, not of the new one"
+        );
+        p.on_connected(NodeId(4));
+        let out = p.on_message(NodeId(4), greeting(4, grow.clone()));
+        let votes: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(n, ProposerMessage::VoteRequest(v)) => Some((*n, v.generation)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            votes.len(),
+            3,
+            "{{1,2,4}}: a majority of both sets: {out:?}"
+        );
+        assert!(votes.iter().all(|(_, g)| *g == grow.generation));
+    }
+
     #[test]
     fn generations_order_by_term_then_step() {
         let a = Generation { term: 2, step: 5 };

@@ -69,6 +69,7 @@ fn fill(dir: &Path, ttid: Ttid, bytes: u64) -> Lsn {
     let node = NodeId(1);
     let mut store = RocksStore::init(dir, node).expect("init store");
     let greeting = Greeting {
+        conf: None,
         protocol_version: PROTOCOL_VERSION,
         ttid,
         server: ServerInfo {
@@ -88,7 +89,7 @@ fn fill(dir: &Path, ttid: Ttid, bytes: u64) -> Lsn {
     let (mut acc, effects) = Acceptor::create(node, &greeting).expect("create timeline");
     apply(&mut store, ttid, effects);
     let fx = acc
-        .handle(&ProposerMessage::VoteRequest(VoteRequest { term: 1 }))
+        .handle(&ProposerMessage::VoteRequest(VoteRequest::new(1)))
         .expect("vote");
     apply(&mut store, ttid, fx);
     let fx = acc

@@ -19,7 +19,7 @@ use crate::consensus::term_history::Term;
 use crate::lsn::Lsn;
 
 /// Version of the proposer/acceptor protocol (schema/wire-messages.md).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest WAL payload of one AppendRequest; the decoder refuses more.
 pub const MAX_APPEND_WAL: usize = 1 << 20;
@@ -37,6 +37,7 @@ const TAG_VOTE_REQUEST: u8 = b'v';
 const TAG_ELECTED: u8 = b'e';
 const TAG_APPEND_REQUEST: u8 = b'a';
 const TAG_RESEED: u8 = b'r';
+const TAG_CONFIGURE: u8 = b'c';
 const TAG_ACCEPTOR_GREETING: u8 = b'G';
 const TAG_VOTE_RESPONSE: u8 = b'V';
 const TAG_APPEND_RESPONSE: u8 = b'A';
@@ -180,6 +181,10 @@ pub fn encode_proposer_message(msg: &ProposerMessage) -> Bytes {
             out.put_u8(TAG_RESEED);
             body(&mut out, m);
         }
+        ProposerMessage::Configure(m) => {
+            out.put_u8(TAG_CONFIGURE);
+            body(&mut out, m);
+        }
     }
     out.freeze()
 }
@@ -199,6 +204,7 @@ pub fn decode_proposer_message(bytes: &Bytes) -> Result<ProposerMessage, CodecEr
         TAG_VOTE_REQUEST => ProposerMessage::VoteRequest(parse("VoteRequest", rest)?),
         TAG_ELECTED => ProposerMessage::Elected(parse("Elected", rest)?),
         TAG_RESEED => ProposerMessage::Reseed(parse("Reseed", rest)?),
+        TAG_CONFIGURE => ProposerMessage::Configure(parse("Configure", rest)?),
         TAG_APPEND_REQUEST => {
             let (h, used): (AppendHeader, usize) = parse_prefix("AppendRequest", rest)?;
             let wal_start = 1 + used;
@@ -319,6 +325,7 @@ mod tests {
 
     fn greeting() -> Greeting {
         Greeting {
+            conf: None,
             protocol_version: PROTOCOL_VERSION,
             ttid: Ttid::new(TenantId([1; 16]), TimelineId([2; 16])),
             server: ServerInfo {
@@ -356,7 +363,7 @@ mod tests {
     fn proposer_messages() -> Vec<ProposerMessage> {
         vec![
             ProposerMessage::Greeting(greeting()),
-            ProposerMessage::VoteRequest(VoteRequest { term: 5 }),
+            ProposerMessage::VoteRequest(VoteRequest::new(5)),
             ProposerMessage::Elected(Elected {
                 term: 5,
                 start_streaming_at: Lsn(77),
@@ -395,6 +402,7 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node_id: NodeId(3),
                 term: 4,
+                conf: crate::consensus::membership::Configuration::initial(Default::default()),
             }),
             AcceptorMessage::Vote(VoteResponse {
                 term: 5,
@@ -561,10 +569,12 @@ mod tests {
             Err(CodecError::OtherProtocol { found: 2 })
         );
         let mut v4 = vec![TAG_ACCEPTOR_GREETING];
-        v4.extend_from_slice(&4u32.to_le_bytes());
+        v4.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
         assert_eq!(
             decode_acceptor_message(&v4),
-            Err(CodecError::OtherProtocol { found: 4 })
+            Err(CodecError::OtherProtocol {
+                found: PROTOCOL_VERSION + 1
+            })
         );
     }
 

@@ -12,6 +12,7 @@ use walkeeper::consensus::acceptor::{
 use walkeeper::consensus::limits::{
     MAX_MEMBERS, MAX_MEMBER_ADDRESS_LEN, MAX_TERM_HISTORY, MAX_TERM_JUMP,
 };
+use walkeeper::consensus::membership::{Configuration, Generation, Membership};
 use walkeeper::consensus::messages::*;
 use walkeeper::consensus::term_history::TermHistory;
 use walkeeper::id::{NodeId, TenantId, TimelineId, Ttid};
@@ -34,6 +35,7 @@ fn members() -> Members {
 
 fn greeting(create: bool) -> Greeting {
     Greeting {
+        conf: None,
         protocol_version: PROTOCOL_VERSION,
         ttid: ttid(),
         server: ServerInfo {
@@ -87,7 +89,7 @@ impl Node {
     }
 
     fn vote(&mut self, term: u64) -> VoteResponse {
-        match self.send(ProposerMessage::VoteRequest(VoteRequest { term })) {
+        match self.send(ProposerMessage::VoteRequest(VoteRequest::new(term))) {
             Ok(Some(AcceptorMessage::Vote(v))) => v,
             other => panic!("expected a vote response, got {other:?}"),
         }
@@ -152,7 +154,8 @@ fn creating_a_timeline_is_durable_before_the_greeting_reply() {
         Some(AcceptorMessage::Greeting(AcceptorGreeting {
             protocol_version: PROTOCOL_VERSION,
             node_id: NodeId(1),
-            term: 0
+            term: 0,
+            conf: Configuration::initial(members()),
         }))
     );
     let s = acceptor.state();
@@ -188,18 +191,20 @@ fn a_timeline_must_start_at_a_segment_boundary() {
     ));
 }
 
+/// Another member list is no longer refused (it asks for a membership
+/// change, which only a leader elected by the stored configuration makes):
+/// the reply tells the proposer the stored configuration.
 #[test]
-fn greeting_with_another_member_set_or_system_id_is_refused() {
+fn greeting_with_another_member_set_is_told_the_stored_one_other_system_id_refused() {
     let mut node = Node::new();
     let mut g = greeting(false);
     g.members.insert(NodeId(4), "x:1".into());
-    assert!(matches!(
-        node.send(ProposerMessage::Greeting(g)),
-        Err(Refusal::Mismatch {
-            field: "members",
-            ..
-        })
-    ));
+    match node.send(ProposerMessage::Greeting(g)) {
+        Ok(Some(AcceptorMessage::Greeting(r))) => {
+            assert_eq!(r.conf, Configuration::initial(members()));
+        }
+        other => panic!("expected a greeting reply, got {other:?}"),
+    }
     let mut g = greeting(true);
     g.server.system_id = 43;
     assert!(matches!(
@@ -241,7 +246,7 @@ fn greeting_with_another_member_set_or_system_id_is_refused() {
 #[test]
 fn one_vote_per_term_persisted_before_the_reply() {
     let mut node = Node::new();
-    let effects = node.send_unsynced(ProposerMessage::VoteRequest(VoteRequest { term: 3 }));
+    let effects = node.send_unsynced(ProposerMessage::VoteRequest(VoteRequest::new(3)));
     match &effects.reply {
         Some(AcceptorMessage::Vote(v)) => assert!(v.granted && v.term == 3),
         other => panic!("{other:?}"),
@@ -769,7 +774,7 @@ fn a_vote_may_move_the_term_by_at_most_the_jump_limit() {
     for term in [u64::MAX, MAX_TERM_JUMP + 1] {
         let refusal = node
             .acceptor
-            .handle(&ProposerMessage::VoteRequest(VoteRequest { term }))
+            .handle(&ProposerMessage::VoteRequest(VoteRequest::new(term)))
             .unwrap_err();
         assert_eq!(
             refusal,
@@ -785,7 +790,7 @@ fn a_vote_may_move_the_term_by_at_most_the_jump_limit() {
     assert!(node.vote(MAX_TERM_JUMP).granted);
     assert!(node.vote(2 * MAX_TERM_JUMP).granted);
     assert!(matches!(
-        node.send(ProposerMessage::VoteRequest(VoteRequest { term: u64::MAX })),
+        node.send(ProposerMessage::VoteRequest(VoteRequest::new(u64::MAX))),
         Err(Refusal::TermJump { .. })
     ));
     // A lower term is no jump: denied as ever, with the current term.
@@ -883,13 +888,183 @@ fn a_promoted_primary_continues_the_timeline_from_its_switch_point() {
     assert!(n.send(ProposerMessage::Greeting(sync)).is_ok());
 }
 
+/// Bytes of an initial `membership` at the end of a version 4 record:
+/// generation (u64 term, u32 step), `next` None (1), `left` (1).
+const INITIAL_MEMBERSHIP_LEN: usize = 8 + 4 + 1 + 1;
+
 /// Version 2 timeline state records (before `pg_ancestors`) still decode.
 #[test]
 fn a_version_2_timeline_state_still_decodes() {
     let n = Node::new();
     let s = n.acceptor.state().clone();
     let raw = [&2u16.to_be_bytes()[..], &encode_stored(&s).unwrap()[2..]].concat();
-    // A v2 record is the v3 one without the trailing empty vector (8 bytes).
-    let v2 = &raw[..raw.len() - 8];
+    // A v2 record is the v4 one without the trailing membership and empty
+    // vector (8 bytes).
+    let v2 = &raw[..raw.len() - INITIAL_MEMBERSHIP_LEN - 8];
     assert_eq!(decode_timeline_state(v2).unwrap(), s);
+}
+
+/// Version 3 records (before `membership`) decode as the initial
+/// configuration of their members: generation 0.0, not joint, not left.
+#[test]
+fn a_version_3_timeline_state_decodes_as_the_initial_configuration() {
+    let n = Node::new();
+    let s = n.acceptor.state().clone();
+    assert_eq!(s.membership, Membership::default());
+    let raw = [&3u16.to_be_bytes()[..], &encode_stored(&s).unwrap()[2..]].concat();
+    let v3 = &raw[..raw.len() - INITIAL_MEMBERSHIP_LEN];
+    let decoded = decode_timeline_state(v3).unwrap();
+    assert_eq!(decoded, s);
+    assert_eq!(decoded.configuration(), Configuration::initial(members()));
+}
+
+fn conf(generation: (u64, u32), members: &[u64], next: Option<&[u64]>) -> Configuration {
+    let set = |ids: &[u64]| -> Members {
+        ids.iter()
+            .map(|&i| (NodeId(i), format!("127.0.0.1:{}", 5000 + i)))
+            .collect()
+    };
+    Configuration {
+        generation: Generation {
+            term: generation.0,
+            step: generation.1,
+        },
+        members: set(members),
+        next: next.map(set),
+    }
+}
+
+fn configure(node: &mut Node, term: u64, c: &Configuration) -> Result<AppendResponse, Refusal> {
+    let m = ProposerMessage::Configure(Configure {
+        term,
+        conf: c.clone(),
+    });
+    match node.send(m)? {
+        Some(AcceptorMessage::Append(r)) => Ok(r),
+        other => panic!("expected an append response, got {other:?}"),
+    }
+}
+
+/// A configuration is stored only from this term's leader after its
+/// Elected, only if newer than the stored one (the same one again is an
+/// idempotent no-op), and synced before the reply: it survives a crash.
+#[test]
+fn a_configuration_follows_elected_is_newer_and_is_durable() {
+    let mut node = Node::new();
+    let joint = conf((2, 0), &[1, 2, 3], Some(&[1, 2, 4]));
+    node.vote(2);
+    assert!(matches!(
+        configure(&mut node, 2, &joint),
+        Err(Refusal::BadConfigure { .. })
+    ));
+    node.elect(2, START, &[(2, START)]).unwrap();
+    configure(&mut node, 2, &joint).unwrap();
+    node.crash_and_restart();
+    assert_eq!(node.acceptor.state().configuration(), joint);
+    // the same again: no write
+    let effects = node
+        .acceptor
+        .handle(&ProposerMessage::Configure(Configure {
+            term: 2,
+            conf: joint.clone(),
+        }))
+        .unwrap();
+    assert!(effects.writes.is_empty());
+    // an older or equal generation with other content: refused
+    let other = conf((2, 0), &[1, 2, 3], Some(&[1, 2, 5]));
+    assert!(matches!(
+        configure(&mut node, 2, &other),
+        Err(Refusal::BadConfigure { .. })
+    ));
+    // a stale leader's is answered with the term, not stored
+    let r = configure(&mut node, 1, &conf((1, 0), &[1], None)).unwrap();
+    assert_eq!(r.term, 2);
+    assert_eq!(node.acceptor.state().configuration(), joint);
+}
+
+/// A node refuses a proposer whose generation is older than its own: no
+/// vote; its greeting is answered with the stored configuration, so it
+/// learns it; a vote request of the stored generation is granted.
+#[test]
+fn a_proposer_of_an_older_generation_is_refused() {
+    let mut node = Node::new();
+    node.vote(2);
+    node.elect(2, START, &[(2, START)]).unwrap();
+    let joint = conf((2, 0), &[1, 2, 3], Some(&[1, 2, 4]));
+    configure(&mut node, 2, &joint).unwrap();
+    let stale = VoteRequest {
+        term: 3,
+        generation: Generation::INITIAL,
+    };
+    assert!(matches!(
+        node.send(ProposerMessage::VoteRequest(stale)),
+        Err(Refusal::StaleGeneration { .. })
+    ));
+    assert_eq!(node.acceptor.state().term, 2, "no vote was persisted");
+    let mut g = greeting(false);
+    g.conf = Some(Configuration::initial(members()));
+    match node.send(ProposerMessage::Greeting(g)) {
+        Ok(Some(AcceptorMessage::Greeting(r))) => assert_eq!(r.conf, joint),
+        other => panic!("expected a greeting reply, got {other:?}"),
+    }
+    let current = VoteRequest {
+        term: 3,
+        generation: joint.generation,
+    };
+    match node.send(ProposerMessage::VoteRequest(current)) {
+        Ok(Some(AcceptorMessage::Vote(v))) => assert!(v.granted),
+        other => panic!("expected a granted vote, got {other:?}"),
+    }
+}
+
+/// A configuration without this node, after one with it, removes it: it
+/// is left (durably), answers greetings with that configuration (so a
+/// proposer learns it), votes no more, and keeps its WAL.
+#[test]
+fn a_removed_member_is_left_tells_its_configuration_and_votes_no_more() {
+    let mut node = Node::new();
+    node.vote(2);
+    node.elect(2, START, &[(2, START)]).unwrap();
+    node.append(2, START, &[7; 100], START).unwrap();
+    configure(&mut node, 2, &conf((2, 0), &[1, 2, 3], Some(&[2, 3, 4]))).unwrap();
+    assert!(
+        !node.acceptor.state().membership.left,
+        "still in the old set"
+    );
+    configure(&mut node, 2, &conf((2, 1), &[2, 3, 4], None)).unwrap();
+    node.crash_and_restart();
+    assert!(node.acceptor.state().membership.left);
+    match node.send(ProposerMessage::Greeting(greeting(false))) {
+        Ok(Some(AcceptorMessage::Greeting(r))) => {
+            assert_eq!(r.conf, conf((2, 1), &[2, 3, 4], None));
+        }
+        other => panic!("expected a greeting reply, got {other:?}"),
+    }
+    let vote = VoteRequest {
+        term: 9,
+        generation: Generation { term: 2, step: 1 },
+    };
+    assert!(matches!(
+        node.send(ProposerMessage::VoteRequest(vote)),
+        Err(Refusal::Left { .. })
+    ));
+    assert_eq!(node.wal(START, START + 100), vec![7; 100]);
+}
+
+/// A new member is created with the configuration in force, which need
+/// not name it yet (a learner); a node named by neither the proposer's
+/// list nor the configuration is refused.
+#[test]
+fn a_learner_is_created_with_the_configuration_in_force() {
+    let mut g = greeting(true);
+    g.members.insert(NodeId(4), "127.0.0.1:5004".into());
+    let c = conf((3, 1), &[1, 2, 3], None);
+    g.conf = Some(c.clone());
+    let (a, _) = Acceptor::create(NodeId(4), &g).unwrap();
+    assert_eq!(a.state().configuration(), c);
+    assert!(!a.state().membership.left);
+    assert!(matches!(
+        Acceptor::create(NodeId(5), &g),
+        Err(Refusal::NotAMember { .. })
+    ));
 }

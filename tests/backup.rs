@@ -381,7 +381,7 @@ fn the_restore_mark_stays_until_every_timeline_is_settled() {
         g.ttid = t;
         p.send(&ProposerMessage::Greeting(g));
         assert!(matches!(p.recv(), AcceptorMessage::Greeting(_)));
-        p.send(&ProposerMessage::VoteRequest(VoteRequest { term: 2 }));
+        p.send(&ProposerMessage::VoteRequest(VoteRequest::new(2)));
         assert!(matches!(p.recv(), AcceptorMessage::Vote(v) if v.granted));
         p.send(&ProposerMessage::Elected(Elected {
             term: 2,

@@ -27,7 +27,7 @@ fn elect(
         AcceptorMessage::Greeting(g) => assert_eq!(g.node_id.0, 1),
         other => panic!("expected AcceptorGreeting, got {other:?}"),
     }
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(term)));
     let vote = match c.recv() {
         AcceptorMessage::Vote(v) => v,
         other => panic!("expected VoteResponse, got {other:?}"),
@@ -145,7 +145,7 @@ fn acknowledged_appends_survive_sigkill() {
     let mut c = RawClient::proposer(sk.pg_addr);
     c.send(&ProposerMessage::Greeting(greeting(&[1, 2, 3], false)));
     assert!(matches!(c.recv(), AcceptorMessage::Greeting(g) if g.term == 1));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term: 2 }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(2)));
     match c.recv() {
         AcceptorMessage::Vote(v) => {
             assert!(v.granted);

@@ -85,8 +85,9 @@ fn a_node_cut_off_silently_rejoins_where_its_wal_ends() {
     let proxy_log = || n.c.proxy.as_ref().unwrap().log_text();
     // The kernel's bounds (keepalive, unacknowledged data) or the
     // proposer's response timeout, whichever comes first.
+    // (10 s each; twice that and more for a loaded machine.)
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the proxy to notice that node 3 went silent",
         || {
             let log = proxy_log();
@@ -141,7 +142,7 @@ fn late_bytes_of_a_replaced_push_connection_are_refused() {
     let mut new = RawClient::proposer(sk.pg_addr);
     new.send(&ProposerMessage::Greeting(greeting(&[1], false)));
     assert!(matches!(new.recv(), AcceptorMessage::Greeting(_)));
-    new.send(&ProposerMessage::VoteRequest(VoteRequest { term: 1 }));
+    new.send(&ProposerMessage::VoteRequest(VoteRequest::new(1)));
     let flush = match new.recv() {
         AcceptorMessage::Vote(v) => v.flush_lsn,
         other => panic!("{other:?}"),

@@ -133,7 +133,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     let mut p = RawClient::proposer(sk.pg_addr);
     p.send(&ProposerMessage::Greeting(greeting_for(42, false)));
     assert!(matches!(p.recv(), AcceptorMessage::Greeting(_)));
-    p.send(&ProposerMessage::VoteRequest(VoteRequest { term: 2 }));
+    p.send(&ProposerMessage::VoteRequest(VoteRequest::new(2)));
     let AcceptorMessage::Vote(v) = p.recv() else {
         panic!("expected a vote");
     };

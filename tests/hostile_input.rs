@@ -76,7 +76,11 @@ fn a_greeting_of_another_wire_protocol_is_refused_by_version() {
     assert_eq!(m.error_field(b'C').as_deref(), Some("0A000"), "{m:?}");
     let text = m.error_field(b'M').unwrap_or_default();
     assert!(
-        text.contains("wire protocol 2") && text.contains("this build speaks 3"),
+        text.contains("wire protocol 2")
+            && text.contains(&format!(
+                "this build speaks {}",
+                walkeeper::codec::PROTOCOL_VERSION
+            )),
         "{text}"
     );
     serves(&sk, 0xd2, 1, 10_000);
@@ -116,7 +120,7 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     let n = (MAX_STRUCT_SIZE - 36) / 16;
     let mut c = RawClient::proposer(sk.pg_addr);
     assert_eq!(greet(&mut c, greeting_of(0xb1, true)).term, 0);
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term: n }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(n)));
     assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
     let history = TermHistory((1..=n).map(|t| term_lsn(t, START)).collect());
     let msg = ProposerMessage::Elected(Elected {
@@ -149,7 +153,7 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     for term in [u64::MAX, n + (1 << 32) + 1] {
         let mut c = RawClient::proposer(sk.pg_addr);
         assert_eq!(greet(&mut c, greeting_of(0xb1, false)).term, n);
-        c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+        c.send(&ProposerMessage::VoteRequest(VoteRequest::new(term)));
         assert_eq!(refused(&mut c), "08P01", "term {term}");
     }
     sk.kill9();
@@ -157,7 +161,7 @@ fn oversized_values_and_a_poisoning_term_are_refused_and_the_node_serves_on() {
     let mut c = RawClient::proposer(sk.pg_addr);
     assert_eq!(greet(&mut c, greeting_of(0xb1, false)).term, n);
     // An honest next election goes through and keeps the WAL.
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term: n + 1 }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(n + 1)));
     match c.recv() {
         AcceptorMessage::Vote(v) => assert!(v.granted && v.flush_lsn == Lsn(end), "{v:?}"),
         other => panic!("{other:?}"),
@@ -291,9 +295,9 @@ fn acceptor_message(a: &Acceptor, step: &ToAcceptor) -> ProposerMessage {
                 .collect();
             ProposerMessage::Greeting(g)
         }
-        ToAcceptor::Vote(t) => ProposerMessage::VoteRequest(VoteRequest {
-            term: resolve_term(t, s.term),
-        }),
+        ToAcceptor::Vote(t) => {
+            ProposerMessage::VoteRequest(VoteRequest::new(resolve_term(t, s.term)))
+        }
         ToAcceptor::Elected { term, long } => {
             let term = resolve_term(term, s.term);
             let mut h = s.term_history.up_to(s.flush_lsn);
@@ -410,6 +414,7 @@ fn answer(node: u64, request: &ProposerMessage, r: &Reply, p: &Proposer) -> Acce
         ProposerMessage::Elected(e) => e.term,
         ProposerMessage::Append(a) => a.term,
         ProposerMessage::Reseed(m) => m.term,
+        ProposerMessage::Configure(m) => m.term,
     };
     let term = resolve_term(&r.term, own);
     let end = match request {
@@ -424,6 +429,7 @@ fn answer(node: u64, request: &ProposerMessage, r: &Reply, p: &Proposer) -> Acce
             protocol_version: walkeeper::codec::PROTOCOL_VERSION,
             node_id: NodeId(node),
             term,
+            conf: walkeeper::consensus::membership::Configuration::initial(Default::default()),
         }),
         ProposerMessage::VoteRequest(_) => AcceptorMessage::Vote(VoteResponse {
             term,

@@ -140,11 +140,7 @@ fn a_recovery_read_never_serves_staged_wal_of_a_later_term() {
     created.synced.blocking_recv().unwrap().unwrap();
     let len = 64 << 10;
     let term1 = wal_bytes(1, START, len);
-    handle(
-        &t,
-        &w,
-        ProposerMessage::VoteRequest(VoteRequest { term: 1 }),
-    );
+    handle(&t, &w, ProposerMessage::VoteRequest(VoteRequest::new(1)));
     handle(&t, &w, elected(1, START, &[(1, START)]));
     handle(&t, &w, append(1, START, &term1, START));
     let end = START + len as u64;
@@ -158,7 +154,7 @@ fn a_recovery_read_never_serves_staged_wal_of_a_later_term() {
         let (t, w, term2) = (t.clone(), w.clone(), term2.clone());
         std::thread::spawn(move || {
             let msgs = [
-                ProposerMessage::VoteRequest(VoteRequest { term: 2 }),
+                ProposerMessage::VoteRequest(VoteRequest::new(2)),
                 elected(2, cut, &[(1, START), (2, cut)]),
                 append(2, cut, &term2, START),
             ];

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,20 +32,6 @@ fn repl_sql(sk: &Safekeeper, q: &str) -> Result<String, String> {
 fn slot_lsn(sk: &Safekeeper, name: &str) -> Option<Lsn> {
     let row = repl_sql(sk, &format!("READ_REPLICATION_SLOT {name}")).ok()?;
     row.split('|').nth(1).and_then(|l| l.parse().ok())
-}
-
-/// The body of an HTTP GET; None when the daemon does not answer.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text.split_once("\r\n\r\n")?.1.to_string())
 }
 
 fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
@@ -319,7 +304,7 @@ fn a_lagging_safekeeper_sends_consumers_elsewhere() {
     let _ = p.recv();
     p.send(
         &walkeeper::consensus::messages::ProposerMessage::VoteRequest(
-            walkeeper::consensus::messages::VoteRequest { term: 1 },
+            walkeeper::consensus::messages::VoteRequest::new(1),
         ),
     );
     let _ = p.recv();

@@ -98,6 +98,40 @@ fn open_refuses_an_unknown_format_version() {
     assert!(text.contains("version 99"), "{text}");
 }
 
+/// A version 3 store (timeline records without `membership`) opens: it is
+/// upgraded to version 4 (meta rewritten) and its timelines read as the
+/// initial configuration of their members.
+#[test]
+fn a_version_3_store_is_upgraded_and_reads_the_initial_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ttid(1);
+    let mut store = RocksStore::init(dir.path(), NodeId(1)).unwrap();
+    store
+        .write(t, &[put_state(t, Lsn(0x100_0000), Lsn(0x100_0000))])
+        .unwrap();
+    store.sync().unwrap();
+    let want = store.timelines().unwrap().pop().unwrap();
+    drop(store);
+    {
+        let db = raw_db(dir.path());
+        let mut meta = db.get(b"meta").unwrap().unwrap();
+        meta[..2].copy_from_slice(&3u16.to_be_bytes());
+        db.put(b"meta", meta).unwrap();
+        let cf = db.cf_handle("timeline").unwrap();
+        let key = t.key_prefix();
+        let mut rec = db.get_cf(&cf, key).unwrap().unwrap();
+        // version 3 ends before the initial membership (14 bytes)
+        rec.truncate(rec.len() - 14);
+        rec[..2].copy_from_slice(&3u16.to_be_bytes());
+        db.put_cf(&cf, key, rec).unwrap();
+    }
+    let store = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(store.timelines().unwrap(), vec![want]);
+    drop(store);
+    let meta = raw_db(dir.path()).get(b"meta").unwrap().unwrap();
+    assert_eq!(meta[..2], 4u16.to_be_bytes());
+}
+
 #[test]
 fn open_refuses_a_store_whose_init_did_not_finish() {
     let err = open_after(|db| db.delete(b"meta").unwrap());

@@ -190,7 +190,7 @@ fn recovery_reads_need_the_proposer_role_and_stop_when_the_term_changes() {
     let mut p2 = RawClient::proposer(sk.pg_addr);
     p2.send(&ProposerMessage::Greeting(greeting_for(1, false)));
     p2.recv();
-    p2.send(&ProposerMessage::VoteRequest(VoteRequest { term: 2 }));
+    p2.send(&ProposerMessage::VoteRequest(VoteRequest::new(2)));
     assert!(matches!(p2.recv(), AcceptorMessage::Vote(v) if v.granted));
     let m = r
         .try_read(Duration::from_secs(5))

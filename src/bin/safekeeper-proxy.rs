@@ -135,6 +135,14 @@ struct Args {
     #[arg(long, value_name = "CONNSTR", requires = "promote_check")]
     standby: Option<String>,
 
+    /// Change the timeline's members to --safekeepers when they differ
+    /// (joint consensus: new members catch up first, then a majority of the
+    /// old and of the new set decide together, then the new set alone).
+    /// Without it, a --safekeepers list other than the timeline's members
+    /// is refused, so a mistyped list changes nothing.
+    #[arg(long)]
+    change_members: bool,
+
     /// How long --promote-check waits for the standby to replay up to the
     /// settled LSN before it answers "not safe".
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
@@ -181,6 +189,7 @@ fn main() -> ExitCode {
         primary,
         sync_only: args.sync_only || args.promote_check,
         safekeeper_conninfo: args.safekeeper_conninfo,
+        change_members: args.change_members,
         members,
         ttid: Ttid::new(args.tenant_id, args.timeline_id),
         slot: args.slot,

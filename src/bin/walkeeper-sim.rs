@@ -29,9 +29,14 @@ struct Args {
     calm_steps: usize,
     /// Switch on a deliberate bug: accept-append-before-elected,
     /// donor-ignores-last-log-term, reseed-at-source-flush,
-    /// create-on-every-greeting, store-unknown-slot-horizon.
+    /// create-on-every-greeting, store-unknown-slot-horizon,
+    /// joint-counts-new-alone.
     #[arg(long)]
     fault: Vec<String>,
+    /// Run a membership change (then --nodes is the change's):
+    /// replace-one, grow, shrink, two-configs.
+    #[arg(long)]
+    change: Option<String>,
     /// Print the last steps before a violation.
     #[arg(long)]
     trace: bool,
@@ -57,11 +62,23 @@ fn main() -> ExitCode {
             "reseed-at-source-flush" => base.proposer_faults.reseed_at_source_flush = true,
             "create-on-every-greeting" => base.proposer_faults.create_on_every_greeting = true,
             "store-unknown-slot-horizon" => base.acceptor_faults.store_unknown_slot_horizon = true,
+            "joint-counts-new-alone" => base.proposer_faults.joint_counts_new_alone = true,
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(name) = &args.change {
+        let Some(change) = sim::MemberChange::parse(name) else {
+            eprintln!("unknown change {name:?}");
+            return ExitCode::from(2);
+        };
+        base = SimOptions {
+            change: Some(change),
+            nodes: change.nodes(),
+            ..base
+        };
     }
     let jobs = args
         .jobs
@@ -71,6 +88,7 @@ fn main() -> ExitCode {
     let failures = Mutex::new(Vec::new());
     let committed = AtomicU64::new(0);
     let reseeds = AtomicU64::new(0);
+    let changes_done = AtomicU64::new(0);
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
@@ -85,6 +103,7 @@ fn main() -> ExitCode {
                     Ok(o) => {
                         committed.fetch_add(o.committed_bytes, Ordering::Relaxed);
                         reseeds.fetch_add(o.reseeds, Ordering::Relaxed);
+                        changes_done.fetch_add(o.changes_done.min(1), Ordering::Relaxed);
                     }
                     Err(v) => {
                         eprintln!("VIOLATION {v}");
@@ -96,15 +115,17 @@ fn main() -> ExitCode {
     });
     let failures = failures.into_inner().expect("threads joined");
     println!(
-        "{} seeds ({}..{}), {} nodes, {} proposers: {} violations, {} committed bytes in total, {} re-seeds, {:.1}s",
+        "{} seeds ({}..{}), {} nodes, {} proposers, change {}: {} violations, {} committed bytes in total, {} re-seeds, {} seeds ending with the change done, {:.1}s",
         args.seeds,
         args.start,
         end,
-        args.nodes,
+        base.nodes,
         args.proposers,
+        args.change.as_deref().unwrap_or("none"),
         failures.len(),
         committed.load(Ordering::Relaxed),
         reseeds.load(Ordering::Relaxed),
+        changes_done.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     if failures.is_empty() {

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::limits::{self, LimitExceeded};
+use super::membership::{Configuration, Generation, Membership};
 use super::messages::*;
 use super::pg_timeline::{self, PgAncestors};
 use super::term_history::{Term, TermHistory, TermLsn};
@@ -50,16 +51,69 @@ pub struct TimelineState {
     /// (a promoted standby's proxy elected) moves `server.tli` and extends
     /// this (version 3).
     pub pg_ancestors: PgAncestors,
+    /// The configuration's generation, its new set while joint, and whether
+    /// this node was removed (version 4; `members` is the set in force, the
+    /// old one while joint).
+    pub membership: Membership,
 }
 
 impl Versioned for TimelineState {
     const WHAT: &'static str = "timeline state";
-    /// 2 added `settled_term` and `settled_lsn`, 3 `pg_ancestors`; records
-    /// of versions 1 and 2 are still read (see [`decode_timeline_state`]).
+    /// 2 added `settled_term` and `settled_lsn`, 3 `pg_ancestors`, 4
+    /// `membership`; records of versions 1 to 3 are still read (see
+    /// [`decode_timeline_state`]).
+    const FORMAT_VERSION: u16 = 4;
+}
+
+/// A timeline state record of format version 3 (before `membership`): the
+/// initial configuration of its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TimelineStateV3 {
+    ttid: Ttid,
+    server: ServerInfo,
+    members: Members,
+    timeline_start_lsn: Lsn,
+    local_start_lsn: Lsn,
+    term: Term,
+    term_history: TermHistory,
+    flush_lsn: Lsn,
+    commit_lsn: Lsn,
+    peer_horizon_lsn: Lsn,
+    slot_horizon_lsn: Lsn,
+    settled_term: Term,
+    settled_lsn: Lsn,
+    pg_ancestors: PgAncestors,
+}
+
+impl Versioned for TimelineStateV3 {
+    const WHAT: &'static str = "timeline state";
     const FORMAT_VERSION: u16 = 3;
 }
 
-/// A timeline state record of format version 2 (before `pg_ancestors`).
+impl From<TimelineStateV3> for TimelineState {
+    fn from(v: TimelineStateV3) -> TimelineState {
+        TimelineState {
+            ttid: v.ttid,
+            server: v.server,
+            members: v.members,
+            timeline_start_lsn: v.timeline_start_lsn,
+            local_start_lsn: v.local_start_lsn,
+            term: v.term,
+            term_history: v.term_history,
+            flush_lsn: v.flush_lsn,
+            commit_lsn: v.commit_lsn,
+            peer_horizon_lsn: v.peer_horizon_lsn,
+            slot_horizon_lsn: v.slot_horizon_lsn,
+            settled_term: v.settled_term,
+            settled_lsn: v.settled_lsn,
+            pg_ancestors: v.pg_ancestors,
+            membership: Membership::default(),
+        }
+    }
+}
+
+/// A timeline state record of format version 2 (before `pg_ancestors`),
+/// read through version 3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TimelineStateV2 {
     ttid: Ttid,
@@ -82,9 +136,9 @@ impl Versioned for TimelineStateV2 {
     const FORMAT_VERSION: u16 = 2;
 }
 
-impl From<TimelineStateV2> for TimelineState {
-    fn from(v: TimelineStateV2) -> TimelineState {
-        TimelineState {
+impl From<TimelineStateV2> for TimelineStateV3 {
+    fn from(v: TimelineStateV2) -> TimelineStateV3 {
+        TimelineStateV3 {
             ttid: v.ttid,
             server: v.server,
             members: v.members,
@@ -125,9 +179,9 @@ impl Versioned for TimelineStateV1 {
     const FORMAT_VERSION: u16 = 1;
 }
 
-impl From<TimelineStateV1> for TimelineState {
-    fn from(v: TimelineStateV1) -> TimelineState {
-        TimelineState {
+impl From<TimelineStateV1> for TimelineStateV3 {
+    fn from(v: TimelineStateV1) -> TimelineStateV3 {
+        TimelineStateV3 {
             ttid: v.ttid,
             server: v.server,
             members: v.members,
@@ -147,18 +201,30 @@ impl From<TimelineStateV1> for TimelineState {
 }
 
 /// Decode a stored timeline state record of any version this build knows
-/// (1 to 3); newer ones are refused by `decode_stored`.
+/// (1 to 4); newer ones are refused by `decode_stored`.
 pub fn decode_timeline_state(raw: &[u8]) -> Result<TimelineState, crate::codec::CodecError> {
+    use crate::codec::decode_stored;
+    let v3 = |v: TimelineStateV3| TimelineState::from(v);
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
-        Some(1) => crate::codec::decode_stored::<TimelineStateV1>(raw).map(Into::into),
-        Some(2) => crate::codec::decode_stored::<TimelineStateV2>(raw).map(Into::into),
-        _ => crate::codec::decode_stored::<TimelineState>(raw),
+        Some(1) => decode_stored::<TimelineStateV1>(raw).map(|v| v3(v.into())),
+        Some(2) => decode_stored::<TimelineStateV2>(raw).map(|v| v3(v.into())),
+        Some(3) => decode_stored::<TimelineStateV3>(raw).map(v3),
+        _ => decode_stored::<TimelineState>(raw),
     }
 }
 
 impl TimelineState {
     pub fn last_log_term(&self) -> Term {
         self.term_history.last_log_term(self.flush_lsn)
+    }
+
+    /// The configuration stored last.
+    pub fn configuration(&self) -> Configuration {
+        Configuration {
+            generation: self.membership.generation,
+            members: self.members.clone(),
+            next: self.membership.next.clone(),
+        }
     }
 
     /// Whether this node may serve a proposer's recovery read in `term`:
@@ -241,6 +307,11 @@ pub enum Event {
     PgTimelineSwitched {
         tli: u32,
         at: Lsn,
+    },
+    /// A configuration was stored (`left`: this node was removed by it).
+    Configured {
+        generation: Generation,
+        left: bool,
     },
 }
 
@@ -334,6 +405,27 @@ pub enum Refusal {
         commit: Lsn,
         kept: Lsn,
     },
+    #[error("timeline {ttid}: the proposer counts by configuration generation {proposed}, older than this node's {own}: it missed a membership change; give it the current member list")]
+    StaleGeneration {
+        ttid: Ttid,
+        own: Generation,
+        proposed: Generation,
+    },
+    #[error("timeline {ttid}: this safekeeper ({node}) was removed from the timeline's members by configuration {generation}; it keeps its WAL until the timeline is deleted here")]
+    Left {
+        ttid: Ttid,
+        node: NodeId,
+        generation: Generation,
+    },
+    #[error("timeline {ttid}: configuration {generation} in term {proposed} refused: this node is in term {own} (last history term {last}) and holds configuration {stored}; a configuration follows Elected in the node's term and is newer than the stored one")]
+    BadConfigure {
+        ttid: Ttid,
+        generation: Generation,
+        proposed: Term,
+        own: Term,
+        last: Term,
+        stored: Generation,
+    },
     #[error("timeline {ttid}: greeting expected first, got {got}")]
     NotGreeted { ttid: Ttid, got: &'static str },
     /// A value this node could not store (see `consensus::limits`).
@@ -393,7 +485,9 @@ impl Acceptor {
         }
         check_protocol(g)?;
         check_greeting_limits(g)?;
-        if !g.members.contains_key(&node_id) {
+        if !g.members.contains_key(&node_id)
+            && !g.conf.as_ref().is_some_and(|c| c.contains(node_id))
+        {
             return Err(Refusal::NotAMember {
                 ttid: g.ttid,
                 node: node_id,
@@ -414,10 +508,17 @@ impl Acceptor {
                 lsn: g.timeline_start_lsn,
             });
         }
+        // A new timeline starts with the proposer's members; a member
+        // added by a change (a learner first) stores the configuration in
+        // force, which may not name it yet.
+        let conf = g
+            .conf
+            .clone()
+            .unwrap_or_else(|| Configuration::initial(g.members.clone()));
         let state = TimelineState {
             ttid: g.ttid,
             server: g.server,
-            members: g.members.clone(),
+            members: conf.members,
             timeline_start_lsn: g.timeline_start_lsn,
             local_start_lsn: g.timeline_start_lsn,
             term: 0,
@@ -429,6 +530,11 @@ impl Acceptor {
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
             pg_ancestors: g.pg_ancestors.clone(),
+            membership: Membership {
+                generation: conf.generation,
+                next: conf.next,
+                left: false,
+            },
         };
         let mut acceptor = Acceptor::restore(node_id, state);
         let effects = Effects {
@@ -468,6 +574,7 @@ impl Acceptor {
             protocol_version: PROTOCOL_VERSION,
             node_id: self.node_id,
             term: self.state.term,
+            conf: self.state.configuration(),
         })
     }
 
@@ -478,7 +585,89 @@ impl Acceptor {
             ProposerMessage::Elected(m) => self.handle_elected(m),
             ProposerMessage::Append(m) => self.handle_append(m),
             ProposerMessage::Reseed(m) => self.handle_reseed(m),
+            ProposerMessage::Configure(m) => self.handle_configure(m),
         }
+    }
+
+    /// A removed node votes for no proposer (nor is it in any new term).
+    fn check_not_left(&self) -> Result<(), Refusal> {
+        if self.state.membership.left {
+            return Err(Refusal::Left {
+                ttid: self.state.ttid,
+                node: self.node_id,
+                generation: self.state.membership.generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// A proposer counting by an older configuration than the one stored
+    /// here missed a change: a majority it counts may not intersect the
+    /// majorities of the configurations in force since.
+    fn check_generation(&self, proposed: Generation) -> Result<(), Refusal> {
+        let own = self.state.membership.generation;
+        if proposed < own {
+            return Err(Refusal::StaleGeneration {
+                ttid: self.state.ttid,
+                own,
+                proposed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Store a configuration made by this term's leader (after its
+    /// Elected, newer than the stored one, or the same again), synced
+    /// before the reply. A configuration that does not name this node,
+    /// which the one before did, means it was removed: it is left.
+    fn handle_configure(&mut self, m: &super::messages::Configure) -> Result<Effects, Refusal> {
+        if m.term < self.state.term {
+            return Ok(Effects {
+                reply: Some(self.append_response()),
+                ..Effects::default()
+            });
+        }
+        let s = &self.state;
+        let ttid = s.ttid;
+        limits::check_members(&m.conf.voters()).map_err(|limit| Refusal::TooLarge {
+            ttid,
+            message: "Configure",
+            limit,
+        })?;
+        let last = s.term_history.last().map_or(0, |e| e.term);
+        let stored = s.configuration();
+        let same = m.conf == stored;
+        if m.term != s.term
+            || last != m.term
+            || m.conf.members.is_empty()
+            || (!same && m.conf.generation <= stored.generation)
+        {
+            return Err(Refusal::BadConfigure {
+                ttid,
+                generation: m.conf.generation,
+                proposed: m.term,
+                own: s.term,
+                last,
+                stored: stored.generation,
+            });
+        }
+        let mut effects = Effects::default();
+        if !same {
+            let was_member = stored.contains(self.node_id);
+            self.state.members = m.conf.members.clone();
+            self.state.membership = Membership {
+                generation: m.conf.generation,
+                next: m.conf.next.clone(),
+                left: self.state.membership.left || (was_member && !m.conf.contains(self.node_id)),
+            };
+            effects.events.push(Event::Configured {
+                generation: m.conf.generation,
+                left: self.state.membership.left,
+            });
+            effects.writes.push(self.put_state());
+        }
+        effects.reply = Some(self.append_response());
+        Ok(effects)
     }
 
     /// A greeting for a timeline this node holds: every field must agree.
@@ -526,14 +715,13 @@ impl Acceptor {
         }
         // timeline_start_lsn is fixed at creation and learnt by proposers
         // from the votes: a later proxy's slot has moved on, so a greeting's
-        // value for an existing timeline is not compared.
-        if !g.members.keys().eq(s.members.keys()) {
-            return Err(mismatch(
-                "members",
-                members_text(&s.members),
-                members_text(&g.members),
-            ));
-        }
+        // value for an existing timeline is not compared. Nor is its member
+        // list: a list other than the stored one asks for a change (3.13),
+        // which only a leader elected by the stored configuration makes.
+        // Nor is the proposer's generation: the reply tells it the stored
+        // configuration, which it learns before it asks for votes, where
+        // an older generation is refused. A removed node answers too, so a
+        // proposer learns the configuration that removed it.
         Ok(Effects {
             writes: vec![],
             reply: Some(self.greeting_reply()),
@@ -550,6 +738,8 @@ impl Acceptor {
                 proposed: m.term,
             });
         }
+        self.check_not_left()?;
+        self.check_generation(m.generation)?;
         let mut effects = Effects::default();
         let granted = m.term > self.state.term;
         if granted {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::membership::{Configuration, Generation};
 use super::pg_timeline::PgAncestors;
 use super::term_history::{Term, TermHistory};
 use crate::id::{NodeId, Ttid};
@@ -41,11 +42,37 @@ pub struct Greeting {
     /// The ancestors of `server.tli` (the primary's history file): an
     /// acceptor holding one of them takes the greeting (protocol 3).
     pub pg_ancestors: PgAncestors,
+    /// The configuration the proposer counts by, once it learnt one from a
+    /// member (None: not yet). An acceptor of a newer generation refuses
+    /// it; a learner created by this greeting stores it (protocol 4).
+    pub conf: Option<Configuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteRequest {
     pub term: Term,
+    /// The generation of the configuration the proposer counts votes by:
+    /// refused by an acceptor of a newer one (protocol 4).
+    pub generation: Generation,
+}
+
+impl VoteRequest {
+    /// A vote request of a proposer counting by the initial configuration.
+    pub fn new(term: Term) -> VoteRequest {
+        VoteRequest {
+            term,
+            generation: Generation::INITIAL,
+        }
+    }
+}
+
+/// Store a configuration made by the leader of `term` (a membership
+/// change, ARCHITECTURE.md 3.13). Sent after Elected in the same term;
+/// answered with an AppendResponse once stored (synced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configure {
+    pub term: Term,
+    pub conf: Configuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +131,7 @@ pub enum ProposerMessage {
     Elected(Elected),
     Append(AppendRequest),
     Reseed(Reseed),
+    Configure(Configure),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +139,8 @@ pub struct AcceptorGreeting {
     pub protocol_version: u32,
     pub node_id: NodeId,
     pub term: Term,
+    /// The configuration this node stored last (protocol 4).
+    pub conf: Configuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

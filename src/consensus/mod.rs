@@ -4,6 +4,7 @@
 
 pub mod acceptor;
 pub mod limits;
+pub mod membership;
 pub mod messages;
 pub mod pg_timeline;
 pub mod proposer;

@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 use super::limits;
+use super::membership::{self, Configuration, Generation};
 use super::messages::*;
 use super::pg_timeline::PgAncestors;
-use super::quorum;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
 use crate::id::{NodeId, Ttid};
@@ -46,6 +46,9 @@ pub struct ProposerFaults {
     /// the positions a node reported are kept over its reconnects: a wiped
     /// node is re-created at term 0, votes again and is counted.
     pub create_on_every_greeting: bool,
+    /// While a membership change is joint, count commits by the new member
+    /// set alone (not by a majority of the old one too).
+    pub joint_counts_new_alone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +230,15 @@ pub enum Action {
     /// A member declared lost was re-created and greeted: it is counted
     /// from now on.
     Recreated(NodeId),
+    /// The configuration votes and commits are counted by changed: made by
+    /// this proposer (`made`), or learnt from a member's greeting.
+    Configured {
+        conf: Configuration,
+        made: bool,
+    },
+    /// A member removed by a configuration this proposer made stored it
+    /// (it is left): it is no longer asked.
+    Removed(NodeId),
 }
 
 /// Why `push_wal` did not take the WAL.
@@ -245,6 +257,7 @@ enum Request {
     Elected(Term),
     Append(Term),
     Reseed(Term),
+    Configure(Term, Generation),
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +278,11 @@ struct Conn {
     /// Outstanding recovery read: (id, start, end).
     read: Option<(u64, Lsn, Lsn)>,
     read_retry_at: u64,
+    /// The generation of the last Configure sent in this term.
+    conf_sent: Option<Generation>,
+    /// The generation of the last configuration this node acknowledged
+    /// storing in this term.
+    conf_stored: Option<Generation>,
 }
 
 impl Conn {
@@ -279,6 +297,8 @@ impl Conn {
             acked: Lsn::INVALID,
             read: None,
             read_retry_at: 0,
+            conf_sent: None,
+            conf_stored: None,
         }
     }
 
@@ -289,6 +309,8 @@ impl Conn {
         self.read = None;
         // A commit told in an older term says nothing about this one's.
         self.told_commit = Lsn::INVALID;
+        self.conf_sent = None;
+        self.conf_stored = None;
     }
 }
 
@@ -358,12 +380,19 @@ pub struct Proposer {
     creates_sent: BTreeSet<NodeId>,
     /// Members of `cfg.recreate` re-created by this proposer.
     recreated: BTreeSet<NodeId>,
+    /// The configuration votes and commits are counted by: the newest one a
+    /// member stored (`conf_known`), or until one greets, `cfg.members`.
+    conf: Configuration,
+    conf_known: bool,
+    /// Nodes a configuration this proposer made removed, not yet told.
+    removed: Members,
+    /// New members this proposer created (once each).
+    learners_created: BTreeSet<NodeId>,
 }
 
 impl Proposer {
     pub fn new(cfg: ProposerConfig) -> Proposer {
         Proposer {
-            cfg,
             now: 0,
             max_term_seen: 0,
             phase: Phase::Idle,
@@ -374,7 +403,28 @@ impl Proposer {
             creating: false,
             creates_sent: BTreeSet::new(),
             recreated: BTreeSet::new(),
+            conf: Configuration::initial(cfg.members.clone()),
+            conf_known: false,
+            removed: Members::new(),
+            learners_created: BTreeSet::new(),
+            cfg,
         }
+    }
+
+    /// The configuration votes and commits are counted by.
+    pub fn configuration(&self) -> &Configuration {
+        &self.conf
+    }
+
+    /// Every node this proposer talks to, with its address: the operator's
+    /// members (`cfg.members`, the target of a change), the configuration's
+    /// and the removed nodes not yet told. The driver keeps a connection to
+    /// each.
+    pub fn peers(&self) -> Members {
+        let mut all = self.removed.clone();
+        all.extend(self.conf.voters());
+        all.extend(self.cfg.members.iter().map(|(n, a)| (*n, a.clone())));
+        all
     }
 
     /// Some member greeted: the timeline exists, so no later proposer of
@@ -427,10 +477,6 @@ impl Proposer {
         self.max_term_seen
     }
 
-    fn members(&self) -> usize {
-        self.cfg.members.len()
-    }
-
     /// Begin an election (after start, or after stepping down and backing
     /// off). No-op while campaigning or leading.
     pub fn start_election(&mut self) -> Vec<Action> {
@@ -444,7 +490,7 @@ impl Proposer {
 
     pub fn on_connected(&mut self, node: NodeId) -> Vec<Action> {
         let mut out = Vec::new();
-        if !self.cfg.members.contains_key(&node) {
+        if !self.peers().contains_key(&node) {
             out.push(Action::Disconnect(node));
             return out;
         }
@@ -452,11 +498,15 @@ impl Proposer {
         self.conns.insert(node, Conn::new());
         let create = self.greeting_creates(node);
         if create {
+            if self.learner_create_due(node) {
+                self.learners_created.insert(node);
+            }
             self.creates_sent.insert(node);
         } else {
             self.creates_sent.remove(&node);
         }
         let greeting = ProposerMessage::Greeting(Greeting {
+            conf: self.conf_known.then(|| self.conf.clone()),
             protocol_version: PROTOCOL_VERSION,
             ttid: self.cfg.ttid,
             server: self.cfg.server,
@@ -481,7 +531,36 @@ impl Proposer {
         if self.creating && !self.holders.contains(&node) {
             return true;
         }
-        self.recreate_due(node)
+        self.recreate_due(node) || self.learner_create_due(node)
+    }
+
+    /// A new member of the operator's list that lacks the timeline is
+    /// created once, by a leader whose commit a majority of the
+    /// configuration acknowledged in this term (so no stale leader creates
+    /// one), and before the configuration names it: until then it is a
+    /// learner that is fed WAL and counts for nothing.
+    fn learner_create_due(&self, node: NodeId) -> bool {
+        self.conf_known
+            && !self.conf.contains(node)
+            && self.cfg.members.contains_key(&node)
+            && self.lacking.contains(&node)
+            && !self.learners_created.contains(&node)
+            && self.majority_holds_commit(node)
+    }
+
+    /// This proposer leads, and a majority of the configuration other than
+    /// `node`, on their current connections, acknowledged its commit.
+    fn majority_holds_commit(&self, node: NodeId) -> bool {
+        let Phase::Leading(l) = &self.phase else {
+            return false;
+        };
+        let mut others = l.flush.clone();
+        others.remove(&node);
+        l.commit_lsn.is_valid()
+            && self
+                .conf
+                .commit_lsn(&others, l.term_start_lsn, false)
+                .is_some_and(|c| c >= l.commit_lsn)
     }
 
     /// A member declared lost may be re-created once this proposer leads
@@ -497,17 +576,7 @@ impl Proposer {
         {
             return false;
         }
-        let Phase::Leading(l) = &self.phase else {
-            return false;
-        };
-        let others: Vec<Lsn> = l
-            .flush
-            .iter()
-            .filter(|(n, f)| **n != node && **f >= l.term_start_lsn)
-            .map(|(_, f)| *f)
-            .collect();
-        l.commit_lsn.is_valid()
-            && quorum::majority_lsn(&others, self.members()).is_some_and(|c| c >= l.commit_lsn)
+        self.majority_holds_commit(node)
     }
 
     pub fn on_disconnected(&mut self, node: NodeId) {
@@ -519,7 +588,7 @@ impl Proposer {
     pub fn on_no_timeline(&mut self, node: NodeId) -> Vec<Action> {
         let mut out = Vec::new();
         self.forget(node);
-        if !self.cfg.members.contains_key(&node) {
+        if !self.peers().contains_key(&node) {
             return out;
         }
         self.lacking.insert(node);
@@ -624,6 +693,7 @@ impl Proposer {
             for node in nodes {
                 self.pump(node, &mut out);
             }
+            self.drive_change(&mut out);
         }
         out
     }
@@ -726,6 +796,9 @@ impl Proposer {
                 Request::Elected(t) | Request::Append(t) | Request::Reseed(t),
                 AcceptorMessage::Append(a),
             ) => self.on_append_response(node, t, a, &mut out),
+            (Request::Configure(t, generation), AcceptorMessage::Append(a)) => {
+                self.on_configure_response(node, t, generation, a, &mut out)
+            }
             _ => self.drop_conn(node, &mut out),
         }
         out
@@ -746,6 +819,7 @@ impl Proposer {
             ProposerMessage::Elected(e) => Request::Elected(e.term),
             ProposerMessage::Append(a) => Request::Append(a.term),
             ProposerMessage::Reseed(r) => Request::Reseed(r.term),
+            ProposerMessage::Configure(c) => Request::Configure(c.term, c.conf.generation),
         };
         if let ProposerMessage::Append(a) = &msg {
             conn.told_commit = conn.told_commit.max(a.commit_lsn);
@@ -779,6 +853,14 @@ impl Proposer {
         if let Some(c) = self.conns.get_mut(&node) {
             c.greeted = true;
         }
+        // The newest configuration any member stored is the one in force
+        // (only leaders make one, each a new generation). One no acceptor
+        // stores (no members, too many) is not taken.
+        let storable =
+            !g.conf.members.is_empty() && limits::check_members(&g.conf.voters()).is_ok();
+        if storable && (!self.conf_known || g.conf.generation > self.conf.generation) {
+            self.adopt(g.conf, false, out);
+        }
         let first_holder = self.holders.is_empty();
         self.holders.insert(node);
         self.lacking.remove(&node);
@@ -794,7 +876,10 @@ impl Proposer {
         match self.term() {
             Some(term) => self.send(
                 node,
-                ProposerMessage::VoteRequest(VoteRequest { term }),
+                ProposerMessage::VoteRequest(VoteRequest {
+                    term,
+                    generation: self.conf.generation,
+                }),
                 out,
             ),
             None => self.maybe_campaign(out),
@@ -806,8 +891,13 @@ impl Proposer {
         if !matches!(self.phase, Phase::Greeting) {
             return;
         }
-        let greeted = self.conns.values().filter(|c| c.greeted).count();
-        if !quorum::is_majority(greeted, self.members()) {
+        let greeted: BTreeSet<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.greeted)
+            .map(|(n, _)| *n)
+            .collect();
+        if !self.conf.is_quorum(&greeted) {
             return;
         }
         let Some(term) = self.max_term_seen.checked_add(1) else {
@@ -825,10 +915,11 @@ impl Proposer {
             .filter(|(_, c)| c.greeted)
             .map(|(n, _)| *n)
             .collect();
+        let generation = self.conf.generation;
         for node in nodes {
             self.send(
                 node,
-                ProposerMessage::VoteRequest(VoteRequest { term }),
+                ProposerMessage::VoteRequest(VoteRequest { term, generation }),
                 out,
             );
         }
@@ -859,8 +950,8 @@ impl Proposer {
                 if v.granted {
                     votes.insert(node, v);
                 }
-                let n = votes.len();
-                if quorum::is_majority(n, self.members()) {
+                let voters: BTreeSet<NodeId> = votes.keys().copied().collect();
+                if self.conf.is_quorum(&voters) {
                     self.become_leader(out);
                 }
             }
@@ -875,14 +966,22 @@ impl Proposer {
         };
         let term = *term;
         let ignore_llt = self.cfg.faults.donor_ignores_last_log_term;
-        let Some((&donor, dv)) = votes.iter().max_by_key(|(_, v)| {
-            let llt = if ignore_llt {
-                0
-            } else {
-                v.term_history.last_log_term(v.flush_lsn)
-            };
-            (llt, v.flush_lsn)
-        }) else {
+        // Only the configuration's voters count (a learner's vote lets it
+        // follow, nothing more).
+        let conf = &self.conf;
+        let Some((&donor, dv)) =
+            votes
+                .iter()
+                .filter(|(n, _)| conf.contains(**n))
+                .max_by_key(|(_, v)| {
+                    let llt = if ignore_llt {
+                        0
+                    } else {
+                        v.term_history.last_log_term(v.flush_lsn)
+                    };
+                    (llt, v.flush_lsn)
+                })
+        else {
             return;
         };
         let donor_history = dv.term_history.up_to(dv.flush_lsn);
@@ -922,7 +1021,7 @@ impl Proposer {
             flush: BTreeMap::new(),
             local_start: BTreeMap::new(),
             slot: BTreeMap::new(),
-            members: self.cfg.members.keys().copied().collect(),
+            members: self.peers().keys().copied().collect(),
         }));
         out.push(Action::Elected {
             term,
@@ -1033,15 +1132,11 @@ impl Proposer {
         l.flush.insert(node, a.flush_lsn);
         l.local_start.insert(node, a.local_start_lsn);
         l.slot.insert(node, a.slot_horizon_lsn);
-        let reached: Vec<Lsn> = l
-            .flush
-            .values()
-            .copied()
-            .filter(|f| *f >= l.term_start_lsn)
-            .collect();
         // Raft's rule: only WAL of this term (from term_start_lsn on) is
         // committed by counting; older WAL is committed along with it.
-        if let Some(c) = quorum::majority_lsn(&reached, self.cfg.members.len()) {
+        // Counted by the configuration in force (both sets while joint).
+        let new_alone = self.cfg.faults.joint_counts_new_alone;
+        if let Some(c) = self.conf.commit_lsn(&l.flush, l.term_start_lsn, new_alone) {
             if c > l.commit_lsn {
                 l.commit_lsn = c;
                 out.push(Action::CommitAdvanced(c));
@@ -1070,6 +1165,106 @@ impl Proposer {
         let nodes: Vec<NodeId> = self.conns.keys().copied().collect();
         for n in nodes {
             self.pump(n, out);
+        }
+        self.drive_change(out);
+    }
+
+    /// A Configure was answered: the node stored `generation` (synced).
+    /// A node the configuration removed is told, so it is let go.
+    fn on_configure_response(
+        &mut self,
+        node: NodeId,
+        asked: Term,
+        generation: Generation,
+        a: AppendResponse,
+        out: &mut Vec<Action>,
+    ) {
+        if a.term == asked && self.term() == Some(asked) {
+            if let Some(c) = self.conns.get_mut(&node) {
+                c.conf_stored = Some(generation);
+            }
+            if generation == self.conf.generation && self.removed.remove(&node).is_some() {
+                out.push(Action::Removed(node));
+                self.drop_conn(node, out);
+                self.refresh_members();
+                return;
+            }
+        }
+        self.on_append_response(node, asked, a, out);
+    }
+
+    /// Count by `conf` from now on.
+    fn adopt(&mut self, conf: Configuration, made: bool, out: &mut Vec<Action>) {
+        self.conf = conf.clone();
+        self.conf_known = true;
+        self.refresh_members();
+        out.push(Action::Configured { conf, made });
+    }
+
+    fn refresh_members(&mut self) {
+        let peers: Vec<NodeId> = self.peers().keys().copied().collect();
+        if let Phase::Leading(l) = &mut self.phase {
+            l.members = peers;
+        }
+    }
+
+    /// While leading: make the next configuration of a change when it is
+    /// due (`membership::next_configuration`), and send the one in force to
+    /// every elected node that has not stored it in this term, as long as a
+    /// change is unfinished.
+    fn drive_change(&mut self, out: &mut Vec<Action>) {
+        let Phase::Leading(l) = &self.phase else {
+            return;
+        };
+        if !self.conf_known {
+            return;
+        }
+        let term = l.term;
+        let stored: BTreeSet<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.conf_stored == Some(self.conf.generation))
+            .map(|(n, _)| *n)
+            .collect();
+        let progress = membership::Progress {
+            flush: &l.flush,
+            commit_lsn: l.commit_lsn,
+            stored_current: &stored,
+        };
+        if let Some(next) =
+            membership::next_configuration(&self.conf, &self.cfg.members, term, progress)
+        {
+            if !next.is_joint() {
+                for (n, a) in self.conf.voters() {
+                    if !next.contains(n) {
+                        self.removed.insert(n, a);
+                    }
+                }
+            }
+            self.adopt(next, true, out);
+        }
+        let changing = self.conf.is_joint()
+            || !membership::same_ids(&self.conf.members, &self.cfg.members)
+            || !self.removed.is_empty();
+        if !changing {
+            return;
+        }
+        let generation = self.conf.generation;
+        let due: Vec<NodeId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.elected && c.conf_sent != Some(generation))
+            .map(|(n, _)| *n)
+            .collect();
+        for node in due {
+            if let Some(c) = self.conns.get_mut(&node) {
+                c.conf_sent = Some(generation);
+            }
+            let msg = ProposerMessage::Configure(Configure {
+                term,
+                conf: self.conf.clone(),
+            });
+            self.send(node, msg, out);
         }
     }
 
@@ -1362,6 +1557,7 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node_id: NodeId(node),
                 term,
+                conf: crate::consensus::membership::Configuration::initial(Default::default()),
             }),
         )
     }
@@ -1509,6 +1705,7 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node_id: NodeId(9),
                 term: 0,
+                conf: crate::consensus::membership::Configuration::initial(Default::default()),
             }),
         );
         assert!(out.contains(&Action::WrongNode {
@@ -1531,14 +1728,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Action::Send(
-                    NodeId(1),
-                    ProposerMessage::VoteRequest(VoteRequest { term: 5 })
-                ),
-                Action::Send(
-                    NodeId(2),
-                    ProposerMessage::VoteRequest(VoteRequest { term: 5 })
-                ),
+                Action::Send(NodeId(1), ProposerMessage::VoteRequest(VoteRequest::new(5))),
+                Action::Send(NodeId(2), ProposerMessage::VoteRequest(VoteRequest::new(5))),
             ]
         );
         // node 1: long log of term 2; node 2: shorter log of term 3.
@@ -1838,6 +2029,7 @@ mod tests {
                     protocol_version: PROTOCOL_VERSION,
                     node_id: NodeId(n),
                     term: 0,
+                    conf: crate::consensus::membership::Configuration::initial(Default::default()),
                 }),
             );
         }
@@ -1950,12 +2142,13 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
                 node_id: NodeId(3),
                 term: 0,
+                conf: crate::consensus::membership::Configuration::initial(Default::default()),
             }),
         );
         assert_eq!(out[0], Action::Recreated(NodeId(3)));
         assert!(out.contains(&Action::Send(
             NodeId(3),
-            ProposerMessage::VoteRequest(VoteRequest { term: 3 })
+            ProposerMessage::VoteRequest(VoteRequest::new(3))
         )));
         assert!(p.recreated().contains(&NodeId(3)));
         // Wiped again: not re-created by this proposer.
@@ -1975,7 +2168,7 @@ mod tests {
         let out = greet(&mut p, 3, 5);
         assert!(out.contains(&Action::Send(
             NodeId(2),
-            ProposerMessage::VoteRequest(VoteRequest { term: 6 })
+            ProposerMessage::VoteRequest(VoteRequest::new(6))
         )));
         assert_eq!(p.max_term_seen(), 6);
     }

@@ -160,6 +160,7 @@ pub(crate) mod tests {
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
             pg_ancestors: Vec::new(),
+            membership: Default::default(),
         }
     }
 

@@ -172,6 +172,7 @@ pub(crate) fn pg_tli(u: &mut Unstructured) -> Result<u32> {
 
 pub(crate) fn greeting(u: &mut Unstructured) -> Result<Greeting> {
     Ok(Greeting {
+        conf: None,
         protocol_version: if u.ratio(15, 16)? {
             PROTOCOL_VERSION
         } else {
@@ -214,9 +215,7 @@ pub(crate) fn proposer_message(
 ) -> Result<ProposerMessage> {
     Ok(match u.int_in_range(0..=4u8)? {
         0 => ProposerMessage::Greeting(greeting(u)?),
-        1 => ProposerMessage::VoteRequest(VoteRequest {
-            term: near(u, term)?,
-        }),
+        1 => ProposerMessage::VoteRequest(VoteRequest::new(near(u, term)?)),
         2 => {
             let term = near(u, term)?;
             let start = lsn(u, at)?;
@@ -256,6 +255,7 @@ pub(crate) fn acceptor_message(
                 NodeId(u.arbitrary()?)
             },
             term: near(u, term)?,
+            conf: crate::consensus::membership::Configuration::initial(Default::default()),
         }),
         1 => AcceptorMessage::Vote(VoteResponse {
             term: near(u, term)?,

@@ -110,9 +110,7 @@ fn run_acceptor_session(u: &mut Unstructured) -> Result<()> {
         let s = acc.state().clone();
         let msg = match u.int_in_range(0..=9u8)? {
             0 => ProposerMessage::Greeting(greeting.clone()),
-            1 | 2 => ProposerMessage::VoteRequest(VoteRequest {
-                term: gen::near(u, s.term + 1)?,
-            }),
+            1 | 2 => ProposerMessage::VoteRequest(VoteRequest::new(gen::near(u, s.term + 1)?)),
             3 => {
                 let term = gen::near(u, s.term)?;
                 let start = gen::lsn(u, s.flush_lsn)?;
@@ -410,6 +408,7 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
         },
         _ => {
             let g = Greeting {
+                conf: None,
                 protocol_version: crate::codec::PROTOCOL_VERSION,
                 ttid: Ttid::default(),
                 server: gen::SERVER,
@@ -430,7 +429,7 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
         ProposerMessage::Reseed(m) => m.term,
         _ => term,
     };
-    if let Ok(e) = acc.handle(&ProposerMessage::VoteRequest(VoteRequest { term })) {
+    if let Ok(e) = acc.handle(&ProposerMessage::VoteRequest(VoteRequest::new(term))) {
         apply(&mut store, acc.ttid(), &e);
     }
     let before = acc.state().clone();

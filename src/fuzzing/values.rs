@@ -39,7 +39,7 @@ pub fn stored_values(data: &[u8]) {
         }
         2 => {
             if let Ok((meta, version)) = decode_store_meta(raw) {
-                assert!(version == 1 || version == STORE_FORMAT_VERSION);
+                assert!((1..=STORE_FORMAT_VERSION).contains(&version));
                 let bytes = encode_stored(&meta).expect("a decoded meta record encodes");
                 assert_eq!(
                     decode_store_meta(&bytes).ok(),

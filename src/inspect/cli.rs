@@ -435,13 +435,18 @@ fn print_show(t: &TimelineInfo, slots: &[SlotInfo]) {
             "held_bytes",
             format!("{} ({})", t.held_bytes, human_bytes(t.held_bytes)),
         ),
+        ("members", members_text(&t.members)),
         (
-            "members",
-            t.members
-                .iter()
-                .map(|m| format!("{}@{}", m.node_id, m.address))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "membership",
+            match (&t.next_members, t.left) {
+                (_, true) => format!("generation {}; this node was removed (left)", t.generation),
+                (Some(next), _) => format!(
+                    "generation {}; changing to {} (joint: both sets decide)",
+                    t.generation,
+                    members_text(next)
+                ),
+                (None, _) => format!("generation {}", t.generation),
+            },
         ),
     ];
     let mut out = std::io::stdout().lock();
@@ -495,4 +500,11 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for r in &rows {
         let _ = writeln!(out, "{}", line(r.iter().map(String::as_str).collect()));
     }
+}
+
+fn members_text(m: &[crate::inspect::Member]) -> String {
+    m.iter()
+        .map(|m| format!("{}@{}", m.node_id, m.address))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -251,6 +251,12 @@ pub struct TimelineInfo {
     pub settled_term: u64,
     pub settled_lsn: String,
     pub members: Vec<Member>,
+    /// The membership configuration's generation (term.step).
+    pub generation: String,
+    /// While a membership change is in flight (joint): the new member set.
+    pub next_members: Option<Vec<Member>>,
+    /// This node was removed from the members (it keeps its WAL).
+    pub left: bool,
     /// WAL held here: `flush_lsn - local_start_lsn` (chunks tile that
     /// range), what retention trims.
     pub held_bytes: u64,
@@ -298,18 +304,23 @@ impl From<&TimelineState> for TimelineInfo {
             slot_horizon_lsn: s.slot_horizon_lsn.to_string(),
             settled_term: s.settled_term,
             settled_lsn: s.settled_lsn.to_string(),
-            members: s
-                .members
-                .iter()
-                .map(|(n, a)| Member {
-                    node_id: n.0,
-                    address: a.clone(),
-                })
-                .collect(),
+            members: member_list(&s.members),
+            generation: s.membership.generation.to_string(),
+            next_members: s.membership.next.as_ref().map(member_list),
+            left: s.membership.left,
             held_bytes: s.flush_lsn.distance_from(s.local_start_lsn),
             stored_bytes: s.flush_lsn.distance_from(s.local_start_lsn),
         }
     }
+}
+
+fn member_list(m: &crate::consensus::messages::Members) -> Vec<Member> {
+    m.iter()
+        .map(|(n, a)| Member {
+            node_id: n.0,
+            address: a.clone(),
+        })
+        .collect()
 }
 
 /// A durable consumer slot, for `skctl show`.
@@ -371,6 +382,7 @@ mod tests {
             settled_term: 0,
             settled_lsn: Lsn::INVALID,
             pg_ancestors: Vec::new(),
+            membership: Default::default(),
         }
     }
 

@@ -37,6 +37,9 @@ pub struct Config {
     pub proposer_id: [u8; 16],
     /// Elect without a primary, settle what the safekeepers hold, exit.
     pub sync_only: bool,
+    /// `--change-members`: a `members` list other than the timeline's
+    /// starts a membership change (consensus/membership.rs).
+    pub change_members: bool,
     /// `--safekeeper-conninfo`: libpq keys of every connection to a
     /// safekeeper (sslmode, sslrootcert, …), host and port excepted.
     pub safekeeper_conninfo: String,

@@ -509,13 +509,10 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Dial every node the proposer talks to: `--safekeepers` and the
+    /// members of the configuration in force (ARCHITECTURE.md 3.13).
     fn dial_all(&mut self) {
-        let nodes: Vec<(NodeId, String)> = self
-            .cfg
-            .members
-            .iter()
-            .map(|(n, a)| (*n, a.clone()))
-            .collect();
+        let nodes: Vec<(NodeId, String)> = self.proposer.peers().into_iter().collect();
         for (node, addr) in nodes {
             if self.conns.contains_key(&node) || self.dialing.get(&node).copied().unwrap_or(false) {
                 continue;
@@ -685,7 +682,7 @@ impl<'a> Session<'a> {
                     end,
                     target,
                 } => {
-                    let Some(addr) = self.cfg.members.get(&donor).cloned() else {
+                    let Some(addr) = self.proposer.peers().get(&donor).cloned() else {
                         let more = self.proposer.on_recovery_failed(id);
                         Box::pin(self.apply(more)).await?;
                         continue;
@@ -757,6 +754,29 @@ impl<'a> Session<'a> {
                     return Err(ProxyError::Fatal(format!(
                         "the primary is on PostgreSQL timeline {tli}, which {fork}, but the safekeepers hold                          timeline {from_tli}'s WAL up to {wal_end}, which may hold acknowledged commits:                          this promoted standby lacks them. Run safekeeper-proxy --sync-only, let a standby                          fed only from the safekeepers replay up to the LSN it prints, and promote that one"
                     )));
+                }
+                Action::Configured { conf, made } => {
+                    if !made {
+                        crate::consensus::membership::confirmed(
+                            &conf,
+                            &self.cfg.members,
+                            self.cfg.change_members,
+                        )
+                        .map_err(ProxyError::Fatal)?;
+                    }
+                    tracing::info!(
+                        generation = %conf.generation,
+                        members = ?conf.members.keys().map(|n| n.0).collect::<Vec<_>>(),
+                        next = ?conf.next.as_ref().map(|n| n.keys().map(|n| n.0).collect::<Vec<_>>()),
+                        made,
+                        "membership configuration in force"
+                    );
+                }
+                Action::Removed(node) => {
+                    tracing::info!(
+                        node = node.0,
+                        "safekeeper {node} stored the configuration that removed it"
+                    );
                 }
                 Action::Recreated(node) => {
                     self.lacking.remove(&node);
@@ -860,7 +880,12 @@ impl<'a> Session<'a> {
             self.check = Check::Streaming;
             return Ok(());
         }
-        let addr = self.cfg.members.get(&donor).cloned().unwrap_or_default();
+        let addr = self
+            .proposer
+            .peers()
+            .get(&donor)
+            .cloned()
+            .unwrap_or_default();
         let tx = self.events_tx.clone();
         let ttid = self.cfg.ttid;
         let conninfo = self.cfg.safekeeper_conninfo.clone();

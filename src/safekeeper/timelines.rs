@@ -212,6 +212,9 @@ fn log_events(ttid: Ttid, effects: &Effects) {
             Event::Reseeded { from_flush, to } => {
                 tracing::warn!(timeline = %ttid, flush_lsn = %from_flush, local_start_lsn = %to, "re-seeded by the proposer: the WAL this node lacked was trimmed on every peer (past --max-wal-keep); dropped the WAL held here and continuing at {to}")
             }
+            Event::Configured { generation, left } => {
+                tracing::info!(timeline = %ttid, %generation, left, "membership configuration stored")
+            }
             Event::PgTimelineSwitched { tli, at } => {
                 tracing::warn!(timeline = %ttid, tli, at = %at, "a promoted primary continues this timeline: WAL from {at} on is PostgreSQL timeline {tli}")
             }

@@ -372,6 +372,7 @@ fn message_name(m: &ProposerMessage) -> &'static str {
         ProposerMessage::Elected(_) => "Elected",
         ProposerMessage::Append(_) => "AppendRequest",
         ProposerMessage::Reseed(_) => "Reseed",
+        ProposerMessage::Configure(_) => "Configure",
     }
 }
 

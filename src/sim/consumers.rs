@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn a_proposer_falls_silent_after_the_bound() {
         let mut h = Heard::default();
-        let msg = ProposerMessage::VoteRequest(crate::consensus::messages::VoteRequest { term: 1 });
+        let msg = ProposerMessage::VoteRequest(crate::consensus::messages::VoteRequest::new(1));
         h.heard(1000, &msg, Lsn(5000));
         assert!(h.contact(1000 + PROPOSER_SILENCE_MS - 1, true).live);
         assert!(!h.contact(1000 + PROPOSER_SILENCE_MS, true).live);

@@ -18,7 +18,10 @@
 //! a minority goes down, a third of the way in) in which commits must advance.
 
 mod consumers;
+pub mod membership;
 pub mod rng;
+
+pub use membership::MemberChange;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -72,6 +75,8 @@ pub struct SimOptions {
     pub proposer_faults: ProposerFaults,
     /// Keep a trace of what happened, printed with a violation.
     pub trace: bool,
+    /// A membership change to run (`nodes` is then the change's).
+    pub change: Option<MemberChange>,
 }
 
 impl SimOptions {
@@ -85,6 +90,15 @@ impl SimOptions {
             acceptor_faults: AcceptorFaults::default(),
             proposer_faults: ProposerFaults::default(),
             trace: false,
+            change: None,
+        }
+    }
+
+    /// A run of the membership change `change`.
+    pub fn with_change(seed: u64, proposers: usize, change: MemberChange) -> SimOptions {
+        SimOptions {
+            change: Some(change),
+            ..SimOptions::new(seed, change.nodes(), proposers)
         }
     }
 
@@ -99,7 +113,7 @@ impl SimOptions {
     pub fn replay_command(&self) -> String {
         let mut cmd = format!(
             "cargo run --release --no-default-features --bin walkeeper-sim -- --start {} --seeds 1 --nodes {} --proposers {} --chaos-steps {} --calm-steps {}",
-            self.seed, self.nodes, self.proposers, self.chaos_steps, self.calm_steps
+            self.seed, self.nodes.min(5), self.proposers, self.chaos_steps, self.calm_steps
         );
         if self.acceptor_faults.accept_append_before_elected {
             cmd.push_str(" --fault accept-append-before-elected");
@@ -115,6 +129,13 @@ impl SimOptions {
         }
         if self.acceptor_faults.store_unknown_slot_horizon {
             cmd.push_str(" --fault store-unknown-slot-horizon");
+        }
+        if self.proposer_faults.joint_counts_new_alone {
+            cmd.push_str(" --fault joint-counts-new-alone");
+        }
+        if let Some(c) = self.change {
+            cmd.push_str(" --change ");
+            cmd.push_str(c.name());
         }
         cmd.push_str(" --trace");
         cmd
@@ -155,6 +176,11 @@ pub struct Outcome {
     pub reseeds: u64,
     /// Nodes restarted with a wiped store.
     pub wipes: u64,
+    /// Configurations made by proposers (membership changes).
+    pub configurations: u64,
+    /// Proposer hosts whose configuration in force at the end is their
+    /// own member list, not joint.
+    pub changes_done: u64,
 }
 
 struct Node {
@@ -188,6 +214,8 @@ struct Node {
     slot: Option<Lsn>,
     /// What it heard from proposers since it last started.
     heard: consumers::Heard,
+    /// Gone for good (a membership change replaces it).
+    dead: bool,
 }
 
 struct Host {
@@ -198,6 +226,9 @@ struct Host {
     backoff_until: u64,
     term: Term,
     commit: Lsn,
+    /// The configuration its proposer counts by, as of the actions applied
+    /// so far (a commit is checked against the one it was counted by).
+    conf: Option<crate::consensus::membership::Configuration>,
 }
 
 struct Conn {
@@ -266,6 +297,9 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
         if step > opts.chaos_steps {
             sim.mid_calm(step - opts.chaos_steps);
         }
+        if step == opts.chaos_steps / 3 {
+            sim.kill_for_good();
+        }
         if let Err(what) = sim.step_once().and_then(|_| sim.check_nodes()) {
             return Err(sim.violation(what));
         }
@@ -294,6 +328,18 @@ pub fn run(opts: &SimOptions) -> Result<Outcome, Violation> {
         .start_lsn
         .max(Lsn(sim.start_lsn.0 + sim.reference.len() as u64));
     sim.out.committed_bytes = sim.reference.len() as u64;
+    if let Some(c) = opts.change {
+        sim.out.changes_done = sim
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(p, h)| h.proposer.as_ref().map(|x| (p, x.configuration())))
+            .filter(|(p, conf)| {
+                !conf.is_joint()
+                    && crate::consensus::membership::same_ids(&conf.members, &c.target(*p))
+            })
+            .count() as u64;
+    }
     Ok(sim.out)
 }
 
@@ -309,10 +355,13 @@ impl Sim {
             tli: 1,
         };
         let start_lsn = Lsn(1 << 24);
-        let members: Members = (1..=opts.nodes as u64)
-            .map(|i| (NodeId(i), format!("127.0.0.1:{}", 5450 + i)))
-            .collect();
+        let all_nodes = opts.change.map_or(opts.nodes, |c| c.nodes());
+        let members: Members = match opts.change {
+            Some(c) => c.initial(),
+            None => membership::members(&(1..=opts.nodes as u64).collect::<Vec<_>>()),
+        };
         let greeting = Greeting {
+            conf: None,
             protocol_version: PROTOCOL_VERSION,
             ttid,
             server,
@@ -324,19 +373,26 @@ impl Sim {
         };
         // The timeline exists on every member before any proposer runs, as
         // `--create-timeline` with every member reachable leaves it.
-        let nodes = (0..opts.nodes)
+        let nodes = (0..all_nodes)
             .map(|i| {
-                let (mut acceptor, effects) =
-                    Acceptor::create(NodeId(i as u64 + 1), &greeting).expect("valid greeting");
-                acceptor.faults = opts.acceptor_faults;
+                let id = NodeId(i as u64 + 1);
                 let mut storage = MemStorage::new();
-                storage.write(ttid, &effects.writes).expect("memory store");
-                storage.sync().expect("memory store");
+                // A node outside the initial members starts without the
+                // timeline (a fresh store), as a wiped one does.
+                let acceptor = members.contains_key(&id).then(|| {
+                    let (mut acceptor, effects) =
+                        Acceptor::create(id, &greeting).expect("valid greeting");
+                    acceptor.faults = opts.acceptor_faults;
+                    storage.write(ttid, &effects.writes).expect("memory store");
+                    storage.sync().expect("memory store");
+                    acceptor
+                });
                 Node {
                     up: true,
-                    wiped: false,
+                    wiped: acceptor.is_none(),
+                    dead: false,
                     storage,
-                    acceptor: Some(acceptor),
+                    acceptor,
                     held: Vec::new(),
                     truncations: 0,
                     trim_unsynced: false,
@@ -346,7 +402,7 @@ impl Sim {
                     durable_term: 0,
                     durable_commit: start_lsn,
                     verified_to: start_lsn,
-                    slot: slot_rng.chance(50).then_some(start_lsn),
+                    slot: (slot_rng.chance(50) && members.contains_key(&id)).then_some(start_lsn),
                     heard: consumers::Heard::default(),
                 }
             })
@@ -372,6 +428,7 @@ impl Sim {
                 backoff_until: rng.range(0, 100),
                 term: 0,
                 commit: Lsn::INVALID,
+                conf: None,
             })
             .collect();
         Sim {
@@ -416,7 +473,7 @@ impl Sim {
         if self.opts.trace {
             let line = format!("[{} t={}] {}", self.step, self.now, line());
             self.trace.push_back(line);
-            if self.trace.len() > 400 {
+            if self.trace.len() > 4000 {
                 self.trace.pop_front();
             }
         }
@@ -436,11 +493,12 @@ impl Sim {
             }
         }
         // At most a minority goes down (a wiped node counts), a third of the
-        // way into the calm phase (see `mid_calm`).
+        // way into the calm phase (see `mid_calm`); none while members
+        // change (the new ones may not hold the WAL yet).
         let wiped = self.nodes.iter().filter(|n| n.wiped).count();
-        let down = self
-            .rng
-            .below((self.nodes.len() - self.majority() - wiped) as u64 + 1);
+        let spare = (self.nodes.len() - self.majority()).saturating_sub(wiped);
+        let spare = if self.opts.change.is_some() { 0 } else { spare };
+        let down = self.rng.below(spare as u64 + 1);
         self.calm_down = (0..down)
             .map(|_| self.rng.below(self.nodes.len() as u64) as usize)
             .collect();
@@ -646,8 +704,29 @@ impl Sim {
     /// A trim by the horizons (not `--max-wal-keep`) keeps what every
     /// member's slot needs: a consumer that fails over from its node to
     /// this one must find its WAL.
+    /// Slots of nodes a membership change removed (or of a dead one) are
+    /// held no more: only members of the trimming node's configuration and
+    /// of the newest one stored anywhere count.
     fn check_slots_held(&self, n: usize, local_start: Lsn) -> Check {
+        let Some(own) = self.nodes[n]
+            .acceptor
+            .as_ref()
+            .map(|a| a.state().configuration())
+        else {
+            return Ok(());
+        };
+        let newest = self
+            .nodes
+            .iter()
+            .filter_map(|x| x.storage.durable_state(self.ttid))
+            .map(|s| s.configuration())
+            .max_by_key(|c| c.generation)
+            .unwrap_or_else(|| own.clone());
         for (m, node) in self.nodes.iter().enumerate() {
+            let id = NodeId(m as u64 + 1);
+            if node.dead || !own.contains(id) || !newest.contains(id) {
+                continue;
+            }
             if let Some(at) = node.slot.filter(|at| *at < local_start) {
                 return Err(format!(
                     "node {} trimmed below {local_start} by its horizons, past node {}'s slot at {at}",
@@ -710,6 +789,18 @@ impl Sim {
         Ok(())
     }
 
+    /// The node a membership change replaces dies for good.
+    fn kill_for_good(&mut self) {
+        let Some(n) = self.opts.change.and_then(|c| c.dies()) else {
+            return;
+        };
+        self.log(|| format!("node {} dies for good", n + 1));
+        if self.nodes[n].up {
+            self.crash_node(n);
+        }
+        self.nodes[n].dead = true;
+    }
+
     fn stop_proposer(&mut self, p: usize) {
         let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.0 == p).copied().collect();
         for k in conns {
@@ -721,6 +812,7 @@ impl Sim {
         h.incarnation += 1;
         h.term = 0;
         h.commit = Lsn::INVALID;
+        h.conf = None;
         h.backoff_until = self.now + 50;
     }
 
@@ -744,6 +836,9 @@ impl Sim {
 
     fn restart_node(&mut self, n: usize) -> Check {
         let id = NodeId(n as u64 + 1);
+        if self.nodes[n].dead {
+            return Ok(());
+        }
         // At most one node, in the chaos phase, comes back with a new empty
         // store under its old id.
         if self.opts.wipes()
@@ -1088,6 +1183,9 @@ impl Sim {
                 self.log(|| format!("proposer p{p} starts"));
                 let mut cfg = self.cfg.clone();
                 cfg.proposer_id = [p as u8; 16];
+                if let Some(c) = self.opts.change {
+                    cfg.members = c.target(p);
+                }
                 self.hosts[p].proposer = Some(Proposer::new(cfg));
             }
             let now = self.now;
@@ -1100,8 +1198,13 @@ impl Sim {
                 actions.extend(prop.start_election());
             }
             self.apply(p, actions)?;
+            let peers = match &self.hosts[p].proposer {
+                Some(prop) => prop.peers(),
+                None => continue,
+            };
             for n in 0..self.nodes.len() {
-                let can = !self.conns.contains_key(&(p, n))
+                let can = peers.contains_key(&NodeId(n as u64 + 1))
+                    && !self.conns.contains_key(&(p, n))
                     && self.nodes[n].up
                     && self.nodes[n].side == self.hosts[p].side
                     && self
@@ -1281,6 +1384,14 @@ impl Sim {
                 Action::LacksTimeline { node, .. } => {
                     self.log(|| format!("p{p}: {node:?} lacks the timeline; not counted"));
                 }
+                Action::Configured { conf, made } => {
+                    self.out.configurations += u64::from(made);
+                    self.hosts[p].conf = Some(conf.clone());
+                    self.log(|| format!("p{p} counts by {conf:?} (made: {made})"));
+                }
+                Action::Removed(node) => {
+                    self.log(|| format!("p{p}: {node:?} removed and told"));
+                }
                 Action::Recreated(node) => {
                     self.log(|| format!("p{p}: {node:?} re-created"));
                 }
@@ -1333,10 +1444,20 @@ impl Sim {
         if !a.peer_horizon_lsn.is_valid() {
             return Ok(());
         }
+        // Every node the proposer talks to (a removed one that stored its
+        // removal needs nothing more).
+        let peers = self.hosts[p]
+            .proposer
+            .as_ref()
+            .map(|x| x.peers())
+            .unwrap_or_default();
         for (n, node) in self.nodes.iter().enumerate() {
             let Some(d) = node.storage.durable_state(self.ttid) else {
                 continue;
             };
+            if !peers.contains_key(&NodeId(n as u64 + 1)) || d.membership.left {
+                continue;
+            }
             if d.term == a.term && d.flush_lsn < a.peer_horizon_lsn {
                 return Err(format!(
                     "p{p} sends peer horizon {} but node {} holds only up to {}",
@@ -1365,8 +1486,12 @@ impl Sim {
         };
         let want = expected_wal(history, from, c);
         let known_end = Lsn(self.start_lsn.0 + self.reference.len() as u64);
-        let mut holders = 0;
-        for node in &self.nodes {
+        let conf = host
+            .conf
+            .clone()
+            .unwrap_or_else(|| prop.configuration().clone());
+        let mut holders = std::collections::BTreeSet::new();
+        for (n, node) in self.nodes.iter().enumerate() {
             let Some(durable) = node.storage.durable_state(self.ttid) else {
                 continue;
             };
@@ -1388,12 +1513,14 @@ impl Sim {
                 .read_wal(self.ttid, lo, c)
                 .is_ok_and(|b| b == want[skip..])
             {
-                holders += 1;
+                holders.insert(NodeId(n as u64 + 1));
             }
         }
-        if holders < self.majority() {
+        // Against the configuration in force: a majority of both sets
+        // while a change is joint.
+        if !conf.is_quorum(&holders) {
             return Err(format!(
-                "p{p} term {term} reports commit {c} but only {holders} nodes durably hold its WAL {from}..{c}"
+                "p{p} term {term} reports commit {c} but only nodes {holders:?} durably hold its WAL {from}..{c}, no quorum of {conf:?}"
             ));
         }
         self.hosts[p].commit = c;
@@ -1499,5 +1626,6 @@ fn kind_p(m: &ProposerMessage) -> String {
             a.term, a.begin_lsn, a.end_lsn, a.commit_lsn, a.peer_horizon_lsn, a.slot_horizon_lsn
         ),
         ProposerMessage::Reseed(r) => format!("Reseed(t{} at {})", r.term, r.start_lsn),
+        ProposerMessage::Configure(c) => format!("Configure(t{} {:?})", c.term, c.conf),
     }
 }

@@ -12,9 +12,9 @@ use crate::lsn::Lsn;
 
 /// Version of the whole on-disk layout (schema/store.md): column families,
 /// key schema and the WAL chunk value. A store of another version is refused,
-/// except versions 1 and 2, which this build reads and upgrades
+/// except versions 1 to 3, which this build reads and upgrades
 /// (schema/store.md).
-pub const STORE_FORMAT_VERSION: u16 = 3;
+pub const STORE_FORMAT_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMeta {
@@ -48,11 +48,23 @@ impl Versioned for StoreMetaV2 {
     const FORMAT_VERSION: u16 = 2;
 }
 
+/// The meta record of a version 3 store: the same body under version 3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoreMetaV3 {
+    node_id: NodeId,
+}
+
+impl Versioned for StoreMetaV3 {
+    const WHAT: &'static str = "store";
+    const FORMAT_VERSION: u16 = 3;
+}
+
 /// The meta record and the store format version it names.
 pub fn decode_store_meta(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
         Some(1) => decode_stored::<StoreMetaV1>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 1)),
         Some(2) => decode_stored::<StoreMetaV2>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 2)),
+        Some(3) => decode_stored::<StoreMetaV3>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 3)),
         _ => decode_stored::<StoreMeta>(raw).map(|m| (m, STORE_FORMAT_VERSION)),
     }
 }

@@ -201,6 +201,7 @@ pub(crate) fn tests_greeting() -> crate::consensus::messages::Greeting {
     use crate::consensus::messages::{Greeting, ServerInfo};
     use crate::id::NodeId;
     Greeting {
+        conf: None,
         protocol_version: crate::codec::PROTOCOL_VERSION,
         ttid: Ttid::default(),
         server: ServerInfo {

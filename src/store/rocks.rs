@@ -956,8 +956,8 @@ fn check_layout(db: &DB, path: &Path, cfs: &[String]) -> Result<NodeId, StoreErr
     Ok(meta.node_id)
 }
 
-/// A version 1 or 2 store opened for writing becomes version 3: this build
-/// writes timeline records of version 3, which older builds cannot read, so
+/// A version 1 to 3 store opened for writing becomes version 4: this build
+/// writes timeline records of version 4, which older builds cannot read, so
 /// such a build must refuse the store at open rather than meet them later.
 fn upgrade_meta(db: &DB, path: &Path, node_id: NodeId) -> Result<(), StoreError> {
     let raw = db.get(META_KEY).map_err(|e| {

@@ -265,6 +265,7 @@ pub const START: u64 = SEG as u64;
 
 pub fn greeting(node_ids: &[u64], create: bool) -> Greeting {
     Greeting {
+        conf: None,
         protocol_version: PROTOCOL_VERSION,
         ttid: ttid(),
         server: ServerInfo {
@@ -526,7 +527,7 @@ pub fn greeting_for(system_id: u64, create: bool) -> Greeting {
 pub fn elect_single(c: &mut RawClient, g: Greeting, term: u64) {
     c.send(&ProposerMessage::Greeting(g));
     assert!(matches!(c.recv(), AcceptorMessage::Greeting(_)));
-    c.send(&ProposerMessage::VoteRequest(VoteRequest { term }));
+    c.send(&ProposerMessage::VoteRequest(VoteRequest::new(term)));
     assert!(matches!(c.recv(), AcceptorMessage::Vote(v) if v.granted));
     c.send(&ProposerMessage::Elected(Elected {
         term,
@@ -745,4 +746,19 @@ pub fn sk_commit_lsn(sk: &Safekeeper) -> Option<Lsn> {
         }
     }
     cols[2].as_ref()?.parse().ok()
+}
+
+/// The body of an HTTP GET; None when the daemon does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
 }

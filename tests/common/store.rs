@@ -35,6 +35,7 @@ pub fn store_state(ttid: Ttid, start: Lsn, flush: Lsn) -> TimelineState {
         settled_term: 0,
         settled_lsn: Lsn::INVALID,
         pg_ancestors: Vec::new(),
+        membership: Default::default(),
     }
 }
 

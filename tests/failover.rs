@@ -423,10 +423,18 @@ fn a_primary_that_died_inside_a_record_can_be_failed_over() {
     .spawn()
     .map(KillOnDrop)
     .unwrap();
+    // The proxy has pushed (and a majority flushed) part of it.
     wait_for(
         Duration::from_secs(60),
-        "the bulk insert to flush 4 MiB of WAL",
-        || (c.flush_lsn().0 > from.0 + (4 << 20)).then_some(()),
+        "the bulk insert's WAL to reach a majority of safekeepers",
+        || {
+            let flushed: Lsn = c
+                .pg
+                .sql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'safekeeper_proxy'")
+                .parse()
+                .ok()?;
+            (flushed.0 > from.0 + (2 << 20)).then_some(())
+        },
     );
     c.kill_primary_and_proxy();
     let synced = c.sync_only();

@@ -145,6 +145,13 @@ impl Cluster {
             }
         }
         self.proxy.as_mut().unwrap().kill9();
+        // Until it is reaped, its pid holds postmaster.pid for a restart
+        // (PostgreSQL takes a zombie for a running postmaster).
+        wait_for(
+            Duration::from_secs(60),
+            "the killed postmaster to be gone",
+            || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()),
+        );
     }
 
     /// Start `standby` (from a base backup) fed only by the safekeepers,

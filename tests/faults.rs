@@ -394,7 +394,7 @@ fn partitions_under_a_ledger_lose_no_acknowledged_commit() {
     );
     standby.mark_standby();
     standby.start();
-    let lost = lost_on(&standby, synced, &acked);
+    let lost = rows_missing_on(&standby, synced, &acked);
     report(&figures, acked.len(), lost, seed);
     assert_eq!(lost, 0, "acknowledged commits missing on the standby");
     standby.stop();
@@ -410,55 +410,6 @@ fn partitions_under_a_ledger_lose_no_acknowledged_commit() {
         !logs.contains("gap or overlap"),
         "an append was refused as a gap or overlap"
     );
-}
-
-/// How many acknowledged rows the standby lacks once it has received the
-/// settled LSN and had time to replay it (0 as soon as it holds them all).
-fn lost_on(standby: &Postgres, synced: walkeeper::lsn::Lsn, acked: &[i32]) -> usize {
-    wait_for(
-        STANDBY_BOUND,
-        "the standby to receive the settled LSN",
-        || {
-            let got: walkeeper::lsn::Lsn = standby
-                .sql("SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')")
-                .parse()
-                .ok()?;
-            (got >= synced).then_some(())
-        },
-    );
-    let list = acked
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    // On standard input: a long run's list is beyond an argument's size.
-    let sql = format!(
-        "SELECT count(*) FROM unnest(ARRAY[{list}]::int[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = a.id);"
-    );
-    let missing = || -> usize {
-        use std::io::Write;
-        let mut child = pg::psql(standby.port, "")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("psql");
-        let _ = child.stdin.take().unwrap().write_all(sql.as_bytes());
-        let out = child.wait_with_output().expect("psql");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(usize::MAX)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = missing();
-        if m == 0 || Instant::now() > deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn report(f: &Figures, acked: usize, lost: usize, seed: u64) {

@@ -9,5 +9,9 @@ pub mod messages;
 pub mod pg_timeline;
 pub mod proposer;
 pub mod quorum;
+#[cfg(test)]
+mod quorum_cases;
+#[cfg(test)]
+mod script;
 pub mod serving;
 pub mod term_history;

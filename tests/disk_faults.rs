@@ -19,19 +19,7 @@ use walkeeper::lsn::Lsn;
 /// A safekeeper's flush LSN as its HTTP API shows it (the synced state);
 /// None while it is down.
 fn flush_at(addr: std::net::SocketAddr) -> Option<Lsn> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /v1/timelines HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    v.as_array()?.first()?["flush_lsn"].as_str()?.parse().ok()
+    first_timeline(addr)?["flush_lsn"].as_str()?.parse().ok()
 }
 
 fn durable_flush(sk: &Safekeeper) -> Option<Lsn> {

@@ -15,18 +15,7 @@ use walkeeper::lsn::Lsn;
 
 /// The proxy's timeline as the safekeeper's HTTP API shows it: (term, flush).
 fn sk_term_and_flush(addr: SocketAddr) -> Option<(u64, Lsn)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /v1/timelines HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let body = raw.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let t = v.as_array()?.first()?;
+    let t = first_timeline(addr)?;
     Some((t["term"].as_u64()?, t["flush_lsn"].as_str()?.parse().ok()?))
 }
 

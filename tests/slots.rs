@@ -58,9 +58,7 @@ struct Held {
 }
 
 fn held(sk: &Safekeeper) -> Option<Held> {
-    let list: serde_json::Value =
-        serde_json::from_str(&http_get(sk.http_addr, "/v1/timelines")?).ok()?;
-    let t = list.as_array()?.first()?;
+    let t = first_timeline(sk.http_addr)?;
     let lsn = |f: &str| t[f].as_str()?.parse::<Lsn>().ok();
     let h = Held {
         local_start: lsn("local_start_lsn")?,

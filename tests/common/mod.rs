@@ -751,7 +751,7 @@ pub fn sk_commit_lsn(sk: &Safekeeper) -> Option<Lsn> {
 /// The body of an HTTP GET; None when the daemon does not answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
@@ -761,4 +761,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The first timeline a node's `GET /v1/timelines` lists (the tests' one
+/// timeline); None while the node does not answer or holds none.
+pub fn first_timeline(addr: SocketAddr) -> Option<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&http_get(addr, "/v1/timelines")?).ok()?;
+    list.as_array()?.first().cloned()
 }

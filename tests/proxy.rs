@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -58,23 +58,7 @@ fn a_commit_waits_for_a_majority() {
         return;
     };
     c.pg.sql("CREATE TABLE t (i int)");
-    c.sks[1].kill9();
-    c.sks[2].kill9();
-    let mut insert = pg::psql(c.pg.port, "INSERT INTO t VALUES (1)")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        insert.try_wait().unwrap().is_none(),
-        "a commit returned with one of three safekeepers up"
-    );
-    c.sks[1].restart();
-    let status = wait_for(Duration::from_secs(60), "the commit to return", || {
-        insert.try_wait().unwrap()
-    });
-    assert!(status.success());
+    c.assert_commit_waits_for_a_majority("INSERT INTO t VALUES (1)");
     assert_eq!(c.pg.sql("SELECT count(*) FROM t"), "1");
 }
 

@@ -191,6 +191,30 @@ impl Cluster {
         );
     }
 
+    /// With safekeepers 2 and 3 killed, a commit (`sql`) does not return
+    /// while one of three is up (watched for three seconds: a thing that
+    /// must not happen has no condition to wait for); safekeeper 2 is
+    /// restarted and the commit returns.
+    pub fn assert_commit_waits_for_a_majority(&mut self, sql: &str) {
+        self.sks[1].kill9();
+        self.sks[2].kill9();
+        let mut commit = pg::psql(self.pg.port, sql)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let early = commit.try_wait().unwrap();
+        if early.is_some() {
+            panic!("a commit returned with one of three safekeepers up: {early:?}");
+        }
+        self.sks[1].restart();
+        let status = wait_for(Duration::from_secs(60), "the commit to return", || {
+            commit.try_wait().unwrap()
+        });
+        assert!(status.success(), "{sql}: {status}");
+    }
+
     pub fn flush_lsn(&self) -> Lsn {
         self.pg
             .sql("SELECT pg_current_wal_flush_lsn()")

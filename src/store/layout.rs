@@ -26,45 +26,28 @@ impl Versioned for StoreMeta {
     const FORMAT_VERSION: u16 = STORE_FORMAT_VERSION;
 }
 
-/// The meta record of a version 1 store: the same body under version 1.
+/// The meta record of an older store of format version `V` (1 to 3): the
+/// same body under its own version, so one type serves every step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct StoreMetaV1 {
+struct OlderStoreMeta<const V: u16> {
     node_id: NodeId,
 }
 
-impl Versioned for StoreMetaV1 {
+impl<const V: u16> Versioned for OlderStoreMeta<V> {
     const WHAT: &'static str = "store";
-    const FORMAT_VERSION: u16 = 1;
+    const FORMAT_VERSION: u16 = V;
 }
 
-/// The meta record of a version 2 store: the same body under version 2.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct StoreMetaV2 {
-    node_id: NodeId,
-}
-
-impl Versioned for StoreMetaV2 {
-    const WHAT: &'static str = "store";
-    const FORMAT_VERSION: u16 = 2;
-}
-
-/// The meta record of a version 3 store: the same body under version 3.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct StoreMetaV3 {
-    node_id: NodeId,
-}
-
-impl Versioned for StoreMetaV3 {
-    const WHAT: &'static str = "store";
-    const FORMAT_VERSION: u16 = 3;
+fn decode_older<const V: u16>(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
+    decode_stored::<OlderStoreMeta<V>>(raw).map(|m| (StoreMeta { node_id: m.node_id }, V))
 }
 
 /// The meta record and the store format version it names.
 pub fn decode_store_meta(raw: &[u8]) -> Result<(StoreMeta, u16), CodecError> {
     match raw.first_chunk::<2>().map(|v| u16::from_be_bytes(*v)) {
-        Some(1) => decode_stored::<StoreMetaV1>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 1)),
-        Some(2) => decode_stored::<StoreMetaV2>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 2)),
-        Some(3) => decode_stored::<StoreMetaV3>(raw).map(|m| (StoreMeta { node_id: m.node_id }, 3)),
+        Some(1) => decode_older::<1>(raw),
+        Some(2) => decode_older::<2>(raw),
+        Some(3) => decode_older::<3>(raw),
         _ => decode_stored::<StoreMeta>(raw).map(|m| (m, STORE_FORMAT_VERSION)),
     }
 }
@@ -123,4 +106,35 @@ pub fn parse_chunk<'v>(
     };
     let ok = u32::from_be_bytes(*crc) == chunk_crc(ttid, start, payload);
     Ok((start, payload, ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_stored;
+
+    fn older<const V: u16>(node: u64) -> Vec<u8> {
+        encode_stored(&OlderStoreMeta::<V> {
+            node_id: NodeId(node),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_known_store_format_decodes_with_its_version() {
+        let meta = |n| StoreMeta { node_id: NodeId(n) };
+        assert_eq!(decode_store_meta(&older::<1>(7)).unwrap(), (meta(7), 1));
+        assert_eq!(decode_store_meta(&older::<2>(8)).unwrap(), (meta(8), 2));
+        assert_eq!(decode_store_meta(&older::<3>(9)).unwrap(), (meta(9), 3));
+        let now = encode_stored(&meta(10)).unwrap();
+        assert_eq!(
+            decode_store_meta(&now).unwrap(),
+            (meta(10), STORE_FORMAT_VERSION)
+        );
+        assert!(matches!(
+            decode_store_meta(&older::<5>(1)),
+            Err(CodecError::UnknownVersion { found: 5, .. })
+        ));
+        assert!(decode_store_meta(&[]).is_err());
+    }
 }

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod client;
+pub mod cmd;
 pub mod connection;
 pub mod encryption;
 pub mod failover;

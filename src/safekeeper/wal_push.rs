@@ -407,7 +407,7 @@ fn refusal_sqlstate(e: &HandleError) -> &'static str {
         // and stops) nor 42704 (a member without the timeline): the rest of
         // the cluster can go on, and this node is counted again later.
         HandleError::Restored(_) | HandleError::NotSettled(_) | HandleError::Superseded(_) => {
-            super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::connection::{Client, INSUFFICIENT_PRIVILEGE, OBJECT_NOT_IN_PREREQUISITE_STATE};
+use super::client::Client;
 use super::timelines::Timeline;
 use super::Shared;
 use crate::consensus::acceptor::TimelineState;
@@ -125,7 +125,7 @@ pub fn check_start(
     }
     if req.start_lsn > state.flush_lsn {
         return Err((
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "requested starting point {} is ahead of the WAL flush position of this server {}",
                 req.start_lsn, state.flush_lsn
@@ -141,7 +141,7 @@ pub fn check_start(
 fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), (&'static str, String)> {
     if !state.serves_recovery_read(term) {
         return Err((
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "timeline {}: recovery read for term {term} refused: this node is in term {} with last log term {}",
                 state.ttid,
@@ -176,7 +176,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<bool, PqError> {
     if req.recovery_term.is_some() && !client.is_proposer {
         conn.send_error(
-            INSUFFICIENT_PRIVILEGE,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             "recovery reads (term option) are for proposers: connect with options='-c walkeeper.role=proposer'",
         )
         .await?;
@@ -185,7 +185,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut durable = timeline.durable();
     let Some(state) = durable.borrow_and_update().clone() else {
         conn.send_error(
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             &format!("timeline {} is being created", timeline.ttid),
         )
         .await?;
@@ -261,7 +261,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // The term moved on: what this node holds may no longer be
                 // the log the proposer elected on. Stop at once.
                 tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {msg}");
-                conn.send_fatal(OBJECT_NOT_IN_PREREQUISITE_STATE, &msg)
+                conn.send_fatal(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &msg)
                     .await?;
                 return Ok(false);
             }

@@ -9,7 +9,7 @@ use super::timelines::Timeline;
 use super::Shared;
 use crate::id::Ttid;
 use crate::pq::connection::StartupParams;
-use crate::pq::sqlstate;
+use crate::pq::{sqlstate, PgError};
 
 /// Who is on the other end, from the startup packet.
 #[derive(Debug)]
@@ -45,6 +45,20 @@ impl Client {
         }
     }
 
+    /// Refused (42501) unless a proposer connected: `command` is for
+    /// proposers only.
+    pub fn require_proposer(&self, command: &str) -> Result<(), PgError> {
+        if self.is_proposer {
+            return Ok(());
+        }
+        Err(PgError::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "{command} is for proposers: connect with options='-c walkeeper.role=proposer'"
+            ),
+        ))
+    }
+
     /// The history file put on this connection before its greeting, taken.
     pub fn take_pending_history(&self) -> super::history::Pending {
         self.pending_history
@@ -56,14 +70,11 @@ impl Client {
 
 /// The timeline a consumer means: the one its startup options name, or the
 /// only one this safekeeper holds.
-pub fn choose_timeline(
-    shared: &Shared,
-    client: &Client,
-) -> Result<Arc<Timeline>, (&'static str, String)> {
+pub fn choose_timeline(shared: &Shared, client: &Client) -> Result<Arc<Timeline>, PgError> {
     match client.named_timeline() {
-        Err(e) => Err((sqlstate::INVALID_PARAMETER_VALUE, e)),
+        Err(e) => Err(PgError::new(sqlstate::INVALID_PARAMETER_VALUE, e)),
         Ok(Some(ttid)) => shared.timelines.get(ttid).ok_or_else(|| {
-            (
+            PgError::new(
                 sqlstate::UNDEFINED_OBJECT,
                 format!("timeline {ttid} does not exist on this safekeeper"),
             )
@@ -72,8 +83,8 @@ pub fn choose_timeline(
             let all = shared.timelines.all();
             match all.len() {
                 1 => Ok(all[0].clone()),
-                0 => Err((sqlstate::UNDEFINED_OBJECT, "this safekeeper holds no timeline yet".into())),
-                n => Err((
+                0 => Err(PgError::new(sqlstate::UNDEFINED_OBJECT, "this safekeeper holds no timeline yet")),
+                n => Err(PgError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
                     format!("this safekeeper holds {n} timelines: name one with options='-c tenant_id=… -c timeline_id=…'"),
                 )),

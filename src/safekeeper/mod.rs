@@ -12,6 +12,7 @@ pub mod history;
 pub mod http;
 pub mod http_auth;
 pub mod limits;
+pub mod pg_errors;
 pub mod retention;
 pub mod slots;
 pub mod timelines;

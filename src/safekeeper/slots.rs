@@ -19,21 +19,17 @@ use tokio::sync::{watch, Notify};
 use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::lsn::Lsn;
-use crate::pq::sqlstate;
+use crate::pq::{sqlstate, PgError};
 use crate::store::writer::{Synced, WriterHandle};
 use crate::store::SlotRecord;
 
 pub use sqlstate::{DUPLICATE_OBJECT, INVALID_NAME, OBJECT_IN_USE};
 
 /// Why a slot command failed: an SQLSTATE and PostgreSQL's wording.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotError {
-    pub code: &'static str,
-    pub message: String,
-}
+pub type SlotError = PgError;
 
-fn err(code: &'static str, message: String) -> SlotError {
-    SlotError { code, message }
+fn err(code: sqlstate::SqlState, message: String) -> SlotError {
+    PgError::new(code, message)
 }
 
 #[derive(Debug, Clone)]
@@ -607,7 +603,7 @@ mod tests {
         let dup = slots.create(&h, t, "a", false, None, s.id).unwrap_err();
         assert_eq!(dup.code, DUPLICATE_OBJECT);
         let full = slots.create(&h, u, "c", false, None, s.id).unwrap_err();
-        assert_eq!(full.code, "53400");
+        assert_eq!(full.code, sqlstate::CONFIGURATION_LIMIT_EXCEEDED);
         assert!(full.message.contains("all replication slots are in use"));
         // The temporary one goes with its session, and makes room.
         drop(s);

@@ -1,39 +1,18 @@
 //! `DROP_REPLICATION_SLOT s [WAIT]`.
 
-use std::sync::Arc;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{after_slot_command, slot_stored, Next};
-use crate::pq::connection::PqConnection;
-use crate::pq::frame::BeMessage;
-use crate::pq::{sqlstate, PqError};
-use crate::safekeeper::client::{choose_timeline, Client};
-use crate::safekeeper::slots::SlotError;
-use crate::safekeeper::Shared;
+use super::{complete, slot_stored, Context, Next, Outcome};
+use crate::pq::{sqlstate, PgError};
+use crate::safekeeper::client::choose_timeline;
 
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
+    cx: &mut Context<'_, S>,
     slot: &str,
     wait: bool,
-) -> Result<Next, PqError> {
-    drop_slot(shared, conn, client, slot, wait).await?;
-    Ok(after_slot_command(shared))
-}
-
-async fn drop_slot<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
-    slot: &str,
-    wait: bool,
-) -> Result<(), PqError> {
-    let t = match choose_timeline(shared, client) {
-        Ok(t) => t,
-        Err((code, msg)) => return conn.send_error(code, &msg).await,
-    };
+) -> Outcome {
+    let (shared, client) = (cx.shared, cx.client);
+    let t = choose_timeline(shared, client)?;
     let writer = shared.timelines.writer();
     // Without WAIT a slot another session uses is refused (55006);
     // with it, dropped once that session lets go, as PostgreSQL does.
@@ -50,14 +29,11 @@ async fn drop_slot<S: AsyncRead + AsyncWrite + Unpin>(
             ) => dropped,
             _ = client.cancel.requested() => {
                 tracing::info!(timeline = %t.ttid, slot = %slot, "DROP_REPLICATION_SLOT WAIT cancelled by the client; the slot stays");
-                Err(SlotError {
-                    code: sqlstate::QUERY_CANCELED,
-                    message: "canceling statement due to user request".into(),
-                })
+                Err(PgError::new(sqlstate::QUERY_CANCELED, "canceling statement due to user request"))
             }
-            _ = conn.until_closed() => {
+            _ = cx.conn.until_closed() => {
                 tracing::info!(timeline = %t.ttid, slot = %slot, "the client of DROP_REPLICATION_SLOT WAIT went away; the slot stays");
-                return Ok(());
+                return Ok(Next::Query);
             }
         }
     } else {
@@ -65,23 +41,18 @@ async fn drop_slot<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let synced = match dropped {
         Err(e) if e.code == sqlstate::ADMIN_SHUTDOWN => {
-            // The connection closes after this (`after_slot_command`).
-            return conn.send_fatal(e.code, &e.message).await;
+            cx.conn.send_pg_fatal(&e).await?;
+            return Ok(Next::Close);
         }
-        Err(e) => return conn.send_error(e.code, &e.message).await,
-        Ok(synced) => {
-            tracing::info!(timeline = %t.ttid, slot = %slot, "replication slot dropped");
-            synced
-        }
+        dropped => dropped?,
     };
+    tracing::info!(timeline = %t.ttid, slot = %slot, "replication slot dropped");
     if !slot_stored(synced).await {
-        return conn
-            .send_error(
-                sqlstate::INTERNAL_ERROR,
-                &format!("timeline {}: storing the slot change failed", t.ttid),
-            )
-            .await;
+        return Err(PgError::new(
+            sqlstate::INTERNAL_ERROR,
+            format!("timeline {}: storing the slot change failed", t.ttid),
+        )
+        .into());
     }
-    conn.write_message(&BeMessage::CommandComplete("DROP_REPLICATION_SLOT"))?;
-    conn.send_ready_for_query().await
+    complete(cx.conn, "DROP_REPLICATION_SLOT").await
 }

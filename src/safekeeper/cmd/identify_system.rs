@@ -1,45 +1,29 @@
 //! `IDENTIFY_SYSTEM`: the system id, PostgreSQL timeline and commit LSN of
 //! the timeline the client means.
 
-use std::sync::Arc;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Next;
-use crate::pq::connection::PqConnection;
+use super::{Context, Next, Outcome};
 use crate::pq::frame::Column;
-use crate::pq::{sqlstate, PqError};
-use crate::safekeeper::client::{choose_timeline, Client};
-use crate::safekeeper::Shared;
+use crate::pq::{sqlstate, PgError};
+use crate::safekeeper::client::choose_timeline;
 
-pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
-) -> Result<Next, PqError> {
-    let t = match choose_timeline(shared, client) {
-        Ok(t) => t,
-        Err((code, msg)) => {
-            conn.send_error(code, &msg).await?;
-            return Ok(Next::Query);
-        }
-    };
+pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(cx: &mut Context<'_, S>) -> Outcome {
+    let t = choose_timeline(cx.shared, cx.client)?;
     let state = t.durable().borrow().clone();
-    let Some(state) = state else {
-        conn.send_error(
+    let state = state.ok_or_else(|| {
+        PgError::new(
             sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            &format!("timeline {} is being created", t.ttid),
+            format!("timeline {} is being created", t.ttid),
         )
-        .await?;
-        return Ok(Next::Query);
-    };
+    })?;
     let rows = vec![vec![
         Some(state.server.system_id.to_string()),
         Some(state.server.tli.to_string()),
         Some(state.commit_lsn.to_string()),
         None,
     ]];
-    conn.write_result_set(
+    cx.conn.write_result_set(
         &[
             Column::text("systemid"),
             Column::int4("timeline"),
@@ -49,6 +33,6 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
         &rows,
         "IDENTIFY_SYSTEM",
     )?;
-    conn.send_ready_for_query().await?;
+    cx.conn.send_ready_for_query().await?;
     Ok(Next::Query)
 }

@@ -1,33 +1,20 @@
 //! `READ_REPLICATION_SLOT s`: a slot's type, restart LSN and timeline.
 
-use std::sync::Arc;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{after_slot_command, Next};
-use crate::pq::connection::PqConnection;
+use super::{Context, Next, Outcome};
 use crate::pq::frame::Column;
-use crate::pq::PqError;
-use crate::safekeeper::client::{choose_timeline, Client};
-use crate::safekeeper::Shared;
+use crate::safekeeper::client::choose_timeline;
 
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
+    cx: &mut Context<'_, S>,
     slot: &str,
-) -> Result<Next, PqError> {
-    let t = match choose_timeline(shared, client) {
-        Ok(t) => t,
-        Err((code, msg)) => {
-            conn.send_error(code, &msg).await?;
-            return Ok(after_slot_command(shared));
-        }
-    };
+) -> Outcome {
+    let t = choose_timeline(cx.shared, cx.client)?;
     let state = t.current_state();
     // All NULL for a slot that does not exist, as PostgreSQL answers;
     // an invalidated or never-reserved slot has no restart LSN.
-    let row = match shared.slots.get(t.ttid, slot) {
+    let row = match cx.shared.slots.get(t.ttid, slot) {
         None => vec![None, None, None],
         Some(s) if s.invalidated.is_some() || !s.restart_lsn.is_valid() => {
             vec![Some("physical".to_string()), None, None]
@@ -38,7 +25,7 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
             Some(state.server.tli.to_string()),
         ],
     };
-    conn.write_result_set(
+    cx.conn.write_result_set(
         &[
             Column::text("slot_type"),
             Column::text("restart_lsn"),
@@ -47,6 +34,6 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
         &[row],
         "READ_REPLICATION_SLOT",
     )?;
-    conn.send_ready_for_query().await?;
-    Ok(after_slot_command(shared))
+    cx.conn.send_ready_for_query().await?;
+    Ok(Next::Query)
 }

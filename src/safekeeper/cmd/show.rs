@@ -1,35 +1,26 @@
 //! `SHOW name`: the few settings replication clients ask a walsender for.
 
-use std::sync::Arc;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Next;
-use crate::pq::connection::PqConnection;
+use super::{Context, Next, Outcome};
 use crate::pq::frame::Column;
-use crate::pq::{sqlstate, PqError};
+use crate::pq::{sqlstate, PgError};
 use crate::safekeeper::client::{choose_timeline, Client};
 use crate::safekeeper::Shared;
 
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
+    cx: &mut Context<'_, S>,
     name: &str,
-) -> Result<Next, PqError> {
-    match value(shared, client, name) {
-        Some(v) => {
-            conn.write_result_set(&[Column::text(name)], &[vec![Some(v)]], "SHOW")?;
-            conn.send_ready_for_query().await?;
-        }
-        None => {
-            conn.send_error(
-                sqlstate::UNDEFINED_OBJECT,
-                &format!("unrecognized configuration parameter \"{name}\""),
-            )
-            .await?
-        }
-    }
+) -> Outcome {
+    let v = value(cx.shared, cx.client, name).ok_or_else(|| {
+        PgError::new(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("unrecognized configuration parameter \"{name}\""),
+        )
+    })?;
+    cx.conn
+        .write_result_set(&[Column::text(name)], &[vec![Some(v)]], "SHOW")?;
+    cx.conn.send_ready_for_query().await?;
     Ok(Next::Query)
 }
 

@@ -6,61 +6,42 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Next;
+use super::{complete, Context, Outcome};
 use crate::lsn::Lsn;
-use crate::pq::connection::PqConnection;
-use crate::pq::frame::BeMessage;
-use crate::pq::{sqlstate, PqError};
+use crate::pq::{sqlstate, PgError};
 use crate::safekeeper::client::{choose_timeline, Client};
 use crate::safekeeper::Shared;
 
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Arc<Shared>,
-    conn: &mut PqConnection<S>,
-    client: &Client,
+    cx: &mut Context<'_, S>,
     term: u64,
     lsn: Lsn,
-) -> Result<Next, PqError> {
-    if let Err((code, msg)) = settle(shared, client, term, lsn).await {
-        tracing::warn!(peer = %client.peer, term, %lsn, "TIMELINE_SETTLED refused: {msg}");
-        conn.send_error(code, &msg).await?;
-        return Ok(Next::Query);
-    }
-    conn.write_message(&BeMessage::CommandComplete("TIMELINE_SETTLED"))?;
-    conn.send_ready_for_query().await?;
-    Ok(Next::Query)
+) -> Outcome {
+    settle(cx.shared, cx.client, term, lsn).await.inspect_err(
+        |e| tracing::warn!(peer = %cx.client.peer, term, %lsn, "TIMELINE_SETTLED refused: {e}"),
+    )?;
+    complete(cx.conn, "TIMELINE_SETTLED").await
 }
 
-async fn settle(
-    shared: &Arc<Shared>,
-    client: &Client,
-    term: u64,
-    lsn: Lsn,
-) -> Result<(), (&'static str, String)> {
-    if !client.is_proposer {
-        return Err((
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            "TIMELINE_SETTLED is for proposers: connect with options='-c walkeeper.role=proposer'"
-                .into(),
-        ));
-    }
+async fn settle(shared: &Arc<Shared>, client: &Client, term: u64, lsn: Lsn) -> Result<(), PgError> {
+    client.require_proposer("TIMELINE_SETTLED")?;
     let t = choose_timeline(shared, client)?;
     let synced = t
         .settle(shared.timelines.writer(), term, lsn)
-        .map_err(|e| (sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))?;
+        .map_err(|e| PgError::new(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string()))?;
     match synced.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             t.poison(&e.to_string());
-            return Err((
+            return Err(PgError::new(
                 sqlstate::INTERNAL_ERROR,
                 format!("timeline {}: storing the settled state failed: {e}", t.ttid),
             ));
         }
         Err(_) => {
-            return Err((
+            return Err(PgError::new(
                 sqlstate::INTERNAL_ERROR,
-                "the group-commit writer stopped".into(),
+                "the group-commit writer stopped",
             ))
         }
     }
@@ -77,7 +58,7 @@ async fn settle(
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .map_err(|e| {
-            (
+            PgError::new(
                 sqlstate::INTERNAL_ERROR,
                 format!("clearing the restore mark: {e}"),
             )

@@ -12,6 +12,7 @@ pub mod history;
 pub mod http;
 pub mod http_auth;
 pub mod limits;
+pub mod metrics;
 pub mod pg_errors;
 pub mod retention;
 pub mod slots;
@@ -163,6 +164,16 @@ impl Storage for SharedStore {
         &self,
     ) -> Result<Vec<(crate::id::Ttid, crate::store::SlotRecord)>, crate::store::StoreError> {
         self.0.slots()
+    }
+}
+
+/// The synced state, or (for a timeline whose creation is not synced yet)
+/// the acceptor's current one.
+pub fn state_of(t: &timelines::Timeline) -> crate::consensus::acceptor::TimelineState {
+    let durable = t.durable().borrow().clone();
+    match durable {
+        Some(s) => (*s).clone(),
+        None => t.current_state(),
     }
 }
 

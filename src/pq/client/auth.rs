@@ -2,7 +2,13 @@
 //! SCRAM-SHA-256, with the password from the conninfo, `PGPASSWORD` or
 //! the password file.
 
-use super::*;
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+
+use super::backend::{lossy, take_cstr, take_i32};
+use super::{ClientError, ConnConfig, PgClient};
 
 impl PgClient {
     pub(super) fn auth_error(&self, reason: impl Into<String>) -> ClientError {

@@ -1,7 +1,16 @@
 //! Backend messages as the client reads them (sans-IO): whole frames off a
 //! buffer, ErrorResponse fields, DataRows.
 
-use super::*;
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::ClientError;
+
+/// CopyData carries XLogData (PostgreSQL cuts at 128 KiB) and safekeeper
+/// messages (about 1 MiB of WAL); DataRow may carry a timeline history file.
+/// Generous, but a garbage length must not make us wait for gigabytes.
+const MAX_LARGE_MESSAGE_LEN: usize = 64 << 20;
+/// Every other backend message (errors, notices, parameter status, ...).
+const MAX_MESSAGE_LEN: usize = 1 << 20;
 
 /// A backend message: its type byte and body (length word stripped).
 #[derive(Debug, Clone, PartialEq, Eq)]

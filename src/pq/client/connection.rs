@@ -2,7 +2,25 @@
 //! halves [`PgReader`] / [`PgWriter`], connecting and the start-up, simple
 //! queries and CopyBoth.
 
-use super::*;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
+
+use crate::lsn::Lsn;
+use crate::tls::MaybeTls;
+
+use super::backend::{
+    lossy, parse_data_row, parse_error_fields, parse_frame, take_cstr, take_i32, text_row, Frame,
+};
+use super::{ClientError, ConnConfig, SslMode};
+
+const READ_CHUNK: usize = 64 * 1024;
 
 type TlsStream = MaybeTls<TcpStream>;
 
@@ -750,6 +768,8 @@ impl PgClient {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::super::backend::be;
     use super::*;
     use tokio::net::TcpListener;

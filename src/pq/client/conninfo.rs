@@ -1,7 +1,17 @@
 //! libpq-style connection strings: `key=value` lists and `postgresql://`
 //! URIs, with the environment's defaults (`PGHOST`, `PGPORT`, ...).
 
-use super::*;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::tls::client::TlsKeys;
+
+use super::{ClientError, SslMode};
+
+/// libpq's floor for `connect_timeout`: shorter values are unreliable.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub const DEFAULT_PORT: u16 = 5432;
 pub const DEFAULT_USER: &str = "postgres";

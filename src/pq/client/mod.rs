@@ -20,25 +20,10 @@
 //! frame's length is checked against a cap from its header alone, and every
 //! field is bounds-checked.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
-
 pub use crate::tls::client::SslMode;
-use crate::tls::client::TlsKeys;
-use crate::tls::MaybeTls;
-
-use crate::lsn::{is_valid_wal_seg_size, Lsn};
 
 mod auth;
 mod backend;
@@ -46,21 +31,10 @@ mod connection;
 mod conninfo;
 mod replication;
 
-use backend::{lossy, take_cstr, take_i32, text_row, Frame};
 pub(crate) use backend::{parse_data_row, parse_error_fields, parse_frame};
 pub use connection::{CopyMessage, PgClient, PgReader, PgWriter};
 pub use conninfo::{ConnConfig, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER};
 pub use replication::{parse_wal_segment_size, IdentifySystem, ReplicationSlotInfo};
-
-/// CopyData carries XLogData (PostgreSQL cuts at 128 KiB) and safekeeper
-/// messages (about 1 MiB of WAL); DataRow may carry a timeline history file.
-/// Generous, but a garbage length must not make us wait for gigabytes.
-const MAX_LARGE_MESSAGE_LEN: usize = 64 << 20;
-/// Every other backend message (errors, notices, parameter status, ...).
-const MAX_MESSAGE_LEN: usize = 1 << 20;
-const READ_CHUNK: usize = 64 * 1024;
-/// libpq's floor for `connect_timeout`: shorter values are unreliable.
-const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything that can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]

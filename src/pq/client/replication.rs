@@ -2,7 +2,11 @@
 //! the slot commands, `TIMELINE_HISTORY`, `START_REPLICATION`) and their
 //! answers.
 
-use super::*;
+use bytes::Bytes;
+
+use crate::lsn::{is_valid_wal_seg_size, Lsn};
+
+use super::{ClientError, PgClient};
 
 /// `IDENTIFY_SYSTEM`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

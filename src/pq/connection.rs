@@ -10,10 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 
 use super::frame::{
     message_frame_len, startup_frame_len, BeMessage, Column, ErrorNotice, FeMessage,
-    FeStartupPacket, TransactionStatus,
+    FeStartupPacket, Severity, TransactionStatus,
 };
 use super::replication::parse_pg_bool;
-use super::{sqlstate, PqError};
+use super::{sqlstate, PgError, PqError, SqlState};
 
 const READ_CHUNK: usize = 8 * 1024;
 /// What `until_closed` buffers at most of a client that keeps sending
@@ -462,8 +462,19 @@ impl<S: AsyncWrite + Unpin> PqConnection<S> {
 
     /// ERROR then ReadyForQuery, the end of a failed simple query; the
     /// connection stays usable.
-    pub async fn send_error(&mut self, sqlstate: &str, message: &str) -> Result<(), PqError> {
-        self.send_error_notice(&ErrorNotice::error(sqlstate, message))
+    pub async fn send_error(&mut self, sqlstate: SqlState, message: &str) -> Result<(), PqError> {
+        self.send_error_notice(&ErrorNotice::error(sqlstate.code(), message))
+            .await
+    }
+
+    /// [`Self::send_error`] of a [`PgError`], with its detail and hint.
+    pub async fn send_pg_error(&mut self, e: &PgError) -> Result<(), PqError> {
+        self.send_error_notice(&e.notice(Severity::Error)).await
+    }
+
+    /// [`Self::send_fatal`] of a [`PgError`], with its detail and hint.
+    pub async fn send_pg_fatal(&mut self, e: &PgError) -> Result<(), PqError> {
+        self.send(&BeMessage::ErrorResponse(&e.notice(Severity::Fatal)))
             .await
     }
 
@@ -476,9 +487,10 @@ impl<S: AsyncWrite + Unpin> PqConnection<S> {
     /// FATAL, without ReadyForQuery: the caller closes the connection next.
     /// Sent before authentication with `CANNOT_CONNECT_NOW`, it makes libpq
     /// try the next host of a multi-host conninfo.
-    pub async fn send_fatal(&mut self, sqlstate: &str, message: &str) -> Result<(), PqError> {
+    pub async fn send_fatal(&mut self, sqlstate: SqlState, message: &str) -> Result<(), PqError> {
         self.send(&BeMessage::ErrorResponse(&ErrorNotice::fatal(
-            sqlstate, message,
+            sqlstate.code(),
+            message,
         )))
         .await
     }

@@ -393,21 +393,21 @@ pub struct ErrorNotice {
 }
 
 impl ErrorNotice {
-    pub fn new(severity: Severity, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(severity: Severity, code: impl AsRef<str>, message: impl Into<String>) -> Self {
         ErrorNotice {
             severity,
-            code: code.to_owned(),
+            code: code.as_ref().to_owned(),
             message: message.into(),
             detail: None,
             hint: None,
         }
     }
 
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: impl AsRef<str>, message: impl Into<String>) -> Self {
         Self::new(Severity::Error, code, message)
     }
 
-    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+    pub fn fatal(code: impl AsRef<str>, message: impl Into<String>) -> Self {
         Self::new(Severity::Fatal, code, message)
     }
 

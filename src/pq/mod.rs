@@ -8,7 +8,8 @@
 //!   stream, plus the startup handshake and trust "authentication".
 //! - [`replication`]: the replication command grammar and the streaming
 //!   sub-messages (`w`, `k`, `r`, `h`).
-//! - [`sqlstate`]: the SQLSTATE codes the daemon answers with.
+//! - [`sqlstate`]: the SQLSTATE codes the daemon answers with, and
+//!   [`error::PgError`], an error as a client is told it.
 //! - [`liveness`]: TCP keepalive and unacknowledged-data bounds.
 //! - [`client`]: the client side, for the proxy: connection strings,
 //!   trust / cleartext / md5 / SCRAM-SHA-256 authentication (password from
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod error;
 pub mod frame;
 pub mod liveness;
 pub mod passfile;
@@ -28,6 +30,9 @@ pub mod replication;
 pub mod sqlstate;
 
 use std::io;
+
+pub use error::PgError;
+pub use sqlstate::SqlState;
 
 /// Everything that can go wrong reading or writing the protocol.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +73,7 @@ pub enum PqError {
     /// A StartupMessage that parses but cannot be accepted; `sqlstate` is
     /// what PostgreSQL answers the same packet with.
     #[error("{message}")]
-    Startup {
-        sqlstate: &'static str,
-        message: String,
-    },
+    Startup { sqlstate: SqlState, message: String },
 }
 
 impl PqError {
@@ -88,12 +90,12 @@ impl PqError {
 
     /// The SQLSTATE to report this error with, when the connection is still
     /// writable enough to say so (a FATAL before closing).
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> SqlState {
         match self {
             PqError::Io { .. } | PqError::UnexpectedEof { .. } => sqlstate::CONNECTION_FAILURE,
             PqError::UnsupportedProtocol { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
             PqError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
-            PqError::Startup { sqlstate, .. } => sqlstate,
+            PqError::Startup { sqlstate, .. } => *sqlstate,
             PqError::BadLength { .. } | PqError::TooLarge { .. } | PqError::Malformed { .. } => {
                 sqlstate::PROTOCOL_VIOLATION
             }

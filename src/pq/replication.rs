@@ -86,8 +86,14 @@ pub enum ReplicationCommand {
 #[error("{0}")]
 pub struct ReplicationParseError(pub String);
 
+impl From<ReplicationParseError> for super::PgError {
+    fn from(e: ReplicationParseError) -> super::PgError {
+        super::PgError::new(e.sqlstate(), e.0)
+    }
+}
+
 impl ReplicationParseError {
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> sqlstate::SqlState {
         sqlstate::SYNTAX_ERROR
     }
 }

@@ -16,18 +16,18 @@
 use super::timelines::Timeline;
 use super::Shared;
 use crate::pq::replication::MAX_HISTORY_FILE_LEN;
-use crate::pq::sqlstate;
+use crate::pq::{sqlstate, PgError};
 
 /// A history file put on a connection before its greeting.
 pub type Pending = Option<(u32, Vec<u8>)>;
 
 /// Why a history file is refused: an SQLSTATE and a message for the client.
-pub type Refusal = (&'static str, String);
+pub type Refusal = PgError;
 
 /// Whether a file this large may be stored at all.
 pub fn check_size(tli: u32, content: &[u8]) -> Result<(), Refusal> {
     if content.len() > MAX_HISTORY_FILE_LEN {
-        return Err((
+        return Err(PgError::new(
             sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!(
                 "history file of timeline {tli} is {} bytes; this safekeeper stores at most {MAX_HISTORY_FILE_LEN}",
@@ -57,7 +57,7 @@ pub async fn store(
     check_size(tli, &content)?;
     let streams = t.current_state().server.tli;
     if tli != streams && Some(tli) != greeted {
-        return Err((
+        return Err(PgError::new(
             sqlstate::INVALID_PARAMETER_VALUE,
             format!(
                 "timeline {} streams PostgreSQL timeline {streams}: it keeps the history file of that timeline only, not of {tli}",
@@ -67,7 +67,7 @@ pub async fn store(
     }
     let (store, ttid, bytes) = (shared.store.clone(), t.ttid, content.len());
     let failed = |code, e: &dyn std::fmt::Display| {
-        (code, format!("timeline {ttid}: storing history {tli}: {e}"))
+        PgError::new(code, format!("timeline {ttid}: storing history {tli}: {e}"))
     };
     tokio::task::spawn_blocking(move || store.put_timeline_history(ttid, tli, &content))
         .await

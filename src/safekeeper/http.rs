@@ -9,7 +9,6 @@
 //! answered 503 and closed), and a connection that has not sent a request's
 //! headers within `--http-header-timeout`, or a request body, is closed.
 
-use std::fmt::Write as _;
 use std::path::{Component, Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,12 +24,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use super::limits::{LogThrottle, Place};
-use super::timelines::Timeline;
-use super::{DaemonError, Shared};
-use crate::consensus::acceptor::TimelineState;
+use super::{state_of, DaemonError, Shared};
 use crate::id::{TenantId, TimelineId, Ttid};
 use crate::inspect::TimelineInfo;
-use crate::store::writer::Histogram;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -185,16 +181,6 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
         proposers: shared.proposers.load(Ordering::Relaxed),
         consumers: shared.consumers.load(Ordering::Relaxed),
     })
-}
-
-/// The synced state, or (for a timeline whose creation is not synced yet)
-/// the acceptor's current one.
-fn state_of(t: &Timeline) -> TimelineState {
-    let durable = t.durable().borrow().clone();
-    match durable {
-        Some(s) => (*s).clone(),
-        None => t.current_state(),
-    }
 }
 
 async fn timelines(State(shared): State<Arc<Shared>>) -> Json<Vec<TimelineInfo>> {
@@ -387,139 +373,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&shared),
+        super::metrics::render(&shared),
     )
         .into_response()
-}
-
-/// Prometheus text exposition format, written by hand: a dozen series do
-/// not need a metrics crate.
-pub fn render_metrics(shared: &Shared) -> String {
-    let mut out = String::new();
-    let all = shared.timelines.all();
-    let states: Vec<TimelineState> = all.iter().map(|t| state_of(t)).collect();
-    let labels = |s: &TimelineState| {
-        format!(
-            "tenant_id=\"{}\",timeline_id=\"{}\"",
-            s.ttid.tenant_id, s.ttid.timeline_id
-        )
-    };
-    type Field = fn(&TimelineState) -> u64;
-    let per_timeline: [(&str, &str, Field); 5] = [
-        (
-            "walkeeper_flush_lsn",
-            "End of the WAL durably held, as a byte position.",
-            |s| s.flush_lsn.0,
-        ),
-        (
-            "walkeeper_commit_lsn",
-            "Committed WAL position (durably recorded here), as a byte position.",
-            |s| s.commit_lsn.0,
-        ),
-        (
-            "walkeeper_local_start_lsn",
-            "First WAL position still stored here.",
-            |s| s.local_start_lsn.0,
-        ),
-        (
-            "walkeeper_held_bytes",
-            "WAL bytes stored here (flush_lsn - local_start_lsn); retention trims them.",
-            |s| s.flush_lsn.distance_from(s.local_start_lsn),
-        ),
-        ("walkeeper_term", "Current term of the timeline.", |s| {
-            s.term
-        }),
-    ];
-    for (name, help, value) in per_timeline {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for s in &states {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(s), value(s));
-        }
-    }
-    let gauges = [
-        (
-            "walkeeper_connections",
-            "Open connections on the PostgreSQL-protocol port (at most --max-connections).",
-            shared.connections.load(Ordering::Relaxed),
-        ),
-        (
-            "walkeeper_timelines",
-            "Timelines held by this safekeeper.",
-            all.len() as u64,
-        ),
-        (
-            "walkeeper_connected_proposers",
-            "Open START_WAL_PUSH streams.",
-            shared.proposers.load(Ordering::Relaxed),
-        ),
-        (
-            "walkeeper_connected_consumers",
-            "Open START_REPLICATION streams (proposers' recovery reads excepted).",
-            shared.consumers.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP walkeeper_uptime_seconds Seconds since the daemon started.\n\
-         # TYPE walkeeper_uptime_seconds gauge\nwalkeeper_uptime_seconds {}",
-        shared.started.elapsed().as_secs_f64()
-    );
-    let stats = shared.timelines.writer().stats();
-    let counters = [
-        (
-            "walkeeper_wal_written_bytes_total",
-            "WAL bytes written to the store (synced).",
-            stats.wal_bytes,
-        ),
-        (
-            "walkeeper_write_requests_total",
-            "Write requests through the group-commit writer.",
-            stats.requests,
-        ),
-        (
-            "walkeeper_sync_batches_total",
-            "Group-commit batches synced (one fsync each).",
-            stats.batches,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
-    histogram(
-        &mut out,
-        "walkeeper_append_seconds",
-        "From submitting a write carrying WAL to its sync completing.",
-        &stats.append_seconds,
-    );
-    histogram(
-        &mut out,
-        "walkeeper_fsync_seconds",
-        "Duration of each group-commit sync.",
-        &stats.sync_seconds,
-    );
-    histogram(
-        &mut out,
-        "walkeeper_batch_requests",
-        "Write requests per group-commit batch.",
-        &stats.batch_requests,
-    );
-    out
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (le, n) in h.cumulative() {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", h.sum);
-    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 #[cfg(test)]

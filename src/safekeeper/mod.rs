@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod client;
+pub mod cmd;
 pub mod connection;
 pub mod encryption;
 pub mod failover;
@@ -10,6 +12,8 @@ pub mod history;
 pub mod http;
 pub mod http_auth;
 pub mod limits;
+pub mod metrics;
+pub mod pg_errors;
 pub mod retention;
 pub mod slots;
 pub mod timelines;
@@ -160,6 +164,16 @@ impl Storage for SharedStore {
         &self,
     ) -> Result<Vec<(crate::id::Ttid, crate::store::SlotRecord)>, crate::store::StoreError> {
         self.0.slots()
+    }
+}
+
+/// The synced state, or (for a timeline whose creation is not synced yet)
+/// the acceptor's current one.
+pub fn state_of(t: &timelines::Timeline) -> crate::consensus::acceptor::TimelineState {
+    let durable = t.durable().borrow().clone();
+    match durable {
+        Some(s) => (*s).clone(),
+        None => t.current_state(),
     }
 }
 

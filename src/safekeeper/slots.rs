@@ -19,22 +19,17 @@ use tokio::sync::{watch, Notify};
 use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::lsn::Lsn;
-use crate::pq::sqlstate;
+use crate::pq::{sqlstate, PgError};
 use crate::store::writer::{Synced, WriterHandle};
 use crate::store::SlotRecord;
 
-pub use sqlstate::{DUPLICATE_OBJECT, OBJECT_IN_USE};
-pub const INVALID_NAME: &str = "42602";
+pub use sqlstate::{DUPLICATE_OBJECT, INVALID_NAME, OBJECT_IN_USE};
 
 /// Why a slot command failed: an SQLSTATE and PostgreSQL's wording.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotError {
-    pub code: &'static str,
-    pub message: String,
-}
+pub type SlotError = PgError;
 
-fn err(code: &'static str, message: String) -> SlotError {
-    SlotError { code, message }
+fn err(code: sqlstate::SqlState, message: String) -> SlotError {
+    PgError::new(code, message)
 }
 
 #[derive(Debug, Clone)]
@@ -324,7 +319,7 @@ impl Slots {
         }
         if let Some(why) = &slot.invalidated {
             return Err(err(
-                crate::safekeeper::connection::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("can no longer get changes from replication slot \"{name}\": {why}"),
             ));
         }
@@ -447,166 +442,6 @@ impl Slots {
         s.restart_lsn = Lsn::INVALID;
         s.stored_lsn = Lsn::INVALID;
         (!s.temporary).then(|| writer.submit(ttid, vec![Write::PutSlot(Box::new(s.record(name)))]))
-    }
-}
-
-/// READ_REPLICATION_SLOT, CREATE_REPLICATION_SLOT and DROP_REPLICATION_SLOT.
-pub async fn run_command<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    shared: &Arc<super::Shared>,
-    conn: &mut crate::pq::connection::PqConnection<S>,
-    client: &super::connection::Client,
-    command: crate::pq::replication::ReplicationCommand,
-) -> Result<(), crate::pq::PqError> {
-    use crate::pq::frame::Column;
-    use crate::pq::replication::ReplicationCommand as C;
-    let t = match super::connection::choose_timeline(shared, client) {
-        Ok(t) => t,
-        Err((code, msg)) => return conn.send_error(code, &msg).await,
-    };
-    let state = t.current_state();
-    let writer = shared.timelines.writer();
-    let synced = match command {
-        C::ReadReplicationSlot { slot } => {
-            // All NULL for a slot that does not exist, as PostgreSQL answers;
-            // an invalidated or never-reserved slot has no restart LSN.
-            let row = match shared.slots.get(t.ttid, &slot) {
-                None => vec![None, None, None],
-                Some(s) if s.invalidated.is_some() || !s.restart_lsn.is_valid() => {
-                    vec![Some("physical".to_string()), None, None]
-                }
-                Some(s) => vec![
-                    Some("physical".to_string()),
-                    Some(s.restart_lsn.to_string()),
-                    Some(state.server.tli.to_string()),
-                ],
-            };
-            conn.write_result_set(
-                &[
-                    Column::text("slot_type"),
-                    Column::text("restart_lsn"),
-                    Column::int8("restart_tli"),
-                ],
-                &[row],
-                "READ_REPLICATION_SLOT",
-            )?;
-            return conn.send_ready_for_query().await;
-        }
-        C::CreateReplicationSlot {
-            slot,
-            temporary,
-            reserve_wal,
-        } => {
-            // A consumer with no position starts at the segment holding the
-            // commit LSN (IDENTIFY_SYSTEM's xlogpos, rounded down).
-            let reserve = reserve_wal.then(|| {
-                state
-                    .commit_lsn
-                    .segment_start(state.server.wal_seg_size)
-                    .max(state.local_start_lsn)
-            });
-            match shared
-                .slots
-                .create(writer, t.ttid, &slot, temporary, reserve, client.session)
-            {
-                Err(e) => return conn.send_error(e.code, &e.message).await,
-                Ok(synced) => {
-                    if !wait(synced).await {
-                        shared.slots.forget(t.ttid, &slot);
-                        return conn
-                            .send_error(
-                                sqlstate::INTERNAL_ERROR,
-                                &format!(
-                                    "timeline {}: storing replication slot \"{slot}\" failed",
-                                    t.ttid
-                                ),
-                            )
-                            .await;
-                    }
-                    tracing::info!(timeline = %t.ttid, slot = %slot, temporary, reserve = ?reserve, "replication slot created");
-                    conn.write_result_set(
-                        &[
-                            Column::text("slot_name"),
-                            Column::text("consistent_point"),
-                            Column::text("snapshot_name"),
-                            Column::text("output_plugin"),
-                        ],
-                        &[vec![
-                            Some(slot),
-                            Some(reserve.unwrap_or(Lsn::INVALID).to_string()),
-                            None,
-                            None,
-                        ]],
-                        "CREATE_REPLICATION_SLOT",
-                    )?;
-                    return conn.send_ready_for_query().await;
-                }
-            }
-        }
-        C::DropReplicationSlot { slot, wait } => {
-            // Without WAIT a slot another session uses is refused (55006);
-            // with it, dropped once that session lets go, as PostgreSQL does.
-            let dropped = if wait {
-                // Also ends when the client cancels (psql's Ctrl-C) or goes
-                // away: an abandoned wait must not drop the slot later.
-                tokio::select! {
-                    dropped = shared.slots.drop_slot_wait(
-                        writer,
-                        t.ttid,
-                        &slot,
-                        client.session,
-                        shared.shutdown.clone(),
-                    ) => dropped,
-                    _ = client.cancel.requested() => {
-                        tracing::info!(timeline = %t.ttid, slot = %slot, "DROP_REPLICATION_SLOT WAIT cancelled by the client; the slot stays");
-                        Err(err(sqlstate::QUERY_CANCELED, "canceling statement due to user request".into()))
-                    }
-                    _ = conn.until_closed() => {
-                        tracing::info!(timeline = %t.ttid, slot = %slot, "the client of DROP_REPLICATION_SLOT WAIT went away; the slot stays");
-                        return Ok(());
-                    }
-                }
-            } else {
-                shared
-                    .slots
-                    .drop_slot(writer, t.ttid, &slot, client.session)
-            };
-            match dropped {
-                Err(e) if e.code == sqlstate::ADMIN_SHUTDOWN => {
-                    // The connection closes after this (connection.rs).
-                    return conn.send_fatal(e.code, &e.message).await;
-                }
-                Err(e) => return conn.send_error(e.code, &e.message).await,
-                Ok(synced) => {
-                    tracing::info!(timeline = %t.ttid, slot = %slot, "replication slot dropped");
-                    synced
-                }
-            }
-        }
-        _ => {
-            return conn
-                .send_error(sqlstate::INTERNAL_ERROR, "not a slot command")
-                .await
-        }
-    };
-    if !wait(synced).await {
-        return conn
-            .send_error(
-                sqlstate::INTERNAL_ERROR,
-                &format!("timeline {}: storing the slot change failed", t.ttid),
-            )
-            .await;
-    }
-    conn.write_message(&crate::pq::frame::BeMessage::CommandComplete(
-        "DROP_REPLICATION_SLOT",
-    ))?;
-    conn.send_ready_for_query().await
-}
-
-/// Whether a slot write (if any) reached the disk.
-async fn wait(synced: Option<Synced>) -> bool {
-    match synced {
-        None => true,
-        Some(rx) => matches!(rx.await, Ok(Ok(()))),
     }
 }
 
@@ -768,7 +603,7 @@ mod tests {
         let dup = slots.create(&h, t, "a", false, None, s.id).unwrap_err();
         assert_eq!(dup.code, DUPLICATE_OBJECT);
         let full = slots.create(&h, u, "c", false, None, s.id).unwrap_err();
-        assert_eq!(full.code, "53400");
+        assert_eq!(full.code, sqlstate::CONFIGURATION_LIMIT_EXCEEDED);
         assert!(full.message.contains("all replication slots are in use"));
         // The temporary one goes with its session, and makes room.
         drop(s);

@@ -60,7 +60,10 @@ pub enum HandleError {
     /// Refused by one of the daemon's own limits (`--max-timelines`, the
     /// history file's), with the SQLSTATE to answer.
     #[error("{message}")]
-    Limited { code: &'static str, message: String },
+    Limited {
+        code: crate::pq::SqlState,
+        message: String,
+    },
     /// A newer push connection of the same proposer greeted this
     /// timeline: this one's messages are stale.
     #[error("timeline {0}: a newer connection of the same proposer replaced this one")]

@@ -18,7 +18,7 @@ use crate::consensus::messages::{AcceptorMessage, ProposerMessage};
 use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
 use crate::pq::sqlstate;
-use crate::pq::PqError;
+use crate::pq::{PgError, PqError, SqlState};
 
 /// Replies that may wait for syncs at once on one connection; beyond it (or
 /// beyond `limits::MAX_PUSH_IN_FLIGHT_BYTES` of messages) the connection
@@ -296,7 +296,7 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(e) => {
             tracing::warn!(%peer, "refused: {e}");
-            refuse(conn, refusal_sqlstate(&e), e.to_string()).await?;
+            refuse(conn, PgError::from(&e).code, e.to_string()).await?;
             Ok(Step::End(End::Refused))
         }
     }
@@ -320,7 +320,10 @@ async fn handle(
             if let Some((tli, content)) = greeted.history.take() {
                 super::history::store(shared, &t, tli, content, Some(g.server.tli))
                     .await
-                    .map_err(|(code, message)| HandleError::Limited { code, message })?;
+                    .map_err(|e| HandleError::Limited {
+                        code: e.code,
+                        message: e.message,
+                    })?;
             }
             greeted.proposer_id = Some(g.proposer_id);
             *timeline = Some(t);
@@ -384,37 +387,9 @@ fn describe(m: &FeMessage) -> String {
     }
 }
 
-fn refusal_sqlstate(e: &HandleError) -> &'static str {
-    match e {
-        HandleError::Refused(Refusal::UnknownTimeline(_)) => sqlstate::UNDEFINED_OBJECT,
-        HandleError::Refused(Refusal::Mismatch { .. })
-        | HandleError::Refused(Refusal::NotAMember { .. })
-        | HandleError::Refused(Refusal::StartNotSegmentAligned { .. })
-        | HandleError::Refused(Refusal::ProtocolVersion { .. })
-        | HandleError::Refused(Refusal::PgTimeline { .. })
-        | HandleError::Refused(Refusal::SwitchBelowCommit { .. }) => {
-            sqlstate::INVALID_PARAMETER_VALUE
-        }
-        HandleError::Refused(Refusal::TooLarge { .. }) => sqlstate::PROGRAM_LIMIT_EXCEEDED,
-        HandleError::Refused(_) => sqlstate::PROTOCOL_VIOLATION,
-        HandleError::Store(e) if e.is_disk_full() => sqlstate::DISK_FULL,
-        HandleError::Poisoned { reason, .. } if crate::store::is_disk_full(reason) => {
-            sqlstate::DISK_FULL
-        }
-        HandleError::Store(_) | HandleError::Poisoned { .. } => sqlstate::INTERNAL_ERROR,
-        HandleError::Limited { code, .. } => code,
-        // Not 22023 (the proxy takes it as a refusal of the whole timeline
-        // and stops) nor 42704 (a member without the timeline): the rest of
-        // the cluster can go on, and this node is counted again later.
-        HandleError::Restored(_) | HandleError::NotSettled(_) | HandleError::Superseded(_) => {
-            super::connection::OBJECT_NOT_IN_PREREQUISITE_STATE
-        }
-    }
-}
-
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PqConnection<S>,
-    code: &str,
+    code: SqlState,
     message: String,
 ) -> Result<(), PqError> {
     let notice = ErrorNotice::error(code, message);

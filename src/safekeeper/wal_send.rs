@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::connection::{Client, INSUFFICIENT_PRIVILEGE, OBJECT_NOT_IN_PREREQUISITE_STATE};
+use super::client::Client;
 use super::timelines::Timeline;
 use super::Shared;
 use crate::consensus::acceptor::TimelineState;
@@ -26,7 +26,7 @@ use crate::lsn::{Lsn, WAL_PAGE_SIZE};
 use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, Column, FeMessage};
 use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
-use crate::pq::{sqlstate, PqError};
+use crate::pq::{sqlstate, PgError, PqError};
 use crate::store::StoreError;
 
 /// How much WAL one store read fetches for a sender.
@@ -86,14 +86,11 @@ fn read_ahead_end(from: Lsn, limit: Lsn) -> Lsn {
 }
 
 /// Why a request cannot be served, checked before streaming starts.
-pub fn check_start(
-    state: &TimelineState,
-    req: &StartRequest,
-) -> Result<(), (&'static str, String)> {
+pub fn check_start(state: &TimelineState, req: &StartRequest) -> Result<(), PgError> {
     if let Some(tli) = req.timeline {
         match timeline_end(state, tli) {
             TimelineEnd::NotInHistory => {
-                return Err((
+                return Err(PgError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
                     format!(
                         "requested timeline {tli} is not in this server's history (timeline {} holds timeline {})",
@@ -102,7 +99,7 @@ pub fn check_start(
                 ))
             }
             TimelineEnd::Ended { at, .. } if req.start_lsn > at => {
-                return Err((
+                return Err(PgError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
                     format!(
                         "requested starting point {} on timeline {tli} is not in this server's history: it forked from timeline {tli} at {at}",
@@ -114,7 +111,7 @@ pub fn check_start(
         }
     }
     if req.start_lsn < state.local_start_lsn {
-        return Err((
+        return Err(PgError::new(
             sqlstate::UNDEFINED_FILE,
             format!(
                 "requested WAL segment {} has already been removed",
@@ -124,8 +121,8 @@ pub fn check_start(
         ));
     }
     if req.start_lsn > state.flush_lsn {
-        return Err((
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+        return Err(PgError::new(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "requested starting point {} is ahead of the WAL flush position of this server {}",
                 req.start_lsn, state.flush_lsn
@@ -138,10 +135,10 @@ pub fn check_start(
     Ok(())
 }
 
-fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), (&'static str, String)> {
+fn check_recovery_term(state: &TimelineState, term: Term) -> Result<(), PgError> {
     if !state.serves_recovery_read(term) {
-        return Err((
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+        return Err(PgError::new(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "timeline {}: recovery read for term {term} refused: this node is in term {} with last log term {}",
                 state.ttid,
@@ -176,7 +173,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<bool, PqError> {
     if req.recovery_term.is_some() && !client.is_proposer {
         conn.send_error(
-            INSUFFICIENT_PRIVILEGE,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             "recovery reads (term option) are for proposers: connect with options='-c walkeeper.role=proposer'",
         )
         .await?;
@@ -185,15 +182,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut durable = timeline.durable();
     let Some(state) = durable.borrow_and_update().clone() else {
         conn.send_error(
-            OBJECT_NOT_IN_PREREQUISITE_STATE,
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             &format!("timeline {} is being created", timeline.ttid),
         )
         .await?;
         return Ok(true);
     };
-    if let Err((code, msg)) = check_start(&state, &req) {
-        tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, "START_REPLICATION refused: {msg}");
-        conn.send_error(code, &msg).await?;
+    if let Err(e) = check_start(&state, &req) {
+        tracing::info!(timeline = %timeline.ttid, peer = %client.peer, start = %req.start_lsn, "START_REPLICATION refused: {e}");
+        conn.send_pg_error(&e).await?;
         return Ok(true);
     }
     let recovery = req.recovery_term.is_some();
@@ -220,7 +217,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             .slots
             .acquire(timeline.ttid, name, client.session, req.start_lsn)
         {
-            conn.send_error(e.code, &e.message).await?;
+            conn.send_pg_error(&e).await?;
             return Ok(true);
         }
     }
@@ -257,12 +254,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut serving_check = tokio::time::interval(SERVING_CHECK_INTERVAL);
     loop {
         if let Some(term) = req.recovery_term {
-            if let Err((_, msg)) = check_recovery_term(&state, term) {
+            if let Err(e) = check_recovery_term(&state, term) {
                 // The term moved on: what this node holds may no longer be
                 // the log the proposer elected on. Stop at once.
-                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {msg}");
-                conn.send_fatal(OBJECT_NOT_IN_PREREQUISITE_STATE, &msg)
-                    .await?;
+                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {e}");
+                conn.send_pg_fatal(&e).await?;
                 return Ok(false);
             }
         }
@@ -294,20 +290,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             // later term's truncation and appends): it is
                             // this term's log only if the acceptor, with
                             // every write issued so far, still says so.
-                            if let Err((code, msg)) =
-                                check_recovery_term(&timeline.current_state(), term)
-                            {
-                                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {msg}");
-                                conn.send_fatal(code, &msg).await?;
+                            if let Err(e) = check_recovery_term(&timeline.current_state(), term) {
+                                tracing::info!(timeline = %timeline.ttid, "recovery read stopped: {e}");
+                                conn.send_pg_fatal(&e).await?;
                                 return Ok(false);
                             }
                         }
                         read_ahead = (pos, Bytes::from(w));
                     }
                     Err(e) => {
-                        let (code, msg) = read_failure(&e, &state);
-                        tracing::error!(timeline = %timeline.ttid, from = %pos, to = %read_end, "{msg}");
-                        conn.send_fatal(code, &msg).await?;
+                        let e = read_failure(&e, &state);
+                        tracing::error!(timeline = %timeline.ttid, from = %pos, to = %read_end, "{e}");
+                        conn.send_pg_fatal(&e).await?;
                         return Ok(false);
                     }
                 }
@@ -468,20 +462,19 @@ fn spawn_read(shared: &Arc<Shared>, timeline: &Timeline, from: Lsn, to: Lsn) -> 
 
 /// What a consumer is told when reading stored WAL failed: only damage is
 /// "data corrupted".
-fn read_failure(e: &StoreError, state: &TimelineState) -> (&'static str, String) {
+fn read_failure(e: &StoreError, state: &TimelineState) -> PgError {
     match e {
-        StoreError::NotHeld { from, held_from, .. } if from < held_from => (
+        StoreError::NotHeld { from, held_from, .. } if from < held_from => PgError::new(
             sqlstate::UNDEFINED_FILE,
             format!(
                 "requested WAL segment {} has already been removed (this node now holds WAL from {held_from}: it was trimmed or re-seeded while the stream read)",
                 from.segment_file_name(state.server.tli, state.server.wal_seg_size)
             ),
         ),
-        StoreError::CorruptWal { .. }
-        | StoreError::CorruptState { .. }
-        | StoreError::CorruptStore(_) => (sqlstate::DATA_CORRUPTED, e.to_string()),
-        e if e.is_disk_full() => (sqlstate::DISK_FULL, format!("reading WAL failed: {e}")),
-        e => (sqlstate::INTERNAL_ERROR, format!("reading WAL failed: {e}")),
+        e => match PgError::from(e) {
+            damaged if damaged.code == sqlstate::DATA_CORRUPTED => damaged,
+            failed => PgError::new(failed.code, format!("reading WAL failed: {e}")),
+        },
     }
 }
 
@@ -624,7 +617,7 @@ mod tests {
         assert!(check_start(&state, &req(start, 1)).is_ok());
         assert!(check_start(&state, &req(switch, 1)).is_ok());
         assert_eq!(
-            check_start(&state, &req(Lsn(switch.0 + 1), 1)).map_err(|e| e.0),
+            check_start(&state, &req(Lsn(switch.0 + 1), 1)).map_err(|e| e.code),
             Err(sqlstate::INVALID_PARAMETER_VALUE)
         );
         assert!(check_start(&state, &req(Lsn(switch.0 + 1), 2)).is_ok());
@@ -665,7 +658,9 @@ mod tests {
             held_from: Lsn(2 << 24),
             held_to: Lsn(3 << 24),
         };
-        let (code, msg) = read_failure(&removed, &state);
+        let PgError {
+            code, message: msg, ..
+        } = read_failure(&removed, &state);
         assert_eq!(code, sqlstate::UNDEFINED_FILE);
         assert!(
             msg.contains("000000010000000000000001 has already been removed"),
@@ -677,11 +672,14 @@ mod tests {
             to: Lsn(2),
             detail: "chunk checksum mismatch".into(),
         };
-        assert_eq!(read_failure(&damaged, &state).0, sqlstate::DATA_CORRUPTED);
+        assert_eq!(
+            read_failure(&damaged, &state).code,
+            sqlstate::DATA_CORRUPTED
+        );
         let failed = StoreError::Failed("No space left on device".into());
-        assert_eq!(read_failure(&failed, &state).0, sqlstate::DISK_FULL);
+        assert_eq!(read_failure(&failed, &state).code, sqlstate::DISK_FULL);
         let failed = StoreError::Failed("EIO".into());
-        assert_eq!(read_failure(&failed, &state).0, sqlstate::INTERNAL_ERROR);
+        assert_eq!(read_failure(&failed, &state).code, sqlstate::INTERNAL_ERROR);
     }
 
     #[test]

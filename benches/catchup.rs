@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use walkeeper::codec::PROTOCOL_VERSION;
-use walkeeper::consensus::acceptor::{Acceptor, Effects};
+use walkeeper::consensus::acceptor::{Acceptor, Ready};
 use walkeeper::consensus::messages::{
     AppendRequest, Elected, Greeting, ProposerMessage, ServerInfo, VoteRequest,
 };
@@ -60,7 +60,7 @@ fn payload(len: usize, seed: u64) -> Bytes {
     v.into()
 }
 
-fn apply(store: &mut RocksStore, ttid: Ttid, effects: Effects) {
+fn apply(store: &mut RocksStore, ttid: Ttid, effects: Ready) {
     store.write(ttid, &effects.writes).expect("store write");
 }
 

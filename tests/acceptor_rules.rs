@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use walkeeper::codec::{encode_stored, PROTOCOL_VERSION};
 use walkeeper::consensus::acceptor::{
-    decode_timeline_state, term_lsn, trim_point, Acceptor, Effects, Event, Refusal, Write,
+    decode_timeline_state, term_lsn, trim_point, Acceptor, Event, Ready, Refusal, Write,
 };
 use walkeeper::consensus::limits::{
     MAX_MEMBERS, MAX_MEMBER_ADDRESS_LEN, MAX_TERM_HISTORY, MAX_TERM_JUMP,
@@ -52,6 +52,14 @@ fn greeting(create: bool) -> Greeting {
     }
 }
 
+/// A message handled and staged, not synced: its writes, the reply the
+/// acceptor holds for them, and whether they need no sync of their own.
+struct Unsynced {
+    writes: Vec<Write>,
+    reply: Option<AcceptorMessage>,
+    lazy: bool,
+}
+
 /// An acceptor on node 1 with its storage, driven like the daemon drives it.
 struct Node {
     acceptor: Acceptor,
@@ -69,17 +77,28 @@ impl Node {
 
     /// Handle, stage the writes, sync, release the reply.
     fn send(&mut self, msg: ProposerMessage) -> Result<Option<AcceptorMessage>, Refusal> {
-        let effects = self.acceptor.handle(&msg)?;
-        self.storage.write(ttid(), &effects.writes).unwrap();
+        let ready = self.acceptor.handle(&msg)?;
+        self.storage.write(ttid(), &ready.writes).unwrap();
         self.storage.sync().unwrap();
-        Ok(effects.reply)
+        Ok(self.released(&ready))
+    }
+
+    /// Tell the acceptor `ready` is durable; the reply that releases for it.
+    fn released(&mut self, ready: &Ready) -> Option<AcceptorMessage> {
+        let mut replies = self.acceptor.on_persisted(ready.seq);
+        replies.retain(|r| r.seq == ready.seq);
+        replies.pop().map(|r| r.msg)
     }
 
     /// Handle and stage, but do not sync (the reply is withheld).
-    fn send_unsynced(&mut self, msg: ProposerMessage) -> Effects {
-        let effects = self.acceptor.handle(&msg).unwrap();
-        self.storage.write(ttid(), &effects.writes).unwrap();
-        effects
+    fn send_unsynced(&mut self, msg: ProposerMessage) -> Unsynced {
+        let ready = self.acceptor.handle(&msg).unwrap();
+        self.storage.write(ttid(), &ready.writes).unwrap();
+        Unsynced {
+            reply: self.acceptor.held_reply(ready.seq).cloned(),
+            lazy: !ready.sync && !ready.writes.is_empty(),
+            writes: ready.writes,
+        }
     }
 
     fn crash_and_restart(&mut self) {
@@ -146,11 +165,13 @@ fn append_msg(term: u64, begin: u64, wal: &[u8], commit: u64) -> ProposerMessage
 
 #[test]
 fn creating_a_timeline_is_durable_before_the_greeting_reply() {
-    let (acceptor, effects) = Acceptor::create(NodeId(1), &greeting(true)).unwrap();
+    let (mut acceptor, effects) = Acceptor::create(NodeId(1), &greeting(true)).unwrap();
     assert!(matches!(effects.writes.as_slice(), [Write::PutState(_)]));
+    assert!(effects.sync && effects.holds_reply);
     assert_eq!(effects.events, vec![Event::TimelineCreated]);
+    assert!(acceptor.on_persisted(effects.seq - 1).is_empty());
     assert_eq!(
-        effects.reply,
+        acceptor.on_persisted(effects.seq).pop().map(|r| r.msg),
         Some(AcceptorMessage::Greeting(AcceptorGreeting {
             protocol_version: PROTOCOL_VERSION,
             node_id: NodeId(1),
@@ -520,7 +541,7 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
     // retention trims to that segment's start.
     let below = trim_point(node.acceptor.state(), Lsn(START + 3 * seg));
     assert_eq!(below, Lsn(START + seg));
-    let writes = node.acceptor.trim(below);
+    let writes = node.acceptor.trim(below).unwrap().writes;
     node.storage.write(ttid(), &writes).unwrap();
     node.storage.sync().unwrap();
     assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg));
@@ -533,9 +554,9 @@ fn trims_remove_whole_segments_below_the_horizon_and_never_past_commit() {
         vec![(START / seg + 1) as u8]
     );
     let again = trim_point(node.acceptor.state(), Lsn(START + seg + 5));
-    assert!(node.acceptor.trim(again).is_empty());
+    assert!(node.acceptor.trim(again).is_none());
     // The acceptor itself trims exactly, and never past commit_lsn.
-    let writes = node.acceptor.trim(Lsn(START + 3 * seg));
+    let writes = node.acceptor.trim(Lsn(START + 3 * seg)).unwrap().writes;
     node.storage.write(ttid(), &writes).unwrap();
     node.storage.sync().unwrap();
     assert_eq!(node.acceptor.state().local_start_lsn, Lsn(START + seg + 10));
@@ -684,7 +705,7 @@ fn a_reseed_restarts_the_log_beyond_flush_after_elected() {
     );
     node.storage.write(ttid(), &effects.writes).unwrap();
     node.storage.sync().unwrap();
-    let Some(AcceptorMessage::Append(r)) = effects.reply else {
+    let Some(AcceptorMessage::Append(r)) = node.released(&effects) else {
         panic!("expected an append response");
     };
     assert_eq!((r.flush_lsn, r.local_start_lsn), (Lsn(far), Lsn(far)));

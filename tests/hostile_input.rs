@@ -354,9 +354,9 @@ fn run_acceptor(steps: &[ToAcceptor]) {
                 encode_stored(&**s).expect("every state the acceptor writes can be stored");
             }
         }
-        if let Some(reply) = &effects.reply {
-            let bytes = encode_acceptor_message(reply);
-            assert_eq!(&decode_acceptor_message(&bytes).unwrap(), reply);
+        for reply in a.on_persisted(effects.seq) {
+            let bytes = encode_acceptor_message(&reply.msg);
+            assert_eq!(decode_acceptor_message(&bytes).unwrap(), reply.msg);
         }
     }
 }

@@ -99,7 +99,7 @@ fn handle(t: &Timeline, writer: &WriterHandle, msg: ProposerMessage) -> Option<A
         .blocking_recv()
         .expect("the writer answers")
         .expect("synced");
-    pending.reply
+    t.take_reply(pending.ticket, walkeeper::lsn::Lsn::INVALID)
 }
 
 fn elected(term: u64, at: u64, history: &[(u64, u64)]) -> ProposerMessage {

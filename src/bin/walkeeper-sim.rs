@@ -30,9 +30,14 @@ struct Args {
     /// Switch on a deliberate bug: accept-append-before-elected,
     /// donor-ignores-last-log-term, reseed-at-source-flush,
     /// create-on-every-greeting, store-unknown-slot-horizon,
-    /// joint-counts-new-alone.
+    /// joint-counts-new-alone, reply-before-persisted, retry-failed-sync,
+    /// ignore-failed-write, crash-keeps-non-prefix.
     #[arg(long)]
     fault: Vec<String>,
+    /// No failed writes or syncs nor full disks (crashes still keep any
+    /// prefix of the unsynced writes).
+    #[arg(long)]
+    no_storage_faults: bool,
     /// Run a membership change (then --nodes is the change's):
     /// replace-one, grow, shrink, two-configs.
     #[arg(long)]
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     base.chaos_steps = args.chaos_steps;
     base.calm_steps = args.calm_steps;
     base.trace = args.trace;
+    base.storage_faults = !args.no_storage_faults;
     for f in &args.fault {
         match f.as_str() {
             "accept-append-before-elected" => {
@@ -63,6 +69,10 @@ fn main() -> ExitCode {
             "create-on-every-greeting" => base.proposer_faults.create_on_every_greeting = true,
             "store-unknown-slot-horizon" => base.acceptor_faults.store_unknown_slot_horizon = true,
             "joint-counts-new-alone" => base.proposer_faults.joint_counts_new_alone = true,
+            "reply-before-persisted" => base.acceptor_faults.reply_before_persisted = true,
+            "retry-failed-sync" => base.disk_bugs.retry_failed_sync = true,
+            "ignore-failed-write" => base.disk_bugs.ignore_failed_write = true,
+            "crash-keeps-non-prefix" => base.disk_bugs.crash_keeps_non_prefix = true,
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);
@@ -89,6 +99,7 @@ fn main() -> ExitCode {
     let committed = AtomicU64::new(0);
     let reseeds = AtomicU64::new(0);
     let changes_done = AtomicU64::new(0);
+    let storage_failures = AtomicU64::new(0);
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
@@ -104,6 +115,7 @@ fn main() -> ExitCode {
                         committed.fetch_add(o.committed_bytes, Ordering::Relaxed);
                         reseeds.fetch_add(o.reseeds, Ordering::Relaxed);
                         changes_done.fetch_add(o.changes_done.min(1), Ordering::Relaxed);
+                        storage_failures.fetch_add(o.storage_failures, Ordering::Relaxed);
                     }
                     Err(v) => {
                         eprintln!("VIOLATION {v}");
@@ -115,7 +127,7 @@ fn main() -> ExitCode {
     });
     let failures = failures.into_inner().expect("threads joined");
     println!(
-        "{} seeds ({}..{}), {} nodes, {} proposers, change {}: {} violations, {} committed bytes in total, {} re-seeds, {} seeds ending with the change done, {:.1}s",
+        "{} seeds ({}..{}), {} nodes, {} proposers, change {}: {} violations, {} committed bytes in total, {} re-seeds, {} seeds ending with the change done, {} storage failures, {:.1}s",
         args.seeds,
         args.start,
         end,
@@ -126,6 +138,7 @@ fn main() -> ExitCode {
         committed.load(Ordering::Relaxed),
         reseeds.load(Ordering::Relaxed),
         changes_done.load(Ordering::Relaxed),
+        storage_failures.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     if failures.is_empty() {

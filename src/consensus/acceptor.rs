@@ -2,12 +2,16 @@
 //! safekeeper, as a pure state machine (ARCHITECTURE.md,
 //! "3. The consensus protocol as implemented").
 //!
-//! `handle` takes a proposer message and returns [`Effects`]: the writes to
-//! make durable and the reply. The caller (the daemon, or the simulation)
-//! must hand the writes to storage in order and release the reply only after
-//! a sync that covers them. The in-memory state here is therefore the state
-//! *after* every write issued so far; a reply computed from it is true once it
-//! is released, because it waits for the sync of everything before it.
+//! `handle` takes a proposer message and returns a numbered [`Ready`] set
+//! (in the spirit of raft-rs's `RawNode`/`Ready` and etcd's `Ready`/`Advance`):
+//! the writes to make durable, in order, and whether they must be synced.
+//! The reply the message earned is held here, not handed out: the driver
+//! (the daemon's push connection, or the simulation) reports with
+//! [`Acceptor::on_persisted`] which ready sets are durable, and that
+//! releases the replies whose writes are. Whether a reply needs a sync of
+//! its own (a commit-only heartbeat does not) is decided here too. The
+//! in-memory state is therefore the state *after* every write issued so
+//! far; a reply computed from it is true once released.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +24,7 @@ use crate::codec::{Versioned, PROTOCOL_VERSION};
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
 use bytes::Bytes;
+use std::collections::VecDeque;
 
 /// The durable state of one timeline on one safekeeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,29 +267,59 @@ pub enum Write {
     TrimWal { below: Lsn },
     /// Replace the timeline's state record.
     PutState(Box<TimelineState>),
-    /// Store a consumer slot. Never produced by the acceptor: the daemon
-    /// sends slot changes through the same writer so they share its syncs
-    /// and its ordering with the timeline's other writes.
-    PutSlot(Box<crate::store::SlotRecord>),
-    /// Remove a consumer slot (daemon only, like `PutSlot`).
-    DeleteSlot { name: String },
 }
 
-/// What one message did.
+/// What one message did, inside the acceptor; the driver sees it as a
+/// [`Ready`] set with the reply held back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Effects {
+struct Effects {
+    writes: Vec<Write>,
+    /// To send once `writes` (and everything before them) are durable.
+    reply: Option<AcceptorMessage>,
+    events: Vec<Event>,
+    /// The writes only move `commit_lsn` or the horizons (a commit-only
+    /// heartbeat): they need no sync of their own, and the reply waits only
+    /// for what was written before them (it claims nothing they hold: its
+    /// commit_lsn is the last one a synced write recorded).
+    lazy: bool,
+}
+
+/// The number of a ready set: 1, 2, ... in the order `handle` (and `trim`,
+/// `settle`, `create`) produced them since the acceptor was created or
+/// restored. 0 stands for "none".
+pub type Seq = u64;
+
+/// One message's (or one trim's, or one settle's) outcome for the driver:
+/// the writes to hand to storage in order after every earlier set's, and
+/// whether they must be synced before the reply they hold goes out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "the writes must reach storage, and on_persisted be called once they are durable"]
+pub struct Ready {
+    pub seq: Seq,
     pub writes: Vec<Write>,
-    /// To send once `writes` (and everything before them) are synced.
-    pub reply: Option<AcceptorMessage>,
+    /// The writes must be durable before this set's reply is released.
+    /// False for lazy writes (a commit-only heartbeat: they ride along with
+    /// a later sync; readers must still see the state only once synced)
+    /// and for sets without writes.
+    pub sync: bool,
+    /// The set whose persistence releases this one's reply: `seq` when
+    /// `sync`, else the last synced set before it (0: none). A driver whose
+    /// storage answers a set only once every earlier set that must be
+    /// synced is durable (the group-commit writer) reports
+    /// `on_persisted(waits_for)` when it answers this set.
+    pub waits_for: Seq,
+    /// A reply is held for this set.
+    pub holds_reply: bool,
     /// Something an operator should read in the log.
     pub events: Vec<Event>,
-    /// The writes only move `commit_lsn` or the horizons (a commit-only
-    /// heartbeat): they need no sync of their own. The caller may stage
-    /// them for a later sync and release the reply as soon as everything
-    /// written *before* them is synced: the reply claims nothing they hold
-    /// (its commit_lsn is the last one a synced write recorded). Readers
-    /// must still see the state only once it is synced.
-    pub lazy: bool,
+}
+
+/// A reply released by [`Acceptor::on_persisted`]: it goes to whoever sent
+/// the message of ready set `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub seq: Seq,
+    pub msg: AcceptorMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,6 +470,8 @@ pub enum Refusal {
         message: &'static str,
         limit: LimitExceeded,
     },
+    #[error("timeline {ttid}: storing failed ({reason}); nothing more is accepted until a restart reloads the stored state")]
+    StorageFailed { ttid: Ttid, reason: String },
     #[error("timeline {ttid}: VoteRequest for term {proposed} refused: this node is in term {own}, and a vote may move it by at most {max} terms", max = limits::MAX_TERM_JUMP)]
     TermJump {
         ttid: Ttid,
@@ -453,6 +490,9 @@ pub struct AcceptorFaults {
     /// term, a member not heard from): the horizon then forgets slots on
     /// other nodes.
     pub store_unknown_slot_horizon: bool,
+    /// Release every reply at once, before the writes it follows are
+    /// durable (the rule `on_persisted` keeps, broken).
+    pub reply_before_persisted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -463,6 +503,22 @@ pub struct Acceptor {
     /// reply: what replies may claim. Lazy writes (see [`Effects::lazy`])
     /// move `state.commit_lsn` ahead of it until the next synced write.
     synced_commit_lsn: Lsn,
+    /// The last ready set numbered, the last one that must be synced, and
+    /// the highest the driver reported durable.
+    last_seq: Seq,
+    last_sync_seq: Seq,
+    persisted: Seq,
+    /// Replies waiting for `persisted` to reach their `waits_for`, in
+    /// `seq` order: (seq, waits_for, reply).
+    held: VecDeque<(Seq, Seq, AcceptorMessage)>,
+    /// This node's lowest durable consumer slot position (INVALID: none),
+    /// an input from the driver, which owns the slots: AppendResponses
+    /// carry it when released.
+    slot_horizon: Lsn,
+    /// Why storing this timeline's writes failed (`on_storage_failed`):
+    /// what is on disk may then lack writes this state counts, so nothing
+    /// more is answered or accepted until a restart reloads the store.
+    failed: Option<String>,
     pub faults: AcceptorFaults,
 }
 
@@ -473,13 +529,107 @@ impl Acceptor {
             node_id,
             synced_commit_lsn: state.commit_lsn,
             state,
+            last_seq: 0,
+            last_sync_seq: 0,
+            persisted: 0,
+            held: VecDeque::new(),
+            slot_horizon: Lsn::INVALID,
+            failed: None,
             faults: AcceptorFaults::default(),
+        }
+    }
+
+    /// Number `effects` as the next ready set and hold its reply.
+    fn ready(&mut self, effects: Effects) -> Ready {
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let sync = !effects.lazy && !effects.writes.is_empty();
+        if sync {
+            self.last_sync_seq = seq;
+        }
+        let waits_for = if self.faults.reply_before_persisted {
+            0
+        } else {
+            self.last_sync_seq
+        };
+        let holds_reply = effects.reply.is_some();
+        if let Some(reply) = effects.reply {
+            self.held.push_back((seq, waits_for, reply));
+        }
+        Ready {
+            seq,
+            writes: effects.writes,
+            sync,
+            waits_for,
+            holds_reply,
+            events: effects.events,
+        }
+    }
+
+    /// The driver's report that the writes of every ready set up to `seq`
+    /// that must be synced are durable (a later call with a lower `seq`
+    /// changes nothing). Returns the replies that may go out now, in
+    /// order: those whose `waits_for` is durable. After a storage failure,
+    /// none.
+    pub fn on_persisted(&mut self, seq: Seq) -> Vec<Reply> {
+        self.persisted = self.persisted.max(seq.min(self.last_seq));
+        if self.failed.is_some() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        while let Some((_, waits_for, _)) = self.held.front() {
+            if *waits_for > self.persisted {
+                break;
+            }
+            let (seq, _, mut msg) = self.held.pop_front().expect("front checked");
+            if let AcceptorMessage::Append(a) = &mut msg {
+                a.slot_horizon_lsn = self.slot_horizon;
+            }
+            out.push(Reply { seq, msg });
+        }
+        out
+    }
+
+    /// The reply held for ready set `seq`, not released yet (for tests and
+    /// tracing; it is not to be sent).
+    pub fn held_reply(&self, seq: Seq) -> Option<&AcceptorMessage> {
+        self.held.iter().find(|h| h.0 == seq).map(|h| &h.2)
+    }
+
+    /// Set this node's slot horizon (its lowest durable consumer slot
+    /// position, INVALID: none): replies released from now on report it.
+    pub fn set_slot_horizon(&mut self, lsn: Lsn) {
+        self.slot_horizon = lsn;
+    }
+
+    /// Storing a write of this timeline, or syncing it, failed: the disk may
+    /// lack writes the state here counts, so the timeline fails closed. No
+    /// held reply goes out, every later message is refused
+    /// ([`Refusal::StorageFailed`]) and nothing more is written, until the
+    /// driver restores the acceptor from what storage holds (a restart).
+    pub fn on_storage_failed(&mut self, reason: &str) {
+        self.held.clear();
+        self.failed.get_or_insert_with(|| reason.to_string());
+    }
+
+    /// Why the timeline failed closed, if it did (see `on_storage_failed`).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    fn check_not_failed(&self) -> Result<(), Refusal> {
+        match &self.failed {
+            Some(reason) => Err(Refusal::StorageFailed {
+                ttid: self.state.ttid,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
     /// Answer a greeting for a timeline this node does not hold: create it if
     /// asked to.
-    pub fn create(node_id: NodeId, g: &Greeting) -> Result<(Acceptor, Effects), Refusal> {
+    pub fn create(node_id: NodeId, g: &Greeting) -> Result<(Acceptor, Ready), Refusal> {
         if !g.create {
             return Err(Refusal::UnknownTimeline(g.ttid));
         }
@@ -543,7 +693,8 @@ impl Acceptor {
             events: vec![Event::TimelineCreated],
             lazy: false,
         };
-        Ok((acceptor, effects))
+        let ready = acceptor.ready(effects);
+        Ok((acceptor, ready))
     }
 
     pub fn state(&self) -> &TimelineState {
@@ -578,7 +729,15 @@ impl Acceptor {
         })
     }
 
-    pub fn handle(&mut self, msg: &ProposerMessage) -> Result<Effects, Refusal> {
+    /// Handle one proposer message: the ready set of its writes, its reply
+    /// held until [`Acceptor::on_persisted`] covers them.
+    pub fn handle(&mut self, msg: &ProposerMessage) -> Result<Ready, Refusal> {
+        self.check_not_failed()?;
+        let effects = self.handle_message(msg)?;
+        Ok(self.ready(effects))
+    }
+
+    fn handle_message(&mut self, msg: &ProposerMessage) -> Result<Effects, Refusal> {
         match msg {
             ProposerMessage::Greeting(g) => self.handle_greeting(g),
             ProposerMessage::VoteRequest(m) => self.handle_vote_request(m),
@@ -879,7 +1038,8 @@ impl Acceptor {
             term: self.state.term,
             flush_lsn: self.state.flush_lsn,
             commit_lsn: self.synced_commit_lsn,
-            slot_horizon_lsn: Lsn::INVALID,
+            // Filled in when released (`on_persisted`).
+            slot_horizon_lsn: self.slot_horizon,
             local_start_lsn: self.state.local_start_lsn,
         })
     }
@@ -1015,8 +1175,14 @@ impl Acceptor {
     /// Record that `--sync-only` settled this node in `term` at `lsn`. Only
     /// true while this node is still in that term and holds and has
     /// committed `lsn`; otherwise the reason it is not. Returns the write.
-    pub fn settle(&mut self, term: Term, lsn: Lsn) -> Result<Write, String> {
+    pub fn settle(&mut self, term: Term, lsn: Lsn) -> Result<Ready, String> {
         let s = &self.state;
+        if let Some(reason) = &self.failed {
+            return Err(format!(
+                "timeline {}: storing failed earlier: {reason}",
+                s.ttid
+            ));
+        }
         if s.term != term {
             return Err(format!(
                 "timeline {}: settled in term {term}, but this node is in term {}",
@@ -1031,19 +1197,28 @@ impl Acceptor {
         }
         self.state.settled_term = term;
         self.state.settled_lsn = lsn;
-        Ok(self.put_state())
+        let writes = vec![self.put_state()];
+        Ok(self.ready(Effects {
+            writes,
+            ..Effects::default()
+        }))
     }
 
     /// Remove the WAL below `below` (never past `commit_lsn`). The daemon
     /// passes segment starts (see [`trim_point`]); the simulation trims at
-    /// any LSN. Returns no writes when nothing would be removed.
-    pub fn trim(&mut self, below: Lsn) -> Vec<Write> {
+    /// any LSN. Returns None when nothing would be removed (or the
+    /// timeline failed closed); else a ready set without a reply, synced.
+    pub fn trim(&mut self, below: Lsn) -> Option<Ready> {
         let below = below.min(self.state.commit_lsn);
-        if below <= self.state.local_start_lsn {
-            return vec![];
+        if below <= self.state.local_start_lsn || self.failed.is_some() {
+            return None;
         }
         self.state.local_start_lsn = below;
-        vec![Write::TrimWal { below }, self.put_state()]
+        let writes = vec![Write::TrimWal { below }, self.put_state()];
+        Some(self.ready(Effects {
+            writes,
+            ..Effects::default()
+        }))
     }
 }
 
@@ -1087,5 +1262,167 @@ pub fn term_lsn(term: Term, lsn: u64) -> TermLsn {
     TermLsn {
         term,
         lsn: Lsn(lsn),
+    }
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::*;
+
+    const START: u64 = 0x0100_0000;
+
+    fn greeting() -> Greeting {
+        Greeting {
+            conf: None,
+            protocol_version: PROTOCOL_VERSION,
+            ttid: Ttid::default(),
+            server: ServerInfo {
+                system_id: 42,
+                pg_version: 150018,
+                wal_seg_size: 16 << 20,
+                tli: 1,
+            },
+            timeline_start_lsn: Lsn(START),
+            members: [(NodeId(1), "a:1".to_string())].into_iter().collect(),
+            proposer_id: [1; 16],
+            create: true,
+            pg_ancestors: Vec::new(),
+        }
+    }
+
+    fn append(begin: u64, wal: &[u8], commit: u64) -> ProposerMessage {
+        ProposerMessage::Append(AppendRequest {
+            term: 1,
+            begin_lsn: Lsn(begin),
+            end_lsn: Lsn(begin + wal.len() as u64),
+            commit_lsn: Lsn(commit),
+            peer_horizon_lsn: Lsn::INVALID,
+            slot_horizon_lsn: Lsn::INVALID,
+            wal: Bytes::copy_from_slice(wal),
+        })
+    }
+
+    /// An acceptor elected in term 1 with everything so far persisted.
+    fn elected() -> Acceptor {
+        let (mut a, ready) = Acceptor::create(NodeId(1), &greeting()).unwrap();
+        let _ = a.on_persisted(ready.seq);
+        let vote = a
+            .handle(&ProposerMessage::VoteRequest(VoteRequest::new(1)))
+            .unwrap();
+        let elected = a
+            .handle(&ProposerMessage::Elected(Elected {
+                term: 1,
+                start_streaming_at: Lsn(START),
+                term_history: TermHistory(vec![term_lsn(1, START)]),
+                pg_tli: 0,
+                pg_ancestors: Vec::new(),
+            }))
+            .unwrap();
+        assert!(vote.seq < elected.seq);
+        assert_eq!(a.on_persisted(elected.seq).len(), 2);
+        a
+    }
+
+    fn flush_of(r: &Reply) -> Lsn {
+        match &r.msg {
+            AcceptorMessage::Append(a) => a.flush_lsn,
+            other => panic!("expected an append response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reply_is_withheld_until_its_ready_set_is_persisted() {
+        let mut a = elected();
+        let r = a.handle(&append(START, b"ab", START)).unwrap();
+        assert!(r.sync && r.holds_reply && r.waits_for == r.seq);
+        assert!(a.on_persisted(r.seq - 1).is_empty());
+        assert!(a.held_reply(r.seq).is_some());
+        let out = a.on_persisted(r.seq);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].seq, flush_of(&out[0])), (r.seq, Lsn(START + 2)));
+        // Released once only.
+        assert!(a.on_persisted(r.seq).is_empty());
+    }
+
+    #[test]
+    fn a_later_persisted_set_releases_the_earlier_ones_in_order() {
+        let mut a = elected();
+        let r1 = a.handle(&append(START, b"ab", START)).unwrap();
+        let r2 = a.handle(&append(START + 2, b"cd", START)).unwrap();
+        let r3 = a.handle(&append(START + 4, b"ef", START)).unwrap();
+        assert!(a.on_persisted(r1.seq - 1).is_empty());
+        let out = a.on_persisted(r2.seq);
+        let seqs: Vec<Seq> = out.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![r1.seq, r2.seq]);
+        assert_eq!(flush_of(&out[1]), Lsn(START + 4));
+        assert_eq!(a.on_persisted(r3.seq + 10).len(), 1, "beyond the last set");
+    }
+
+    #[test]
+    fn a_lazy_reply_waits_only_for_the_synced_sets_before_it() {
+        let mut a = elected();
+        let wal = a.handle(&append(START, b"ab", START)).unwrap();
+        // A commit-only heartbeat: lazy, its reply waits for the append.
+        let beat = a.handle(&append(START + 2, b"", START + 2)).unwrap();
+        assert!(!beat.sync && !beat.writes.is_empty());
+        assert_eq!(beat.waits_for, wal.seq);
+        assert!(a.on_persisted(wal.seq - 1).is_empty());
+        let out = a.on_persisted(wal.seq);
+        assert_eq!(
+            out.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [wal.seq, beat.seq]
+        );
+        // Its reply claims the commit only a synced write recorded.
+        match &out[1].msg {
+            AcceptorMessage::Append(r) => assert_eq!(r.commit_lsn, Lsn(START)),
+            other => panic!("{other:?}"),
+        }
+        // With everything before it durable, a lazy reply goes at once,
+        // though its own write is not synced.
+        let beat2 = a
+            .handle(&ProposerMessage::Append(AppendRequest {
+                peer_horizon_lsn: Lsn(START + 1),
+                ..match append(START + 2, b"", START + 2) {
+                    ProposerMessage::Append(m) => m,
+                    _ => unreachable!(),
+                }
+            }))
+            .unwrap();
+        assert!(!beat2.sync && beat2.waits_for == wal.seq);
+        assert_eq!(a.on_persisted(wal.seq).len(), 1);
+    }
+
+    #[test]
+    fn the_slot_horizon_is_an_input_released_replies_carry() {
+        let mut a = elected();
+        let r = a.handle(&append(START, b"ab", START)).unwrap();
+        a.set_slot_horizon(Lsn(START + 1));
+        match &a.on_persisted(r.seq)[0].msg {
+            AcceptorMessage::Append(m) => assert_eq!(m.slot_horizon_lsn, Lsn(START + 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_a_storage_failure_nothing_is_released_or_accepted() {
+        let mut a = elected();
+        let r = a.handle(&append(START, b"ab", START)).unwrap();
+        a.on_storage_failed("sync failed");
+        assert!(a.on_persisted(r.seq).is_empty());
+        assert!(matches!(
+            a.handle(&append(START + 2, b"cd", START)),
+            Err(Refusal::StorageFailed { .. })
+        ));
+        assert!(a.trim(Lsn(START + 1)).is_none());
+        assert!(a.settle(1, Lsn(START)).is_err());
+    }
+
+    #[test]
+    fn the_deliberate_bug_releases_before_persisted() {
+        let mut a = elected();
+        a.faults.reply_before_persisted = true;
+        let r = a.handle(&append(START, b"ab", START)).unwrap();
+        assert_eq!(r.waits_for, 0);
+        assert_eq!(a.on_persisted(0).len(), 1);
     }
 }

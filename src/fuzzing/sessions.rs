@@ -16,7 +16,7 @@ use crate::codec::{
     decode_acceptor_message, decode_proposer_message, encode_acceptor_message,
     encode_proposer_message, encode_stored,
 };
-use crate::consensus::acceptor::{decode_timeline_state, Acceptor, Effects, Refusal, Write};
+use crate::consensus::acceptor::{decode_timeline_state, Acceptor, Ready, Refusal, Write};
 use crate::consensus::messages::*;
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
 use crate::consensus::term_history::TermLsn;
@@ -28,8 +28,9 @@ use crate::store::Storage;
 /// Most WAL a session reads back in one check.
 const MAX_CHECKED_READ: u64 = 1 << 20;
 
-/// Check what the acceptor asks to store and send, then store it (synced).
-fn apply(store: &mut MemStorage, ttid: Ttid, effects: &Effects) {
+/// Check what the acceptor asks to store, store it (synced), and check
+/// the replies that releases.
+fn apply(store: &mut MemStorage, acc: &mut Acceptor, effects: &Ready) -> Vec<AcceptorMessage> {
     for w in &effects.writes {
         if let Write::PutState(s) = w {
             let bytes = match encode_stored(&**s) {
@@ -39,11 +40,19 @@ fn apply(store: &mut MemStorage, ttid: Ttid, effects: &Effects) {
             assert_eq!(decode_timeline_state(&bytes).as_ref(), Ok(&**s));
         }
     }
-    if let Some(reply) = &effects.reply {
+    store
+        .write(acc.ttid(), &effects.writes)
+        .expect("memory store");
+    store.sync().expect("memory store");
+    let replies: Vec<AcceptorMessage> = acc
+        .on_persisted(effects.seq)
+        .into_iter()
+        .map(|r| r.msg)
+        .collect();
+    for reply in &replies {
         check_acceptor_roundtrip(reply);
     }
-    store.write(ttid, &effects.writes).expect("memory store");
-    store.sync().expect("memory store");
+    replies
 }
 
 /// What an acceptor would decode of a message; `None` when its decoder
@@ -104,7 +113,7 @@ fn run_acceptor_session(u: &mut Unstructured) -> Result<()> {
     };
     let ttid = acc.ttid();
     let mut store = MemStorage::new();
-    apply(&mut store, ttid, &effects);
+    apply(&mut store, &mut acc, &effects);
     let steps = u.int_in_range(1..=48u8)?;
     for _ in 0..steps {
         let s = acc.state().clone();
@@ -153,7 +162,9 @@ fn run_acceptor_session(u: &mut Unstructured) -> Result<()> {
             continue;
         };
         match acc.handle(&msg) {
-            Ok(effects) => apply(&mut store, ttid, &effects),
+            Ok(effects) => {
+                apply(&mut store, &mut acc, &effects);
+            }
             Err(_) => assert_eq!(acc.state(), &s, "a refused message changed the state"),
         }
         check_acceptor(&acc, &s);
@@ -245,10 +256,10 @@ impl Cluster {
         };
         match result {
             Ok(effects) => {
-                let acc = n.acceptor.as_ref().expect("created or present");
-                apply(&mut n.store, acc.ttid(), &effects);
+                let acc = n.acceptor.as_mut().expect("created or present");
+                let replies = apply(&mut n.store, acc, &effects);
                 check_held(&n.store, acc);
-                n.outbox.extend(effects.reply);
+                n.outbox.extend(replies);
             }
             Err(Refusal::UnknownTimeline(_)) => {
                 n.connected = false;
@@ -421,7 +432,7 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
             Acceptor::create(node, &g).expect("a valid greeting")
         }
     };
-    apply(&mut store, acc.ttid(), &effects);
+    apply(&mut store, &mut acc, &effects);
     // Voted into the message's term, so Elected and appends get far.
     let term = match &msg {
         ProposerMessage::Elected(m) => m.term,
@@ -430,11 +441,13 @@ fn run_proposer_message(u: &mut Unstructured) -> Result<()> {
         _ => term,
     };
     if let Ok(e) = acc.handle(&ProposerMessage::VoteRequest(VoteRequest::new(term))) {
-        apply(&mut store, acc.ttid(), &e);
+        apply(&mut store, &mut acc, &e);
     }
     let before = acc.state().clone();
     match acc.handle(&msg) {
-        Ok(effects) => apply(&mut store, acc.ttid(), &effects),
+        Ok(effects) => {
+            apply(&mut store, &mut acc, &effects);
+        }
         Err(_) => assert_eq!(acc.state(), &before, "a refused message changed the state"),
     }
     check_acceptor(&acc, &before);

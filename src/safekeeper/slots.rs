@@ -16,12 +16,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
 
-use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::lsn::Lsn;
 use crate::pq::{sqlstate, PgError};
 use crate::store::writer::{Synced, WriterHandle};
-use crate::store::SlotRecord;
+use crate::store::{SlotRecord, SlotWrite};
 
 pub use sqlstate::{DUPLICATE_OBJECT, INVALID_NAME, OBJECT_IN_USE};
 
@@ -215,7 +214,7 @@ impl Slots {
             owner: temporary.then_some(session),
         };
         let synced = (!temporary)
-            .then(|| writer.submit(ttid, vec![Write::PutSlot(Box::new(slot.record(name)))]));
+            .then(|| writer.submit_slot(ttid, SlotWrite::Put(Box::new(slot.record(name)))));
         slots.insert(name.to_string(), slot);
         Ok(synced)
     }
@@ -245,11 +244,11 @@ impl Slots {
         // Submitted under the lock, so a flush of this slot queued by the
         // retention task cannot land after the delete and bring it back.
         Ok((!temporary).then(|| {
-            writer.submit(
+            writer.submit_slot(
                 ttid,
-                vec![Write::DeleteSlot {
+                SlotWrite::Delete {
                     name: name.to_string(),
-                }],
+                },
             )
         }))
     }
@@ -387,7 +386,7 @@ impl Slots {
         for (ttid, slots) in map.iter() {
             for (name, s) in slots {
                 if !s.temporary && s.invalidated.is_none() && s.restart_lsn != s.stored_lsn {
-                    let rx = writer.submit(*ttid, vec![Write::PutSlot(Box::new(s.record(name)))]);
+                    let rx = writer.submit_slot(*ttid, SlotWrite::Put(Box::new(s.record(name))));
                     out.push((*ttid, name.clone(), s.restart_lsn, rx));
                 }
             }
@@ -441,7 +440,7 @@ impl Slots {
         s.invalidated = Some(reason);
         s.restart_lsn = Lsn::INVALID;
         s.stored_lsn = Lsn::INVALID;
-        (!s.temporary).then(|| writer.submit(ttid, vec![Write::PutSlot(Box::new(s.record(name)))]))
+        (!s.temporary).then(|| writer.submit_slot(ttid, SlotWrite::Put(Box::new(s.record(name)))))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::consensus::acceptor::{Acceptor, Effects, Event, Refusal, TimelineState, Write};
+use crate::consensus::acceptor::{Acceptor, Event, Ready, Refusal, Reply, Seq, TimelineState};
 use crate::consensus::messages::{AcceptorMessage, Greeting, ProposerMessage};
 use crate::id::{NodeId, Ttid};
 use crate::store::writer::{DurableState, Synced, WriterHandle};
@@ -26,6 +26,17 @@ pub struct Timeline {
     /// move this node's log under the new one's feet. Locked inside
     /// `acceptor`, so a claim and the check of a message are ordered.
     claims: Mutex<HashMap<[u8; 16], u64>>,
+    /// Replies the acceptor released (`Acceptor::on_persisted`) that their
+    /// connection has not taken yet, and the ready sets whose connection
+    /// went away (their replies are dropped when released). Locked inside
+    /// `acceptor`.
+    released: Mutex<Released>,
+}
+
+#[derive(Default)]
+struct Released {
+    replies: HashMap<Seq, AcceptorMessage>,
+    abandoned: std::collections::HashSet<Seq>,
 }
 
 /// A push connection's claim on a timeline for its proposer id
@@ -36,10 +47,35 @@ pub struct Claim {
     seq: u64,
 }
 
-/// A reply that may be sent once `synced` resolves Ok.
+/// A message's ready set queued for the writer: once `synced` resolves Ok,
+/// [`Timeline::take_reply`] tells the acceptor what is durable and gives
+/// the reply it released for this set.
 pub struct PendingReply {
     pub synced: Synced,
-    pub reply: Option<AcceptorMessage>,
+    pub ticket: Ticket,
+}
+
+/// Which ready set a [`PendingReply`] is: its number, the one whose
+/// persistence releases its reply (`Ready::waits_for`), and whether it
+/// holds one.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    pub seq: Seq,
+    pub waits_for: Seq,
+    pub holds_reply: bool,
+}
+
+impl PendingReply {
+    /// Queue `ready`'s writes (the caller leads, or wakes the writer).
+    fn queued(writer: &WriterHandle, ttid: Ttid, ready: Ready) -> PendingReply {
+        let ticket = Ticket {
+            seq: ready.seq,
+            waits_for: ready.waits_for,
+            holds_reply: ready.holds_reply,
+        };
+        let synced = writer.enqueue(ttid, ready.writes, !ready.sync);
+        PendingReply { synced, ticket }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +131,44 @@ impl Timeline {
     /// reason given stays): after a failed write or trim, the acceptor's
     /// state in memory may be ahead of what the store holds.
     pub fn poison(&self, reason: &str) {
+        self.lock().on_storage_failed(reason);
         let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
         p.get_or_insert_with(|| reason.to_string());
+    }
+
+    /// The writer answered `pending` Ok: every ready set up to its
+    /// `waits_for` that must be synced is durable (the writer answers a set
+    /// only after those before it). Tell the acceptor, keep the replies it
+    /// releases for their connections, and take this set's. `slot_horizon`
+    /// is this node's lowest durable slot position, which the replies
+    /// report.
+    pub fn take_reply(
+        &self,
+        ticket: Ticket,
+        slot_horizon: crate::lsn::Lsn,
+    ) -> Option<AcceptorMessage> {
+        let mut acceptor = self.lock();
+        acceptor.set_slot_horizon(slot_horizon);
+        let out = acceptor.on_persisted(ticket.waits_for);
+        let mut released = self.released();
+        released.keep(out);
+        released.replies.remove(&ticket.seq)
+    }
+
+    /// A connection goes away without taking the reply of `ticket`.
+    pub fn abandon(&self, ticket: Ticket) {
+        if !ticket.holds_reply {
+            return;
+        }
+        let _acceptor = self.lock();
+        let mut released = self.released();
+        if released.replies.remove(&ticket.seq).is_none() {
+            released.abandoned.insert(ticket.seq);
+        }
+    }
+
+    fn released(&self) -> std::sync::MutexGuard<'_, Released> {
+        self.released.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_poisoned(&self) -> Result<(), HandleError> {
@@ -163,13 +235,9 @@ impl Timeline {
         if claim.is_some_and(|c| !self.is_current(c)) {
             return Err(HandleError::Superseded(self.ttid));
         }
-        let effects = acceptor.handle(msg)?;
-        log_events(self.ttid, &effects);
-        let synced = writer.enqueue(self.ttid, effects.writes, effects.lazy);
-        Ok(PendingReply {
-            synced,
-            reply: effects.reply,
-        })
+        let ready = acceptor.handle(msg)?;
+        log_events(self.ttid, &ready.events);
+        Ok(PendingReply::queued(writer, self.ttid, ready))
     }
 
     /// Record durably that `--sync-only` settled this node in `term` at
@@ -183,27 +251,36 @@ impl Timeline {
     ) -> Result<Synced, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
-        let write = acceptor
+        let ready = acceptor
             .settle(term, lsn)
             .map_err(HandleError::NotSettled)?;
-        Ok(writer.submit(self.ttid, vec![write]))
+        Ok(writer.submit(self.ttid, ready.writes))
     }
 
     /// Trim whole segments below `horizon` (bounded by commit_lsn).
     pub fn trim(&self, writer: &WriterHandle, horizon: crate::lsn::Lsn) -> Option<Synced> {
         let mut acceptor = self.lock();
         let below = crate::consensus::acceptor::trim_point(acceptor.state(), horizon);
-        let writes: Vec<Write> = acceptor.trim(below);
-        if writes.is_empty() {
-            return None;
-        }
+        let ready = acceptor.trim(below)?;
         tracing::info!(timeline = %self.ttid, local_start_lsn = %acceptor.state().local_start_lsn, "trimmed WAL below the horizon");
-        Some(writer.submit(self.ttid, writes))
+        Some(writer.submit(self.ttid, ready.writes))
     }
 }
 
-fn log_events(ttid: Ttid, effects: &Effects) {
-    for e in &effects.events {
+impl Released {
+    /// Keep released replies for their connections, except those of sets
+    /// whose connection went away.
+    fn keep(&mut self, replies: Vec<Reply>) {
+        for r in replies {
+            if !self.abandoned.remove(&r.seq) {
+                self.replies.insert(r.seq, r.msg);
+            }
+        }
+    }
+}
+
+fn log_events(ttid: Ttid, events: &[Event]) {
+    for e in events {
         match e {
             Event::TimelineCreated => tracing::info!(timeline = %ttid, "timeline created"),
             Event::TermChanged { from, to } => {
@@ -253,6 +330,7 @@ impl Timelines {
                     durable,
                     poisoned: Mutex::new(None),
                     claims: Mutex::new(HashMap::new()),
+                    released: Mutex::default(),
                 }),
             );
         }
@@ -305,8 +383,8 @@ impl Timelines {
                 ),
             });
         }
-        let (acceptor, effects) = Acceptor::create(self.node_id, g)?;
-        log_events(g.ttid, &effects);
+        let (acceptor, ready) = Acceptor::create(self.node_id, g)?;
+        log_events(g.ttid, &ready.events);
         let durable = self.writer.durable_state(g.ttid);
         let t = Arc::new(Timeline {
             ttid: g.ttid,
@@ -314,18 +392,23 @@ impl Timelines {
             durable,
             poisoned: Mutex::new(None),
             claims: Mutex::new(HashMap::new()),
+            released: Mutex::default(),
         });
         // Registered before the sync: a second greeting for the same timeline
         // must see it rather than create it twice. Its reply waits for this
         // sync like any other.
         map.insert(g.ttid, t.clone());
-        let synced = self.writer.submit(g.ttid, effects.writes);
-        Ok((
-            t,
-            PendingReply {
-                synced,
-                reply: effects.reply,
-            },
-        ))
+        // Submitted (the writer thread writes it), not led: the map is
+        // locked here.
+        let ticket = Ticket {
+            seq: ready.seq,
+            waits_for: ready.waits_for,
+            holds_reply: ready.holds_reply,
+        };
+        let pending = PendingReply {
+            synced: self.writer.submit(g.ttid, ready.writes),
+            ticket,
+        };
+        Ok((t, pending))
     }
 }

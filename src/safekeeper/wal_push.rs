@@ -50,11 +50,40 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     history: super::history::Pending,
 ) -> Result<(), PqError> {
     let _counted = super::Place::count(&shared.proposers);
+    let mut timeline: Option<Arc<Timeline>> = None;
+    let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
+    let result = stream(
+        shared,
+        conn,
+        peer,
+        (heartbeats, history),
+        &mut timeline,
+        &mut in_flight,
+    )
+    .await;
+    // Replies never taken (a refusal, a shutdown or a broken connection
+    // ended the stream) are dropped when the acceptor releases them.
+    if let Some(t) = &timeline {
+        for pending in &in_flight {
+            t.abandon(pending.ticket);
+        }
+    }
+    result
+}
+
+/// The stream itself; what is in flight when it ends is left in
+/// `in_flight`.
+async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    conn: &mut PqConnection<S>,
+    peer: std::net::SocketAddr,
+    (heartbeats, history): (bool, super::history::Pending),
+    timeline: &mut Option<Arc<Timeline>>,
+    in_flight: &mut VecDeque<PendingReply>,
+) -> Result<(), PqError> {
     conn.write_message(&BeMessage::CopyBothResponse)?;
     conn.flush().await?;
     let mut shutdown = shared.shutdown.clone();
-    let mut timeline: Option<Arc<Timeline>> = None;
-    let mut in_flight: VecDeque<PendingReply> = VecDeque::new();
     // Bytes of the messages whose replies are in flight.
     let mut in_flight_bytes: VecDeque<usize> = VecDeque::new();
     let mut queued_bytes = 0usize;
@@ -85,8 +114,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 heard_at = tokio::time::Instant::now();
                 match synced {
                     Ok(Ok(())) => {
-                        if let Some(reply) = pending.reply {
-                            let reply = with_slot_horizon(shared, timeline.as_deref(), reply);
+                        if let Some(reply) = take_reply(shared, timeline.as_deref(), &pending) {
                             conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
                         }
                         if in_flight.is_empty() {
@@ -96,7 +124,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Err(e)) => {
                         let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
                         tracing::error!(timeline = %ttid, %peer, error = %e, "write failed; nothing more is acknowledged on this connection");
-                        if let Some(t) = &timeline { t.poison(&e.to_string()); }
+                        if let Some(t) = timeline.as_deref() { t.poison(&e.to_string()); }
                         let code = if e.is_disk_full() { sqlstate::DISK_FULL } else { sqlstate::INTERNAL_ERROR };
                         refuse(conn, code, format!("timeline {ttid}: storing failed: {e}")).await?;
                         break End::Refused;
@@ -104,7 +132,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(_) => {
                         // Its writes may be staged or lost: the acceptor's
                         // state may be ahead of the disk.
-                        if let Some(t) = &timeline { t.poison("the group-commit writer stopped"); }
+                        if let Some(t) = timeline.as_deref() { t.poison("the group-commit writer stopped"); }
                         refuse(conn, sqlstate::INTERNAL_ERROR, "the group-commit writer stopped".into()).await?;
                         break End::Refused;
                     }
@@ -128,7 +156,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         Some(FeMessage::CopyData(b)) => b.len(),
                         _ => 0,
                     };
-                    match on_message(shared, conn, peer, &mut timeline, &mut greeted, read).await? {
+                    match on_message(shared, conn, peer, timeline, &mut greeted, read).await? {
                         Step::Queued(pending) => {
                             in_flight.push_back(pending);
                             in_flight_bytes.push_back(bytes);
@@ -156,12 +184,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     match end {
         End::Closed => {
             // Answer what was already read before the connection goes.
-            for pending in in_flight.drain(..) {
-                if let Ok(Ok(())) = pending.synced.await {
-                    if let Some(reply) = pending.reply {
-                        let reply = with_slot_horizon(shared, timeline.as_deref(), reply);
+            while let Some(pending) = in_flight.front_mut() {
+                let synced = (&mut pending.synced).await;
+                let pending = in_flight.pop_front().expect("non-empty");
+                if let Ok(Ok(())) = synced {
+                    if let Some(reply) = take_reply(shared, timeline.as_deref(), &pending) {
                         conn.write_message(&BeMessage::CopyData(&encode_acceptor_message(&reply)))?;
                     }
+                } else if let Some(t) = timeline.as_deref() {
+                    t.abandon(pending.ticket);
                 }
             }
             let _ = conn.flush().await;
@@ -354,18 +385,16 @@ async fn handle(
     }
 }
 
-/// The acceptor leaves AppendResponse.slot_horizon_lsn INVALID (slots are
-/// the daemon's, not the state machine's): fill in this node's lowest
-/// durable slot position here, where the reply goes out.
-fn with_slot_horizon(
+/// The writer answered `pending` Ok: its reply, which the acceptor
+/// released, with this node's lowest durable slot position (the slots are
+/// the daemon's; the acceptor takes the horizon as an input).
+fn take_reply(
     shared: &Shared,
     timeline: Option<&Timeline>,
-    mut reply: AcceptorMessage,
-) -> AcceptorMessage {
-    if let (AcceptorMessage::Append(a), Some(t)) = (&mut reply, timeline) {
-        a.slot_horizon_lsn = shared.slots.durable_horizon(t.ttid);
-    }
-    reply
+    pending: &PendingReply,
+) -> Option<AcceptorMessage> {
+    let t = timeline?;
+    t.take_reply(pending.ticket, shared.slots.durable_horizon(t.ttid))
 }
 
 fn message_name(m: &ProposerMessage) -> &'static str {

@@ -20,6 +20,7 @@
 mod consumers;
 pub mod membership;
 pub mod rng;
+pub mod storage;
 
 pub use membership::MemberChange;
 
@@ -29,16 +30,16 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::codec::PROTOCOL_VERSION;
-use crate::consensus::acceptor::{Acceptor, AcceptorFaults, Refusal, Write};
+use crate::consensus::acceptor::{Acceptor, AcceptorFaults, Refusal, Reply, Seq, Write};
 use crate::consensus::messages::*;
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig, ProposerFaults};
 use crate::consensus::quorum;
 use crate::consensus::term_history::{Term, TermHistory};
 use crate::id::{NodeId, TenantId, TimelineId, Ttid};
 use crate::lsn::Lsn;
-use crate::store::memory::MemStorage;
 use crate::store::Storage;
 use rng::Rng;
+pub use storage::DiskBugs;
 
 /// The WAL byte the proposer of `term` writes at `lsn`.
 pub fn wal_byte(term: Term, lsn: u64) -> u8 {
@@ -77,6 +78,11 @@ pub struct SimOptions {
     pub trace: bool,
     /// A membership change to run (`nodes` is then the change's).
     pub change: Option<MemberChange>,
+    /// Storage faults in the chaos phase: failed writes and syncs, full
+    /// disks (see `storage`). Crashes keep any prefix of the unsynced
+    /// writes either way.
+    pub storage_faults: bool,
+    pub disk_bugs: DiskBugs,
 }
 
 impl SimOptions {
@@ -91,6 +97,8 @@ impl SimOptions {
             proposer_faults: ProposerFaults::default(),
             trace: false,
             change: None,
+            storage_faults: true,
+            disk_bugs: DiskBugs::default(),
         }
     }
 
@@ -132,6 +140,21 @@ impl SimOptions {
         }
         if self.proposer_faults.joint_counts_new_alone {
             cmd.push_str(" --fault joint-counts-new-alone");
+        }
+        if self.acceptor_faults.reply_before_persisted {
+            cmd.push_str(" --fault reply-before-persisted");
+        }
+        if self.disk_bugs.retry_failed_sync {
+            cmd.push_str(" --fault retry-failed-sync");
+        }
+        if self.disk_bugs.ignore_failed_write {
+            cmd.push_str(" --fault ignore-failed-write");
+        }
+        if self.disk_bugs.crash_keeps_non_prefix {
+            cmd.push_str(" --fault crash-keeps-non-prefix");
+        }
+        if !self.storage_faults {
+            cmd.push_str(" --no-storage-faults");
         }
         if let Some(c) = self.change {
             cmd.push_str(" --change ");
@@ -181,6 +204,8 @@ pub struct Outcome {
     /// Proposer hosts whose configuration in force at the end is their
     /// own member list, not joint.
     pub changes_done: u64,
+    /// Failed writes and syncs, refused writes of a full disk.
+    pub storage_failures: u64,
 }
 
 struct Node {
@@ -188,19 +213,19 @@ struct Node {
     /// Its store was wiped once: it may lack the timeline (acceptor None
     /// while up).
     wiped: bool,
-    storage: MemStorage,
+    storage: storage::Disk,
     acceptor: Option<Acceptor>,
-    /// Replies waiting for the sync that covers their writes: (proposer,
-    /// connection id, reply).
-    held: Vec<(usize, u64, u64, AcceptorMessage)>,
+    /// Where the replies the acceptor holds go, by ready set: (proposer,
+    /// connection id, truncations staged when it was handled).
+    routes: BTreeMap<Seq, (usize, u64, u64)>,
+    /// The last ready set whose writes went to storage, and the last one
+    /// synced (what `on_persisted` is told).
+    staged_seq: Seq,
+    synced_seq: Seq,
     /// Truncations staged so far: a reply followed by a truncation in the
     /// same batch may claim WAL the batch removes (it goes to a stale
     /// proposer, which only reads its term).
     truncations: u64,
-    /// A trim is staged and not synced yet. Trims have no reply, so `held`
-    /// does not show that a sync is awaited: a lazy reply must still wait
-    /// for it, as in the daemon's writer (its state write claims the commit).
-    trim_unsynced: bool,
     side: u8,
     mem_term: Term,
     mem_commit: Lsn,
@@ -216,6 +241,16 @@ struct Node {
     heard: consumers::Heard,
     /// Gone for good (a membership change replaces it).
     dead: bool,
+}
+
+impl Node {
+    /// A new acceptor (restored, created, or none) holds no reply and
+    /// numbers its ready sets from 1 again.
+    fn forget_replies(&mut self) {
+        self.routes.clear();
+        self.staged_seq = 0;
+        self.synced_seq = 0;
+    }
 }
 
 struct Host {
@@ -376,15 +411,20 @@ impl Sim {
         let nodes = (0..all_nodes)
             .map(|i| {
                 let id = NodeId(i as u64 + 1);
-                let mut storage = MemStorage::new();
+                let mut storage = storage::Disk::new(opts.seed ^ 0xD15C ^ ((i as u64) << 32));
                 // A node outside the initial members starts without the
                 // timeline (a fresh store), as a wiped one does.
                 let acceptor = members.contains_key(&id).then(|| {
-                    let (mut acceptor, effects) =
+                    let (mut acceptor, ready) =
                         Acceptor::create(id, &greeting).expect("valid greeting");
                     acceptor.faults = opts.acceptor_faults;
-                    storage.write(ttid, &effects.writes).expect("memory store");
-                    storage.sync().expect("memory store");
+                    storage
+                        .store
+                        .write(ttid, &ready.writes)
+                        .expect("memory store");
+                    storage.store.sync().expect("memory store");
+                    // Set up before the run: the greeting's reply goes nowhere.
+                    let _ = acceptor.on_persisted(ready.seq);
                     acceptor
                 });
                 Node {
@@ -393,9 +433,10 @@ impl Sim {
                     dead: false,
                     storage,
                     acceptor,
-                    held: Vec::new(),
+                    routes: BTreeMap::new(),
+                    staged_seq: 0,
+                    synced_seq: 0,
                     truncations: 0,
-                    trim_unsynced: false,
                     side: 0,
                     mem_term: 0,
                     mem_commit: start_lsn,
@@ -488,6 +529,15 @@ impl Sim {
         self.log(|| "calm phase begins".into());
         for n in 0..self.nodes.len() {
             self.nodes[n].side = 0;
+            self.nodes[n].storage.free();
+            let failed = self.nodes[n]
+                .acceptor
+                .as_ref()
+                .is_some_and(|a| a.failed().is_some());
+            if failed {
+                // The operator restarts a node whose storage failed.
+                self.crash_node(n);
+            }
             if !self.nodes[n].up {
                 self.restart_node(n).ok();
             }
@@ -531,7 +581,7 @@ impl Sim {
             if !node.up {
                 continue;
             }
-            let Some(state) = node.storage.durable_state(self.ttid) else {
+            let Some(state) = node.storage.store.durable_state(self.ttid) else {
                 continue;
             };
             let open = self
@@ -565,6 +615,9 @@ impl Sim {
     }
 
     fn step_once(&mut self) -> Check {
+        if self.opts.storage_faults && !self.calm {
+            self.fill_disks();
+        }
         let r = self.rng.below(1000);
         match r {
             0..=449 => self.deliver_any(),
@@ -643,6 +696,19 @@ impl Sim {
         }
     }
 
+    /// Sometimes a node's disk fills up for a while (drawn from the disks'
+    /// own random streams).
+    fn fill_disks(&mut self) {
+        for n in 0..self.nodes.len() {
+            let disk = &mut self.nodes[n].storage;
+            if disk.fills_now() {
+                let until = self.now + disk.draw(20, 400);
+                disk.fill(until);
+                self.log(|| format!("n{}'s disk is full until t={until}", n + 1));
+            }
+        }
+    }
+
     /// Retention on one node: either below what the members and its own
     /// slot need (the peer and slot horizons the proposer reported), or,
     /// as `--max-wal-keep` does, at any point up to its commit_lsn, so a
@@ -666,13 +732,17 @@ impl Sim {
         if !below.is_valid() {
             return Ok(());
         }
-        let writes = acceptor.trim(below);
+        let Some(ready) = acceptor.trim(below) else {
+            return Ok(());
+        };
         let to = acceptor.state().local_start_lsn;
-        node.storage
-            .write(ttid, &writes)
-            .map_err(|e| e.to_string())?;
-        if !writes.is_empty() {
-            node.trim_unsynced = true;
+        let faults = self.opts.storage_faults && !self.calm;
+        if let Err(e) = node.storage.write(ttid, &ready.writes, self.now, faults) {
+            return self.storage_failed(n, "a trim's write", &e);
+        }
+        let node = &mut self.nodes[n];
+        node.staged_seq = ready.seq;
+        {
             self.out.trims += 1;
             self.log(|| format!("n{} trims below {to}", n + 1));
             if peer_horizon {
@@ -718,7 +788,7 @@ impl Sim {
         let newest = self
             .nodes
             .iter()
-            .filter_map(|x| x.storage.durable_state(self.ttid))
+            .filter_map(|x| x.storage.store.durable_state(self.ttid))
             .map(|s| s.configuration())
             .max_by_key(|c| c.generation)
             .unwrap_or_else(|| own.clone());
@@ -817,15 +887,18 @@ impl Sim {
     }
 
     fn crash_node(&mut self, n: usize) {
-        let lost = self.nodes[n].storage.unsynced();
-        self.log(|| format!("node {} crashes ({lost} unsynced writes lost)", n + 1));
+        let (unsynced, kept) = self.nodes[n].storage.crash(self.opts.disk_bugs);
+        self.log(|| {
+            format!(
+                "node {} crashes (of {unsynced} unsynced write calls {kept} reached the disk)",
+                n + 1
+            )
+        });
         self.out.node_crashes += 1;
         let node = &mut self.nodes[n];
-        node.storage.crash();
-        node.trim_unsynced = false;
         node.acceptor = None;
         node.up = false;
-        node.held.clear();
+        node.forget_replies();
         node.heard = consumers::Heard::default();
         let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.1 == n).copied().collect();
         for (p, n) in conns {
@@ -835,6 +908,7 @@ impl Sim {
     }
 
     fn restart_node(&mut self, n: usize) -> Check {
+        self.nodes[n].forget_replies();
         let id = NodeId(n as u64 + 1);
         if self.nodes[n].dead {
             return Ok(());
@@ -851,6 +925,7 @@ impl Sim {
         }
         let states = self.nodes[n]
             .storage
+            .store
             .timelines()
             .map_err(|e| e.to_string())?;
         let Some(state) = states.into_iter().find(|s| s.ttid == self.ttid) else {
@@ -875,9 +950,22 @@ impl Sim {
                 state.commit_lsn, node.durable_commit
             ));
         }
+        // What survived a crash is a prefix of what was written: the log
+        // the state describes is held whole, and its committed part is
+        // checked against the reference again.
+        if let Err(e) =
+            node.storage
+                .store
+                .read_wal(self.ttid, state.local_start_lsn, state.flush_lsn)
+        {
+            return Err(format!(
+                "node {id} restarts with a log it does not hold whole ({}..{}): {e}",
+                state.local_start_lsn, state.flush_lsn
+            ));
+        }
         node.mem_term = state.term;
         node.mem_commit = state.commit_lsn;
-        node.verified_to = node.verified_to.min(state.commit_lsn);
+        node.verified_to = state.local_start_lsn;
         let mut acceptor = Acceptor::restore(id, state);
         acceptor.faults = self.opts.acceptor_faults;
         node.acceptor = Some(acceptor);
@@ -894,14 +982,13 @@ impl Sim {
         self.out.wipes += 1;
         let start = self.start_lsn;
         let node = &mut self.nodes[n];
-        node.storage = MemStorage::new();
+        node.storage.wipe();
         node.acceptor = None;
         node.wiped = true;
         node.up = true;
         // Its consumer's slot went with the store.
         node.slot = None;
-        node.held.clear();
-        node.trim_unsynced = false;
+        node.forget_replies();
         node.mem_term = 0;
         node.mem_commit = start;
         node.durable_term = 0;
@@ -978,10 +1065,11 @@ impl Sim {
             // the greeting asks and refuses everything else.
             None if node.up && node.wiped => match &msg {
                 ProposerMessage::Greeting(g) => match Acceptor::create(id, g) {
-                    Ok((mut acceptor, effects)) => {
+                    Ok((mut acceptor, ready)) => {
                         acceptor.faults = faults;
                         node.acceptor = Some(acceptor);
-                        (Lsn::INVALID, Ok(effects))
+                        node.forget_replies();
+                        (Lsn::INVALID, Ok(ready))
                     }
                     Err(refusal) => (Lsn::INVALID, Err(refusal)),
                 },
@@ -1004,8 +1092,8 @@ impl Sim {
                     self.close_conn(p, n)
                 }
             }
-            Ok(effects) => {
-                for w in &effects.writes {
+            Ok(ready) => {
+                for w in &ready.writes {
                     match w {
                         Write::TruncateWal { from } if *from < before_commit => {
                             return Err(format!(
@@ -1020,54 +1108,105 @@ impl Sim {
                         _ => {}
                     }
                 }
-                node.storage
-                    .write(self.ttid, &effects.writes)
-                    .map_err(|e| e.to_string())?;
+                let faults = self.opts.storage_faults && !self.calm;
+                if let Err(e) = node
+                    .storage
+                    .write(self.ttid, &ready.writes, self.now, faults)
+                {
+                    self.storage_failed(n, "a write", &e)?;
+                    if !self.opts.disk_bugs.ignore_failed_write {
+                        return Ok(());
+                    }
+                }
+                let node = &mut self.nodes[n];
+                node.staged_seq = ready.seq;
                 if matches!(msg, ProposerMessage::Reseed(_)) {
                     self.out.reseeds += 1;
                 }
-                node.truncations += effects
+                node.truncations += ready
                     .writes
                     .iter()
                     .filter(|w| matches!(w, Write::TruncateWal { .. }))
                     .count() as u64;
-                let mut release = None;
-                if let Some(reply) = effects.reply {
-                    if effects.lazy && node.held.is_empty() && !node.trim_unsynced {
-                        // Like the daemon's writer: a lazy write's reply goes
-                        // at once when nothing before it waits for a sync.
-                        release = Some(reply);
-                    } else {
-                        node.held.push((p, cid, node.truncations, reply));
-                    }
+                if ready.holds_reply {
+                    node.routes.insert(ready.seq, (p, cid, node.truncations));
                 }
                 let after = node.acceptor.as_ref().expect("up").state();
                 let (t, c, f) = (after.term, after.commit_lsn, after.flush_lsn);
                 node.heard.heard(self.now, &msg, f);
                 self.log(|| format!("n{} <- p{p} {what}: term {t} flush {f} commit {c}", n + 1));
-                if let Some(mut reply) = release {
-                    report_slot(&mut reply, self.nodes[n].slot);
-                    // Unsynced, so it may claim only what is durable.
-                    let durable = self.nodes[n]
-                        .storage
-                        .durable_state(self.ttid)
-                        .ok_or_else(|| format!("node {}: no durable state", n + 1))?;
-                    if let AcceptorMessage::Append(a) = &reply {
-                        if a.flush_lsn > durable.flush_lsn || a.commit_lsn > durable.commit_lsn {
-                            return Err(format!(
-                                "node {} acknowledges {a:?} beyond its durable state (lazy write)",
-                                n + 1
-                            ));
-                        }
-                    }
-                    let due = self.now + self.delay();
-                    if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
-                        let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
-                        c.to_prop.push_back((due, reply));
-                    }
+                // Nothing more is durable, but a reply that needs no sync
+                // of its own may go at once: the acceptor decides.
+                self.release_replies(n)
+            }
+        }
+    }
+
+    /// Tell node `n`'s acceptor what is durable and send the replies it
+    /// releases, checking each claims only what the node holds durably.
+    fn release_replies(&mut self, n: usize) -> Check {
+        let node = &mut self.nodes[n];
+        let Some(acceptor) = node.acceptor.as_mut() else {
+            return Ok(());
+        };
+        acceptor.set_slot_horizon(node.slot.unwrap_or(Lsn::INVALID));
+        let replies = acceptor.on_persisted(node.synced_seq);
+        for Reply { seq, msg } in replies {
+            let Some((p, cid, truncations_then)) = self.nodes[n].routes.remove(&seq) else {
+                continue;
+            };
+            self.check_reply(n, p, truncations_then, &msg)?;
+            let delay = self.delay();
+            let due = self.now + delay;
+            if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
+                let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
+                c.to_prop.push_back((due, msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// No ack before sync: what a reply claims must be durable when it
+    /// goes out, and a node grants a term once.
+    fn check_reply(
+        &mut self,
+        n: usize,
+        p: usize,
+        truncations_then: u64,
+        reply: &AcceptorMessage,
+    ) -> Check {
+        let id = NodeId(n as u64 + 1);
+        let node = &self.nodes[n];
+        let durable = node
+            .storage
+            .store
+            .durable_state(self.ttid)
+            .ok_or_else(|| format!("node {id}: no durable state"))?;
+        match reply {
+            AcceptorMessage::Append(a)
+                if truncations_then == node.truncations
+                    && (a.flush_lsn > durable.flush_lsn || a.commit_lsn > durable.commit_lsn) =>
+            {
+                Err(format!(
+                    "node {id} acknowledges {a:?} beyond its durable state"
+                ))
+            }
+            AcceptorMessage::Vote(v) if v.granted => {
+                if durable.term < v.term {
+                    return Err(format!(
+                        "node {id} grants term {} before persisting it",
+                        v.term
+                    ));
+                }
+                if let Some(prev) = self.votes.insert((n, v.term), p) {
+                    return Err(format!(
+                        "node {id} voted twice in term {} (for p{prev}, then p{p})",
+                        v.term
+                    ));
                 }
                 Ok(())
             }
+            _ => Ok(()),
         }
     }
 
@@ -1082,17 +1221,49 @@ impl Sim {
         self.apply(p, actions)
     }
 
+    /// Storing on node `n` failed: as the daemon does, the timeline fails
+    /// closed (the acceptor answers nothing more until a restart) and the
+    /// node's push connections are closed with the error. With the
+    /// `ignore_failed_write` bug, a failed write is carried on from.
+    fn storage_failed(&mut self, n: usize, what: &str, e: &crate::store::StoreError) -> Check {
+        self.out.storage_failures += 1;
+        self.log(|| format!("n{} {what} failed: {e}", n + 1));
+        if what == "a write" && self.opts.disk_bugs.ignore_failed_write {
+            return Ok(());
+        }
+        if let Some(acceptor) = self.nodes[n].acceptor.as_mut() {
+            acceptor.on_storage_failed(&e.to_string());
+        }
+        let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.1 == n).copied().collect();
+        for (p, n) in conns {
+            self.close_conn(p, n)?;
+        }
+        Ok(())
+    }
+
     fn sync_node(&mut self, n: usize) -> Check {
         let id = NodeId(n as u64 + 1);
         let ttid = self.ttid;
         let node = &mut self.nodes[n];
-        if !node.up || (node.storage.unsynced() == 0 && node.held.is_empty()) {
+        if !node.up || (node.storage.store.unsynced() == 0 && node.routes.is_empty()) {
             return Ok(());
         }
-        node.storage.sync().map_err(|e| e.to_string())?;
-        node.trim_unsynced = false;
+        let faults = self.opts.storage_faults && !self.calm;
+        if let Err(e) = node.storage.sync(faults) {
+            if !self.opts.disk_bugs.retry_failed_sync {
+                return self.storage_failed(n, "a sync", &e);
+            }
+            self.log(|| format!("n{} sync failed ({e}); retrying", n + 1));
+            self.nodes[n]
+                .storage
+                .sync(false)
+                .map_err(|e| e.to_string())?;
+        }
+        let node = &mut self.nodes[n];
+        node.synced_seq = node.staged_seq;
         let durable = node
             .storage
+            .store
             .durable_state(ttid)
             .cloned()
             .ok_or_else(|| format!("node {id}: no durable state"))?;
@@ -1102,47 +1273,7 @@ impl Sim {
         node.durable_term = durable.term;
         node.durable_commit = durable.commit_lsn;
         self.move_slot(n);
-        let node = &mut self.nodes[n];
-        let held = std::mem::take(&mut node.held);
-        let truncations = node.truncations;
-        let slot = node.slot;
-        for (p, cid, truncations_then, mut reply) in held {
-            report_slot(&mut reply, slot);
-            // No ack before sync: what a reply claims must be durable now.
-            match &reply {
-                AcceptorMessage::Append(a)
-                    if truncations_then == truncations
-                        && (a.flush_lsn > durable.flush_lsn
-                            || a.commit_lsn > durable.commit_lsn) =>
-                {
-                    return Err(format!(
-                        "node {id} acknowledges {a:?} beyond its durable state"
-                    ));
-                }
-                AcceptorMessage::Vote(v) if v.granted => {
-                    if durable.term < v.term {
-                        return Err(format!(
-                            "node {id} grants term {} before persisting it",
-                            v.term
-                        ));
-                    }
-                    if let Some(prev) = self.votes.insert((n, v.term), p) {
-                        return Err(format!(
-                            "node {id} voted twice in term {} (for p{prev}, then p{p})",
-                            v.term
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            let delay = self.delay();
-            let due = self.now + delay;
-            if let Some(c) = self.conns.get_mut(&(p, n)).filter(|c| c.id == cid) {
-                let due = c.to_prop.back().map_or(due, |m| m.0.max(due));
-                c.to_prop.push_back((due, reply));
-            }
-        }
-        Ok(())
+        self.release_replies(n)
     }
 
     fn push_wal(&mut self, p: usize) -> Check {
@@ -1251,13 +1382,15 @@ impl Sim {
         // every write issued, which the read may have seen.
         let data = match (
             donor.acceptor.as_ref(),
-            donor.storage.durable_state(self.ttid),
+            donor.storage.store.durable_state(self.ttid),
         ) {
             _ if !donor.up || donor.side != self.hosts[r.p].side => Err("unreachable".to_string()),
             (None, _) | (_, None) => Err("down".to_string()),
+            // Failed closed: its state may be ahead of its store.
+            (Some(a), _) if a.failed().is_some() => Err("storage failed".to_string()),
             (_, Some(d)) if !d.serves_recovery_read(r.term) => Err(refused(d)),
             (Some(a), _) => {
-                let read = donor.storage.read_wal(self.ttid, r.start, r.end);
+                let read = donor.storage.store.read_wal(self.ttid, r.start, r.end);
                 if a.state().serves_recovery_read(r.term) {
                     read.map_err(|e| e.to_string())
                 } else {
@@ -1452,7 +1585,7 @@ impl Sim {
             .map(|x| x.peers())
             .unwrap_or_default();
         for (n, node) in self.nodes.iter().enumerate() {
-            let Some(d) = node.storage.durable_state(self.ttid) else {
+            let Some(d) = node.storage.store.durable_state(self.ttid) else {
                 continue;
             };
             if !peers.contains_key(&NodeId(n as u64 + 1)) || d.membership.left {
@@ -1492,7 +1625,7 @@ impl Sim {
             .unwrap_or_else(|| prop.configuration().clone());
         let mut holders = std::collections::BTreeSet::new();
         for (n, node) in self.nodes.iter().enumerate() {
-            let Some(durable) = node.storage.durable_state(self.ttid) else {
+            let Some(durable) = node.storage.store.durable_state(self.ttid) else {
                 continue;
             };
             // A node that trimmed (or was re-seeded) past `from` holds the
@@ -1510,6 +1643,7 @@ impl Sim {
             let skip = lo.distance_from(from) as usize;
             if node
                 .storage
+                .store
                 .read_wal(self.ttid, lo, c)
                 .is_ok_and(|b| b == want[skip..])
             {
@@ -1556,6 +1690,12 @@ impl Sim {
             let Some(acceptor) = node.acceptor.as_ref() else {
                 continue;
             };
+            if acceptor.failed().is_some() {
+                // Failed closed after a storage error: its state may be
+                // ahead of its store, and nothing acts on it until a
+                // restart reloads what is stored.
+                continue;
+            }
             let s = acceptor.state();
             if s.term < node.mem_term {
                 return Err(format!(
@@ -1593,6 +1733,7 @@ impl Sim {
                 let to = s.commit_lsn;
                 let bytes = node
                     .storage
+                    .store
                     .read_wal(self.ttid, from, to)
                     .map_err(|e| e.to_string())?;
                 node.verified_to = to;
@@ -1600,14 +1741,6 @@ impl Sim {
             }
         }
         Ok(())
-    }
-}
-
-/// As the daemon does where a reply goes out: an AppendResponse carries
-/// the node's lowest durable slot (the acceptor leaves it INVALID).
-fn report_slot(reply: &mut AcceptorMessage, slot: Option<Lsn>) {
-    if let AcceptorMessage::Append(a) = reply {
-        a.slot_horizon_lsn = slot.unwrap_or(Lsn::INVALID);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{SlotRecord, Storage, StoreError};
+use super::{SlotRecord, SlotWrite, Storage, StoreError};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
@@ -89,6 +89,17 @@ impl<S: Storage> Storage for FaultyStorage<S> {
             }
         }
         self.inner.write(ttid, writes)
+    }
+
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        {
+            let mut f = self.lock();
+            f.writes += 1;
+            if f.fail_write == Some(f.writes) {
+                return Err(injected("write", f.writes));
+            }
+        }
+        self.inner.write_slot(ttid, write)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

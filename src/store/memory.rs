@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::{Storage, StoreError};
+use super::{SlotWrite, Storage, StoreError, StoreWrite};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
@@ -23,8 +23,9 @@ struct TimelineData {
 pub struct MemStorage {
     durable: HashMap<Ttid, TimelineData>,
     current: HashMap<Ttid, TimelineData>,
-    /// Writes since the last sync, in order.
-    staged: Vec<(Ttid, Write)>,
+    /// Write calls since the last sync, in order: each is atomic (as a
+    /// RocksDB write batch is), so a crash keeps a prefix of them.
+    staged: Vec<(Ttid, Vec<StoreWrite>)>,
     syncs: u64,
 }
 
@@ -35,11 +36,57 @@ impl MemStorage {
 
     /// Forget every unsynced write, as a power loss would.
     pub fn crash(&mut self) {
-        self.current = self.durable.clone();
-        self.staged.clear();
+        self.crash_keeping(0);
     }
 
-    /// Number of writes staged and not yet synced.
+    /// A power loss that keeps the first `kept` unsynced write calls (the
+    /// store writes them in order, and a crash may come between any two).
+    pub fn crash_keeping(&mut self, kept: usize) {
+        self.crash_keeping_only(|i| i < kept);
+    }
+
+    /// A power loss that keeps the unsynced write calls `kept` picks (by
+    /// their index among them). Anything but a prefix is a disk that
+    /// reorders, which none may do here: only the simulation's deliberate
+    /// bug asks for it.
+    pub fn crash_keeping_only(&mut self, kept: impl Fn(usize) -> bool) {
+        self.persist_only(kept);
+        self.current = self.durable.clone();
+    }
+
+    /// A sync that failed after the first `kept` unsynced write calls
+    /// reached the disk: the rest never will (the kernel may drop the dirty
+    /// pages a failed fsync leaves), though reads see them until a crash,
+    /// and a later sync does not make them durable.
+    pub fn fail_sync(&mut self, kept: usize) {
+        self.persist_only(|i| i < kept);
+    }
+
+    fn persist_only(&mut self, kept: impl Fn(usize) -> bool) {
+        let staged = std::mem::take(&mut self.staged);
+        for (i, (ttid, writes)) in staged.into_iter().enumerate() {
+            if kept(i) {
+                let data = self.durable.entry(ttid).or_default();
+                for w in &writes {
+                    apply(data, w);
+                }
+            }
+        }
+    }
+
+    /// Stage one write call.
+    fn stage(&mut self, ttid: Ttid, writes: Vec<StoreWrite>) {
+        if writes.is_empty() {
+            return;
+        }
+        let data = self.current.entry(ttid).or_default();
+        for w in &writes {
+            apply(data, w);
+        }
+        self.staged.push((ttid, writes));
+    }
+
+    /// Number of write calls staged and not yet synced.
     pub fn unsynced(&self) -> usize {
         self.staged.len()
     }
@@ -62,7 +109,18 @@ impl MemStorage {
     }
 }
 
-fn apply(data: &mut TimelineData, w: &Write) {
+fn apply(data: &mut TimelineData, w: &StoreWrite) {
+    let w = match w {
+        StoreWrite::Acceptor(w) => w,
+        StoreWrite::Slot(SlotWrite::Put(r)) => {
+            data.slots.insert(r.name.clone(), (**r).clone());
+            return;
+        }
+        StoreWrite::Slot(SlotWrite::Delete { name }) => {
+            data.slots.remove(name);
+            return;
+        }
+    };
     match w {
         Write::AppendWal { begin, bytes } => {
             data.chunks.insert(*begin, bytes.clone());
@@ -92,12 +150,6 @@ fn apply(data: &mut TimelineData, w: &Write) {
             }
         }
         Write::PutState(s) => data.state = Some((**s).clone()),
-        Write::PutSlot(r) => {
-            data.slots.insert(r.name.clone(), (**r).clone());
-        }
-        Write::DeleteSlot { name } => {
-            data.slots.remove(name);
-        }
     }
 }
 
@@ -113,18 +165,18 @@ impl Storage for MemStorage {
     }
 
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
-        let data = self.current.entry(ttid).or_default();
-        for w in writes {
-            apply(data, w);
-            self.staged.push((ttid, w.clone()));
-        }
+        let call = writes.iter().cloned().map(StoreWrite::Acceptor).collect();
+        self.stage(ttid, call);
+        Ok(())
+    }
+
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        self.stage(ttid, vec![StoreWrite::Slot(write.clone())]);
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        for (ttid, w) in self.staged.drain(..) {
-            apply(self.durable.entry(ttid).or_default(), &w);
-        }
+        self.persist_only(|_| true);
         self.syncs += 1;
         Ok(())
     }

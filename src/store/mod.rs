@@ -87,6 +87,25 @@ impl Versioned for SlotRecord {
     const FORMAT_VERSION: u16 = 1;
 }
 
+/// A store-level change of one timeline that is not the acceptor's: a
+/// consumer slot. The daemon sends them through the group-commit writer
+/// beside the acceptor's writes, so they share its syncs and its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotWrite {
+    /// Store (or replace) a consumer slot.
+    Put(Box<SlotRecord>),
+    /// Remove a consumer slot.
+    Delete { name: String },
+}
+
+/// One change a storage stages for a timeline: the acceptor's, or the
+/// store's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreWrite {
+    Acceptor(Write),
+    Slot(SlotWrite),
+}
+
 /// Durable storage of many timelines.
 ///
 /// `write` stages changes: they are visible to later calls on this storage at
@@ -100,6 +119,14 @@ pub trait Storage {
     /// Stage `writes` for one timeline.
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError>;
 
+    /// Stage a slot change of one timeline, after everything staged
+    /// before. Storages that keep no slots (test doubles) refuse it.
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        Err(StoreError::Invalid(format!(
+            "timeline {ttid}: this storage keeps no slots ({write:?})"
+        )))
+    }
+
     /// Make every staged write durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 
@@ -107,7 +134,7 @@ pub trait Storage {
     /// or damaged read.
     fn read_wal(&self, ttid: Ttid, from: Lsn, to: Lsn) -> Result<Vec<u8>, StoreError>;
 
-    /// Every stored consumer slot. Storages that never see `PutSlot` (test
+    /// Every stored consumer slot. Storages that never see `SlotWrite` (test
     /// doubles) keep the default.
     fn slots(&self) -> Result<Vec<(Ttid, SlotRecord)>, StoreError> {
         Ok(Vec::new())

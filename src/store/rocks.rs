@@ -43,7 +43,7 @@ use rocksdb::{
 
 pub use super::layout::{chunk_crc, chunk_value, wal_key, STORE_FORMAT_VERSION};
 use super::layout::{decode_store_meta, parse_chunk, StoreMeta};
-use super::{Storage, StoreError};
+use super::{SlotWrite, Storage, StoreError};
 use crate::codec::{decode_stored, encode_stored, CodecError};
 use crate::consensus::acceptor::{decode_timeline_state, TimelineState, Write};
 use crate::id::{NodeId, Ttid};
@@ -745,18 +745,52 @@ impl RocksStore {
     }
 }
 
+/// One change `stage_ops` stages.
+enum Staged<'a> {
+    Acceptor(&'a Write),
+    Slot(&'a SlotWrite),
+}
+
 impl RocksStore {
     /// [`Storage::write`] through a shared reference: calls are taken one
     /// at a time, and a sync or read beside them waits for no more than the
     /// moment it takes to add a call's changes to the batch.
     pub fn stage(&self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
+        self.stage_ops(ttid, writes.iter().map(Staged::Acceptor))
+    }
+
+    /// [`Storage::write_slot`] through a shared reference, as [`RocksStore::stage`].
+    pub fn stage_slot(&self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        self.stage_ops(ttid, std::iter::once(Staged::Slot(write)))
+    }
+
+    fn stage_ops<'a>(
+        &self,
+        ttid: Ttid,
+        writes: impl Iterator<Item = Staged<'a>>,
+    ) -> Result<(), StoreError> {
         let _one_call = self.staging.lock().unwrap_or_else(|e| e.into_inner());
         self.lock_pending().check()?;
-        let mut ops = Vec::with_capacity(writes.len());
+        let mut ops = Vec::with_capacity(writes.size_hint().0);
         let mut view = CallView::default();
         let mut trimmed = Vec::new();
         let mut flushed = false;
         for w in writes {
+            let w = match w {
+                Staged::Acceptor(w) => w,
+                Staged::Slot(SlotWrite::Put(r)) => {
+                    ops.push(Op::Put(
+                        CF_SLOT,
+                        slot_key(ttid, &r.name),
+                        encode_stored(&**r)?,
+                    ));
+                    continue;
+                }
+                Staged::Slot(SlotWrite::Delete { name }) => {
+                    ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name)));
+                    continue;
+                }
+            };
             match w {
                 Write::AppendWal { begin, bytes } => {
                     // An empty chunk would hold no WAL but could replace a
@@ -841,14 +875,6 @@ impl RocksStore {
                         encode_stored(&**s)?,
                     ));
                 }
-                Write::PutSlot(r) => {
-                    ops.push(Op::Put(
-                        CF_SLOT,
-                        slot_key(ttid, &r.name),
-                        encode_stored(&**r)?,
-                    ));
-                }
-                Write::DeleteSlot { name } => ops.push(Op::Delete(CF_SLOT, slot_key(ttid, name))),
             }
         }
         let timeline_cf = self.cf(CF_TIMELINE)?;
@@ -1117,6 +1143,10 @@ impl Storage for RocksStore {
 
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
         self.stage(ttid, writes)
+    }
+
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        self.stage_slot(ttid, write)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

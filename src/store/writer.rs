@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Storage, StoreError};
+use super::{SlotWrite, Storage, StoreError};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 
@@ -30,7 +30,7 @@ use crate::id::Ttid;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 const MAX_BATCH_REQUESTS: usize = 4096;
 
-/// Lazy writes (commit-only state changes, see `Effects::lazy`) staged
+/// Lazy writes (commit-only state changes, see `Ready::sync`) staged
 /// without a sync are synced by the next batch that syncs anyway, or by a
 /// sync of their own at most this long after the first of them was staged
 /// (also while requests that need no sync keep coming): that bounds how long
@@ -136,6 +136,8 @@ impl Histogram {
 struct Request {
     ttid: Ttid,
     writes: Vec<Write>,
+    /// A slot change, staged after `writes` (see `WriterHandle::submit_slot`).
+    slot: Option<SlotWrite>,
     /// Need not be synced before `done` (see `WriterHandle::submit_lazy`).
     lazy: bool,
     done: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
@@ -299,7 +301,7 @@ impl WriterHandle {
         self.submit_with(ttid, writes, false)
     }
 
-    /// Queue writes that need no sync of their own (`Effects::lazy`): the
+    /// Queue writes that need no sync of their own (`!Ready::sync`): the
     /// receiver resolves once they are staged and everything submitted
     /// before them is synced. They reach the disk with the next sync, in
     /// submission order; readers see their state only after that sync.
@@ -319,6 +321,24 @@ impl WriterHandle {
     /// share one sync). Otherwise as [`WriterHandle::submit`] or, with `lazy`,
     /// [`WriterHandle::submit_lazy`].
     pub fn enqueue(&self, ttid: Ttid, writes: Vec<Write>, lazy: bool) -> Synced {
+        self.enqueue_request(ttid, writes, None, lazy)
+    }
+
+    /// Queue a slot change of a timeline (the store's, not the acceptor's)
+    /// and wake the writer thread; the receiver resolves once it is synced.
+    pub fn submit_slot(&self, ttid: Ttid, slot: SlotWrite) -> Synced {
+        let rx = self.enqueue_request(ttid, Vec::new(), Some(slot), false);
+        self.inner.wake.notify_one();
+        rx
+    }
+
+    fn enqueue_request(
+        &self,
+        ttid: Ttid,
+        writes: Vec<Write>,
+        slot: Option<SlotWrite>,
+        lazy: bool,
+    ) -> Synced {
         let (done, rx) = oneshot::channel();
         let mut q = lock(&self.inner.queue);
         if q.closed {
@@ -327,6 +347,7 @@ impl WriterHandle {
             q.requests.push_back(Request {
                 ttid,
                 writes,
+                slot,
                 lazy,
                 done: Some(done),
                 submitted: Instant::now(),
@@ -481,14 +502,18 @@ impl Inner {
                 }
             };
             let Some(mut req) = next else { break };
-            if !req.lazy && !req.writes.is_empty() {
+            if !req.lazy && (!req.writes.is_empty() || req.slot.is_some()) {
                 must_sync = true;
             }
             let req_bytes = wal_bytes(&req.writes);
             bytes += req_bytes;
             let staged = match (core.refusal(req.ttid), core.storage.as_mut()) {
                 (Some(refused), _) => Err(refused),
-                (None, Some(storage)) => match storage.write(req.ttid, &req.writes) {
+                (None, Some(storage)) => match storage.write(req.ttid, &req.writes).and_then(|()| {
+                    req.slot
+                        .as_ref()
+                        .map_or(Ok(()), |w| storage.write_slot(req.ttid, w))
+                }) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let e = Arc::new(e);

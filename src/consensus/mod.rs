@@ -3,6 +3,8 @@
 //! persist and what to send.
 
 pub mod acceptor;
+#[cfg(test)]
+mod acceptor_cases;
 pub mod limits;
 pub mod membership;
 pub mod messages;

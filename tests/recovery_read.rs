@@ -20,7 +20,7 @@ use walkeeper::safekeeper::timelines::Timeline;
 use walkeeper::safekeeper::{connection, limits::Limits, Shared, SharedStore};
 use walkeeper::store::rocks::RocksStore;
 use walkeeper::store::writer::{GroupCommitWriter, WriterHandle};
-use walkeeper::store::{SlotRecord, Storage, StoreError};
+use walkeeper::store::{SlotRecord, SlotWrite, Storage, StoreError};
 
 /// Holds every sync while closed, so staged writes stay staged.
 #[derive(Default)]
@@ -78,6 +78,9 @@ impl Storage for GatedStore {
     }
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError> {
         self.inner.write(ttid, writes)
+    }
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+        self.inner.write_slot(ttid, write)
     }
     fn sync(&mut self) -> Result<(), StoreError> {
         self.gate.pass();

@@ -149,6 +149,13 @@ impl Storage for SharedStore {
     ) -> Result<(), crate::store::StoreError> {
         self.0.stage(ttid, writes)
     }
+    fn write_slot(
+        &mut self,
+        ttid: crate::id::Ttid,
+        write: &crate::store::SlotWrite,
+    ) -> Result<(), crate::store::StoreError> {
+        self.0.stage_slot(ttid, write)
+    }
     fn sync(&mut self) -> Result<(), crate::store::StoreError> {
         self.0.sync_staged()
     }

@@ -120,12 +120,9 @@ pub trait Storage {
     fn write(&mut self, ttid: Ttid, writes: &[Write]) -> Result<(), StoreError>;
 
     /// Stage a slot change of one timeline, after everything staged
-    /// before. Storages that keep no slots (test doubles) refuse it.
-    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
-        Err(StoreError::Invalid(format!(
-            "timeline {ttid}: this storage keeps no slots ({write:?})"
-        )))
-    }
+    /// before. Required of every storage (no default: a wrapper that forgot
+    /// to forward it once refused every slot).
+    fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError>;
 
     /// Make every staged write durable.
     fn sync(&mut self) -> Result<(), StoreError>;

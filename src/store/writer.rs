@@ -660,6 +660,10 @@ mod tests {
                 .push(format!("write {}", writes.len()));
             self.inner.write(ttid, writes)
         }
+        fn write_slot(&mut self, ttid: Ttid, write: &SlotWrite) -> Result<(), StoreError> {
+            self.log.lock().unwrap().push("write slot".into());
+            self.inner.write_slot(ttid, write)
+        }
         fn sync(&mut self) -> Result<(), StoreError> {
             self.log.lock().unwrap().push("sync".into());
             let thread = std::thread::current().name().unwrap_or("").to_string();
@@ -925,6 +929,9 @@ mod tests {
             Ok(Vec::new())
         }
         fn write(&mut self, _: Ttid, _: &[Write]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn write_slot(&mut self, _: Ttid, _: &SlotWrite) -> Result<(), StoreError> {
             Ok(())
         }
         fn sync(&mut self) -> Result<(), StoreError> {

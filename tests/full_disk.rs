@@ -202,7 +202,7 @@ fn fill(dir: &Path) -> PathBuf {
 fn a_write_refused_by_a_full_disk_is_never_synced_into_success() {
     use walkeeper::consensus::acceptor::Write;
     use walkeeper::id::NodeId;
-    use walkeeper::store::StoreError;
+    use walkeeper::store::{StoreError, StoreErrorKind};
 
     let dir = tempfile::tempdir().unwrap();
     let mnt = match Tmpfs::mount(&dir.path().join("mnt"), 64) {
@@ -238,7 +238,7 @@ fn a_write_refused_by_a_full_disk_is_never_synced_into_success() {
     // and the full disk refuses it.
     let read = store.read_wal(t, Lsn(START), Lsn(START));
     assert!(
-        matches!(&read, Err(e) if e.is_disk_full()),
+        matches!(&read, Err(e) if e.kind() == StoreErrorKind::DiskFull),
         "the read's write of the staged batch: {read:?}"
     );
     std::fs::remove_file(filler).unwrap();

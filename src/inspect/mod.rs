@@ -25,7 +25,7 @@ use crate::consensus::acceptor::TimelineState;
 use crate::id::{NodeId, Ttid};
 use crate::lsn::Lsn;
 use crate::store::rocks::{ChunkInfo, RocksStore};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 pub use progress::Progress;
 
@@ -149,7 +149,7 @@ impl Inspector {
                     if let Err(again) = self.catch_up() {
                         return Err(match again {
                             InspectError::Store(s) => s,
-                            other => StoreError::Io(other.to_string()),
+                            other => StoreError::io(StoreErrorKind::Io, other.to_string()),
                         });
                     }
                 }
@@ -218,9 +218,12 @@ fn backoff(attempt: u32) -> Duration {
 /// removed it after the secondary last caught up.
 pub fn is_vanished_file(e: &StoreError) -> bool {
     let text = match e {
-        StoreError::Io(t) | StoreError::CorruptStore(t) => t,
-        StoreError::CorruptWal { detail, .. } | StoreError::CorruptState { detail, .. } => detail,
-        StoreError::Open { detail, .. } => detail,
+        StoreError::Io(f) => f.to_string(),
+        StoreError::CorruptStore(t) => t.clone(),
+        StoreError::CorruptWal { detail, .. } | StoreError::CorruptState { detail, .. } => {
+            detail.clone()
+        }
+        StoreError::Open { detail, .. } => detail.clone(),
         _ => return false,
     };
     text.contains("No such file")
@@ -438,8 +441,9 @@ mod tests {
         let r = ins.with_retry(|_| {
             calls += 1;
             if calls == 1 {
-                Err(StoreError::Io(
-                    "IO error: No such file or directory: While open a file for random read: /s/000012.sst: No such file or directory".into(),
+                Err(StoreError::io(
+                    StoreErrorKind::Io,
+                    "IO error: No such file or directory: While open a file for random read: /s/000012.sst: No such file or directory",
                 ))
             } else {
                 Ok(7)

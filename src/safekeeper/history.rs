@@ -13,6 +13,7 @@
 //! is stored once that greeting has created (or found) the timeline and was
 //! taken; a connection that ends first stores nothing.
 
+use super::pg_errors::write_failure_code;
 use super::timelines::Timeline;
 use super::Shared;
 use crate::pq::replication::MAX_HISTORY_FILE_LEN;
@@ -72,14 +73,7 @@ pub async fn store(
     tokio::task::spawn_blocking(move || store.put_timeline_history(ttid, tli, &content))
         .await
         .map_err(|e| failed(sqlstate::INTERNAL_ERROR, &e))?
-        .map_err(|e| {
-            let code = if e.is_disk_full() {
-                sqlstate::DISK_FULL
-            } else {
-                sqlstate::INTERNAL_ERROR
-            };
-            failed(code, &e)
-        })?;
+        .map_err(|e| failed(write_failure_code(e.kind()), &e))?;
     tracing::info!(timeline = %ttid, tli, bytes, "stored the timeline history file");
     Ok(())
 }

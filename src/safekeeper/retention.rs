@@ -376,7 +376,7 @@ async fn pass(shared: &Shared, cfg: &RetentionConfig, memory: &mut Memory) {
                 }
                 Ok(Err(e)) => {
                     tracing::error!(timeline = %t.ttid, error = %e, "trimming failed");
-                    t.poison(&format!("trimming failed: {e}"));
+                    t.poison(e.kind(), &format!("trimming failed: {e}"));
                 }
                 Err(_) => return,
             }

@@ -9,7 +9,7 @@ use crate::consensus::acceptor::{Acceptor, Event, Ready, Refusal, Reply, Seq, Ti
 use crate::consensus::messages::{AcceptorMessage, Greeting, ProposerMessage};
 use crate::id::{NodeId, Ttid};
 use crate::store::writer::{DurableState, Synced, WriterHandle};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 pub struct Timeline {
     pub ttid: Ttid,
@@ -18,7 +18,7 @@ pub struct Timeline {
     /// Set when a write of this timeline failed: the acceptor's in-memory
     /// state may then be ahead of the disk, so it must not answer anyone
     /// until the daemon restarts and reloads the stored state.
-    poisoned: Mutex<Option<String>>,
+    poisoned: Mutex<Option<(StoreErrorKind, String)>>,
     /// Per proposer id, the newest push connection's claim: a proxy that
     /// replaced a connection it gave up on (no reply in time) speaks only
     /// on the new one, and bytes of the old one that arrive late (a link
@@ -85,7 +85,12 @@ pub enum HandleError {
     #[error(transparent)]
     Store(Arc<StoreError>),
     #[error("timeline {ttid}: an earlier write failed ({reason}); restart the safekeeper (after freeing space if the disk is full) to reload the stored state")]
-    Poisoned { ttid: Ttid, reason: String },
+    Poisoned {
+        ttid: Ttid,
+        /// The kind of the failure that poisoned the timeline.
+        kind: StoreErrorKind,
+        reason: String,
+    },
     /// The store is a checkpoint: it must not be an acceptor of its old
     /// membership (the text says why and what to do).
     #[error("{0}")]
@@ -127,13 +132,28 @@ impl Timeline {
         self.acceptor.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fail every later message on this timeline with `reason` (the first
-    /// reason given stays): after a failed write or trim, the acceptor's
-    /// state in memory may be ahead of what the store holds.
-    pub fn poison(&self, reason: &str) {
-        self.lock().on_storage_failed(reason);
+    /// Fail every later message on this timeline with `reason`, a failure
+    /// of `kind` (the first one given stays): after a failed write or trim,
+    /// the acceptor's state in memory may be ahead of what the store holds.
+    pub fn poison(&self, kind: StoreErrorKind, reason: &str) {
+        // Under the acceptor's lock, so a handler the acceptor refuses for
+        // it finds the kind (`refused`).
+        let mut acceptor = self.lock();
+        acceptor.on_storage_failed(reason);
         let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
-        p.get_or_insert_with(|| reason.to_string());
+        p.get_or_insert_with(|| (kind, reason.to_string()));
+    }
+
+    /// A refusal of the acceptor, whose lock the caller holds: one because
+    /// storing failed is this timeline's poison, with the failure's kind.
+    fn refused(&self, r: Refusal) -> HandleError {
+        match r {
+            Refusal::StorageFailed { .. } => self
+                .check_poisoned()
+                .err()
+                .unwrap_or(HandleError::Refused(r)),
+            r => HandleError::Refused(r),
+        }
     }
 
     /// The writer answered `pending` Ok: every ready set up to its
@@ -173,8 +193,9 @@ impl Timeline {
 
     fn check_poisoned(&self) -> Result<(), HandleError> {
         match &*self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(reason) => Err(HandleError::Poisoned {
+            Some((kind, reason)) => Err(HandleError::Poisoned {
                 ttid: self.ttid,
+                kind: *kind,
                 reason: reason.clone(),
             }),
             None => Ok(()),
@@ -235,7 +256,7 @@ impl Timeline {
         if claim.is_some_and(|c| !self.is_current(c)) {
             return Err(HandleError::Superseded(self.ttid));
         }
-        let ready = acceptor.handle(msg)?;
+        let ready = acceptor.handle(msg).map_err(|r| self.refused(r))?;
         log_events(self.ttid, &ready.events);
         Ok(PendingReply::queued(writer, self.ttid, ready))
     }

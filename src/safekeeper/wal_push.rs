@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::pg_errors::write_failure_code;
 use super::timelines::{Claim, HandleError, PendingReply, Timeline};
 use super::Shared;
 use crate::codec::{decode_proposer_message, encode_acceptor_message};
@@ -19,6 +20,7 @@ use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
 use crate::pq::sqlstate;
 use crate::pq::{PgError, PqError, SqlState};
+use crate::store::StoreErrorKind;
 
 /// Replies that may wait for syncs at once on one connection; beyond it (or
 /// beyond `limits::MAX_PUSH_IN_FLIGHT_BYTES` of messages) the connection
@@ -124,15 +126,14 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Err(e)) => {
                         let ttid = timeline.as_ref().map(|t| t.ttid.to_string()).unwrap_or_default();
                         tracing::error!(timeline = %ttid, %peer, error = %e, "write failed; nothing more is acknowledged on this connection");
-                        if let Some(t) = timeline.as_deref() { t.poison(&e.to_string()); }
-                        let code = if e.is_disk_full() { sqlstate::DISK_FULL } else { sqlstate::INTERNAL_ERROR };
-                        refuse(conn, code, format!("timeline {ttid}: storing failed: {e}")).await?;
+                        if let Some(t) = timeline.as_deref() { t.poison(e.kind(), &e.to_string()); }
+                        refuse(conn, write_failure_code(e.kind()), format!("timeline {ttid}: storing failed: {e}")).await?;
                         break End::Refused;
                     }
                     Err(_) => {
                         // Its writes may be staged or lost: the acceptor's
                         // state may be ahead of the disk.
-                        if let Some(t) = timeline.as_deref() { t.poison("the group-commit writer stopped"); }
+                        if let Some(t) = timeline.as_deref() { t.poison(StoreErrorKind::Io, "the group-commit writer stopped"); }
                         refuse(conn, sqlstate::INTERNAL_ERROR, "the group-commit writer stopped".into()).await?;
                         break End::Refused;
                     }

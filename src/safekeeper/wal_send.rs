@@ -27,7 +27,7 @@ use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, Column, FeMessage};
 use crate::pq::replication::{pg_now, PrimaryKeepalive, StandbyReplMessage, XLogData};
 use crate::pq::{sqlstate, PgError, PqError};
-use crate::store::StoreError;
+use crate::store::{StorageFailure, StoreError, StoreErrorKind};
 
 /// How much WAL one store read fetches for a sender.
 const READ_AHEAD: u64 = 2 << 20;
@@ -487,9 +487,13 @@ struct PendingRead {
 
 impl PendingRead {
     async fn finish(mut self) -> Result<Vec<u8>, StoreError> {
-        (&mut self.task)
-            .await
-            .map_err(|e| StoreError::Io(format!("the read task failed: {e}")))?
+        (&mut self.task).await.map_err(|e| {
+            StoreError::Io(StorageFailure::caused_by(
+                StoreErrorKind::Io,
+                "the read task failed",
+                e,
+            ))
+        })?
     }
 }
 
@@ -676,9 +680,9 @@ mod tests {
             read_failure(&damaged, &state).code,
             sqlstate::DATA_CORRUPTED
         );
-        let failed = StoreError::Failed("No space left on device".into());
+        let failed = StoreError::Failed(StorageFailure::new(StoreErrorKind::DiskFull, "ENOSPC"));
         assert_eq!(read_failure(&failed, &state).code, sqlstate::DISK_FULL);
-        let failed = StoreError::Failed("EIO".into());
+        let failed = StoreError::Failed(StorageFailure::new(StoreErrorKind::Io, "EIO"));
         assert_eq!(read_failure(&failed, &state).code, sqlstate::INTERNAL_ERROR);
     }
 

@@ -15,7 +15,7 @@ use super::rng::Rng;
 use crate::consensus::acceptor::Write;
 use crate::id::Ttid;
 use crate::store::memory::MemStorage;
-use crate::store::{Storage, StoreError};
+use crate::store::{Storage, StoreError, StoreErrorKind};
 
 /// Deliberate bugs of the node's storage handling, switched on only by
 /// tests that check the simulation's invariant checker catches them.
@@ -87,15 +87,21 @@ impl Disk {
             return Ok(());
         }
         if self.is_full(now) {
-            return Err(StoreError::Io("No space left on device".into()));
+            return Err(StoreError::io(
+                StoreErrorKind::DiskFull,
+                "No space left on device",
+            ));
         }
         if faults && self.rng.below(1000) < WRITE_FAILS {
             let part = self.rng.below(writes.len() as u64) as usize;
             self.store.write(ttid, &writes[..part])?;
-            return Err(StoreError::Io(format!(
-                "injected failure of a write call after {part} of {} writes",
-                writes.len()
-            )));
+            return Err(StoreError::io(
+                StoreErrorKind::Io,
+                format!(
+                    "injected failure of a write call after {part} of {} writes",
+                    writes.len()
+                ),
+            ));
         }
         self.store.write(ttid, writes)
     }
@@ -107,9 +113,10 @@ impl Disk {
         if faults && staged > 0 && self.rng.below(1000) < SYNC_FAILS {
             let kept = self.rng.below(staged as u64 + 1) as usize;
             self.store.fail_sync(kept);
-            return Err(StoreError::Io(format!(
-                "injected sync failure ({kept} of {staged} write calls reached the disk)"
-            )));
+            return Err(StoreError::io(
+                StoreErrorKind::Io,
+                format!("injected sync failure ({kept} of {staged} write calls reached the disk)"),
+            ));
         }
         self.store.sync()
     }

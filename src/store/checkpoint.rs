@@ -279,7 +279,7 @@ pub fn clear_mark(store: &RocksStore) -> Result<(), StoreError> {
     let db = store.db();
     let raw = db
         .get(CHECKPOINT_KEY)
-        .map_err(|e| StoreError::Io(e.into_string()))?;
+        .map_err(|e| StoreError::Io(super::rocks::failure(e)))?;
     let Some(raw) = raw else {
         return Ok(());
     };

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{SlotRecord, SlotWrite, Storage, StoreError};
+use super::{SlotRecord, SlotWrite, Storage, StoreError, StoreErrorKind};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 use crate::lsn::Lsn;
@@ -72,7 +72,10 @@ impl<S: Storage> FaultyStorage<S> {
 }
 
 fn injected(what: &str, n: u64) -> StoreError {
-    StoreError::Io(format!("injected failure of {what} call {n}"))
+    StoreError::io(
+        StoreErrorKind::Io,
+        format!("injected failure of {what} call {n}"),
+    )
 }
 
 impl<S: Storage> Storage for FaultyStorage<S> {

@@ -11,6 +11,8 @@ pub mod memory;
 pub mod rocks;
 pub mod writer;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, Versioned};
@@ -46,28 +48,130 @@ pub enum StoreError {
     #[error("invalid write: {0}")]
     Invalid(String),
     #[error("storage I/O failed: {0}")]
-    Io(String),
+    Io(StorageFailure),
     /// A write or sync failed earlier: what was staged since may be lost,
     /// so nothing more is written or acknowledged until the daemon reopens
     /// the store from what is durable. Carries the first failure.
     #[error("an earlier write or sync failed ({0}); nothing staged since then is acknowledged: restart the safekeeper (after freeing space if the disk is full) to reopen the store from what is durable")]
-    Failed(String),
+    Failed(StorageFailure),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
 
-impl StoreError {
-    /// The disk (or its quota) is full: the operator must free space, and
-    /// PostgreSQL's clients know SQLSTATE 53100 for that.
-    pub fn is_disk_full(&self) -> bool {
-        is_disk_full(&self.to_string())
+/// What kind of failure a store error is, as the daemon tells its clients
+/// (53100, XX001, XX000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The disk (or its quota) is full: the operator must free space.
+    DiskFull,
+    /// Stored data is damaged.
+    Corruption,
+    /// Any other failure: an I/O error, a refused write, a bug.
+    Io,
+}
+
+impl StoreErrorKind {
+    /// ENOSPC and EDQUOT are a full disk; the rest is I/O.
+    pub fn of_io(e: &std::io::Error) -> StoreErrorKind {
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreErrorKind::DiskFull
+            }
+            _ => StoreErrorKind::Io,
+        }
     }
 }
 
-/// Whether an error text is ENOSPC/EDQUOT as the OS (and so RocksDB)
-/// words it.
-pub fn is_disk_full(text: &str) -> bool {
-    text.contains("No space left on device") || text.contains("Disk quota exceeded")
+/// A failed storage operation: its kind, what was being done, and the
+/// error that caused it.
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    pub kind: StoreErrorKind,
+    what: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageFailure {
+    /// A failure with no underlying error (an injected one, say).
+    pub fn new(kind: StoreErrorKind, what: impl Into<String>) -> StorageFailure {
+        StorageFailure {
+            kind,
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// `what` failed because of `source`.
+    pub fn caused_by(
+        kind: StoreErrorKind,
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageFailure {
+        StorageFailure {
+            kind,
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// `what` failed with an OS error; its kind follows the error's.
+    pub fn io(what: impl Into<String>, e: std::io::Error) -> StorageFailure {
+        StorageFailure::caused_by(StoreErrorKind::of_io(&e), what, e)
+    }
+}
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.source, self.what.is_empty()) {
+            (Some(source), true) => write!(f, "{source}"),
+            (Some(source), false) => write!(f, "{}: {source}", self.what),
+            (None, _) => f.write_str(&self.what),
+        }
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl StoreError {
+    /// A storage failure of `kind` with no underlying error.
+    pub fn io(kind: StoreErrorKind, what: impl Into<String>) -> StoreError {
+        StoreError::Io(StorageFailure::new(kind, what))
+    }
+
+    /// What kind of failure this is: damage read back is corruption, a
+    /// failed operation is what its cause was.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            StoreError::CorruptWal { .. }
+            | StoreError::CorruptState { .. }
+            | StoreError::CorruptStore(_) => StoreErrorKind::Corruption,
+            StoreError::Io(f) | StoreError::Failed(f) => f.kind,
+            StoreError::NotHeld { .. }
+            | StoreError::UnknownTimeline(_)
+            | StoreError::Open { .. }
+            | StoreError::Invalid(_)
+            | StoreError::Codec(_) => StoreErrorKind::Io,
+        }
+    }
+
+    /// This error as the first failure that every later write, sync and
+    /// read of the store fails with.
+    pub fn into_failure(self: Arc<Self>) -> StorageFailure {
+        match &*self {
+            StoreError::Failed(first) => first.clone(),
+            other => StorageFailure {
+                kind: other.kind(),
+                what: String::new(),
+                source: Some(self),
+            },
+        }
+    }
 }
 
 /// A durable consumer slot of one timeline (temporary slots are never

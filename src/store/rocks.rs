@@ -43,7 +43,7 @@ use rocksdb::{
 
 pub use super::layout::{chunk_crc, chunk_value, wal_key, STORE_FORMAT_VERSION};
 use super::layout::{decode_store_meta, parse_chunk, StoreMeta};
-use super::{SlotWrite, Storage, StoreError};
+use super::{SlotWrite, Storage, StorageFailure, StoreError, StoreErrorKind};
 use crate::codec::{decode_stored, encode_stored, CodecError};
 use crate::consensus::acceptor::{decode_timeline_state, TimelineState, Write};
 use crate::id::{NodeId, Ttid};
@@ -97,7 +97,25 @@ impl ChunkInfo {
 }
 
 fn io(e: rocksdb::Error) -> StoreError {
-    StoreError::Io(e.into_string())
+    StoreError::Io(failure(e))
+}
+
+/// A RocksDB error with its kind: its Corruption status is damage, and an
+/// IOError of ENOSPC or EDQUOT a full disk. rust-rocksdb gives the status'
+/// code but not its subcode (kNoSpace), so that one is told by the OS's
+/// words, which RocksDB's status carries, here at the boundary only.
+pub(crate) fn failure(e: rocksdb::Error) -> StorageFailure {
+    let kind = match e.kind() {
+        rocksdb::ErrorKind::Corruption => StoreErrorKind::Corruption,
+        rocksdb::ErrorKind::IOError if no_space(e.as_ref()) => StoreErrorKind::DiskFull,
+        _ => StoreErrorKind::Io,
+    };
+    StorageFailure::caused_by(kind, "", e)
+}
+
+/// ENOSPC or EDQUOT as the OS words them in a RocksDB status.
+fn no_space(status: &str) -> bool {
+    status.contains("No space left on device") || status.contains("Disk quota exceeded")
 }
 
 /// Why RocksDB would not open a store; a log it cannot replay to its end
@@ -206,7 +224,7 @@ struct Pending {
     /// error RocksDB refuses writes while syncing its log still succeeds),
     /// so from then on every write, sync and read fails: nothing staged at
     /// or after the failure can be acknowledged. Only a reopen clears it.
-    failed: Option<String>,
+    failed: Option<StorageFailure>,
 }
 
 impl Pending {
@@ -219,12 +237,12 @@ impl Pending {
 
     /// Record a failed write or sync (the first one is kept) and return it.
     fn fail(&mut self, e: rocksdb::Error) -> StoreError {
-        let text = e.into_string();
-        tracing::error!(error = %text, "a RocksDB write or sync failed; the store accepts nothing more until it is reopened");
-        self.failed.get_or_insert_with(|| text.clone());
+        let failure = failure(e);
+        tracing::error!(error = %failure, "a RocksDB write or sync failed; the store accepts nothing more until it is reopened");
+        self.failed.get_or_insert_with(|| failure.clone());
         // Whatever was staged with it is gone or unknown.
         self.batch = WriteBatch::default();
-        StoreError::Io(text)
+        StoreError::Io(failure)
     }
 
     /// Write `batch` to RocksDB unsynced: readable at once, durable with
@@ -654,9 +672,12 @@ impl RocksStore {
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StoreError::Io(format!("column family {name:?} is not open")))
+        self.db.cf_handle(name).ok_or_else(|| {
+            StoreError::io(
+                StoreErrorKind::Io,
+                format!("column family {name:?} is not open"),
+            )
+        })
     }
 
     fn lock_pending(&self) -> MutexGuard<'_, Pending> {
@@ -1311,7 +1332,7 @@ mod tests {
     use super::RocksStore;
     use crate::consensus::acceptor::Write;
     use crate::id::NodeId;
-    use crate::store::{Storage, StoreError};
+    use crate::store::{Storage, StorageFailure, StoreError, StoreErrorKind};
 
     #[test]
     fn a_failure_while_a_sync_is_in_progress_fails_that_sync_and_everything_after() {
@@ -1332,7 +1353,10 @@ mod tests {
         // Another write fails while the fsync runs (a history file's, say,
         // on a full disk): the sync's fsync then succeeds, but it must not
         // acknowledge what it covered.
-        store.lock_pending().failed = Some("injected failure".into());
+        store.lock_pending().failed = Some(StorageFailure::new(
+            StoreErrorKind::DiskFull,
+            "injected failure",
+        ));
         drop(held);
         let failed = |r: Result<(), StoreError>, what: &str| {
             assert!(matches!(r, Err(StoreError::Failed(_))), "{what}: {r:?}");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{SlotWrite, Storage, StoreError};
+use super::{SlotWrite, Storage, StoreError, StoreErrorKind};
 use crate::consensus::acceptor::{TimelineState, Write};
 use crate::id::Ttid;
 
@@ -196,7 +196,7 @@ impl Core {
             .or_else(|| self.failed_timelines.get(&ttid))
             .map(|first| match &**first {
                 StoreError::Failed(_) => first.clone(),
-                other => Arc::new(StoreError::Failed(other.to_string())),
+                _ => Arc::new(StoreError::Failed(first.clone().into_failure())),
             })
     }
 
@@ -291,7 +291,10 @@ impl Drop for GroupCommitWriter {
 }
 
 fn stopped() -> Arc<StoreError> {
-    Arc::new(StoreError::Io("the group-commit writer has stopped".into()))
+    Arc::new(StoreError::io(
+        StoreErrorKind::Io,
+        "the group-commit writer has stopped",
+    ))
 }
 
 impl WriterHandle {
@@ -362,7 +365,7 @@ impl WriterHandle {
     /// one fsync is acceptable, and not while holding locks others need.
     pub fn lead(&self) {
         let inner = &*self.inner;
-        let mut core = match inner.core.try_lock() {
+        let core = match inner.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => {
@@ -372,24 +375,16 @@ impl WriterHandle {
                 return;
             }
         };
-        // Bounded, so one connection does not write for everyone forever.
-        for _ in 0..4 {
-            if !inner.write_batch(&mut core, false) {
-                return;
-            }
-        }
-        drop(core);
-        if !lock(&inner.queue).requests.is_empty() {
-            inner.wake.notify_one();
-        }
+        inner.lead_with(core);
     }
 
     /// Queue writes and wait for them to be durable.
     pub async fn write(&self, ttid: Ttid, writes: Vec<Write>) -> Result<(), Arc<StoreError>> {
         match self.submit(ttid, writes).await {
             Ok(r) => r,
-            Err(_) => Err(Arc::new(StoreError::Io(
-                "the group-commit writer stopped before answering".into(),
+            Err(_) => Err(Arc::new(StoreError::io(
+                StoreErrorKind::Io,
+                "the group-commit writer stopped before answering",
             ))),
         }
     }
@@ -483,6 +478,20 @@ fn run(inner: &Inner) {
 }
 
 impl Inner {
+    /// [`WriterHandle::lead`] once the storage is this thread's.
+    fn lead_with(&self, mut core: MutexGuard<'_, Core>) {
+        // Bounded, so one connection does not write for everyone forever.
+        for _ in 0..4 {
+            if !self.write_batch(&mut core, false) {
+                return;
+            }
+        }
+        drop(core);
+        if !lock(&self.queue).requests.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Take the next batch from the queue, stage it, sync it when something
     /// in it needs that (or lazy writes waited long enough, or `closing`),
     /// publish what became durable and answer every request in it. Returns
@@ -669,7 +678,7 @@ mod tests {
             let thread = std::thread::current().name().unwrap_or("").to_string();
             self.log.lock().unwrap().push(format!("synced on {thread}"));
             if self.fail_sync {
-                return Err(StoreError::Io("disk full".into()));
+                return Err(StoreError::io(StoreErrorKind::DiskFull, "disk full"));
             }
             self.inner.sync()
         }
@@ -864,33 +873,30 @@ mod tests {
         assert_eq!(order, ["write 1", "write 2"]);
 
         // With the storage free, a leader stages, syncs and answers on its
-        // own thread: the reply is there when `lead` returns. (The writer
-        // thread may hold the storage for a moment after a spurious wake;
-        // then the request is its, and the leader tries again.)
-        async fn led_here(
+        // own thread: the reply is there when it returns. The storage is
+        // taken here before the request is queued, so the writer thread
+        // (which may wake at any time) cannot write it first: it waits for
+        // the storage and then finds the queue empty.
+        fn led_here(
             h: &WriterHandle,
             log: &Arc<Mutex<Vec<String>>>,
             s: &TimelineState,
             lazy: bool,
         ) {
-            for _ in 0..100 {
-                log.lock().unwrap().clear();
-                let mut rx = h.enqueue(
-                    Ttid::default(),
-                    vec![Write::PutState(Box::new(s.clone()))],
-                    lazy,
-                );
-                h.lead();
-                match rx.try_recv() {
-                    Ok(r) => return r.unwrap(),
-                    Err(_) => rx.await.unwrap().unwrap(),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("the storage was never free for a leader");
+            let core = lock(&h.inner.core);
+            log.lock().unwrap().clear();
+            let mut rx = h.enqueue(
+                Ttid::default(),
+                vec![Write::PutState(Box::new(s.clone()))],
+                lazy,
+            );
+            h.inner.lead_with(core);
+            rx.try_recv()
+                .expect("answered when the leader returns")
+                .unwrap();
         }
         s.flush_lsn = Lsn(s.flush_lsn.0 + 1);
-        led_here(&h, &log, &s, false).await;
+        led_here(&h, &log, &s, false);
         assert_eq!(
             *log.lock().unwrap(),
             [
@@ -907,7 +913,7 @@ mod tests {
         // A lazy write led here is answered without a sync; the writer
         // thread syncs it by its deadline, and only then do readers see it.
         s.commit_lsn = Lsn(s.commit_lsn.0 + 1);
-        led_here(&h, &log, &s, true).await;
+        led_here(&h, &log, &s, true);
         assert_eq!(*log.lock().unwrap(), ["write 1"]);
         published_only_later(&mut durable, s.commit_lsn).await;
         assert_eq!(
@@ -1002,7 +1008,10 @@ mod tests {
     fn failed_with_failure<T: std::fmt::Debug>(r: Result<T, Arc<StoreError>>, what: &str) {
         match r.as_ref().map_err(|e| &**e) {
             Err(StoreError::Failed(first)) => {
-                assert!(first.contains("injected failure"), "{what}: {first}")
+                assert!(
+                    first.to_string().contains("injected failure"),
+                    "{what}: {first}"
+                )
             }
             other => panic!("{what}: expected the earlier failure, got {other:?}"),
         }

@@ -10,6 +10,7 @@ use super::{complete, Context, Outcome};
 use crate::lsn::Lsn;
 use crate::pq::{sqlstate, PgError};
 use crate::safekeeper::client::{choose_timeline, Client};
+use crate::safekeeper::pg_errors::write_failure_code;
 use crate::safekeeper::Shared;
 
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
@@ -32,9 +33,9 @@ async fn settle(shared: &Arc<Shared>, client: &Client, term: u64, lsn: Lsn) -> R
     match synced.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            t.poison(&e.to_string());
+            t.poison(e.kind(), &e.to_string());
             return Err(PgError::new(
-                sqlstate::INTERNAL_ERROR,
+                write_failure_code(e.kind()),
                 format!("timeline {}: storing the settled state failed: {e}", t.ttid),
             ));
         }

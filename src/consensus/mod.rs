@@ -3,6 +3,7 @@
 //! persist and what to send.
 
 pub mod acceptor;
+pub mod claims;
 pub mod limits;
 pub mod membership;
 pub mod messages;

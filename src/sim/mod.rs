@@ -1034,7 +1034,7 @@ impl Sim {
             .get_mut(&(p, n))
             .filter(|c| !c.to_node.is_empty())
         {
-            if !self.calm && self.nodes[n].up && extra % 2 == 0 {
+            if !self.calm && self.nodes[n].up && extra.is_multiple_of(2) {
                 let to_node = std::mem::take(&mut c.to_node)
                     .into_iter()
                     .map(|(due, m)| (due + extra, m))

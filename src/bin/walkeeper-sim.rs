@@ -100,6 +100,7 @@ fn main() -> ExitCode {
     let reseeds = AtomicU64::new(0);
     let changes_done = AtomicU64::new(0);
     let storage_failures = AtomicU64::new(0);
+    let late = [AtomicU64::new(0), AtomicU64::new(0)];
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
@@ -116,6 +117,8 @@ fn main() -> ExitCode {
                         reseeds.fetch_add(o.reseeds, Ordering::Relaxed);
                         changes_done.fetch_add(o.changes_done.min(1), Ordering::Relaxed);
                         storage_failures.fetch_add(o.storage_failures, Ordering::Relaxed);
+                        late[0].fetch_add(o.late_heard, Ordering::Relaxed);
+                        late[1].fetch_add(o.late_refused, Ordering::Relaxed);
                     }
                     Err(v) => {
                         eprintln!("VIOLATION {v}");
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
     });
     let failures = failures.into_inner().expect("threads joined");
     println!(
-        "{} seeds ({}..{}), {} nodes, {} proposers, change {}: {} violations, {} committed bytes in total, {} re-seeds, {} seeds ending with the change done, {} storage failures, {:.1}s",
+        "{} seeds ({}..{}), {} nodes, {} proposers, change {}: {} violations, {} committed bytes in total, {} re-seeds, {} seeds ending with the change done, {} storage failures, {} late messages of replaced connections heard and {} refused, {:.1}s",
         args.seeds,
         args.start,
         end,
@@ -139,6 +142,8 @@ fn main() -> ExitCode {
         reseeds.load(Ordering::Relaxed),
         changes_done.load(Ordering::Relaxed),
         storage_failures.load(Ordering::Relaxed),
+        late[0].load(Ordering::Relaxed),
+        late[1].load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     if failures.is_empty() {

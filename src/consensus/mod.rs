@@ -5,6 +5,7 @@
 pub mod acceptor;
 #[cfg(test)]
 mod acceptor_cases;
+pub mod claims;
 pub mod limits;
 pub mod membership;
 pub mod messages;

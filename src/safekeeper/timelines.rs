@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::consensus::acceptor::{Acceptor, Event, Ready, Refusal, Reply, Seq, TimelineState};
+use crate::consensus::claims::{Claim, Claims};
 use crate::consensus::messages::{AcceptorMessage, Greeting, ProposerMessage};
 use crate::id::{NodeId, Ttid};
 use crate::store::writer::{DurableState, Synced, WriterHandle};
@@ -19,13 +20,10 @@ pub struct Timeline {
     /// state may then be ahead of the disk, so it must not answer anyone
     /// until the daemon restarts and reloads the stored state.
     poisoned: Mutex<Option<(StoreErrorKind, String)>>,
-    /// Per proposer id, the newest push connection's claim: a proxy that
-    /// replaced a connection it gave up on (no reply in time) speaks only
-    /// on the new one, and bytes of the old one that arrive late (a link
-    /// back after a partition delivers what TCP kept retrying) must not
-    /// move this node's log under the new one's feet. Locked inside
-    /// `acceptor`, so a claim and the check of a message are ordered.
-    claims: Mutex<HashMap<[u8; 16], u64>>,
+    /// Which push connection of each proposer is heard
+    /// (`consensus::claims`). Locked inside `acceptor`, so a claim and the
+    /// check of a message are ordered.
+    claims: Mutex<Claims>,
     /// Replies the acceptor released (`Acceptor::on_persisted`) that their
     /// connection has not taken yet, and the ready sets whose connection
     /// went away (their replies are dropped when released). Locked inside
@@ -37,14 +35,6 @@ pub struct Timeline {
 struct Released {
     replies: HashMap<Seq, AcceptorMessage>,
     abandoned: std::collections::HashSet<Seq>,
-}
-
-/// A push connection's claim on a timeline for its proposer id
-/// (`Timeline::claim`); only the newest claim of a proposer is heard.
-#[derive(Debug, Clone, Copy)]
-pub struct Claim {
-    proposer_id: [u8; 16],
-    seq: u64,
 }
 
 /// A message's ready set queued for the writer: once `synced` resolves Ok,
@@ -215,22 +205,6 @@ impl Timeline {
         Ok(pending)
     }
 
-    /// Make the calling push connection the one heard from `proposer_id`
-    /// (at its vote request): messages of that proposer's earlier
-    /// connections are refused from now on.
-    pub fn claim(&self, proposer_id: [u8; 16]) -> Claim {
-        let _acceptor = self.lock();
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = claims.get(&proposer_id).map_or(1, |s| s + 1);
-        claims.insert(proposer_id, seq);
-        Claim { proposer_id, seq }
-    }
-
-    fn is_current(&self, claim: &Claim) -> bool {
-        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        claims.get(&claim.proposer_id) == Some(&claim.seq)
-    }
-
     /// As [`Timeline::handle`], but the writes are only queued: the caller
     /// must follow with `writer.lead()` (once for several messages, so they
     /// share a sync).
@@ -242,19 +216,22 @@ impl Timeline {
         self.handle_claimed(writer, msg, None)
     }
 
-    /// As [`Timeline::handle_queued`] for a push connection: with a
-    /// `claim`, the message is refused once a newer connection of the same
-    /// proposer claimed the timeline.
+    /// As [`Timeline::handle_queued`] for the push connection `claim`:
+    /// the claim rule ([`Claims::on_message`]) decides whether the message
+    /// is heard.
     pub fn handle_claimed(
         &self,
         writer: &WriterHandle,
         msg: &ProposerMessage,
-        claim: Option<&Claim>,
+        claim: Option<&mut Claim>,
     ) -> Result<PendingReply, HandleError> {
         self.check_poisoned()?;
         let mut acceptor = self.lock();
-        if claim.is_some_and(|c| !self.is_current(c)) {
-            return Err(HandleError::Superseded(self.ttid));
+        if let Some(claim) = claim {
+            let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            claims
+                .on_message(msg, claim)
+                .map_err(|_| HandleError::Superseded(self.ttid))?;
         }
         let ready = acceptor.handle(msg).map_err(|r| self.refused(r))?;
         log_events(self.ttid, &ready.events);
@@ -350,7 +327,7 @@ impl Timelines {
                     acceptor: Mutex::new(Acceptor::restore(node_id, state)),
                     durable,
                     poisoned: Mutex::new(None),
-                    claims: Mutex::new(HashMap::new()),
+                    claims: Mutex::new(Claims::default()),
                     released: Mutex::default(),
                 }),
             );
@@ -412,7 +389,7 @@ impl Timelines {
             acceptor: Mutex::new(acceptor),
             durable,
             poisoned: Mutex::new(None),
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Claims::default()),
             released: Mutex::default(),
         });
         // Registered before the sync: a second greeting for the same timeline

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::pg_errors::write_failure_code;
-use super::timelines::{Claim, HandleError, PendingReply, Timeline};
+use super::timelines::{HandleError, PendingReply, Timeline};
 use super::Shared;
 use crate::codec::{decode_proposer_message, encode_acceptor_message};
 use crate::consensus::acceptor::Refusal;
+use crate::consensus::claims::Claim;
 use crate::consensus::messages::{AcceptorMessage, ProposerMessage};
 use crate::pq::connection::PqConnection;
 use crate::pq::frame::{BeMessage, ErrorNotice, FeMessage};
@@ -93,8 +94,10 @@ async fn stream<S: AsyncRead + AsyncWrite + Unpin>(
         live: None,
         heartbeats,
         history,
-        proposer_id: None,
-        claim: None,
+        claim: Claim {
+            proposer_id: None,
+            conn: NEXT_PUSH_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        },
     };
     let mut stopping = *shutdown.borrow();
     let mut heard_at = tokio::time::Instant::now();
@@ -245,12 +248,17 @@ struct Greeted {
     /// A history file put before the greeting, stored once the timeline
     /// exists.
     history: super::history::Pending,
-    /// The proposer id its greeting gave.
-    proposer_id: Option<[u8; 16]>,
-    /// This connection's claim on the timeline for that proposer id, made
+    /// This connection as the claim rule sees it (`consensus::claims`):
+    /// the proposer id its greeting gave and its number; its claim on the
+    /// timeline for that proposer id is made
     /// by its first vote request.
-    claim: Option<Claim>,
+    claim: Claim,
 }
+
+/// Push connections numbered in the order this daemon took them (from 1),
+/// for the claim rule: a proxy dials anew only after giving up on its old
+/// connection.
+static NEXT_PUSH_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What one proposer message led to.
 enum Step {
@@ -357,7 +365,7 @@ async fn handle(
                         message: e.message,
                     })?;
             }
-            greeted.proposer_id = Some(g.proposer_id);
+            greeted.claim.proposer_id = Some(g.proposer_id);
             *timeline = Some(t);
             Ok(pending)
         }
@@ -373,16 +381,7 @@ async fn handle(
                 proposed: g.ttid.to_string(),
             }))
         }
-        (Some(t), msg) => {
-            if let (ProposerMessage::VoteRequest(_), Some(id)) = (msg, greeted.proposer_id) {
-                // Before the vote: whatever an earlier connection of this
-                // proposer still delivers is refused from here on, so the
-                // vote says where the log ends and this connection's
-                // Elected and appends start there.
-                greeted.claim = Some(t.claim(id));
-            }
-            t.handle_claimed(writer, msg, greeted.claim.as_ref())
-        }
+        (Some(t), msg) => t.handle_claimed(writer, msg, Some(&mut greeted.claim)),
     }
 }
 

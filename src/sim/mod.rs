@@ -17,6 +17,7 @@
 //! majority up, one proposer, no faults but one restart of the proxy while
 //! a minority goes down, a third of the way in) in which commits must advance.
 
+mod connections;
 mod consumers;
 pub mod membership;
 pub mod rng;
@@ -206,6 +207,10 @@ pub struct Outcome {
     pub changes_done: u64,
     /// Failed writes and syncs, refused writes of a full disk.
     pub storage_failures: u64,
+    /// Late messages of replaced push connections the nodes heard (their
+    /// connection was still the newest claim) and refused (superseded).
+    pub late_heard: u64,
+    pub late_refused: u64,
 }
 
 struct Node {
@@ -241,6 +246,8 @@ struct Node {
     heard: consumers::Heard,
     /// Gone for good (a membership change replaces it).
     dead: bool,
+    /// Which push connection of each proposer it hears.
+    claims: crate::consensus::claims::Claims,
 }
 
 impl Node {
@@ -250,6 +257,7 @@ impl Node {
         self.routes.clear();
         self.staged_seq = 0;
         self.synced_seq = 0;
+        self.claims = Default::default();
     }
 }
 
@@ -270,6 +278,8 @@ struct Conn {
     id: u64,
     to_node: VecDeque<(u64, ProposerMessage)>,
     to_prop: VecDeque<(u64, AcceptorMessage)>,
+    /// The node's side of it, as the claim rule sees it.
+    claim: crate::consensus::claims::Claim,
 }
 
 struct Read {
@@ -300,6 +310,7 @@ struct Sim {
     conns: BTreeMap<(usize, usize), Conn>,
     next_conn: u64,
     reconnect_at: BTreeMap<(usize, usize), u64>,
+    lingering: Vec<connections::Lingering>,
     reads: Vec<Read>,
     /// Committed WAL from `start_lsn` on, as first seen committed anywhere.
     reference: Vec<u8>,
@@ -445,6 +456,7 @@ impl Sim {
                     verified_to: start_lsn,
                     slot: (slot_rng.chance(50) && members.contains_key(&id)).then_some(start_lsn),
                     heard: consumers::Heard::default(),
+                    claims: Default::default(),
                 }
             })
             .collect();
@@ -487,6 +499,7 @@ impl Sim {
             conns: BTreeMap::new(),
             next_conn: 1,
             reconnect_at: BTreeMap::new(),
+            lingering: Vec::new(),
             reads: Vec::new(),
             reference: Vec::new(),
             votes: BTreeMap::new(),
@@ -562,6 +575,7 @@ impl Sim {
             }
         }
         self.hosts[keep].active = true;
+        self.lingering.clear();
         let conns: Vec<(usize, usize)> = self.conns.keys().copied().collect();
         for (p, n) in conns {
             self.reconnect_at.insert((p, n), 0);
@@ -644,7 +658,7 @@ impl Sim {
             900..=929 => {
                 if let Some(&(p, n)) = self.pick_conn() {
                     self.log(|| format!("break connection p{p}-n{}", n + 1));
-                    self.close_conn(p, n)?;
+                    self.cut_conn(p, n)?;
                 }
                 Ok(())
             }
@@ -830,7 +844,7 @@ impl Sim {
             .copied()
             .collect();
         for (p, n) in cut {
-            self.close_conn(p, n)?;
+            self.cut_conn(p, n)?;
         }
         Ok(())
     }
@@ -900,6 +914,7 @@ impl Sim {
         node.up = false;
         node.forget_replies();
         node.heard = consumers::Heard::default();
+        self.lingering.retain(|l| l.n != n);
         let conns: Vec<(usize, usize)> = self.conns.keys().filter(|k| k.1 == n).copied().collect();
         for (p, n) in conns {
             // Cannot fail: the proposer side only forgets the connection.
@@ -1010,6 +1025,32 @@ impl Sim {
         self.apply(p, actions)
     }
 
+    /// The link of connection (p, n) is cut: the proposer gives up on it,
+    /// but in the chaos phase what it sent may linger and arrive late.
+    fn cut_conn(&mut self, p: usize, n: usize) -> Check {
+        let extra = self.rng.range(20, 250);
+        if let Some(c) = self
+            .conns
+            .get_mut(&(p, n))
+            .filter(|c| !c.to_node.is_empty())
+        {
+            if !self.calm && self.nodes[n].up && extra.is_multiple_of(2) {
+                let to_node = std::mem::take(&mut c.to_node)
+                    .into_iter()
+                    .map(|(due, m)| (due + extra, m))
+                    .collect();
+                self.lingering.push(connections::Lingering {
+                    p,
+                    n,
+                    id: c.id,
+                    to_node,
+                    side: c.claim,
+                });
+            }
+        }
+        self.close_conn(p, n)
+    }
+
     fn close_conn(&mut self, p: usize, n: usize) -> Check {
         if self.conns.remove(&(p, n)).is_none() {
             return Ok(());
@@ -1042,13 +1083,19 @@ impl Sim {
                 ready.push((p, n, false));
             }
         }
-        let Some((p, n, to_node)) = self.rng.pick(&ready) else {
+        let live = ready.len();
+        for (i, l) in self.lingering.iter().enumerate() {
+            if l.to_node.front().is_some_and(|m| m.0 <= self.now) {
+                ready.push((i, l.n, true));
+            }
+        }
+        let Some(k) = self.rng.pick(&(0..ready.len()).collect::<Vec<_>>()) else {
             return Ok(());
         };
-        if to_node {
-            self.deliver_to_node(p, n)
-        } else {
-            self.deliver_to_proposer(p, n)
+        match ready[k] {
+            (i, _, _) if k >= live => self.deliver_late(i),
+            (p, n, true) => self.deliver_to_node(p, n),
+            (p, n, false) => self.deliver_to_proposer(p, n),
         }
     }
 
@@ -1056,6 +1103,54 @@ impl Sim {
         let conn = self.conns.get_mut(&(p, n)).expect("ready");
         let cid = conn.id;
         let (_, msg) = conn.to_node.pop_front().expect("ready");
+        if self.nodes[n]
+            .claims
+            .on_message(&msg, &mut conn.claim)
+            .is_err()
+        {
+            return Err(format!(
+                "n{}: the live connection of p{p} is superseded",
+                n + 1
+            ));
+        }
+        self.node_handles(p, n, cid, msg, false)
+    }
+
+    /// A message of the lingering connection `i` reaches its node.
+    fn deliver_late(&mut self, i: usize) -> Check {
+        let l = &mut self.lingering[i];
+        let (p, n, cid) = (l.p, l.n, l.id);
+        let (_, msg) = l.to_node.pop_front().expect("ready");
+        let admitted = self.nodes[n].claims.on_message(&msg, &mut l.side);
+        if l.to_node.is_empty() || admitted.is_err() {
+            self.lingering.remove(i);
+        }
+        if let Err(e) = admitted {
+            self.out.late_refused += 1;
+            let what = kind_p(&msg);
+            self.log(|| {
+                format!(
+                    "n{} refuses late {what} of p{p}'s replaced connection: {e}",
+                    n + 1
+                )
+            });
+            return Ok(());
+        }
+        self.out.late_heard += 1;
+        self.log(|| format!("n{} hears a late message of p{p}'s connection {cid}", n + 1));
+        self.node_handles(p, n, cid, msg, true)
+    }
+
+    /// Node `n` handles `msg` of connection `cid` of proposer `p` (`late`:
+    /// a lingering one, whose refusal closes only itself).
+    fn node_handles(
+        &mut self,
+        p: usize,
+        n: usize,
+        cid: u64,
+        msg: ProposerMessage,
+        late: bool,
+    ) -> Check {
         let id = NodeId(n as u64 + 1);
         let faults = self.opts.acceptor_faults;
         let node = &mut self.nodes[n];
@@ -1086,7 +1181,10 @@ impl Sim {
             Err(refusal) => {
                 self.out.refusals += 1;
                 self.log(|| format!("n{} refuses {what} from p{p}: {refusal}", n + 1));
-                if matches!(refusal, Refusal::UnknownTimeline(_)) {
+                if late {
+                    self.lingering.retain(|l| l.id != cid);
+                    Ok(())
+                } else if matches!(refusal, Refusal::UnknownTimeline(_)) {
                     self.refuse_no_timeline(p, n)
                 } else {
                     self.close_conn(p, n)
@@ -1351,6 +1449,10 @@ impl Sim {
                             id,
                             to_node: VecDeque::new(),
                             to_prop: VecDeque::new(),
+                            claim: crate::consensus::claims::Claim {
+                                proposer_id: None,
+                                conn: id,
+                            },
                         },
                     );
                     self.log(|| format!("p{p} connects to n{}", n + 1));

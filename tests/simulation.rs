@@ -209,3 +209,19 @@ fn checker_catches_joint_counting_the_new_set_alone() {
         assert!(v.replay.contains(&format!("--change {}", change.name())));
     }
 }
+
+/// The proxy's primary check and `--sync-only`'s count run in the
+/// simulation (src/sim/primary.rs): comparing only half of the checked
+/// range takes a primary whose history diverged, and a settle counting
+/// one member reports an LSN no quorum durably committed.
+#[test]
+fn checker_catches_a_diverged_primary_and_a_minority_settle() {
+    let v = first_violation(300, |o| o.proposer_faults.accept_diverged_primary = true)
+        .expect("a diverged primary taken must be caught");
+    assert!(v.what.contains("took a primary"), "{}", v.what);
+    assert!(v.replay.contains("--fault accept-diverged-primary"));
+    let v = first_violation(300, |o| o.proposer_faults.settle_counts_minority = true)
+        .expect("a settle by a minority must be caught");
+    assert!(v.what.contains("no quorum"), "{}", v.what);
+    assert!(v.replay.contains("--fault settle-counts-minority"));
+}

@@ -63,6 +63,8 @@ fn main() -> ExitCode {
             "create-on-every-greeting" => base.proposer_faults.create_on_every_greeting = true,
             "store-unknown-slot-horizon" => base.acceptor_faults.store_unknown_slot_horizon = true,
             "joint-counts-new-alone" => base.proposer_faults.joint_counts_new_alone = true,
+            "accept-diverged-primary" => base.proposer_faults.accept_diverged_primary = true,
+            "settle-counts-minority" => base.proposer_faults.settle_counts_minority = true,
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);

@@ -4,7 +4,7 @@
 //! `synchronous_standby_names = 'safekeeper_proxy'` commits wait for a
 //! majority of safekeepers.
 
-pub mod check;
+pub mod event;
 pub mod primary;
 pub mod promote_check;
 pub mod records;
@@ -84,6 +84,10 @@ pub enum ProxyError {
     /// safekeepers follow: retrying cannot help.
     #[error("{0}")]
     Fatal(String),
+    /// The primary no longer holds the WAL asked for (SQLSTATE 58P01):
+    /// retried, unless the session needed that WAL (`session.rs`).
+    #[error("{0}")]
+    WalRemoved(String),
 }
 
 /// `--sync-only`: make what the safekeepers hold committed and readable
@@ -108,10 +112,12 @@ pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Sett
         match attempt {
             Ok(lsn) => return Ok(lsn),
             Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
-            Err(ProxyError::Retry(e)) if std::time::Instant::now() + backoff > deadline => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e))
+                if std::time::Instant::now() + backoff > deadline =>
+            {
                 return Err(ProxyError::Fatal(format!("--sync-only gave up: {e}")))
             }
-            Err(ProxyError::Retry(e)) => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e)) => {
                 tracing::warn!("sync attempt failed: {e}; retrying in a new term");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -128,7 +134,7 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
-    let mut rewind = check::Rewind::default();
+    let mut rewind = crate::consensus::primary_check::Rewind::default();
     let mut acts = OperatorActs::new(&cfg);
     loop {
         let started = std::time::Instant::now();
@@ -142,7 +148,7 @@ pub async fn run(
         match outcome {
             Ok(()) => return Ok(()),
             Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
-            Err(ProxyError::Retry(e)) => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e)) => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }

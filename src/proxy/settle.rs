@@ -1,35 +1,12 @@
-//! `--sync-only`'s bookkeeping: which members it settled, when it is done,
-//! and what it reports. It settles every member it can reach, not only a
-//! majority: a member left out keeps an older commit and must not look
-//! like it holds the cluster's (issue 26; `consensus::serving`).
+//! What `--sync-only` reports. Which members it settled and when that is
+//! enough is the proposer's decision (`consensus::settle`, counted by the
+//! configuration in force).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::id::NodeId;
 use crate::lsn::Lsn;
-
-/// Where a member stands while the sync runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
-    /// Its AppendResponse showed the settled commit persisted.
-    Settled,
-    /// Connected, or its first connection attempt is still under way: it
-    /// may yet be brought to the settled LSN.
-    Reachable,
-    /// A connection attempt failed or the connection was lost.
-    Unreachable,
-}
-
-/// Done once a majority settled and no reachable member is left to bring
-/// along, or once a majority settled and the time for the others is up.
-pub fn done(reach: &[Reach], others_due: bool) -> bool {
-    let settled = reach.iter().filter(|r| **r == Reach::Settled).count();
-    if !crate::consensus::quorum::is_majority(settled, reach.len()) {
-        return false;
-    }
-    others_due || !reach.contains(&Reach::Reachable)
-}
 
 /// The outcome of a successful `--sync-only`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +46,6 @@ impl fmt::Display for Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Reach::*;
-
-    #[test]
-    fn waits_for_reachable_members_after_the_majority() {
-        assert!(!done(&[Settled, Reachable, Reachable], false));
-        assert!(!done(&[Settled, Settled, Reachable], false));
-        assert!(done(&[Settled, Settled, Settled], false));
-        assert!(done(&[Settled, Settled, Unreachable], false));
-        // Time is up for the others, but never before a majority.
-        assert!(done(&[Settled, Settled, Reachable], true));
-        assert!(!done(&[Settled, Unreachable, Reachable], true));
-    }
 
     #[test]
     fn reports_both_sets() {

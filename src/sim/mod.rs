@@ -19,6 +19,7 @@
 
 mod consumers;
 pub mod membership;
+mod primary;
 pub mod rng;
 
 pub use membership::MemberChange;
@@ -133,6 +134,7 @@ impl SimOptions {
         if self.proposer_faults.joint_counts_new_alone {
             cmd.push_str(" --fault joint-counts-new-alone");
         }
+        primary::replay_faults(&self.proposer_faults, &mut cmd);
         if let Some(c) = self.change {
             cmd.push_str(" --change ");
             cmd.push_str(c.name());
@@ -278,6 +280,7 @@ struct Sim {
     calm_keep: usize,
     trace: VecDeque<String>,
     out: Outcome,
+    primaries: primary::Primaries,
 }
 
 type Check = Result<(), String>;
@@ -432,6 +435,7 @@ impl Sim {
             })
             .collect();
         Sim {
+            primaries: primary::Primaries::new(opts.seed, opts.proposers),
             opts,
             rng,
             slot_rng,
@@ -1150,7 +1154,10 @@ impl Sim {
         let Some(prop) = self.hosts[p].proposer.as_mut() else {
             return Ok(());
         };
-        let Some((term, _, _, end, commit)) = prop.leader_view() else {
+        let Some((term, _, _, end, commit)) = prop
+            .leader_view()
+            .filter(|_| prop.takes_wal() && !prop.config().settle)
+        else {
             return Ok(());
         };
         // The primary waits for commits: bounded WAL ahead of the commit.
@@ -1186,6 +1193,7 @@ impl Sim {
                 if let Some(c) = self.opts.change {
                     cfg.members = c.target(p);
                 }
+                self.primary_starts(p, &mut cfg);
                 self.hosts[p].proposer = Some(Proposer::new(cfg));
             }
             let now = self.now;
@@ -1198,6 +1206,7 @@ impl Sim {
                 actions.extend(prop.start_election());
             }
             self.apply(p, actions)?;
+            self.settle_tick(p)?;
             let peers = match &self.hosts[p].proposer {
                 Some(prop) => prop.peers(),
                 None => continue,
@@ -1401,6 +1410,11 @@ impl Sim {
                 Action::PgSwitchRefused { .. } => {
                     return Err(format!("p{p}: {action:?} on a single PostgreSQL timeline"));
                 }
+                Action::VerifyPrimary { .. }
+                | Action::PrimaryVerified { .. }
+                | Action::PrimaryRefused(_)
+                | Action::RewindPrimary(_)
+                | Action::Settled { .. } => self.on_primary_action(p, action)?,
             }
         }
         Ok(())

@@ -204,7 +204,7 @@ fn checker_catches_joint_counting_the_new_set_alone() {
             })
             .expect("counting the new set alone must break an invariant within 300 seeds");
         eprintln!("caught: {v}");
-        assert!(v.what.contains("no quorum"), "{}", v.what);
+        assert!(v.what.contains("no quorum of"), "{}", v.what);
         assert!(v.replay.contains("--fault joint-counts-new-alone"));
         assert!(v.replay.contains(&format!("--change {}", change.name())));
     }
@@ -222,6 +222,6 @@ fn checker_catches_a_diverged_primary_and_a_minority_settle() {
     assert!(v.replay.contains("--fault accept-diverged-primary"));
     let v = first_violation(300, |o| o.proposer_faults.settle_counts_minority = true)
         .expect("a settle by a minority must be caught");
-    assert!(v.what.contains("no quorum"), "{}", v.what);
+    assert!(v.what.contains("no quorum of"), "{}", v.what);
     assert!(v.replay.contains("--fault settle-counts-minority"));
 }

@@ -44,7 +44,7 @@ impl Settle {
     /// Done once a quorum of `conf` settled and no voter is left that may
     /// still be brought along (`reachable`, not settled), or once the time
     /// for those is up. With `minority` (a deliberate bug for the
-    /// simulation) one settled member is enough.
+    /// simulation) one settled member is enough, at once.
     pub fn done(
         &self,
         conf: &Configuration,
@@ -52,12 +52,10 @@ impl Settle {
         others_due: bool,
         minority: bool,
     ) -> bool {
-        let enough = if minority {
-            !self.settled.is_empty()
-        } else {
-            conf.is_quorum(&self.settled)
-        };
-        if !enough {
+        if minority {
+            return !self.settled.is_empty();
+        }
+        if !conf.is_quorum(&self.settled) {
             return false;
         }
         others_due

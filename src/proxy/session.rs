@@ -636,9 +636,10 @@ impl<'a> Session<'a> {
                 } => {
                     tracing::info!(term, %term_start_lsn, donor = donor.0, "elected");
                     self.term_start = Some((term, term_start_lsn));
-                    if !self.cfg.sync_only {
-                        // Keep the primary's bytes the check may ask for
-                        // (at most CHECK_BYTES below term_start_lsn).
+                    if !self.proposer.takes_wal() && self.primary_writer.is_some() {
+                        // The proposer checks the primary first: keep its
+                        // bytes the check may ask for (at most
+                        // CHECK_BYTES below term_start_lsn).
                         let lowest = term_start_lsn.0.saturating_sub(primary_check::CHECK_BYTES);
                         self.collect = Some(Collect {
                             term_start: term_start_lsn,

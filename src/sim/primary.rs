@@ -216,9 +216,9 @@ impl Sim {
         self.apply(p, actions)
     }
 
-    /// A settle is true only if a quorum of the configuration in force
-    /// durably holds and has committed `lsn`, in `term`, and `lsn` covers
-    /// every commit acknowledged in an earlier term.
+    /// A settle is true only if the members it reports are a quorum of the
+    /// configuration in force that durably holds and has committed `lsn`,
+    /// and `lsn` covers every commit acknowledged in an earlier term.
     fn check_settled(
         &mut self,
         p: usize,
@@ -233,7 +233,7 @@ impl Sim {
         else {
             return Ok(());
         };
-        let holders = self
+        let holders: std::collections::BTreeSet<NodeId> = self
             .nodes
             .iter()
             .enumerate()
@@ -244,10 +244,12 @@ impl Sim {
             })
             .map(|(i, _)| NodeId(i as u64 + 1))
             .collect();
-        if !conf.is_quorum(&holders) {
+        // The reported members record the settle (and serve by it): each
+        // must hold it, and they must be a quorum.
+        if !conf.is_quorum(&nodes) || !nodes.is_subset(&holders) {
             return Err(format!(
-                "p{p} settled {lsn} in term {term} on {nodes:?}, but only {holders:?} durably hold \
-                 and committed it: no quorum of {conf:?}"
+                "p{p} settled {lsn} in term {term} on {nodes:?} (durably holding and committed: \
+                 {holders:?}): no quorum of {conf:?} that holds it"
             ));
         }
         let acked = self.committed_in_term.range(..term).map(|(_, c)| *c).max();

@@ -4,6 +4,7 @@
 //! `synchronous_standby_names = 'safekeeper_proxy'` commits wait for a
 //! majority of safekeepers.
 
+pub mod ack_latency;
 pub mod event;
 pub mod primary;
 pub mod promote_check;

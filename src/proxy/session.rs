@@ -3,12 +3,13 @@
 //! WAL, and carries out its actions. Losing the primary or the term ends the
 //! session; the caller starts a new one (a new term) after a backoff.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::ack_latency::AckLatency;
 use super::event::{Event, PrimaryGone, Refused};
 use super::primary::{self, PrimaryStream};
 use super::records::Holdback;
@@ -89,73 +90,6 @@ struct Session<'a> {
     /// Set when this session ends to have the next one stream from below
     /// the slot.
     rewind_asked: Option<RewindAsk>,
-}
-
-/// How long WAL from the primary waits for a majority of safekeepers (from
-/// its arrival to the commit advance that covers it: the proxy's share of a
-/// commit's latency), summarised in the log every `ACK_LOG_EVERY`.
-struct AckLatency {
-    /// (end LSN of a push, when it arrived), oldest first.
-    pending: VecDeque<(Lsn, Instant)>,
-    /// Microseconds, since the last summary.
-    samples: Vec<u32>,
-    since: Instant,
-}
-
-const ACK_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Pushes remembered at most (memory stays bounded when nothing commits).
-const ACK_PENDING_MAX: usize = 100_000;
-
-impl AckLatency {
-    fn new() -> AckLatency {
-        AckLatency {
-            pending: VecDeque::new(),
-            samples: Vec::new(),
-            since: Instant::now(),
-        }
-    }
-
-    fn pushed(&mut self, end: Lsn) {
-        if self.pending.len() >= ACK_PENDING_MAX {
-            self.pending.pop_front();
-        }
-        self.pending.push_back((end, Instant::now()));
-    }
-
-    fn committed(&mut self, lsn: Lsn) {
-        while let Some((end, at)) = self.pending.front() {
-            if *end > lsn {
-                break;
-            }
-            let us = at.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            if self.samples.len() < ACK_PENDING_MAX {
-                self.samples.push(us);
-            }
-            self.pending.pop_front();
-        }
-    }
-
-    fn maybe_log(&mut self) {
-        if self.since.elapsed() < ACK_LOG_EVERY {
-            return;
-        }
-        self.since = Instant::now();
-        if self.samples.is_empty() {
-            return;
-        }
-        self.samples.sort_unstable();
-        let n = self.samples.len();
-        let at = |q: f64| self.samples[((n as f64 * q) as usize).min(n - 1)];
-        tracing::info!(
-            pushes = n,
-            p50_us = at(0.5),
-            p90_us = at(0.9),
-            p99_us = at(0.99),
-            max_us = self.samples[n - 1],
-            "WAL from the primary to a majority's flush"
-        );
-        self.samples.clear();
-    }
 }
 
 /// Run one session against the primary. Returns only with an error: the

@@ -103,7 +103,7 @@ pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Sett
     let mut backoff = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let attempt = tokio::time::timeout(left, session::sync_only(&cfg, others_until)).await;
+        let attempt = tokio::time::timeout(left, settle::sync_only(&cfg, others_until)).await;
         let attempt = attempt.unwrap_or_else(|_| {
             Err(ProxyError::Retry(format!(
                 "no majority of safekeepers settled within {} s",

@@ -14,7 +14,6 @@ use super::event::{Event, PrimaryGone, Refused};
 use super::primary::{self, PrimaryStream};
 use super::records::Holdback;
 use super::safekeepers;
-use super::settle::Settled;
 use super::{Config, OperatorActs, ProxyError};
 use crate::consensus::messages::{ProposerMessage, ServerInfo};
 use crate::consensus::pg_timeline::{self, PgAncestors};
@@ -47,9 +46,9 @@ struct Collect {
     safekeepers: Option<Bytes>,
 }
 
-struct Session<'a> {
+pub(super) struct Session<'a> {
     cfg: &'a Config,
-    proposer: Proposer,
+    pub(super) proposer: Proposer,
     started: Instant,
     events_tx: mpsc::Sender<Event>,
     events_rx: Option<mpsc::Receiver<Event>>,
@@ -80,10 +79,10 @@ struct Session<'a> {
     /// (term, term_start_lsn) once elected.
     term_start: Option<(u64, Lsn)>,
     /// With --sync-only: the proposer's result (`Action::Settled`).
-    settled: Option<(u64, Lsn, BTreeSet<NodeId>)>,
+    pub(super) settled: Option<(u64, Lsn, BTreeSet<NodeId>)>,
     /// With --sync-only: until when members beyond the settled majority
     /// are brought along.
-    others_until: Option<Instant>,
+    pub(super) others_until: Option<Instant>,
     acks: AckLatency,
     /// Members reported as lacking the timeline in this session.
     lacking: BTreeSet<NodeId>,
@@ -181,81 +180,8 @@ fn wal_gone(from: Lsn, e: &str) -> ProxyError {
     ))
 }
 
-/// `--sync-only`: elect without a primary, bring a majority to
-/// term_start_lsn, commit it, and wait until that majority has persisted
-/// the commit LSN; then keep bringing the other reachable members to it
-/// until `others_until`. Every member that got there records the settle.
-pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, ProxyError> {
-    let mut last_err = String::new();
-    let mut info = None;
-    for (node, addr) in &cfg.members {
-        match safekeepers::timeline_info(&cfg.safekeeper_conninfo, addr, cfg.ttid).await {
-            Ok(i) => {
-                info = Some(i);
-                break;
-            }
-            Err(e) => last_err = format!("node {node}: {e}"),
-        }
-    }
-    let (mut server, timeline_start) = info.ok_or_else(|| {
-        ProxyError::Retry(format!(
-            "no safekeeper could describe timeline {}: {last_err}",
-            cfg.ttid
-        ))
-    })?;
-    // No primary: claim no PostgreSQL timeline (members may differ on it
-    // until a promoted primary's switch reached them all).
-    server.tli = 0;
-    let system_id = server.system_id;
-    // Keep the sender alive so the primary branch of the loop just waits.
-    let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
-    let mut s = Session::new(cfg, &OperatorActs::default(), server, timeline_start, None);
-    s.others_until = Some(others_until);
-    s.main_loop(&mut primary_rx).await?;
-    let Some((term, lsn, settled)) = s.settled.take() else {
-        return Err(ProxyError::Retry("sync ended without a result".into()));
-    };
-    // Tell every settled member, so each records it durably (consumer
-    // fail-over and whole-cluster recovery ask for it).
-    let peers = s.proposer.peers();
-    let mut nodes = BTreeSet::new();
-    for node in &settled {
-        let Some(addr) = peers.get(node) else {
-            continue;
-        };
-        match safekeepers::settle(&cfg.safekeeper_conninfo, addr, cfg.ttid, term, lsn).await {
-            Ok(()) => {
-                nodes.insert(*node);
-            }
-            Err(e) => tracing::warn!(node = node.0, "could not record the settle: {e}"),
-        }
-    }
-    // Counted by the configuration in force, as the settle itself was.
-    let conf = s.proposer.configuration();
-    if !crate::consensus::settle::recorded(conf, &nodes) {
-        return Err(ProxyError::Retry(format!(
-            "only {} safekeepers recorded the settle of {lsn} in term {term}; a majority of the \
-             configuration in force must",
-            nodes.len()
-        )));
-    }
-    let not_settled = conf
-        .voters()
-        .keys()
-        .filter(|n| !nodes.contains(n))
-        .copied()
-        .collect();
-    Ok(Settled {
-        lsn,
-        term,
-        system_id,
-        nodes,
-        not_settled,
-    })
-}
-
 impl<'a> Session<'a> {
-    fn new(
+    pub(super) fn new(
         cfg: &'a Config,
         acts: &OperatorActs,
         server: ServerInfo,
@@ -315,7 +241,7 @@ impl<'a> Session<'a> {
 
     /// Runs until an error, or with --sync-only until the proposer says
     /// the settle is done (`self.settled`).
-    async fn main_loop(
+    pub(super) async fn main_loop(
         &mut self,
         primary_rx: &mut mpsc::Receiver<Event>,
     ) -> Result<(), ProxyError> {

@@ -98,14 +98,15 @@ fn checker_catches_donor_ignoring_last_log_term() {
 }
 
 /// Appends accepted before Elected: the acceptor's history no longer
-/// describes its WAL. First caught at seed 219 (3 nodes, 3 proposers); the
-/// test allows up to 300 seeds.
+/// describes its WAL. First caught at seed 357 (3 nodes, 3 proposers, with
+/// storage faults, lingering connections and primary checks drawn); the
+/// test allows up to 800 seeds.
 #[test]
 fn checker_catches_append_before_elected() {
-    let v = first_violation(300, |o| {
+    let v = first_violation(800, |o| {
         o.acceptor_faults.accept_append_before_elected = true
     })
-    .expect("appends before Elected must break an invariant within 300 seeds");
+    .expect("appends before Elected must break an invariant within 800 seeds");
     eprintln!("caught: {v}");
     assert!(v.replay.contains("--fault accept-append-before-elected"));
 }
@@ -213,7 +214,7 @@ fn checker_catches_joint_counting_the_new_set_alone() {
             })
             .expect("counting the new set alone must break an invariant within 300 seeds");
         eprintln!("caught: {v}");
-        assert!(v.what.contains("no quorum"), "{}", v.what);
+        assert!(v.what.contains("no quorum of"), "{}", v.what);
         assert!(v.replay.contains("--fault joint-counts-new-alone"));
         assert!(v.replay.contains(&format!("--change {}", change.name())));
     }
@@ -251,12 +252,12 @@ fn checker_catches_a_reply_before_persisted() {
 }
 
 /// A failed sync retried into success (what it dropped stays lost): first
-/// caught at seed 44 (3 nodes, 3 proposers); the test allows up to 300
+/// caught at seed 311 (3 nodes, 3 proposers); the test allows up to 800
 /// seeds.
 #[test]
 fn checker_catches_a_failed_sync_retried_into_success() {
-    let v = first_violation(300, |o| o.disk_bugs.retry_failed_sync = true)
-        .expect("a failed sync retried into success must break an invariant within 300 seeds");
+    let v = first_violation(800, |o| o.disk_bugs.retry_failed_sync = true)
+        .expect("a failed sync retried into success must break an invariant within 800 seeds");
     eprintln!("caught: {v}");
     assert!(v.replay.contains("--fault retry-failed-sync"));
 }
@@ -283,4 +284,20 @@ fn checker_catches_a_crash_keeping_a_non_prefix() {
     eprintln!("caught: {v}");
     assert!(v.what.contains("does not hold whole"), "{}", v.what);
     assert!(v.replay.contains("--fault crash-keeps-non-prefix"));
+}
+
+/// The proxy's primary check and `--sync-only`'s count run in the
+/// simulation (src/sim/primary.rs): comparing only half of the checked
+/// range takes a primary whose history diverged, and a settle counting
+/// one member reports an LSN no quorum durably committed.
+#[test]
+fn checker_catches_a_diverged_primary_and_a_minority_settle() {
+    let v = first_violation(300, |o| o.proposer_faults.accept_diverged_primary = true)
+        .expect("a diverged primary taken must be caught");
+    assert!(v.what.contains("took a primary"), "{}", v.what);
+    assert!(v.replay.contains("--fault accept-diverged-primary"));
+    let v = first_violation(300, |o| o.proposer_faults.settle_counts_minority = true)
+        .expect("a settle by a minority must be caught");
+    assert!(v.what.contains("no quorum of"), "{}", v.what);
+    assert!(v.replay.contains("--fault settle-counts-minority"));
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -256,4 +257,33 @@ fn a_safekeeper_left_out_of_the_settle_sends_consumers_on() {
         .parse()
         .unwrap();
     assert_ne!(port, c.sks[0].pg_addr.port(), "fed by a settled node");
+}
+
+/// `--sync-only` settles by the configuration in force and never changes
+/// it (issue 21): a list that is not the timeline's members is refused
+/// with an error naming them, also with `--change-members`, and the
+/// membership stays as it was (the full list still settles).
+#[test]
+fn sync_only_refuses_a_list_other_than_the_members_and_changes_nothing() {
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.pg.sql("CREATE TABLE t (id int)");
+    c.pg.sql("INSERT INTO t VALUES (1)");
+    c.wait_sync();
+    c.kill_primary_and_proxy();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_safekeeper-proxy"))
+        .arg("--sync-only")
+        .arg("--change-members")
+        .arg("--safekeepers")
+        .arg(member_list(&c.sks[..2]))
+        .args(["--sync-timeout", "20"]));
+    assert!(!ok, "--sync-only with two of three members settled: {err}");
+    assert!(
+        err.contains("the timeline's members are 1,2,3"),
+        "the error names the members in force: {err}"
+    );
+    let (synced, report) = c.sync_only_report();
+    assert!(synced.is_valid());
+    assert!(report.contains("nodes 1, 2, 3;"), "{report}");
 }

@@ -31,7 +31,8 @@ struct Args {
     /// donor-ignores-last-log-term, reseed-at-source-flush,
     /// create-on-every-greeting, store-unknown-slot-horizon,
     /// joint-counts-new-alone, reply-before-persisted, retry-failed-sync,
-    /// ignore-failed-write, crash-keeps-non-prefix.
+    /// ignore-failed-write, crash-keeps-non-prefix, accept-diverged-primary,
+    /// settle-counts-minority.
     #[arg(long)]
     fault: Vec<String>,
     /// No failed writes or syncs nor full disks (crashes still keep any
@@ -73,6 +74,8 @@ fn main() -> ExitCode {
             "retry-failed-sync" => base.disk_bugs.retry_failed_sync = true,
             "ignore-failed-write" => base.disk_bugs.ignore_failed_write = true,
             "crash-keeps-non-prefix" => base.disk_bugs.crash_keeps_non_prefix = true,
+            "accept-diverged-primary" => base.proposer_faults.accept_diverged_primary = true,
+            "settle-counts-minority" => base.proposer_faults.settle_counts_minority = true,
             other => {
                 eprintln!("unknown fault {other:?}");
                 return ExitCode::from(2);

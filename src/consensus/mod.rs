@@ -10,6 +10,7 @@ pub mod limits;
 pub mod membership;
 pub mod messages;
 pub mod pg_timeline;
+pub mod primary_check;
 pub mod proposer;
 pub mod quorum;
 #[cfg(test)]
@@ -17,4 +18,5 @@ mod quorum_cases;
 #[cfg(test)]
 mod script;
 pub mod serving;
+pub mod settle;
 pub mod term_history;

@@ -24,6 +24,8 @@ use super::limits;
 use super::membership::{self, Configuration, Generation};
 use super::messages::*;
 use super::pg_timeline::PgAncestors;
+use super::primary_check::{Gate, PrimaryOrigin, PrimaryRefusal, RewindAsk};
+use super::settle::Settle;
 use super::term_history::{Term, TermHistory, TermLsn};
 use crate::codec::{MAX_APPEND_WAL, PROTOCOL_VERSION};
 use crate::id::{NodeId, Ttid};
@@ -32,6 +34,9 @@ use crate::id::{NodeId, Ttid};
 /// connections promise it to the safekeepers (`serving::HEARTBEAT_OPTION`).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
 use crate::lsn::Lsn;
+
+mod primary_gate;
+mod settling;
 
 /// Deliberate bugs, switched on only by tests that check the simulation's
 /// invariant checker catches them. Always off in the proxy.
@@ -49,6 +54,11 @@ pub struct ProposerFaults {
     /// While a membership change is joint, count commits by the new member
     /// set alone (not by a majority of the old one too).
     pub joint_counts_new_alone: bool,
+    /// The primary check compares only the first half of its range: a
+    /// primary whose history diverged near term_start is taken.
+    pub accept_diverged_primary: bool,
+    /// `--sync-only` is done once any one member settled.
+    pub settle_counts_minority: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +106,14 @@ pub struct ProposerConfig {
     /// on a timeline without ancestors); `None` with `--sync-only`, which
     /// has no primary and claims no PostgreSQL timeline in Elected.
     pub pg_ancestors: Option<PgAncestors>,
+    /// Where the primary's stream begins: after each election its WAL below
+    /// term_start_lsn is checked against the safekeepers' before any is
+    /// taken (`primary_check`). None: no primary to check.
+    pub primary: Option<PrimaryOrigin>,
+    /// `--sync-only`: no WAL, no membership change; `settle_due` reports
+    /// when the members that persisted the commit of term_start_lsn are a
+    /// quorum of the configuration in force.
+    pub settle: bool,
     pub faults: ProposerFaults,
 }
 
@@ -123,6 +141,8 @@ impl ProposerConfig {
             max_inflight_bytes: 16 << 20,
             max_buffer_bytes: 64 << 20,
             pg_ancestors: Some(PgAncestors::new()),
+            primary: None,
+            settle: false,
             faults: ProposerFaults::default(),
         }
     }
@@ -239,6 +259,34 @@ pub enum Action {
     /// A member removed by a configuration this proposer made stored it
     /// (it is left): it is no longer asked.
     Removed(NodeId),
+    /// Read the primary's WAL `[from, to)` and the same range from
+    /// `source` (a recovery read in `term`), then call `on_primary_check`
+    /// (or `on_primary_check_failed`). `short`: less than a WAL page,
+    /// although the safekeepers hold more. No WAL is taken until verified.
+    VerifyPrimary {
+        term: Term,
+        source: NodeId,
+        from: Lsn,
+        to: Lsn,
+        short: bool,
+    },
+    /// The primary's stream must start lower: the driver ends the session
+    /// and the next streams from there.
+    RewindPrimary(RewindAsk),
+    /// The primary's WAL matches the safekeepers': WAL is taken from now on.
+    PrimaryVerified {
+        from: Lsn,
+        to: Lsn,
+    },
+    /// This primary is not the one the safekeepers follow: the driver stops.
+    PrimaryRefused(PrimaryRefusal),
+    /// `--sync-only`: these members persisted the commit of `lsn` in
+    /// `term`, a quorum of the configuration in force (`settle_due`).
+    Settled {
+        term: Term,
+        lsn: Lsn,
+        nodes: BTreeSet<NodeId>,
+    },
 }
 
 /// Why `push_wal` did not take the WAL.
@@ -248,6 +296,8 @@ pub enum PushError {
     NotElected,
     #[error("{len} bytes of WAL at {end} would end beyond the last LSN")]
     PastLastLsn { end: Lsn, len: usize },
+    #[error("the primary's WAL is not verified yet")]
+    NotVerified,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,6 +438,10 @@ pub struct Proposer {
     removed: Members,
     /// New members this proposer created (once each).
     learners_created: BTreeSet<NodeId>,
+    /// The check of the primary's WAL in the term led.
+    gate: Gate,
+    /// With `cfg.settle`, in the term led.
+    settle: Option<Settle>,
 }
 
 impl Proposer {
@@ -407,6 +461,8 @@ impl Proposer {
             conf_known: false,
             removed: Members::new(),
             learners_created: BTreeSet::new(),
+            gate: Gate::Open,
+            settle: None,
             cfg,
         }
     }
@@ -703,6 +759,9 @@ impl Proposer {
         let Phase::Leading(l) = &mut self.phase else {
             return Err(PushError::NotElected);
         };
+        if !self.gate.is_open() {
+            return Err(PushError::NotVerified);
+        }
         // The end comes from a vote (the donor's flush_lsn): checked.
         let end = l
             .end_lsn
@@ -1028,6 +1087,7 @@ impl Proposer {
             term_start_lsn,
             donor,
         });
+        self.after_election(term_start_lsn, out);
         let voted: Vec<NodeId> = self
             .conns
             .iter()
@@ -1132,6 +1192,11 @@ impl Proposer {
         l.flush.insert(node, a.flush_lsn);
         l.local_start.insert(node, a.local_start_lsn);
         l.slot.insert(node, a.slot_horizon_lsn);
+        let term = l.term;
+        self.on_leader_ack(term, node, &a, out);
+        let Phase::Leading(l) = &mut self.phase else {
+            return;
+        };
         // Raft's rule: only WAL of this term (from term_start_lsn on) is
         // committed by counting; older WAL is committed along with it.
         // Counted by the configuration in force (both sets while joint).
@@ -1216,7 +1281,8 @@ impl Proposer {
         let Phase::Leading(l) = &self.phase else {
             return;
         };
-        if !self.conf_known {
+        if !self.conf_known || self.cfg.settle {
+            // `--sync-only` settles by the configuration in force.
             return;
         }
         let term = l.term;

@@ -4,7 +4,8 @@
 //! `synchronous_standby_names = 'safekeeper_proxy'` commits wait for a
 //! majority of safekeepers.
 
-pub mod check;
+pub mod ack_latency;
+pub mod event;
 pub mod primary;
 pub mod promote_check;
 pub mod records;
@@ -84,6 +85,10 @@ pub enum ProxyError {
     /// safekeepers follow: retrying cannot help.
     #[error("{0}")]
     Fatal(String),
+    /// The primary no longer holds the WAL asked for (SQLSTATE 58P01):
+    /// retried, unless the session needed that WAL (`session.rs`).
+    #[error("{0}")]
+    WalRemoved(String),
 }
 
 /// `--sync-only`: make what the safekeepers hold committed and readable
@@ -98,7 +103,7 @@ pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Sett
     let mut backoff = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let attempt = tokio::time::timeout(left, session::sync_only(&cfg, others_until)).await;
+        let attempt = tokio::time::timeout(left, settle::sync_only(&cfg, others_until)).await;
         let attempt = attempt.unwrap_or_else(|_| {
             Err(ProxyError::Retry(format!(
                 "no majority of safekeepers settled within {} s",
@@ -108,10 +113,12 @@ pub async fn run_sync_only(cfg: Config, within: Duration) -> Result<settle::Sett
         match attempt {
             Ok(lsn) => return Ok(lsn),
             Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
-            Err(ProxyError::Retry(e)) if std::time::Instant::now() + backoff > deadline => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e))
+                if std::time::Instant::now() + backoff > deadline =>
+            {
                 return Err(ProxyError::Fatal(format!("--sync-only gave up: {e}")))
             }
-            Err(ProxyError::Retry(e)) => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e)) => {
                 tracing::warn!("sync attempt failed: {e}; retrying in a new term");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -128,7 +135,7 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(200);
-    let mut rewind = check::Rewind::default();
+    let mut rewind = crate::consensus::primary_check::Rewind::default();
     let mut acts = OperatorActs::new(&cfg);
     loop {
         let started = std::time::Instant::now();
@@ -142,7 +149,7 @@ pub async fn run(
         match outcome {
             Ok(()) => return Ok(()),
             Err(ProxyError::Fatal(e)) => return Err(ProxyError::Fatal(e)),
-            Err(ProxyError::Retry(e)) => {
+            Err(ProxyError::Retry(e) | ProxyError::WalRemoved(e)) => {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::session::Event;
+use super::event::{Event, PrimaryGone};
 use super::ProxyError;
 use crate::consensus::messages::ServerInfo;
 use crate::lsn::Lsn;
@@ -14,6 +14,14 @@ use crate::pq::replication::ServerReplMessage;
 
 /// SQLSTATE object_in_use: another walsender holds the slot.
 const OBJECT_IN_USE: &str = "55006";
+/// SQLSTATE undefined_file: a walsender asked for WAL its server removed
+/// ("requested WAL segment … has already been removed").
+const WAL_REMOVED: &str = "58P01";
+
+/// Whether the primary said it no longer holds the WAL asked for.
+fn wal_removed(e: &crate::pq::client::ClientError) -> bool {
+    e.sqlstate() == Some(WAL_REMOVED)
+}
 
 pub struct PrimaryStream {
     pub server: ServerInfo,
@@ -130,6 +138,11 @@ pub async fn connect(
                 "primary: slot {slot:?} is busy ({e}); not asking for votes"
             )));
         }
+        Err(e) if wal_removed(&e) => {
+            return Err(ProxyError::WalRemoved(format!(
+                "primary: START_REPLICATION: {e}"
+            )))
+        }
         Err(e) => return Err(retry("START_REPLICATION", e)),
     }
     let (reader, writer) = client.into_split();
@@ -152,6 +165,7 @@ pub async fn connect(
 /// bounded, so a session that stops taking WAL stops this reader, and TCP
 /// then stops the primary: memory stays bounded.
 pub async fn run_reader(mut reader: PgReader, events: mpsc::Sender<Event>) {
+    let mut removed = false;
     let reason = loop {
         match reader.recv_copy().await {
             Ok(CopyMessage::Data(body)) => match ServerReplMessage::decode(&body) {
@@ -172,8 +186,15 @@ pub async fn run_reader(mut reader: PgReader, events: mpsc::Sender<Event>) {
                 Err(e) => break format!("primary sent a malformed message: {e}"),
             },
             Ok(other) => break format!("primary ended streaming ({other:?})"),
-            Err(e) => break format!("primary: {e}"),
+            Err(e) => {
+                removed = wal_removed(&e);
+                break format!("primary: {e}");
+            }
         }
     };
-    let _ = events.send(Event::PrimaryGone(reason)).await;
+    let gone = PrimaryGone {
+        reason,
+        wal_removed: removed,
+    };
+    let _ = events.send(Event::PrimaryGone(gone)).await;
 }

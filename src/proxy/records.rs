@@ -24,7 +24,7 @@ use bytes::Bytes;
 use crate::lsn::Lsn;
 
 /// PostgreSQL's XLOG_BLCKSZ (the proxy refuses primaries with another).
-pub use super::check::WAL_PAGE;
+pub use crate::consensus::primary_check::WAL_PAGE;
 const SHORT_PAGE_HEADER: u64 = 24;
 /// `xlp_info`: the record continued from the previous page was abandoned
 /// (a crash-restarted primary writes XLOG_OVERWRITE_CONTRECORD here).

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::session::{Event, Refused};
+use super::event::{Event, Refused};
 use crate::codec::{decode_acceptor_message, encode_proposer_message};
 use crate::consensus::messages::{ProposerMessage, ServerInfo};
 use crate::consensus::term_history::Term;

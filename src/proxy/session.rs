@@ -3,20 +3,21 @@
 //! WAL, and carries out its actions. Losing the primary or the term ends the
 //! session; the caller starts a new one (a new term) after a backoff.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::check::{self, CheckRange, Rewind};
+use super::ack_latency::AckLatency;
+use super::event::{Event, PrimaryGone, Refused};
 use super::primary::{self, PrimaryStream};
 use super::records::Holdback;
 use super::safekeepers;
-use super::settle::{self, Reach, Settled};
 use super::{Config, OperatorActs, ProxyError};
-use crate::consensus::messages::{AcceptorMessage, ProposerMessage, ServerInfo};
+use crate::consensus::messages::{ProposerMessage, ServerInfo};
 use crate::consensus::pg_timeline::{self, PgAncestors};
+use crate::consensus::primary_check::{self, PrimaryOrigin, Rewind, RewindAsk};
 use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
 use crate::id::NodeId;
 use crate::lsn::Lsn;
@@ -33,67 +34,21 @@ const REDIAL: Duration = Duration::from_millis(500);
 /// operator has not asked to re-create it there.
 const REDIAL_LACKING: Duration = Duration::from_secs(5);
 
-/// How a safekeeper refused the timeline: retrying the same greeting
-/// cannot succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// It does not hold the timeline (SQLSTATE 42704).
-    NoTimeline,
-    /// Another cluster, member set or segment size (22023).
-    Mismatch,
+/// The primary's bytes just below term_start_lsn, kept after an election
+/// until the proposer's check of them is done (`primary_check`).
+struct Collect {
+    term_start: Lsn,
+    /// The lowest LSN the check may ask for.
+    from: Lsn,
+    primary: BytesMut,
+    /// The range `Action::VerifyPrimary` asked for, and the source's copy.
+    asked: Option<(Lsn, Lsn)>,
+    safekeepers: Option<Bytes>,
 }
 
-pub enum Event {
-    Connected {
-        node: NodeId,
-        sender: mpsc::UnboundedSender<ProposerMessage>,
-    },
-    Disconnected {
-        node: NodeId,
-        reason: String,
-        /// The safekeeper refused this timeline.
-        refused: Option<Refused>,
-    },
-    Reply {
-        node: NodeId,
-        msg: AcceptorMessage,
-    },
-    RecoveryData {
-        id: u64,
-        wal: Bytes,
-    },
-    RecoveryFailed {
-        id: u64,
-        reason: String,
-    },
-    CheckData(Result<Bytes, String>),
-    PrimaryWal {
-        start: Lsn,
-        wal: Bytes,
-    },
-    PrimaryPing,
-    PrimaryGone(String),
-}
-
-/// Where the session stands with the primary's WAL after an election.
-enum Check {
-    /// Not elected yet: the primary's stream is not read.
-    NotElected,
-    /// Collecting the primary's bytes below term_start_lsn to compare.
-    Collecting {
-        term_start: Lsn,
-        from: Lsn,
-        primary: BytesMut,
-        safekeepers: Option<Bytes>,
-        deadline: Instant,
-    },
-    /// Verified: new WAL from term_start_lsn on goes to the safekeepers.
-    Streaming,
-}
-
-struct Session<'a> {
+pub(super) struct Session<'a> {
     cfg: &'a Config,
-    proposer: Proposer,
+    pub(super) proposer: Proposer,
     started: Instant,
     events_tx: mpsc::Sender<Event>,
     events_rx: Option<mpsc::Receiver<Event>>,
@@ -102,8 +57,6 @@ struct Session<'a> {
     redial_at: HashMap<NodeId, Instant>,
     /// Where streaming from the primary's slot began.
     start_lsn: Lsn,
-    /// The primary's end of WAL when this session connected.
-    primary_flush: Lsn,
     /// None with --sync-only.
     primary_writer: Option<PgWriter>,
     /// The primary's timeline history file, handed to every safekeeper.
@@ -118,93 +71,24 @@ struct Session<'a> {
     /// complete (`records.rs`); made at the first push.
     holdback: Option<Holdback>,
     wal_seg_size: u32,
-    check: Check,
+    /// Set after an election while the primary's WAL is unverified.
+    collect: Option<Collect>,
     commit_lsn: Lsn,
     last_status: Instant,
     election_started: bool,
     /// (term, term_start_lsn) once elected.
     term_start: Option<(u64, Lsn)>,
-    /// With --sync-only: members whose AppendResponse shows the commit of
-    /// term_start_lsn persisted.
-    settled: BTreeSet<NodeId>,
+    /// With --sync-only: the proposer's result (`Action::Settled`).
+    pub(super) settled: Option<(u64, Lsn, BTreeSet<NodeId>)>,
     /// With --sync-only: until when members beyond the settled majority
     /// are brought along.
-    others_until: Option<Instant>,
+    pub(super) others_until: Option<Instant>,
     acks: AckLatency,
     /// Members reported as lacking the timeline in this session.
     lacking: BTreeSet<NodeId>,
-    /// The term_start whose check already had its rewind (`Rewind::tried`).
-    rewind_tried: Option<Lsn>,
     /// Set when this session ends to have the next one stream from below
     /// the slot.
     rewind_asked: Option<RewindAsk>,
-}
-
-/// How long WAL from the primary waits for a majority of safekeepers (from
-/// its arrival to the commit advance that covers it: the proxy's share of a
-/// commit's latency), summarised in the log every `ACK_LOG_EVERY`.
-struct AckLatency {
-    /// (end LSN of a push, when it arrived), oldest first.
-    pending: VecDeque<(Lsn, Instant)>,
-    /// Microseconds, since the last summary.
-    samples: Vec<u32>,
-    since: Instant,
-}
-
-const ACK_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Pushes remembered at most (memory stays bounded when nothing commits).
-const ACK_PENDING_MAX: usize = 100_000;
-
-impl AckLatency {
-    fn new() -> AckLatency {
-        AckLatency {
-            pending: VecDeque::new(),
-            samples: Vec::new(),
-            since: Instant::now(),
-        }
-    }
-
-    fn pushed(&mut self, end: Lsn) {
-        if self.pending.len() >= ACK_PENDING_MAX {
-            self.pending.pop_front();
-        }
-        self.pending.push_back((end, Instant::now()));
-    }
-
-    fn committed(&mut self, lsn: Lsn) {
-        while let Some((end, at)) = self.pending.front() {
-            if *end > lsn {
-                break;
-            }
-            let us = at.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            if self.samples.len() < ACK_PENDING_MAX {
-                self.samples.push(us);
-            }
-            self.pending.pop_front();
-        }
-    }
-
-    fn maybe_log(&mut self) {
-        if self.since.elapsed() < ACK_LOG_EVERY {
-            return;
-        }
-        self.since = Instant::now();
-        if self.samples.is_empty() {
-            return;
-        }
-        self.samples.sort_unstable();
-        let n = self.samples.len();
-        let at = |q: f64| self.samples[((n as f64 * q) as usize).min(n - 1)];
-        tracing::info!(
-            pushes = n,
-            p50_us = at(0.5),
-            p90_us = at(0.9),
-            p99_us = at(0.99),
-            max_us = self.samples[n - 1],
-            "WAL from the primary to a majority's flush"
-        );
-        self.samples.clear();
-    }
 }
 
 /// Run one session against the primary. Returns only with an error: the
@@ -232,9 +116,7 @@ pub async fn run(
         .map(|(lsn, _)| lsn);
     let primary =
         match primary::connect(&primary_cfg, &cfg.slot, stream_from.map(|(lsn, _)| lsn)).await {
-            Err(ProxyError::Retry(e))
-                if required.is_some() && e.contains("has already been removed") =>
-            {
+            Err(ProxyError::WalRemoved(e)) if required.is_some() => {
                 return Err(wal_gone(required.unwrap_or_default(), &e))
             }
             r => r?,
@@ -262,42 +144,32 @@ pub async fn run(
             .map_err(|e| ProxyError::Fatal(format!("primary: {e}")))?,
         None => Vec::new(),
     };
+    let origin = PrimaryOrigin {
+        stream_start: start_lsn,
+        end_of_wal: flush_lsn,
+        rewind_tried: rewind.tried,
+    };
     let mut s = Session::new(
         cfg,
         acts,
         server,
         start_lsn,
-        flush_lsn,
-        Some((writer, ancestors)),
+        Some((writer, ancestors, origin)),
     );
     s.history = history;
-    s.rewind_tried = rewind.tried;
     let result = s.main_loop(&mut primary_rx).await.map(|_| ());
     reader_task.abort();
     acts.carried_out(&s.proposer);
     let rewound = required.is_some_and(|r| r.segment_start(server.wal_seg_size) == start_lsn);
-    match s.rewind_asked {
-        Some(RewindAsk::ToEnd(end)) => rewind.to_end = Some(end),
-        Some(RewindAsk::ForCheck { term_start, from }) => {
-            rewind.for_check = Some((term_start, from))
-        }
-        None => {}
+    if let Some(ask) = s.rewind_asked {
+        rewind.ask(ask);
     }
     match result {
-        Err(ProxyError::Retry(e)) if rewound && e.contains("has already been removed") => {
+        Err(ProxyError::WalRemoved(e)) if rewound => {
             Err(wal_gone(required.unwrap_or_default(), &e))
         }
         other => other,
     }
-}
-
-/// What a session asks the next one to stream from, below the slot.
-#[derive(Debug, Clone, Copy)]
-enum RewindAsk {
-    /// The safekeepers' WAL ends below the slot's start.
-    ToEnd(Lsn),
-    /// The check of `term_start` wants the primary's WAL from `from`.
-    ForCheck { term_start: Lsn, from: Lsn },
 }
 
 fn wal_gone(from: Lsn, e: &str) -> ProxyError {
@@ -308,97 +180,22 @@ fn wal_gone(from: Lsn, e: &str) -> ProxyError {
     ))
 }
 
-/// `--sync-only`: elect without a primary, bring a majority to
-/// term_start_lsn, commit it, and wait until that majority has persisted
-/// the commit LSN; then keep bringing the other reachable members to it
-/// until `others_until`. Every member that got there records the settle.
-pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, ProxyError> {
-    let mut last_err = String::new();
-    let mut info = None;
-    for (node, addr) in &cfg.members {
-        match safekeepers::timeline_info(&cfg.safekeeper_conninfo, addr, cfg.ttid).await {
-            Ok(i) => {
-                info = Some(i);
-                break;
-            }
-            Err(e) => last_err = format!("node {node}: {e}"),
-        }
-    }
-    let (mut server, timeline_start) = info.ok_or_else(|| {
-        ProxyError::Retry(format!(
-            "no safekeeper could describe timeline {}: {last_err}",
-            cfg.ttid
-        ))
-    })?;
-    // No primary: claim no PostgreSQL timeline (members may differ on it
-    // until a promoted primary's switch reached them all).
-    server.tli = 0;
-    let system_id = server.system_id;
-    // Keep the sender alive so the primary branch of the loop just waits.
-    let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
-    let mut s = Session::new(
-        cfg,
-        &OperatorActs::default(),
-        server,
-        timeline_start,
-        Lsn::MAX,
-        None,
-    );
-    s.others_until = Some(others_until);
-    let lsn = match s.main_loop(&mut primary_rx).await? {
-        Some(lsn) => lsn,
-        None => return Err(ProxyError::Retry("sync ended without a result".into())),
-    };
-    let Some((term, _)) = s.term_start else {
-        return Err(ProxyError::Retry("sync ended without a term".into()));
-    };
-    // Tell every settled member, so each records it durably (consumer
-    // fail-over and whole-cluster recovery ask for it).
-    let mut nodes = BTreeSet::new();
-    for node in &s.settled {
-        let Some(addr) = cfg.members.get(node) else {
-            continue;
-        };
-        match safekeepers::settle(&cfg.safekeeper_conninfo, addr, cfg.ttid, term, lsn).await {
-            Ok(()) => {
-                nodes.insert(*node);
-            }
-            Err(e) => tracing::warn!(node = node.0, "could not record the settle: {e}"),
-        }
-    }
-    if !crate::consensus::quorum::is_majority(nodes.len(), cfg.members.len()) {
-        return Err(ProxyError::Retry(format!(
-            "only {} safekeepers recorded the settle of {lsn} in term {term}; a majority must",
-            nodes.len()
-        )));
-    }
-    let not_settled = cfg
-        .members
-        .keys()
-        .filter(|n| !nodes.contains(n))
-        .copied()
-        .collect();
-    Ok(Settled {
-        lsn,
-        term,
-        system_id,
-        nodes,
-        not_settled,
-    })
-}
-
 impl<'a> Session<'a> {
-    fn new(
+    pub(super) fn new(
         cfg: &'a Config,
         acts: &OperatorActs,
         server: ServerInfo,
         start_lsn: Lsn,
-        primary_flush: Lsn,
-        primary: Option<(PgWriter, PgAncestors)>,
+        primary: Option<(PgWriter, PgAncestors, PrimaryOrigin)>,
     ) -> Session<'a> {
         let mut pcfg = ProposerConfig::new(cfg.ttid, server, start_lsn, cfg.members.clone());
-        let (primary_writer, ancestors) = primary.unzip();
+        let (primary_writer, ancestors, origin) = match primary {
+            Some((w, a, o)) => (Some(w), Some(a), Some(o)),
+            None => (None, None, None),
+        };
         pcfg.pg_ancestors = ancestors;
+        pcfg.primary = origin;
+        pcfg.settle = cfg.sync_only;
         pcfg.create = acts.create;
         pcfg.recreate = acts.recreate.clone();
         pcfg.proposer_id = cfg.proposer_id;
@@ -419,23 +216,21 @@ impl<'a> Session<'a> {
             dialing: HashMap::new(),
             redial_at: HashMap::new(),
             start_lsn,
-            primary_flush,
             primary_writer,
             history: None,
             primary_pos: start_lsn,
             held: Vec::new(),
             holdback: None,
             wal_seg_size: server.wal_seg_size,
-            check: Check::NotElected,
+            collect: None,
             commit_lsn: Lsn::INVALID,
             last_status: Instant::now(),
             election_started: false,
             term_start: None,
-            settled: BTreeSet::new(),
+            settled: None,
             others_until: None,
             acks: AckLatency::new(),
             lacking: BTreeSet::new(),
-            rewind_tried: None,
             rewind_asked: None,
         }
     }
@@ -444,12 +239,12 @@ impl<'a> Session<'a> {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Runs until an error, or with --sync-only until a majority persisted
-    /// the commit of term_start_lsn (returned).
-    async fn main_loop(
+    /// Runs until an error, or with --sync-only until the proposer says
+    /// the settle is done (`self.settled`).
+    pub(super) async fn main_loop(
         &mut self,
         primary_rx: &mut mpsc::Receiver<Event>,
-    ) -> Result<Option<Lsn>, ProxyError> {
+    ) -> Result<(), ProxyError> {
         let mut events_rx = self.events_rx.take().expect("main_loop runs once");
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -468,44 +263,43 @@ impl<'a> Session<'a> {
                 Some(ev) = primary_rx.recv(), if take_primary => self.on_event(ev).await?,
             }
             if self.cfg.sync_only {
-                if let Some((_, t)) = self.term_start {
-                    let reach: Vec<Reach> =
-                        self.cfg.members.keys().map(|n| self.reach(*n)).collect();
-                    let others_due = self.others_until.is_some_and(|u| Instant::now() >= u);
-                    if settle::done(&reach, others_due) {
-                        return Ok(Some(t));
-                    }
+                let others_due = self.others_until.is_some_and(|u| Instant::now() >= u);
+                let actions = self.proposer.settle_due(&self.reachable(), others_due);
+                self.apply(actions).await?;
+                if self.settled.is_some() {
+                    return Ok(());
                 }
             }
         }
     }
 
-    /// With --sync-only: whether `node` is settled, or may still be.
-    fn reach(&self, node: NodeId) -> Reach {
-        if self.settled.contains(&node) {
-            Reach::Settled
-        } else if self.conns.contains_key(&node)
-            || (self.dialing.get(&node) == Some(&true) && !self.redial_at.contains_key(&node))
-        {
-            Reach::Reachable
-        } else {
-            Reach::Unreachable
-        }
+    /// With --sync-only: the nodes that may still be settled (connected,
+    /// or their first connection attempt under way).
+    fn reachable(&self) -> BTreeSet<NodeId> {
+        self.proposer
+            .peers()
+            .into_keys()
+            .filter(|n| {
+                self.conns.contains_key(n)
+                    || (self.dialing.get(n) == Some(&true) && !self.redial_at.contains_key(n))
+            })
+            .collect()
     }
 
     /// Read the primary only while elected, while still collecting the
     /// checked range or verified, and while uncommitted WAL is bounded.
     fn wants_primary_wal(&self) -> bool {
-        match &self.check {
-            Check::NotElected => false,
-            Check::Collecting { term_start, .. } => self.primary_pos < *term_start,
-            Check::Streaming if self.primary_writer.is_none() => false,
-            Check::Streaming => match self.proposer.leader_view() {
-                Some((_, _, _, end, commit)) => {
-                    end.distance_from(commit.max(self.commit_lsn)) < MAX_UNCOMMITTED
-                }
-                None => false,
-            },
+        if self.primary_writer.is_none() {
+            return false;
+        }
+        if let Some(c) = &self.collect {
+            return self.primary_pos < c.term_start;
+        }
+        match self.proposer.leader_view() {
+            Some((_, _, _, end, commit)) if self.proposer.takes_wal() => {
+                end.distance_from(commit.max(self.commit_lsn)) < MAX_UNCOMMITTED
+            }
+            _ => false,
         }
     }
 
@@ -543,19 +337,9 @@ impl<'a> Session<'a> {
         let now = self.now_ms();
         let actions = self.proposer.on_tick(now);
         self.apply(actions).await?;
-        if let Check::Collecting {
-            deadline,
-            term_start,
-            ..
-        } = &self.check
-        {
-            if Instant::now() > *deadline {
-                return Err(ProxyError::Fatal(format!(
-                    "the safekeepers hold WAL up to {term_start}, but the primary's end of WAL is {}: \
-                     this primary is not the one these safekeepers follow (restored from a copy, run with fsync off, or another cluster)",
-                    self.primary_pos
-                )));
-            }
+        if self.collect.is_some() {
+            let actions = self.proposer.on_primary_end(self.primary_pos);
+            self.apply(actions).await?;
         }
         if self.last_status.elapsed() >= STATUS_INTERVAL {
             self.send_status(false).await?;
@@ -620,12 +404,6 @@ impl<'a> Session<'a> {
                 self.redial_at.insert(node, Instant::now() + REDIAL);
             }
             Event::Reply { node, msg } => {
-                if let (Some((term, t)), AcceptorMessage::Append(r)) = (self.term_start, &msg) {
-                    if self.cfg.sync_only && r.term == term && r.commit_lsn >= t && r.flush_lsn >= t
-                    {
-                        self.settled.insert(node);
-                    }
-                }
                 let actions = self.proposer.on_message(node, msg);
                 self.apply(actions).await?;
             }
@@ -640,21 +418,31 @@ impl<'a> Session<'a> {
             }
             Event::CheckData(result) => match result {
                 Ok(bytes) => {
-                    if let Check::Collecting { safekeepers, .. } = &mut self.check {
-                        *safekeepers = Some(bytes);
+                    if let Some(c) = &mut self.collect {
+                        c.safekeepers = Some(bytes);
                     }
                     self.try_finish_check().await?;
                 }
                 Err(e) => {
-                    return Err(ProxyError::Retry(format!(
-                        "reading the safekeepers' WAL to check the primary: {e}"
-                    )));
+                    tracing::warn!("reading the safekeepers' WAL to check the primary: {e}");
+                    if let Some(c) = &mut self.collect {
+                        c.asked = None;
+                    }
+                    let actions = self.proposer.on_primary_check_failed();
+                    self.apply(actions).await?;
                 }
             },
             Event::PrimaryWal { start, wal } => self.on_primary_wal(start, wal).await?,
             Event::PrimaryPing => self.send_status(false).await?,
-            Event::PrimaryGone(reason) => {
-                return Err(ProxyError::Retry(reason));
+            Event::PrimaryGone(PrimaryGone {
+                reason,
+                wal_removed,
+            }) => {
+                return Err(if wal_removed {
+                    ProxyError::WalRemoved(reason)
+                } else {
+                    ProxyError::Retry(reason)
+                });
             }
         }
         Ok(())
@@ -708,14 +496,55 @@ impl<'a> Session<'a> {
                 } => {
                     tracing::info!(term, %term_start_lsn, donor = donor.0, "elected");
                     self.term_start = Some((term, term_start_lsn));
-                    if self.cfg.sync_only {
-                        // No primary: only the safekeepers' WAL up to
-                        // term_start_lsn is committed, nothing new.
-                        self.check = Check::Streaming;
-                    } else {
-                        self.begin_check(term, term_start_lsn, donor)?;
+                    if !self.proposer.takes_wal() && self.primary_writer.is_some() {
+                        // The proposer checks the primary first: keep its
+                        // bytes the check may ask for (at most
+                        // CHECK_BYTES below term_start_lsn).
+                        let lowest = term_start_lsn.0.saturating_sub(primary_check::CHECK_BYTES);
+                        self.collect = Some(Collect {
+                            term_start: term_start_lsn,
+                            from: Lsn(lowest).max(self.start_lsn),
+                            primary: BytesMut::new(),
+                            asked: None,
+                            safekeepers: None,
+                        });
                     }
                 }
+                Action::VerifyPrimary {
+                    term,
+                    source,
+                    from,
+                    to,
+                    short,
+                } => self.verify_primary(term, source, from, to, short),
+                Action::PrimaryVerified { from, to } => {
+                    tracing::info!(%from, %to, "the primary's WAL matches the safekeepers'; streaming");
+                    self.collect = None;
+                    // What arrived above term_start while checking.
+                    for rest in std::mem::take(&mut self.held) {
+                        Box::pin(self.push(rest)).await?;
+                    }
+                }
+                Action::RewindPrimary(ask) => {
+                    self.rewind_asked = Some(ask);
+                    return Err(ProxyError::Retry(match ask {
+                        RewindAsk::ToEnd(end) => format!(
+                            "rewinding: the safekeepers' WAL ends at {end}, below the slot's start \
+                             {}; streaming again from {end}",
+                            self.start_lsn
+                        ),
+                        RewindAsk::ForCheck { term_start, from } => format!(
+                            "rewinding: the primary's stream starts at {}, less than a WAL page \
+                             below the safekeepers' end of WAL {term_start}; streaming again from \
+                             {from}'s segment to compare a full page",
+                            self.start_lsn
+                        ),
+                    }));
+                }
+                Action::PrimaryRefused(refusal) => {
+                    return Err(ProxyError::Fatal(refusal.to_string()));
+                }
+                Action::Settled { term, lsn, nodes } => self.settled = Some((term, lsn, nodes)),
                 Action::SteppedDown { term, seen } => {
                     return Err(ProxyError::Retry(format!(
                         "another proposer won: term {seen} is above ours ({term}); stopped streaming"
@@ -757,10 +586,12 @@ impl<'a> Session<'a> {
                 }
                 Action::Configured { conf, made } => {
                     if !made {
+                        // --sync-only never changes the membership: it
+                        // settles by the configuration in force.
                         crate::consensus::membership::confirmed(
                             &conf,
                             &self.cfg.members,
-                            self.cfg.change_members,
+                            self.cfg.change_members && !self.cfg.sync_only,
                         )
                         .map_err(ProxyError::Fatal)?;
                     }
@@ -828,97 +659,34 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// After an election: the primary's bytes just below term_start_lsn must
-    /// equal what the safekeepers hold there.
-    fn begin_check(&mut self, term: u64, term_start: Lsn, donor: NodeId) -> Result<(), ProxyError> {
-        let stream_start = self.start_lsn;
-        if term_start < stream_start {
-            // After whole-cluster recovery from checkpoints the slot is
-            // ahead of the safekeepers: stream again from their end, if the
-            // primary still has that WAL (the next session finds out). A
-            // rewound session starts at or below term_start, so this
-            // happens once.
-            self.rewind_asked = Some(RewindAsk::ToEnd(term_start));
-            return Err(ProxyError::Retry(format!(
-                "rewinding: the safekeepers' WAL ends at {term_start}, below the slot's start {stream_start}; \
-                 streaming again from {term_start}"
-            )));
+    /// The proposer asks to compare `[from, to)`: read the source's copy;
+    /// the primary's is collected from its stream (`on_primary_wal`).
+    fn verify_primary(&mut self, term: u64, source: NodeId, from: Lsn, to: Lsn, short: bool) {
+        if short {
+            tracing::warn!(
+                %from, %to,
+                "comparing less than a WAL page of the primary's WAL with the safekeepers': the \
+                 primary no longer streams the WAL below its slot's segment (or the safekeepers \
+                 trimmed it); keep wal_keep_size above one segment for a stronger check"
+            );
         }
-        // The safekeepers' WAL begins where the first term of their history
-        // does (a lower bound: the donor may have trimmed; then the read
-        // fails and the next session compares what the stream gives).
-        let wal_start = self
-            .proposer
-            .leader_view()
-            .and_then(|(_, _, history, _, _)| history.0.first().map(|e| e.lsn))
-            .unwrap_or(term_start);
-        let tried = self.rewind_tried == Some(term_start);
-        let from = match check::check_range(term_start, stream_start, wal_start, tried) {
-            CheckRange::Rewind { from } => {
-                self.rewind_asked = Some(RewindAsk::ForCheck { term_start, from });
-                return Err(ProxyError::Retry(format!(
-                    "rewinding: the primary's stream starts at {stream_start}, less than a WAL page \
-                     below the safekeepers' end of WAL {term_start}; streaming again from {from}'s \
-                     segment to compare a full page"
-                )));
-            }
-            CheckRange::Compare { from, short } => {
-                if short {
-                    tracing::warn!(
-                        %from, to = %term_start,
-                        "comparing less than a WAL page of the primary's WAL with the safekeepers': \
-                         the primary no longer streams the WAL below its slot's segment (or the \
-                         safekeepers trimmed it); keep wal_keep_size above one segment for a \
-                         stronger check"
-                    );
-                }
-                from
-            }
-        };
-        if from == term_start {
-            // Nothing below term_start to compare: a fresh timeline.
-            self.check = Check::Streaming;
-            return Ok(());
+        if let Some(c) = &mut self.collect {
+            c.asked = Some((from, to));
+            c.safekeepers = None;
         }
         let addr = self
             .proposer
             .peers()
-            .get(&donor)
+            .get(&source)
             .cloned()
             .unwrap_or_default();
         let tx = self.events_tx.clone();
         let ttid = self.cfg.ttid;
         let conninfo = self.cfg.safekeeper_conninfo.clone();
         tokio::spawn(async move {
-            // The donor serves the read only once it has processed this
-            // term's Elected, which may still be on its way: retry briefly.
-            let mut r = Err(String::new());
-            for _ in 0..50 {
-                r = safekeepers::recovery_read(&conninfo, &addr, ttid, term, from, term_start)
-                    .await;
-                if r.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let r = safekeepers::recovery_read(&conninfo, &addr, ttid, term, from, to).await;
             let _ = tx.send(Event::CheckData(r)).await;
         });
-        self.check = Check::Collecting {
-            term_start,
-            from,
-            primary: BytesMut::new(),
-            safekeepers: None,
-            // The primary flushes WAL before it streams it, so WAL on the
-            // safekeepers beyond its end of WAL at connect time can only be
-            // another history; the grace covers a primary still writing.
-            deadline: Instant::now()
-                + if term_start > self.primary_flush {
-                    Duration::from_secs(5)
-                } else {
-                    Duration::from_secs(30)
-                },
-        };
-        Ok(())
     }
 
     async fn on_primary_wal(&mut self, start: Lsn, wal: Bytes) -> Result<(), ProxyError> {
@@ -935,68 +703,41 @@ impl<'a> Session<'a> {
             ))
         })?;
         self.primary_pos = end;
-        match &mut self.check {
-            Check::NotElected => {
-                return Err(ProxyError::Retry(
-                    "primary WAL arrived before the election".into(),
-                ));
-            }
-            Check::Collecting {
-                term_start,
-                from,
-                primary,
-                ..
-            } => {
-                // Keep the part in [from, term_start); hold the rest.
-                let (compare, held) = check::split_piece(start, wal.len(), *from, *term_start);
-                if let Some(r) = compare {
-                    primary.extend_from_slice(&wal[r]);
-                }
-                if let Some(at) = held {
-                    self.held.push(wal.slice(at..));
-                }
-                self.try_finish_check().await?;
-            }
-            Check::Streaming => self.push(wal).await?,
+        if self.proposer.takes_wal() && self.collect.is_none() {
+            return self.push(wal).await;
         }
-        Ok(())
+        let Some(c) = &mut self.collect else {
+            return Err(ProxyError::Retry(
+                "primary WAL arrived before the election".into(),
+            ));
+        };
+        // Keep the part in [from, term_start); hold the rest.
+        let (compare, held) = primary_check::split_piece(start, wal.len(), c.from, c.term_start);
+        if let Some(r) = compare {
+            c.primary.extend_from_slice(&wal[r]);
+        }
+        if let Some(at) = held {
+            self.held.push(wal.slice(at..));
+        }
+        self.try_finish_check().await
     }
 
+    /// Both copies of the asked range are here: the proposer decides.
     async fn try_finish_check(&mut self) -> Result<(), ProxyError> {
-        let Check::Collecting {
-            term_start,
-            from,
-            primary,
-            safekeepers,
-            ..
-        } = &self.check
-        else {
+        let Some(c) = &self.collect else {
             return Ok(());
         };
-        let Some(theirs) = safekeepers else {
+        let (Some((from, to)), Some(theirs)) = (c.asked, &c.safekeepers) else {
             return Ok(());
         };
-        if (primary.len() as u64) < term_start.0 - from.0 {
+        let have_to = Lsn(c.from.0 + c.primary.len() as u64);
+        if have_to < to || from < c.from {
             return Ok(());
         }
-        if primary[..] != theirs[..] {
-            let at = primary
-                .iter()
-                .zip(theirs.iter())
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            return Err(ProxyError::Fatal(format!(
-                "the primary's WAL differs from the safekeepers' at {} (checked {from}..{term_start}): \
-                 this primary is not the one these safekeepers follow (restored from an earlier copy, run with fsync off, or another cluster)",
-                Lsn(from.0 + at as u64)
-            )));
-        }
-        tracing::info!(%from, to = %term_start, "the primary's WAL matches the safekeepers'; streaming");
-        self.check = Check::Streaming;
-        for rest in std::mem::take(&mut self.held) {
-            self.push(rest).await?;
-        }
-        Ok(())
+        let a = from.distance_from(c.from) as usize;
+        let b = to.distance_from(c.from) as usize;
+        let actions = self.proposer.on_primary_check(&c.primary[a..b], theirs);
+        self.apply(actions).await
     }
 
     /// Push the primary's WAL up to its last complete record: the

@@ -1,34 +1,90 @@
-//! `--sync-only`'s bookkeeping: which members it settled, when it is done,
-//! and what it reports. It settles every member it can reach, not only a
-//! majority: a member left out keeps an older commit and must not look
-//! like it holds the cluster's (issue 26; `consensus::serving`).
+//! `--sync-only`'s driver and what it reports. Which members it settled
+//! and when that is enough is the proposer's decision (`consensus::settle`,
+//! counted by the configuration in force).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Instant;
 
+use tokio::sync::mpsc;
+
+use super::event::Event;
+use super::session::Session;
+use super::{safekeepers, Config, OperatorActs, ProxyError};
 use crate::id::NodeId;
 use crate::lsn::Lsn;
 
-/// Where a member stands while the sync runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
-    /// Its AppendResponse showed the settled commit persisted.
-    Settled,
-    /// Connected, or its first connection attempt is still under way: it
-    /// may yet be brought to the settled LSN.
-    Reachable,
-    /// A connection attempt failed or the connection was lost.
-    Unreachable,
-}
-
-/// Done once a majority settled and no reachable member is left to bring
-/// along, or once a majority settled and the time for the others is up.
-pub fn done(reach: &[Reach], others_due: bool) -> bool {
-    let settled = reach.iter().filter(|r| **r == Reach::Settled).count();
-    if !crate::consensus::quorum::is_majority(settled, reach.len()) {
-        return false;
+/// `--sync-only`: elect without a primary, bring a majority to
+/// term_start_lsn, commit it, and wait until that majority has persisted
+/// the commit LSN; then keep bringing the other reachable members to it
+/// until `others_until`. Every member that got there records the settle.
+pub async fn sync_only(cfg: &Config, others_until: Instant) -> Result<Settled, ProxyError> {
+    let mut last_err = String::new();
+    let mut info = None;
+    for (node, addr) in &cfg.members {
+        match safekeepers::timeline_info(&cfg.safekeeper_conninfo, addr, cfg.ttid).await {
+            Ok(i) => {
+                info = Some(i);
+                break;
+            }
+            Err(e) => last_err = format!("node {node}: {e}"),
+        }
     }
-    others_due || !reach.contains(&Reach::Reachable)
+    let (mut server, timeline_start) = info.ok_or_else(|| {
+        ProxyError::Retry(format!(
+            "no safekeeper could describe timeline {}: {last_err}",
+            cfg.ttid
+        ))
+    })?;
+    // No primary: claim no PostgreSQL timeline (members may differ on it
+    // until a promoted primary's switch reached them all).
+    server.tli = 0;
+    let system_id = server.system_id;
+    // Keep the sender alive so the primary branch of the loop just waits.
+    let (_primary_tx, mut primary_rx) = mpsc::channel::<Event>(1);
+    let mut s = Session::new(cfg, &OperatorActs::default(), server, timeline_start, None);
+    s.others_until = Some(others_until);
+    s.main_loop(&mut primary_rx).await?;
+    let Some((term, lsn, settled)) = s.settled.take() else {
+        return Err(ProxyError::Retry("sync ended without a result".into()));
+    };
+    // Tell every settled member, so each records it durably (consumer
+    // fail-over and whole-cluster recovery ask for it).
+    let peers = s.proposer.peers();
+    let mut nodes = BTreeSet::new();
+    for node in &settled {
+        let Some(addr) = peers.get(node) else {
+            continue;
+        };
+        match safekeepers::settle(&cfg.safekeeper_conninfo, addr, cfg.ttid, term, lsn).await {
+            Ok(()) => {
+                nodes.insert(*node);
+            }
+            Err(e) => tracing::warn!(node = node.0, "could not record the settle: {e}"),
+        }
+    }
+    // Counted by the configuration in force, as the settle itself was.
+    let conf = s.proposer.configuration();
+    if !crate::consensus::settle::recorded(conf, &nodes) {
+        return Err(ProxyError::Retry(format!(
+            "only {} safekeepers recorded the settle of {lsn} in term {term}; a majority of the \
+             configuration in force must",
+            nodes.len()
+        )));
+    }
+    let not_settled = conf
+        .voters()
+        .keys()
+        .filter(|n| !nodes.contains(n))
+        .copied()
+        .collect();
+    Ok(Settled {
+        lsn,
+        term,
+        system_id,
+        nodes,
+        not_settled,
+    })
 }
 
 /// The outcome of a successful `--sync-only`.
@@ -69,18 +125,6 @@ impl fmt::Display for Settled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Reach::*;
-
-    #[test]
-    fn waits_for_reachable_members_after_the_majority() {
-        assert!(!done(&[Settled, Reachable, Reachable], false));
-        assert!(!done(&[Settled, Settled, Reachable], false));
-        assert!(done(&[Settled, Settled, Settled], false));
-        assert!(done(&[Settled, Settled, Unreachable], false));
-        // Time is up for the others, but never before a majority.
-        assert!(done(&[Settled, Settled, Reachable], true));
-        assert!(!done(&[Settled, Unreachable, Reachable], true));
-    }
 
     #[test]
     fn reports_both_sets() {

@@ -20,6 +20,7 @@
 mod connections;
 mod consumers;
 pub mod membership;
+mod primary;
 pub mod rng;
 pub mod storage;
 
@@ -157,6 +158,7 @@ impl SimOptions {
         if !self.storage_faults {
             cmd.push_str(" --no-storage-faults");
         }
+        primary::replay_faults(&self.proposer_faults, &mut cmd);
         if let Some(c) = self.change {
             cmd.push_str(" --change ");
             cmd.push_str(c.name());
@@ -324,6 +326,7 @@ struct Sim {
     calm_keep: usize,
     trace: VecDeque<String>,
     out: Outcome,
+    primaries: primary::Primaries,
 }
 
 type Check = Result<(), String>;
@@ -485,6 +488,7 @@ impl Sim {
             })
             .collect();
         Sim {
+            primaries: primary::Primaries::new(opts.seed, opts.proposers),
             opts,
             rng,
             slot_rng,
@@ -1379,7 +1383,10 @@ impl Sim {
         let Some(prop) = self.hosts[p].proposer.as_mut() else {
             return Ok(());
         };
-        let Some((term, _, _, end, commit)) = prop.leader_view() else {
+        let Some((term, _, _, end, commit)) = prop
+            .leader_view()
+            .filter(|_| prop.takes_wal() && !prop.config().settle)
+        else {
             return Ok(());
         };
         // The primary waits for commits: bounded WAL ahead of the commit.
@@ -1415,6 +1422,7 @@ impl Sim {
                 if let Some(c) = self.opts.change {
                     cfg.members = c.target(p);
                 }
+                self.primary_starts(p, &mut cfg);
                 self.hosts[p].proposer = Some(Proposer::new(cfg));
             }
             let now = self.now;
@@ -1427,6 +1435,7 @@ impl Sim {
                 actions.extend(prop.start_election());
             }
             self.apply(p, actions)?;
+            self.settle_tick(p)?;
             let peers = match &self.hosts[p].proposer {
                 Some(prop) => prop.peers(),
                 None => continue,
@@ -1636,6 +1645,11 @@ impl Sim {
                 Action::PgSwitchRefused { .. } => {
                     return Err(format!("p{p}: {action:?} on a single PostgreSQL timeline"));
                 }
+                Action::VerifyPrimary { .. }
+                | Action::PrimaryVerified { .. }
+                | Action::PrimaryRefused(_)
+                | Action::RewindPrimary(_)
+                | Action::Settled { .. } => self.on_primary_action(p, action)?,
             }
         }
         Ok(())

@@ -74,8 +74,13 @@ impl Disk {
         now < self.full_until
     }
 
-    /// Stage one write call; with `faults`, it may fail after staging a
-    /// part of it. Refused while the disk is full.
+    /// Stage one write call; with `faults`, it may fail, staging none of
+    /// it: the daemon's RocksDB store collects a call's changes and adds
+    /// them to its batch at once (`RocksStore::stage`), so a call is staged
+    /// whole or not at all. (A model that staged a part found seed 3274 of
+    /// 3 nodes: an Elected's truncation staged without its state record,
+    /// made durable by a later sync; the daemon cannot do that.) Refused
+    /// while the disk is full.
     pub fn write(
         &mut self,
         ttid: Ttid,
@@ -93,12 +98,10 @@ impl Disk {
             ));
         }
         if faults && self.rng.below(1000) < WRITE_FAILS {
-            let part = self.rng.below(writes.len() as u64) as usize;
-            self.store.write(ttid, &writes[..part])?;
             return Err(StoreError::io(
                 StoreErrorKind::Io,
                 format!(
-                    "injected failure of a write call after {part} of {} writes",
+                    "injected failure of a write call of {} writes",
                     writes.len()
                 ),
             ));

@@ -345,6 +345,9 @@ struct Leader {
     /// last AppendResponse in this term.
     slot: BTreeMap<NodeId, Lsn>,
     members: Vec<NodeId>,
+    /// Nodes that acknowledged flush at or above the commit of that moment
+    /// in this term (`membership::Progress::caught_up`).
+    caught_up: BTreeSet<NodeId>,
 }
 
 #[derive(Debug, Clone)]
@@ -588,6 +591,10 @@ impl Proposer {
     pub fn on_no_timeline(&mut self, node: NodeId) -> Vec<Action> {
         let mut out = Vec::new();
         self.forget(node);
+        if let Phase::Leading(l) = &mut self.phase {
+            // Its store is gone: it has to catch up again.
+            l.caught_up.remove(&node);
+        }
         if !self.peers().contains_key(&node) {
             return out;
         }
@@ -1022,6 +1029,7 @@ impl Proposer {
             local_start: BTreeMap::new(),
             slot: BTreeMap::new(),
             members: self.peers().keys().copied().collect(),
+            caught_up: BTreeSet::new(),
         }));
         out.push(Action::Elected {
             term,
@@ -1151,6 +1159,9 @@ impl Proposer {
         // (whole chunks from the front, so O(chunks dropped), never a shift
         // of the rest); whoever still needs it reads it from a donor.
         if let Phase::Leading(l) = &mut self.phase {
+            if l.commit_lsn.is_valid() && a.flush_lsn >= l.commit_lsn {
+                l.caught_up.insert(node);
+            }
             let cap = self.cfg.max_buffer_bytes;
             while let Some((start, chunk)) = l.buf.front() {
                 let end = Lsn(start.0 + chunk.len() as u64);
@@ -1230,6 +1241,7 @@ impl Proposer {
             flush: &l.flush,
             commit_lsn: l.commit_lsn,
             stored_current: &stored,
+            caught_up: &l.caught_up,
         };
         if let Some(next) =
             membership::next_configuration(&self.conf, &self.cfg.members, term, progress)

@@ -545,6 +545,69 @@ mod tests {
         assert!(votes.iter().all(|(_, g)| *g == grow.generation));
     }
 
+    /// A node removed by a final configuration whose maker stopped before
+    /// telling it: a later proposer learns of it from a member's older
+    /// (joint) configuration, dials it and tells it; one that already
+    /// stores a configuration without it is let go at its greeting.
+    #[test]
+    fn a_later_proposer_tells_a_removed_node() {
+        use crate::consensus::messages::{AcceptorGreeting, AcceptorMessage, ServerInfo};
+        use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
+        let server = ServerInfo {
+            system_id: 1,
+            pg_version: 150_000,
+            wal_seg_size: 1 << 20,
+            tli: 1,
+        };
+        let greeting = |node: u64, conf: Configuration| {
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: crate::codec::PROTOCOL_VERSION,
+                node_id: NodeId(node),
+                term: 3,
+                conf,
+            })
+        };
+        let replace = joint(&[1, 2, 3], &[1, 2, 4]);
+        let fin = Configuration {
+            generation: Generation { term: 3, step: 1 },
+            members: set(&[1, 2, 4]),
+            next: None,
+        };
+        let new_proposer = || {
+            let cfg =
+                ProposerConfig::new(Default::default(), server, Lsn(1 << 20), set(&[1, 2, 4]));
+            let mut p = Proposer::new(cfg);
+            let _ = p.start_election();
+            p.on_connected(NodeId(1));
+            p.on_message(NodeId(1), greeting(1, fin.clone()));
+            p
+        };
+        let mut p = new_proposer();
+        assert!(!p.peers().contains_key(&NodeId(3)), "nothing names 3 yet");
+        p.on_connected(NodeId(4));
+        p.on_message(NodeId(4), greeting(4, replace.clone()));
+        assert_eq!(p.configuration(), &fin);
+        assert!(
+            p.peers().contains_key(&NodeId(3)),
+            "the joint configuration names 3, the final one does not: 3 is dialled to be told"
+        );
+        // 3 itself answers with the final configuration: it knows already.
+        p.on_connected(NodeId(3));
+        let out = p.on_message(NodeId(3), greeting(3, fin.clone()));
+        assert!(out.contains(&Action::Removed(NodeId(3))), "{out:?}");
+        assert!(out.contains(&Action::Disconnect(NodeId(3))), "{out:?}");
+        assert!(!p.peers().contains_key(&NodeId(3)));
+        // 3 still on the joint configuration is asked for its vote (then
+        // told by Configure once elected, as the maker would have).
+        let mut p = new_proposer();
+        p.on_connected(NodeId(4));
+        p.on_message(NodeId(4), greeting(4, replace.clone()));
+        p.on_connected(NodeId(3));
+        let out = p.on_message(NodeId(3), greeting(3, replace.clone()));
+        assert!(!out.contains(&Action::Removed(NodeId(3))), "{out:?}");
+        assert!(p.peers().contains_key(&NodeId(3)));
+    }
+
     #[test]
     fn generations_order_by_term_then_step() {
         let a = Generation { term: 2, step: 5 };

@@ -391,6 +391,8 @@ pub struct Proposer {
     removed: Members,
     /// New members this proposer created (once each).
     learners_created: BTreeSet<NodeId>,
+    /// The generation each node last told it stores (greeting, Configure).
+    stored_gen: BTreeMap<NodeId, Generation>,
 }
 
 impl Proposer {
@@ -410,6 +412,7 @@ impl Proposer {
             conf_known: false,
             removed: Members::new(),
             learners_created: BTreeSet::new(),
+            stored_gen: BTreeMap::new(),
             cfg,
         }
     }
@@ -866,7 +869,13 @@ impl Proposer {
         let storable =
             !g.conf.members.is_empty() && limits::check_members(&g.conf.voters()).is_ok();
         if storable && (!self.conf_known || g.conf.generation > self.conf.generation) {
-            self.adopt(g.conf, false, out);
+            self.adopt(g.conf.clone(), false, out);
+        }
+        if storable {
+            self.stored_gen.insert(node, g.conf.generation);
+        }
+        if storable && self.learn_removed(node, &g.conf, out) {
+            return;
         }
         let first_holder = self.holders.is_empty();
         self.holders.insert(node);
@@ -1194,6 +1203,7 @@ impl Proposer {
             if let Some(c) = self.conns.get_mut(&node) {
                 c.conf_stored = Some(generation);
             }
+            self.stored_gen.insert(node, generation);
             if generation == self.conf.generation && self.removed.remove(&node).is_some() {
                 out.push(Action::Removed(node));
                 self.drop_conn(node, out);
@@ -1202,6 +1212,40 @@ impl Proposer {
             }
         }
         self.on_append_response(node, asked, a, out);
+    }
+
+    /// A greeting showed `theirs`, `node`'s configuration. Nodes an older
+    /// one names and the one in force does not were removed; if the leader
+    /// that removed them did not tell them (it stopped first), this
+    /// proposer dials and tells them (`drive_change` sends Configure to
+    /// them once elected). True when `node` itself is such a node and
+    /// already stores a configuration without it: it knows, so it is let
+    /// go (`Action::Removed`) instead of asked for a vote it refuses.
+    fn learn_removed(
+        &mut self,
+        node: NodeId,
+        theirs: &Configuration,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if !self.conf_known {
+            return false;
+        }
+        if theirs.generation < self.conf.generation {
+            for (n, a) in theirs.voters() {
+                if !self.conf.contains(n) && !self.cfg.members.contains_key(&n) {
+                    self.removed.entry(n).or_insert(a);
+                }
+            }
+            self.refresh_members();
+        }
+        let knows = theirs.generation >= self.conf.generation && !theirs.contains(node);
+        if knows && self.removed.remove(&node).is_some() {
+            out.push(Action::Removed(node));
+            self.drop_conn(node, out);
+            self.refresh_members();
+            return true;
+        }
+        false
     }
 
     /// Count by `conf` from now on.
@@ -1255,13 +1299,21 @@ impl Proposer {
             }
             self.adopt(next, true, out);
         }
+        // Also a final configuration some member does not store yet (a
+        // grow removes nobody, yet its members must store it, or a later
+        // proposer counts by the joint one it learns from them).
+        let generation = self.conf.generation;
         let changing = self.conf.is_joint()
             || !membership::same_ids(&self.conf.members, &self.cfg.members)
-            || !self.removed.is_empty();
+            || !self.removed.is_empty()
+            || self
+                .conf
+                .members
+                .keys()
+                .any(|n| self.stored_gen.get(n) != Some(&generation));
         if !changing {
             return;
         }
-        let generation = self.conf.generation;
         let due: Vec<NodeId> = self
             .conns
             .iter()

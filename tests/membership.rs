@@ -158,10 +158,13 @@ fn a_removed_safekeeper_sends_its_consumers_to_the_members() {
     assert_standby_gets_every_commit(&standby, synced, &acked);
 }
 
-/// A change interrupted by SIGKILL of the proxy once the joint
-/// configuration is in force (3 -> 4, node 3 gone), finished by the proxy
-/// restarted with the new list: the joint configuration stored on the
-/// nodes is resumed (or, if the final one was already stored, kept).
+/// A change interrupted by SIGKILL of the proxy the moment it logs the
+/// joint configuration (3 -> 4, node 3 gone), finished by the proxy
+/// restarted with the new list and without --change-members: whatever the
+/// nodes stored by then (the joint configuration, or already the final
+/// one: the final follows the joint within a round trip, so which one is
+/// up to the machine's timing; the simulation interrupts changes at every
+/// point), it goes on to the final one, and every acknowledged row is kept.
 #[test]
 fn a_change_interrupted_by_a_proxy_kill_is_finished_by_the_next_proxy() {
     let Some((mut c, standby, ledger)) = committing() else {
@@ -183,16 +186,11 @@ fn a_change_interrupted_by_a_proxy_kill_is_finished_by_the_next_proxy() {
         std::thread::sleep(Duration::from_millis(1));
     }
     c.proxy.as_mut().unwrap().kill9();
-    let joint_on: Vec<u64> = c
-        .sks
-        .iter()
-        .filter(|sk| {
-            http_get(sk.http_addr, "/v1/timelines")
-                .is_some_and(|b| !b.contains("\"next_members\":null"))
-        })
-        .map(|sk| sk.node_id)
-        .collect();
-    eprintln!("after the kill the joint configuration is stored on nodes {joint_on:?}");
+    for sk in &c.sks {
+        let body = http_get(sk.http_addr, "/v1/timelines").unwrap_or_default();
+        let joint = !body.contains("\"next_members\":null");
+        eprintln!("after the kill node {}: joint stored: {joint}", sk.node_id);
+    }
     let before = ledger.count();
     c.start_proxy("proxy-resumed", &[]);
     wait_for(Duration::from_secs(120), "commits again", || {

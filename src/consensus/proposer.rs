@@ -1299,7 +1299,7 @@ impl Proposer {
             }
             self.adopt(next, true, out);
         }
-        // Also a final configuration some member does not store yet (a
+        // Also a final configuration a member told an older one of (a
         // grow removes nobody, yet its members must store it, or a later
         // proposer counts by the joint one it learns from them).
         let generation = self.conf.generation;
@@ -1310,7 +1310,7 @@ impl Proposer {
                 .conf
                 .members
                 .keys()
-                .any(|n| self.stored_gen.get(n) != Some(&generation));
+                .any(|n| self.stored_gen.get(n).is_some_and(|g| *g != generation));
         if !changing {
             return;
         }

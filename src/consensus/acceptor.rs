@@ -446,7 +446,7 @@ pub enum Refusal {
         own: Generation,
         proposed: Generation,
     },
-    #[error("timeline {ttid}: this safekeeper ({node}) was removed from the timeline's members by configuration {generation}; it keeps its WAL until the timeline is deleted here")]
+    #[error("timeline {ttid}: this safekeeper ({node}) was removed from the timeline's members by configuration {generation} (left): it votes no more and keeps its WAL until its store is re-initialised. To make this host a member again, re-initialise it under a new node id (safekeeper --init --node-id M on an empty data directory) and add it with --change-members (README.md, \"Move a safekeeper to a new host\")")]
     Left {
         ttid: Ttid,
         node: NodeId,

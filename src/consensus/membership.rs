@@ -10,8 +10,12 @@
 //! configuration. A change from M to N takes two configurations, each
 //! stored (synced) by the nodes before they acknowledge it:
 //!
-//! 1. joint (M, N), once every new member holds the WAL up to the leader's
-//!    commit (it was elected into the term and caught up as a learner);
+//! 1. joint (M, N), once every new member caught up as a learner: it was
+//!    elected into the term and acknowledged flush at or above the
+//!    leader's commit of that moment (each at its own moment: requiring
+//!    all of them at once chases a commit that moves while the old set
+//!    commits, and only liveness hangs on it, since a joint configuration
+//!    needs a majority of both sets anyway);
 //! 2. final (N), once a majority of M stored the joint one and a majority
 //!    of N holds the WAL up to the leader's commit: from then on a proposer
 //!    of an older generation cannot win a majority of M (nodes refuse votes
@@ -201,12 +205,15 @@ pub struct Progress<'a> {
     pub commit_lsn: Lsn,
     /// Nodes that acknowledged (stored, synced) `current` in this term.
     pub stored_current: &'a BTreeSet<NodeId>,
+    /// Nodes that, at some acknowledgement in this term, had flushed up to
+    /// the leader's commit of that moment (learners that caught up).
+    pub caught_up: &'a BTreeSet<NodeId>,
 }
 
 /// The next configuration the leader of `term` makes on its way from
 /// `current` to `target`, if one is due now (module comment):
 /// - not joint, other ids than `target`: the joint configuration, once
-///   every new member acknowledged flush at or above the leader's commit;
+///   every new member caught up (`Progress::caught_up`);
 /// - joint: the final one (`next` if it is `target`, else back to
 ///   `members`), once a majority of `members` stored the joint one and a
 ///   majority of the final set acknowledged flush at or above the leader's
@@ -226,7 +233,7 @@ pub fn next_configuration(
             let seeded = target
                 .keys()
                 .filter(|n| !current.members.contains_key(n))
-                .all(|n| p.flush.get(n).is_some_and(|f| *f >= p.commit_lsn));
+                .all(|n| p.caught_up.contains(n));
             seeded.then(|| Configuration {
                 generation,
                 members: current.members.clone(),
@@ -380,34 +387,38 @@ mod tests {
         );
     }
 
-    /// Joint first, and only once every new member caught up to the commit.
+    /// Joint first, and only once every new member caught up: each
+    /// reached the leader's commit at one of its acknowledgements, not
+    /// necessarily all at the same time (the commit moves meanwhile).
     #[test]
     fn the_joint_configuration_waits_for_the_new_members_to_be_seeded() {
-        let current = Configuration::initial(set(&[1, 2, 3]));
-        let target = set(&[1, 2, 4]);
+        let current = Configuration::initial(set(&[1, 2, 3, 4]));
+        let target = set(&[1, 2, 3, 4, 5, 6]);
         let none = BTreeSet::new();
-        let lagging = flush(&[(1, 100), (2, 100), (4, 60)]);
-        let p = |f| Progress {
-            flush: f,
+        // 5 caught up earlier and is behind the commit now; 6 has not yet
+        let f = flush(&[(1, 100), (2, 100), (3, 100), (5, 60), (6, 60)]);
+        let p = |caught_up| Progress {
+            flush: &f,
             commit_lsn: Lsn(100),
             stored_current: &none,
+            caught_up,
         };
-        assert_eq!(next_configuration(&current, &target, 7, p(&lagging)), None);
-        let seeded = flush(&[(1, 100), (2, 100), (4, 100)]);
-        let j = next_configuration(&current, &target, 7, p(&seeded)).expect("joint");
+        let five = nodes(&[5]);
+        assert_eq!(next_configuration(&current, &target, 7, p(&five)), None);
+        let both = nodes(&[5, 6]);
+        let j = next_configuration(&current, &target, 7, p(&both)).expect("joint");
         assert_eq!(j.generation, Generation { term: 7, step: 0 });
         assert_eq!(j.members, current.members);
         assert_eq!(j.next, Some(target.clone()));
         // nothing to change: no configuration
         assert_eq!(
-            next_configuration(&current, &set(&[1, 2, 3]), 7, p(&seeded)),
+            next_configuration(&current, &set(&[1, 2, 3, 4]), 7, p(&both)),
             None
         );
         // nothing committed in this term yet: wait
         let nothing = Progress {
-            flush: &seeded,
             commit_lsn: Lsn::INVALID,
-            stored_current: &none,
+            ..p(&both)
         };
         assert_eq!(next_configuration(&current, &target, 7, nothing), None);
     }
@@ -418,10 +429,12 @@ mod tests {
     fn the_final_configuration_waits_for_a_majority_of_the_old_set() {
         let j = joint(&[1, 2, 3], &[1, 2, 4]);
         let f = flush(&[(1, 100), (2, 100), (3, 100), (4, 100)]);
+        let none = BTreeSet::new();
         let p = |stored| Progress {
             flush: &f,
             commit_lsn: Lsn(100),
             stored_current: stored,
+            caught_up: &none,
         };
         let one = nodes(&[1, 4]);
         assert_eq!(next_configuration(&j, &set(&[1, 2, 4]), 3, p(&one)), None);
@@ -449,10 +462,12 @@ mod tests {
         let stored = nodes(&[3, 4, 5]);
         let target = set(&[1, 2, 3]);
         let behind = flush(&[(1, 50), (2, 50), (3, 100), (4, 100), (5, 100)]);
+        let none = BTreeSet::new();
         let p = |f| Progress {
             flush: f,
             commit_lsn: Lsn(100),
             stored_current: &stored,
+            caught_up: &none,
         };
         assert_eq!(next_configuration(&j, &target, 3, p(&behind)), None);
         let caught_up = flush(&[(1, 100), (2, 50), (3, 100)]);
@@ -528,6 +543,69 @@ mod tests {
             "{{1,2,4}}: a majority of both sets: {out:?}"
         );
         assert!(votes.iter().all(|(_, g)| *g == grow.generation));
+    }
+
+    /// A node removed by a final configuration whose maker stopped before
+    /// telling it: a later proposer learns of it from a member's older
+    /// (joint) configuration, dials it and tells it; one that already
+    /// stores a configuration without it is let go at its greeting.
+    #[test]
+    fn a_later_proposer_tells_a_removed_node() {
+        use crate::consensus::messages::{AcceptorGreeting, AcceptorMessage, ServerInfo};
+        use crate::consensus::proposer::{Action, Proposer, ProposerConfig};
+        let server = ServerInfo {
+            system_id: 1,
+            pg_version: 150_000,
+            wal_seg_size: 1 << 20,
+            tli: 1,
+        };
+        let greeting = |node: u64, conf: Configuration| {
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                protocol_version: crate::codec::PROTOCOL_VERSION,
+                node_id: NodeId(node),
+                term: 3,
+                conf,
+            })
+        };
+        let replace = joint(&[1, 2, 3], &[1, 2, 4]);
+        let fin = Configuration {
+            generation: Generation { term: 3, step: 1 },
+            members: set(&[1, 2, 4]),
+            next: None,
+        };
+        let new_proposer = || {
+            let cfg =
+                ProposerConfig::new(Default::default(), server, Lsn(1 << 20), set(&[1, 2, 4]));
+            let mut p = Proposer::new(cfg);
+            let _ = p.start_election();
+            p.on_connected(NodeId(1));
+            p.on_message(NodeId(1), greeting(1, fin.clone()));
+            p
+        };
+        let mut p = new_proposer();
+        assert!(!p.peers().contains_key(&NodeId(3)), "nothing names 3 yet");
+        p.on_connected(NodeId(4));
+        p.on_message(NodeId(4), greeting(4, replace.clone()));
+        assert_eq!(p.configuration(), &fin);
+        assert!(
+            p.peers().contains_key(&NodeId(3)),
+            "the joint configuration names 3, the final one does not: 3 is dialled to be told"
+        );
+        // 3 itself answers with the final configuration: it knows already.
+        p.on_connected(NodeId(3));
+        let out = p.on_message(NodeId(3), greeting(3, fin.clone()));
+        assert!(out.contains(&Action::Removed(NodeId(3))), "{out:?}");
+        assert!(out.contains(&Action::Disconnect(NodeId(3))), "{out:?}");
+        assert!(!p.peers().contains_key(&NodeId(3)));
+        // 3 still on the joint configuration is asked for its vote (then
+        // told by Configure once elected, as the maker would have).
+        let mut p = new_proposer();
+        p.on_connected(NodeId(4));
+        p.on_message(NodeId(4), greeting(4, replace.clone()));
+        p.on_connected(NodeId(3));
+        let out = p.on_message(NodeId(3), greeting(3, replace.clone()));
+        assert!(!out.contains(&Action::Removed(NodeId(3))), "{out:?}");
+        assert!(p.peers().contains_key(&NodeId(3)));
     }
 
     #[test]

@@ -395,6 +395,9 @@ struct Leader {
     /// last AppendResponse in this term.
     slot: BTreeMap<NodeId, Lsn>,
     members: Vec<NodeId>,
+    /// Nodes that acknowledged flush at or above the commit of that moment
+    /// in this term (`membership::Progress::caught_up`).
+    caught_up: BTreeSet<NodeId>,
 }
 
 #[derive(Debug, Clone)]
@@ -442,6 +445,8 @@ pub struct Proposer {
     gate: Gate,
     /// With `cfg.settle`, in the term led.
     settle: Option<Settle>,
+    /// The generation each node last told it stores (greeting, Configure).
+    stored_gen: BTreeMap<NodeId, Generation>,
 }
 
 impl Proposer {
@@ -463,6 +468,7 @@ impl Proposer {
             learners_created: BTreeSet::new(),
             gate: Gate::Open,
             settle: None,
+            stored_gen: BTreeMap::new(),
             cfg,
         }
     }
@@ -644,6 +650,10 @@ impl Proposer {
     pub fn on_no_timeline(&mut self, node: NodeId) -> Vec<Action> {
         let mut out = Vec::new();
         self.forget(node);
+        if let Phase::Leading(l) = &mut self.phase {
+            // Its store is gone: it has to catch up again.
+            l.caught_up.remove(&node);
+        }
         if !self.peers().contains_key(&node) {
             return out;
         }
@@ -918,7 +928,13 @@ impl Proposer {
         let storable =
             !g.conf.members.is_empty() && limits::check_members(&g.conf.voters()).is_ok();
         if storable && (!self.conf_known || g.conf.generation > self.conf.generation) {
-            self.adopt(g.conf, false, out);
+            self.adopt(g.conf.clone(), false, out);
+        }
+        if storable {
+            self.stored_gen.insert(node, g.conf.generation);
+        }
+        if storable && self.learn_removed(node, &g.conf, out) {
+            return;
         }
         let first_holder = self.holders.is_empty();
         self.holders.insert(node);
@@ -1081,6 +1097,7 @@ impl Proposer {
             local_start: BTreeMap::new(),
             slot: BTreeMap::new(),
             members: self.peers().keys().copied().collect(),
+            caught_up: BTreeSet::new(),
         }));
         out.push(Action::Elected {
             term,
@@ -1216,6 +1233,9 @@ impl Proposer {
         // (whole chunks from the front, so O(chunks dropped), never a shift
         // of the rest); whoever still needs it reads it from a donor.
         if let Phase::Leading(l) = &mut self.phase {
+            if l.commit_lsn.is_valid() && a.flush_lsn >= l.commit_lsn {
+                l.caught_up.insert(node);
+            }
             let cap = self.cfg.max_buffer_bytes;
             while let Some((start, chunk)) = l.buf.front() {
                 let end = Lsn(start.0 + chunk.len() as u64);
@@ -1248,6 +1268,7 @@ impl Proposer {
             if let Some(c) = self.conns.get_mut(&node) {
                 c.conf_stored = Some(generation);
             }
+            self.stored_gen.insert(node, generation);
             if generation == self.conf.generation && self.removed.remove(&node).is_some() {
                 out.push(Action::Removed(node));
                 self.drop_conn(node, out);
@@ -1256,6 +1277,40 @@ impl Proposer {
             }
         }
         self.on_append_response(node, asked, a, out);
+    }
+
+    /// A greeting showed `theirs`, `node`'s configuration. Nodes an older
+    /// one names and the one in force does not were removed; if the leader
+    /// that removed them did not tell them (it stopped first), this
+    /// proposer dials and tells them (`drive_change` sends Configure to
+    /// them once elected). True when `node` itself is such a node and
+    /// already stores a configuration without it: it knows, so it is let
+    /// go (`Action::Removed`) instead of asked for a vote it refuses.
+    fn learn_removed(
+        &mut self,
+        node: NodeId,
+        theirs: &Configuration,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if !self.conf_known {
+            return false;
+        }
+        if theirs.generation < self.conf.generation {
+            for (n, a) in theirs.voters() {
+                if !self.conf.contains(n) && !self.cfg.members.contains_key(&n) {
+                    self.removed.entry(n).or_insert(a);
+                }
+            }
+            self.refresh_members();
+        }
+        let knows = theirs.generation >= self.conf.generation && !theirs.contains(node);
+        if knows && self.removed.remove(&node).is_some() {
+            out.push(Action::Removed(node));
+            self.drop_conn(node, out);
+            self.refresh_members();
+            return true;
+        }
+        false
     }
 
     /// Count by `conf` from now on.
@@ -1296,6 +1351,7 @@ impl Proposer {
             flush: &l.flush,
             commit_lsn: l.commit_lsn,
             stored_current: &stored,
+            caught_up: &l.caught_up,
         };
         if let Some(next) =
             membership::next_configuration(&self.conf, &self.cfg.members, term, progress)
@@ -1309,13 +1365,21 @@ impl Proposer {
             }
             self.adopt(next, true, out);
         }
+        // Also a final configuration a member told an older one of (a
+        // grow removes nobody, yet its members must store it, or a later
+        // proposer counts by the joint one it learns from them).
+        let generation = self.conf.generation;
         let changing = self.conf.is_joint()
             || !membership::same_ids(&self.conf.members, &self.cfg.members)
-            || !self.removed.is_empty();
+            || !self.removed.is_empty()
+            || self
+                .conf
+                .members
+                .keys()
+                .any(|n| self.stored_gen.get(n).is_some_and(|g| *g != generation));
         if !changing {
             return;
         }
-        let generation = self.conf.generation;
         let due: Vec<NodeId> = self
             .conns
             .iter()

@@ -9,13 +9,16 @@
 //!   and it holds that settle's LSN.
 //!
 //! Anything else — a term that moved (a vote, or Elected without the
-//! commit), a lost proposer, a node the last settle left out — is refused,
+//! commit), a lost proposer, a node the last settle left out, a node a
+//! membership change removed (its timeline is marked left: it hears from no
+//! proposer any more, so what it holds falls behind) — is refused,
 //! so consumers go to another node. The daemon answers such a consumer
 //! 57P03 before authentication and ends a stream that is open on the node.
 
 use std::fmt;
 
 use super::acceptor::TimelineState;
+use super::membership::Generation;
 use super::term_history::Term;
 use crate::lsn::Lsn;
 
@@ -39,6 +42,8 @@ pub struct Contact {
 /// Why a node must not serve consumers now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotServing {
+    /// A membership change removed this node (ARCHITECTURE.md 3.13).
+    Left { generation: Generation },
     /// A proposer told a commit beyond the WAL this node holds.
     Behind { flush: Lsn, told_commit: Lsn },
     /// The term moved (a vote, or Elected) and this node has not learnt
@@ -58,6 +63,10 @@ pub enum NotServing {
 impl fmt::Display for NotServing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            NotServing::Left { generation } => write!(
+                f,
+                "this safekeeper was removed from the timeline's members (configuration {generation}); the other safekeepers serve it"
+            ),
             NotServing::Behind { flush, told_commit } => write!(
                 f,
                 "this safekeeper is behind (flush {flush} < commit {told_commit})"
@@ -81,6 +90,11 @@ impl fmt::Display for NotServing {
 /// Whether consumers may be served up to `state.commit_lsn` (the durable
 /// state), given what the node knows of its proposer.
 pub fn may_serve(state: &TimelineState, contact: &Contact) -> Result<(), NotServing> {
+    if state.membership.left {
+        return Err(NotServing::Left {
+            generation: state.membership.generation,
+        });
+    }
     if contact.flush < contact.told_commit {
         return Err(NotServing::Behind {
             flush: contact.flush,
@@ -245,6 +259,26 @@ pub(crate) mod tests {
         let mut left_out = state();
         left_out.term = 5;
         assert!(may_serve(&left_out, &Contact::default()).is_err());
+    }
+
+    /// A removed node serves no consumer, settled or not, whatever its
+    /// proposer contact: it hears from no proposer any more.
+    #[test]
+    fn a_node_removed_from_the_members_does_not_serve() {
+        let mut s = state();
+        s.settled_term = 3;
+        s.settled_lsn = Lsn(4000);
+        s.membership.left = true;
+        s.membership.generation = Generation { term: 3, step: 1 };
+        let why = may_serve(&s, &live()).unwrap_err();
+        assert_eq!(
+            why,
+            NotServing::Left {
+                generation: Generation { term: 3, step: 1 }
+            }
+        );
+        assert!(why.to_string().contains("removed"), "{why}");
+        assert!(may_serve(&s, &Contact::default()).is_err());
     }
 
     #[test]

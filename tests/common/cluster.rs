@@ -166,16 +166,7 @@ impl Cluster {
                 .filter(|(i, _)| *i != first)
                 .map(|(_, s)| s),
         );
-        let ports: Vec<String> = order.iter().map(|s| s.pg_addr.port().to_string()).collect();
-        pg::append_conf(
-            &standby.datadir,
-            &format!(
-                "primary_conninfo = 'host=127.0.0.1,127.0.0.1,127.0.0.1 port={} user=postgres connect_timeout=2'\nhot_standby = on\nsynchronous_standby_names = ''\n{extra_conf}\n",
-                ports.join(",")
-            ),
-        );
-        standby.mark_standby();
-        standby.start();
+        start_standby_on(standby, &order, extra_conf);
     }
 
     pub fn wait_sync(&self) {
@@ -267,6 +258,24 @@ fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// The primary's WAL over [from, to), from its pg_wal segment files.
+/// Start `standby` fed by these safekeepers, tried in this order (a
+/// multi-host `primary_conninfo`: libpq moves on to the next host when one
+/// refuses).
+pub fn start_standby_on(standby: &mut Postgres, order: &[&Safekeeper], extra_conf: &str) {
+    let hosts: Vec<&str> = order.iter().map(|_| "127.0.0.1").collect();
+    let ports: Vec<String> = order.iter().map(|s| s.pg_addr.port().to_string()).collect();
+    pg::append_conf(
+        &standby.datadir,
+        &format!(
+            "primary_conninfo = 'host={} port={} user=postgres connect_timeout=2'\nhot_standby = on\nsynchronous_standby_names = ''\n{extra_conf}\n",
+            hosts.join(","),
+            ports.join(",")
+        ),
+    );
+    standby.mark_standby();
+    standby.start();
+}
+
 pub fn primary_wal(pg: &Postgres, from: Lsn, to: Lsn) -> Vec<u8> {
     let mut out = Vec::new();
     let mut pos = from;

@@ -769,3 +769,37 @@ pub fn first_timeline(addr: SocketAddr) -> Option<serde_json::Value> {
     let list: serde_json::Value = serde_json::from_str(&http_get(addr, "/v1/timelines")?).ok()?;
     list.as_array()?.first().cloned()
 }
+
+/// The SQLSTATE and message a consumer's StartupMessage gets from `sk`, if
+/// refused (before authentication, as a refused consumer is).
+pub fn consumer_refusal(sk: &Safekeeper) -> Option<(String, String)> {
+    let mut s = TcpStream::connect(sk.pg_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [
+            ("user", "walkeeper"),
+            ("database", "replication"),
+            ("replication", "true"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    s.write_all(&out).unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).unwrap();
+    if head[0] != b'E' {
+        return None;
+    }
+    let msg = BeMsg {
+        tag: head[0],
+        body: body.into(),
+    };
+    Some((
+        msg.error_field(b'C')?,
+        msg.error_field(b'M').unwrap_or_default(),
+    ))
+}

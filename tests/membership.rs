@@ -30,6 +30,15 @@ fn fresh(c: &Cluster, node_id: u64) -> Safekeeper {
     Safekeeper::start(&c.dir.path().join(format!("sk{node_id}")), node_id, true)
 }
 
+/// Node 3 is SIGKILLed for good and a fresh node 4 takes its place in
+/// `c.sks` (the dead one is forgotten: nothing left to stop).
+fn node3_dies_and_fresh_node4_takes_its_place(c: &mut Cluster) {
+    c.sks[2].kill9();
+    let sk4 = fresh(c, 4);
+    let mut old = std::mem::replace(&mut c.sks[2], sk4);
+    old.child = None;
+}
+
 /// The proxy's log line for a configuration in force with these members
 /// (`next`: the new set of a joint one, "None" for a final one).
 fn configured(log: &str, members: &str, next: &str) -> bool {
@@ -72,10 +81,7 @@ fn a_dead_safekeeper_is_replaced_online_and_commits_survive_a_second_loss() {
         return;
     };
     // Node 3's host is gone for good; node 4 is a fresh one.
-    c.sks[2].kill9();
-    let sk4 = fresh(&c, 4);
-    let mut old = std::mem::replace(&mut c.sks[2], sk4);
-    old.child = None;
+    node3_dies_and_fresh_node4_takes_its_place(&mut c);
 
     // Without the operator's word, another list changes nothing.
     c.proxy = None;
@@ -170,10 +176,7 @@ fn a_change_interrupted_by_a_proxy_kill_is_finished_by_the_next_proxy() {
     let Some((mut c, standby, ledger)) = committing() else {
         return;
     };
-    c.sks[2].kill9();
-    let sk4 = fresh(&c, 4);
-    let mut old = std::mem::replace(&mut c.sks[2], sk4);
-    old.child = None;
+    node3_dies_and_fresh_node4_takes_its_place(&mut c);
     change_members(&mut c, "proxy-interrupted");
     // Kill it the moment it logs the joint configuration.
     let deadline = Instant::now() + Duration::from_secs(120);

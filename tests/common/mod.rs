@@ -775,17 +775,7 @@ pub fn first_timeline(addr: SocketAddr) -> Option<serde_json::Value> {
 pub fn consumer_refusal(sk: &Safekeeper) -> Option<(String, String)> {
     let mut s = TcpStream::connect(sk.pg_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::startup_message(
-        [
-            ("user", "walkeeper"),
-            ("database", "replication"),
-            ("replication", "true"),
-        ],
-        &mut out,
-    )
-    .unwrap();
-    s.write_all(&out).unwrap();
+    s.write_all(&replication_startup("")).unwrap();
     let mut head = [0u8; 5];
     s.read_exact(&mut head).unwrap();
     let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
